@@ -1,0 +1,22 @@
+//! reports-core: everything about the Kubernetes API surface of the report kinds that needs no IO.
+//!
+//! The resource catalogue derived from the embedded CRDs, label and field selectors, list options
+//! and continue tokens, object preparation (system fields, validation, patches), content
+//! negotiation, Table rendering, discovery documents, and [`ApiError`], the one error type that
+//! every failure becomes. The store and server crates build on it; nothing here touches a socket,
+//! a file or a database.
+
+pub mod catalogue;
+pub mod discovery;
+pub mod error;
+pub mod negotiate;
+pub mod object;
+pub mod options;
+pub mod paging;
+pub mod patch;
+pub mod selector;
+pub mod table;
+pub mod time;
+
+pub use catalogue::{Catalogue, PrinterColumn, ResourceKind};
+pub use error::{ApiError, StatusCause, StatusDetails};

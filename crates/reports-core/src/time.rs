@@ -1,0 +1,20 @@
+//! Timestamps in the Kubernetes wire format (RFC 3339, whole seconds, UTC, `Z` suffix).
+
+/// Formats a timestamp as kube-apiserver does for `metav1.Time`.
+pub fn format_time(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The current time, formatted as [`format_time`] does.
+pub fn now_rfc3339() -> String {
+    format_time(jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_whole_seconds_in_utc() {
+        let t: jiff::Timestamp = "2026-07-01T10:00:00.734+02:00".parse().unwrap();
+        assert_eq!(super::format_time(t), "2026-07-01T08:00:00Z");
+    }
+}

@@ -1,0 +1,114 @@
+//! reports-server: a Kubernetes aggregated API server for policy reports.
+//!
+//! The binary (`main.rs`) parses flags and calls [`Server::start`]; tests call it too, in-process,
+//! with a port of 0 and a temporary store. The pieces:
+//! - [`app`]: shared state and the one `router(state)` that assembles every route;
+//! - [`resource`]: the single generic handler behind all six kinds;
+//! - [`render`]: stored JSON to responses (splice, stream, transform);
+//! - [`response`]: the error edge (`ApiError` to `metav1.Status`);
+//! - [`serve`]: the TLS accept loop with graceful shutdown;
+//! - [`tls`], [`cli`].
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use reports_core::Catalogue;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+pub mod app;
+pub mod cli;
+pub mod render;
+pub mod resource;
+pub mod response;
+pub mod serve;
+pub mod tls;
+
+/// Everything needed to start a server (the binary builds it from flags).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address and port to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Serving certificate.
+    pub certificate: tls::CertificatePem,
+    /// Storage URL (`sqlite://PATH`, `sqlite::memory:`).
+    pub storage: String,
+    /// Request body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Change-log retention in seconds.
+    pub change_log_retention_seconds: u64,
+}
+
+/// A running server.
+pub struct Server {
+    /// The address actually bound.
+    pub local_addr: SocketAddr,
+    /// Tells the accept loop and long-running responses to stop.
+    shutdown: watch::Sender<bool>,
+    /// The accept loop; ends after shutdown once connections have drained.
+    task: JoinHandle<()>,
+    /// The store, for embedding programs and tests that need to look underneath the API.
+    store: reports_store::DynStore,
+}
+
+impl Server {
+    /// Opens the store, binds the listener and starts serving in the background.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        let catalogue = Catalogue::embedded().context("embedded CRDs")?;
+        let storage = config.storage.clone();
+        let store = tokio::task::spawn_blocking(move || reports_store::open(&storage))
+            .await?
+            .with_context(|| format!("opening storage {}", redact_url(&config.storage)))?;
+        let tls = config.certificate.server_config()?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let (shutdown, shutting_down) = watch::channel(false);
+        let state = app::AppState::new(catalogue, store.clone(), config.max_body_bytes, shutting_down.clone());
+        let router = app::router(state.clone());
+        tokio::spawn(compaction_loop(store.clone(), config.change_log_retention_seconds, shutting_down.clone()));
+        state.set_ready();
+        let task = tokio::spawn(serve::serve(listener, Arc::clone(&tls), router, shutting_down.clone()));
+        Ok(Self { local_addr, shutdown, task, store })
+    }
+
+    /// The store behind the API.
+    pub fn store(&self) -> &reports_store::DynStore {
+        &self.store
+    }
+
+    /// Stops accepting, ends long-running responses and waits for connections to drain.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Trims the change log every minute; one pass at a time, never blocking requests.
+async fn compaction_loop(store: reports_store::DynStore, retention_seconds: u64, mut shutting_down: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match store.compact(retention_seconds).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(dropped = n, "compacted the change log"),
+                    Err(e) => tracing::warn!(error = %e, "change-log compaction failed"),
+                }
+            }
+            _ = shutting_down.changed() => return,
+        }
+    }
+}
+
+/// A storage URL fit for logs: any password is replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

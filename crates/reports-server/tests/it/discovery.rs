@@ -1,0 +1,129 @@
+//! Discovery as kube-apiserver's aggregator, client-go and kube-rs read it.
+
+use reqwest::header;
+use serde_json::Value;
+
+use crate::harness::TestServer;
+
+const V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+const CLIENT_GO_ACCEPT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+
+#[tokio::test]
+async fn legacy_discovery_documents_list_every_kind() {
+    let t = TestServer::start().await;
+    let http = t.http();
+    let groups: Value = http.get(t.url("/apis")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(groups["kind"], "APIGroupList");
+    let names: Vec<&str> = groups["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["wgpolicyk8s.io", "reports.kyverno.io", "openreports.io"]);
+
+    let group: Value = http.get(t.url("/apis/reports.kyverno.io")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(group["kind"], "APIGroup");
+    assert_eq!(group["preferredVersion"]["version"], "v1");
+
+    let resources: Value =
+        http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(resources["kind"], "APIResourceList");
+    let polr = &resources["resources"][0];
+    assert_eq!(polr["name"], "policyreports");
+    assert_eq!(polr["shortNames"][0], "polr");
+    assert_eq!(polr["namespaced"], true);
+    assert_eq!(polr["storageVersionHash"], "oABByl1YGQo=");
+    assert_eq!(polr["verbs"].as_array().unwrap().len(), 8);
+
+    let missing = http.get(t.url("/apis/wgpolicyk8s.io/v1beta1")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["kind"], "Status");
+}
+
+#[tokio::test]
+async fn aggregated_discovery_has_exact_content_type_and_etag() {
+    let t = TestServer::start().await;
+    let http = t.http();
+    let response = http.get(t.url("/apis")).header(header::ACCEPT, CLIENT_GO_ACCEPT).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], V2);
+    assert_eq!(response.headers()[header::VARY], "Accept");
+    let etag = response.headers()[header::ETAG].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() == 130, "{etag}");
+    let doc: Value = response.json().await.unwrap();
+    assert_eq!(doc["apiVersion"], "apidiscovery.k8s.io/v2");
+    let kyverno = &doc["items"][1];
+    assert_eq!(kyverno["metadata"]["name"], "reports.kyverno.io");
+    let ephr = &kyverno["versions"][0]["resources"][0];
+    assert_eq!(ephr["resource"], "ephemeralreports");
+    assert_eq!(ephr["scope"], "Namespaced");
+    assert_eq!(ephr["categories"][0], "kyverno");
+    assert_eq!(ephr["responseKind"]["kind"], "EphemeralReport");
+
+    let cached = http
+        .get(t.url("/apis"))
+        .header(header::ACCEPT, V2)
+        .header(header::IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+
+    let beta = http
+        .get(t.url("/apis"))
+        .header(header::ACCEPT, "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        beta.headers()[header::CONTENT_TYPE],
+        "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
+    );
+    let beta: Value = beta.json().await.unwrap();
+    assert_eq!(beta["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+
+    // Group-version documents never answer in the aggregated format: the clause falls through.
+    let gv = http.get(t.url("/apis/openreports.io/v1alpha1")).header(header::ACCEPT, CLIENT_GO_ACCEPT).send().await.unwrap();
+    assert_eq!(gv.headers()[header::CONTENT_TYPE], "application/json");
+    let only_v2 = http.get(t.url("/apis/openreports.io/v1alpha1")).header(header::ACCEPT, V2).send().await.unwrap();
+    assert_eq!(only_v2.status(), 406);
+}
+
+#[tokio::test]
+async fn legacy_api_root_and_version_answer_like_an_aggregated_server() {
+    let t = TestServer::start().await;
+    let http = t.http();
+    assert_eq!(http.get(t.url("/api")).send().await.unwrap().status(), 404);
+    let empty: Value = http.get(t.url("/api")).header(header::ACCEPT, CLIENT_GO_ACCEPT).send().await.unwrap().json().await.unwrap();
+    assert_eq!(empty["items"].as_array().unwrap().len(), 0);
+    let version: Value = http.get(t.url("/version")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(version["major"], "1");
+    for endpoint in ["/healthz", "/livez", "/readyz"] {
+        let response = http.get(t.url(endpoint)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{endpoint}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    let verbose = http.get(t.url("/readyz?verbose")).send().await.unwrap().text().await.unwrap();
+    assert!(verbose.contains("[+]storage ok") && verbose.ends_with("readyz check passed\n"), "{verbose}");
+}
+
+#[tokio::test]
+async fn kube_rs_discovery_finds_all_six_kinds() {
+    let t = TestServer::start().await;
+    let discovery = kube::Discovery::new(t.kube()).run().await.unwrap();
+    let mut found = Vec::new();
+    for group in discovery.groups() {
+        for (resource, caps) in group.recommended_resources() {
+            found.push((resource.plural.clone(), caps.scope == kube::discovery::Scope::Namespaced));
+        }
+    }
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("clusterephemeralreports".to_string(), false),
+            ("clusterpolicyreports".into(), false),
+            ("clusterreports".into(), false),
+            ("ephemeralreports".into(), true),
+            ("policyreports".into(), true),
+            ("reports".into(), true),
+        ]
+    );
+}

@@ -1,0 +1,8 @@
+//! The integration suite: one test binary, a live HTTPS server per test, real clients.
+
+mod crud;
+mod discovery;
+mod errors;
+mod harness;
+mod lists;
+mod negotiation;

@@ -1,0 +1,134 @@
+//! Content negotiation: Table, PartialObjectMetadata, YAML, and the refusals.
+
+use kube::api::{ListParams, PostParams};
+use reqwest::header;
+use serde_json::{json, Value};
+
+use crate::harness::{dynamic_api, sample_object, to_dynamic, TestServer};
+
+const KUBECTL_TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+const METADATA_CLIENT: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+
+async fn seeded() -> TestServer {
+    let t = TestServer::start().await;
+    let (api, _) = dynamic_api(&t.kube(), 0, Some("default"));
+    let mut object = sample_object(0, "web", None);
+    object["summary"] = json!({"pass": 3, "fail": 1, "warn": 0, "error": 0, "skip": 2});
+    api.create(&PostParams::default(), &to_dynamic(object)).await.unwrap();
+    let (ephr, _) = dynamic_api(&t.kube(), 2, Some("default"));
+    let mut e = sample_object(2, "e1", None);
+    e["metadata"]["labels"] = json!({"audit.kyverno.io/source": "admission", "audit.kyverno.io/resource.kind": "Pod"});
+    ephr.create(&PostParams::default(), &to_dynamic(e)).await.unwrap();
+    t
+}
+
+#[tokio::test]
+async fn tables_use_the_crd_printer_columns() {
+    let t = seeded().await;
+    let http = t.http();
+    let table: Value = http
+        .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/policyreports?limit=500"))
+        .header(header::ACCEPT, KUBECTL_TABLE)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(table["kind"], "Table");
+    assert_eq!(table["apiVersion"], "meta.k8s.io/v1");
+    let columns: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Name", "Kind", "Name", "Pass", "Fail", "Warn", "Error", "Skip", "Age"]);
+    let row = &table["rows"][0];
+    assert_eq!(row["cells"].as_array().unwrap()[..8], [json!("web"), json!("Pod"), json!("web"), json!(3), json!(1), json!(0), json!(0), json!(2)]);
+    assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(row["object"]["metadata"]["namespace"], "default");
+    assert!(!table["metadata"]["resourceVersion"].as_str().unwrap().is_empty());
+
+    let ephr: Value = http
+        .get(t.url("/apis/reports.kyverno.io/v1/namespaces/default/ephemeralreports/e1?includeObject=Object"))
+        .header(header::ACCEPT, "application/json;as=Table;v=v1beta1;g=meta.k8s.io")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ephr["apiVersion"], "meta.k8s.io/v1beta1");
+    assert_eq!(ephr["rows"][0]["cells"][1], "admission", "Source column comes from an escaped-dot label path");
+    assert_eq!(ephr["rows"][0]["object"]["kind"], "EphemeralReport");
+
+    let none: Value = http
+        .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports?includeObject=None"))
+        .header(header::ACCEPT, KUBECTL_TABLE)
+        .send().await.unwrap().json().await.unwrap();
+    assert!(none["rows"][0].get("object").is_none());
+    let bad = http
+        .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports?includeObject=All"))
+        .header(header::ACCEPT, KUBECTL_TABLE)
+        .send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn metadata_only_clients_get_partial_object_metadata() {
+    let t = seeded().await;
+    let http = t.http();
+    let list: Value = http
+        .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/policyreports?limit=500&resourceVersion=0"))
+        .header(header::ACCEPT, METADATA_CLIENT)
+        .send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert_eq!(list["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(list["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(list["items"][0]["metadata"]["name"], "web");
+    assert!(list["items"][0].get("summary").is_none());
+
+    // kube-rs metadata calls send a single clause with no fallback.
+    let (api, _) = dynamic_api(&t.kube(), 0, Some("default"));
+    let meta = api.get_metadata("web").await.unwrap();
+    assert_eq!(meta.metadata.name.as_deref(), Some("web"));
+    let metas = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(metas.items.len(), 1);
+
+    // The singular transform on a list, and the list transform on an object, are 406.
+    let wrong = http
+        .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/policyreports"))
+        .header(header::ACCEPT, "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
+        .send().await.unwrap();
+    assert_eq!(wrong.status(), 406);
+}
+
+#[tokio::test]
+async fn yaml_in_and_out_protobuf_refused_cleanly() {
+    let t = TestServer::start().await;
+    let http = t.http();
+    let url = t.url("/apis/openreports.io/v1alpha1/namespaces/default/reports");
+    let yaml = "apiVersion: openreports.io/v1alpha1\nkind: Report\nmetadata:\n  name: from-yaml\nsummary:\n  pass: 1\n";
+    let created = http.post(&url).header(header::CONTENT_TYPE, "application/yaml").body(yaml).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let as_yaml = http.get(format!("{url}/from-yaml")).header(header::ACCEPT, "application/yaml").send().await.unwrap();
+    assert_eq!(as_yaml.headers()[header::CONTENT_TYPE], "application/yaml");
+    let text = as_yaml.text().await.unwrap();
+    assert!(text.contains("name: from-yaml") && text.contains("kind: Report"), "{text}");
+
+    let protobuf_first = http.get(format!("{url}/from-yaml")).header(header::ACCEPT, "application/vnd.kubernetes.protobuf, application/json").send().await.unwrap();
+    assert_eq!(protobuf_first.status(), 200);
+    assert_eq!(protobuf_first.headers()[header::CONTENT_TYPE], "application/json");
+    let only_protobuf = http.get(format!("{url}/from-yaml")).header(header::ACCEPT, "application/vnd.kubernetes.protobuf").send().await.unwrap();
+    assert_eq!(only_protobuf.status(), 406);
+    let body: Value = only_protobuf.json().await.unwrap();
+    assert_eq!(body["reason"], "NotAcceptable");
+
+    let protobuf_body = http.post(&url).header(header::CONTENT_TYPE, "application/vnd.kubernetes.protobuf").body(vec![0u8, 1, 2]).send().await.unwrap();
+    assert_eq!(protobuf_body.status(), 415);
+    let smp = http
+        .patch(format!("{url}/from-yaml"))
+        .header(header::CONTENT_TYPE, "application/strategic-merge-patch+json")
+        .body("{}")
+        .send().await.unwrap();
+    assert_eq!(smp.status(), 415);
+    let body: Value = smp.json().await.unwrap();
+    assert_eq!(body["reason"], "UnsupportedMediaType");
+    assert!(body["message"].as_str().unwrap().contains("application/merge-patch+json"));
+}

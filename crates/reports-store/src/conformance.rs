@@ -1,0 +1,215 @@
+//! The store conformance suite: one set of behavioural checks that every [`Store`] implementation
+//! must pass. Each check takes a fresh, empty store and panics with a message on a violation;
+//! a backend's test file calls [`run_all`] (or the checks one by one) with its own factory.
+
+use std::collections::BTreeSet;
+
+use reports_core::selector::{FieldSelector, LabelSelector};
+use serde_json::{json, Value};
+
+use crate::{ChangeType, DynStore, ListChunk, ListQuery, StoreError, StoredObject};
+
+fn report(ns: &str, name: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "wgpolicyk8s.io/v1alpha2",
+        "kind": "PolicyReport",
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "labels": labels},
+        "summary": {"pass": 1},
+    })
+}
+
+const POLR: &str = "policyreports";
+
+/// Collects a whole list stream: (snapshot RV, objects, more).
+pub async fn collect(store: &DynStore, query: ListQuery) -> (u64, Vec<StoredObject>, bool) {
+    let mut stream = store.list(query).await.expect("list");
+    let mut items = Vec::new();
+    while let Some(chunk) = stream.chunks.recv().await {
+        match chunk.expect("chunk") {
+            ListChunk::Items(mut batch) => items.append(&mut batch),
+            ListChunk::End { more } => return (stream.snapshot_rv, items, more),
+        }
+    }
+    panic!("list stream ended without End");
+}
+
+fn names(items: &[StoredObject]) -> Vec<String> {
+    items.iter().map(|o| format!("{}/{}", o.namespace, o.name)).collect()
+}
+
+/// Creates assign increasing RVs written into the body; a duplicate key is AlreadyExists and
+/// leaves the stored object untouched (never an upsert).
+pub async fn create_is_not_an_upsert(store: DynStore) {
+    let a = store.create(POLR, report("ns", "a", json!({}))).await.unwrap();
+    let b = store.create(POLR, report("ns", "b", json!({}))).await.unwrap();
+    assert!(b.rv > a.rv, "RVs increase");
+    let body: Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(body["metadata"]["resourceVersion"], a.rv.to_string());
+    let mut changed = report("ns", "a", json!({}));
+    changed["summary"]["pass"] = json!(99);
+    assert_eq!(store.create(POLR, changed).await.unwrap_err(), StoreError::AlreadyExists);
+    let stored = store.get(POLR, "ns", "a").await.unwrap().unwrap();
+    assert_eq!(stored, a, "duplicate create must not overwrite");
+    assert_eq!(store.current_rv().await.unwrap(), b.rv, "a failed create consumes no RV");
+    // The same name in another namespace or another resource is a different object.
+    store.create(POLR, report("other", "a", json!({}))).await.unwrap();
+    store.create("reports", report("ns", "a", json!({}))).await.unwrap();
+}
+
+/// Updates check the expected RV atomically.
+pub async fn update_checks_resource_version(store: DynStore) {
+    let a = store.create(POLR, report("ns", "a", json!({"x": "1"}))).await.unwrap();
+    let mut next = report("ns", "a", json!({"x": "2"}));
+    assert_eq!(store.update(POLR, next.clone(), a.rv + 100).await.unwrap_err(), StoreError::Conflict);
+    let updated = store.update(POLR, next.clone(), a.rv).await.unwrap();
+    assert!(updated.rv > a.rv);
+    assert_eq!(store.update(POLR, next.clone(), a.rv).await.unwrap_err(), StoreError::Conflict, "stale RV");
+    next["metadata"]["name"] = json!("missing");
+    assert_eq!(store.update(POLR, next, 1).await.unwrap_err(), StoreError::NotFound);
+    let changes = store.changes_since(Some(POLR), a.rv, 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].change_type, ChangeType::Modified);
+    assert_eq!(changes[0].prev_labels, Some(vec![("x".to_string(), "1".to_string())]));
+    assert_eq!(changes[0].labels, vec![("x".to_string(), "2".to_string())]);
+}
+
+/// Deletes check the RV and leave a DELETED change carrying the final state at the new RV.
+pub async fn delete_records_final_state(store: DynStore) {
+    let a = store.create(POLR, report("ns", "a", json!({}))).await.unwrap();
+    assert_eq!(store.delete(POLR, "ns", "a", a.rv + 1).await.unwrap_err(), StoreError::Conflict);
+    let gone = store.delete(POLR, "ns", "a", a.rv).await.unwrap();
+    assert!(gone.rv > a.rv);
+    assert_eq!(serde_json::from_str::<Value>(&gone.body).unwrap()["metadata"]["resourceVersion"], gone.rv.to_string());
+    assert!(store.get(POLR, "ns", "a").await.unwrap().is_none());
+    assert_eq!(store.delete(POLR, "ns", "a", gone.rv).await.unwrap_err(), StoreError::NotFound);
+    let changes = store.changes_since(None, 0, 10).await.unwrap();
+    let types: Vec<_> = changes.iter().map(|c| (c.rv, c.change_type)).collect();
+    assert_eq!(types, vec![(a.rv, ChangeType::Added), (gone.rv, ChangeType::Deleted)]);
+    assert_eq!(changes[1].object.body, gone.body);
+}
+
+/// A batch delete skips moved or vanished entries and deletes the rest in one go.
+pub async fn delete_batch_skips_conflicts(store: DynStore) {
+    let a = store.create(POLR, report("ns", "a", json!({}))).await.unwrap();
+    let b = store.create(POLR, report("ns", "b", json!({}))).await.unwrap();
+    let out = store
+        .delete_batch(
+            POLR,
+            vec![("ns".into(), "a".into(), a.rv), ("ns".into(), "b".into(), b.rv + 7), ("ns".into(), "c".into(), 1)],
+        )
+        .await
+        .unwrap();
+    assert!(out[0].is_some() && out[1].is_none() && out[2].is_none());
+    assert!(store.get(POLR, "ns", "b").await.unwrap().is_some());
+}
+
+/// Lists filter by namespace and selectors in the store, page by key and report the snapshot RV.
+pub async fn list_filters_and_pages(store: DynStore) {
+    let fixtures = [
+        ("a", "r1", json!({"env": "prod", "tier": "web", "n": "5"})),
+        ("a", "r2", json!({"env": "dev", "n": "50"})),
+        ("b", "r1", json!({"env": "prod", "n": "x5"})),
+        ("b", "r3", json!({})),
+    ];
+    for (ns, name, labels) in fixtures {
+        store.create(POLR, report(ns, name, labels)).await.unwrap();
+    }
+    store.create("reports", report("a", "other-kind", json!({"env": "prod"}))).await.unwrap();
+    let current = store.current_rv().await.unwrap();
+    let list = |labels: &str, fields: &str, ns: Option<&str>| ListQuery {
+        resource: POLR.into(),
+        namespace: ns.map(str::to_string),
+        labels: LabelSelector::parse(labels).unwrap(),
+        fields: FieldSelector::parse(fields, true).unwrap(),
+        ..Default::default()
+    };
+    let cases: Vec<(&str, &str, Option<&str>, Vec<&str>)> = vec![
+        ("", "", None, vec!["a/r1", "a/r2", "b/r1", "b/r3"]),
+        ("", "", Some("b"), vec!["b/r1", "b/r3"]),
+        ("env=prod", "", None, vec!["a/r1", "b/r1"]),
+        ("env==prod", "", None, vec!["a/r1", "b/r1"]),
+        ("env!=prod", "", None, vec!["a/r2", "b/r3"]),
+        ("env in (dev, prod),tier", "", None, vec!["a/r1"]),
+        ("env notin (prod)", "", None, vec!["a/r2", "b/r3"]),
+        ("!env", "", None, vec!["b/r3"]),
+        ("tier", "", None, vec!["a/r1"]),
+        ("n>4", "", None, vec!["a/r1", "a/r2"]),
+        ("n<10", "", None, vec!["a/r1"]),
+        ("", "metadata.name=r1", None, vec!["a/r1", "b/r1"]),
+        ("", "metadata.name!=r1,metadata.namespace=b", None, vec!["b/r3"]),
+        ("env=prod", "metadata.namespace!=a", None, vec!["b/r1"]),
+    ];
+    for (labels, fields, ns, want) in cases {
+        let (rv, items, more) = collect(&store, list(labels, fields, ns)).await;
+        assert_eq!(names(&items), want, "labels {labels:?} fields {fields:?} ns {ns:?}");
+        assert_eq!(rv, current);
+        assert!(!more);
+    }
+    // Pages by key.
+    let mut page = list("", "", None);
+    page.limit = Some(3);
+    let (_, first, more) = collect(&store, page.clone()).await;
+    assert_eq!((names(&first), more), (vec!["a/r1".to_string(), "a/r2".into(), "b/r1".into()], true));
+    page.after = Some(("b".into(), "r1".into()));
+    let (_, rest, more) = collect(&store, page).await;
+    assert_eq!((names(&rest), more), (vec!["b/r3".to_string()], false));
+}
+
+/// RVs stay unique, strictly increasing and gap-free in the change log under concurrent writers.
+pub async fn concurrent_writers_get_ordered_unique_rvs(store: DynStore) {
+    let start = store.current_rv().await.unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rvs = Vec::new();
+            for i in 0..25 {
+                let obj = store.create(POLR, report("ns", &format!("w{writer}-{i}"), json!({}))).await.unwrap();
+                rvs.push(obj.rv);
+            }
+            rvs
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for task in tasks {
+        let rvs = task.await.unwrap();
+        assert!(rvs.windows(2).all(|w| w[0] < w[1]), "each writer sees increasing RVs");
+        all.extend(rvs);
+    }
+    assert_eq!(all.len(), 100, "unique RVs");
+    let changes = store.changes_since(Some(POLR), start, 1000).await.unwrap();
+    let logged: Vec<u64> = changes.iter().map(|c| c.rv).collect();
+    assert_eq!(logged, all.iter().copied().collect::<Vec<_>>(), "change log holds every RV in order");
+    assert_eq!(*store.subscribe().borrow(), *all.last().unwrap(), "subscribers see the newest RV");
+}
+
+/// Compaction moves the compacted RV forward and drops old changes; `changed_since` sees changes.
+pub async fn compaction_moves_the_watermark(store: DynStore) {
+    let a = store.create(POLR, report("ns", "a", json!({}))).await.unwrap();
+    assert!(store.changed_since(POLR, 0).await.unwrap());
+    assert!(!store.changed_since(POLR, a.rv).await.unwrap());
+    assert!(!store.changed_since("reports", 0).await.unwrap());
+    assert_eq!(store.compacted_rv().await.unwrap(), 0);
+    // Nothing is older than an hour yet.
+    assert_eq!(store.compact(3600).await.unwrap(), 0);
+    // An age of zero drops everything committed so far.
+    assert_eq!(store.compact(0).await.unwrap(), 1);
+    assert_eq!(store.compacted_rv().await.unwrap(), a.rv);
+    assert!(store.changes_since(None, 0, 10).await.unwrap().is_empty());
+    store.ping().await.unwrap();
+}
+
+/// Runs every check, each on a fresh store from `factory`.
+pub async fn run_all<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = DynStore>,
+{
+    create_is_not_an_upsert(factory().await).await;
+    update_checks_resource_version(factory().await).await;
+    delete_records_final_state(factory().await).await;
+    delete_batch_skips_conflicts(factory().await).await;
+    list_filters_and_pages(factory().await).await;
+    concurrent_writers_get_ordered_unique_rvs(factory().await).await;
+    compaction_moves_the_watermark(factory().await).await;
+}

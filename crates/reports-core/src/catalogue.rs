@@ -116,7 +116,8 @@ pub struct CatalogueError {
 impl Catalogue {
     /// Builds the catalogue from the embedded CRDs.
     pub fn embedded() -> Result<Self, CatalogueError> {
-        let kinds = EMBEDDED_CRDS.iter().map(|(name, yaml)| parse_crd(name, yaml)).collect::<Result<_, _>>()?;
+        let kinds =
+            EMBEDDED_CRDS.iter().map(|(name, yaml)| parse_crd(name, yaml)).collect::<Result<_, _>>()?;
         Ok(Self { kinds })
     }
 
@@ -142,7 +143,11 @@ impl Catalogue {
     }
 
     /// Resources of one group/version.
-    pub fn in_group_version<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a ResourceKind> {
+    pub fn in_group_version<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+    ) -> impl Iterator<Item = &'a ResourceKind> {
         self.kinds.iter().filter(move |k| k.group == group && k.version == version)
     }
 }
@@ -152,9 +157,12 @@ fn parse_crd(name: &str, yaml: &str) -> Result<ResourceKind, CatalogueError> {
     let doc: Value = serde_saphyr::from_str(yaml).map_err(|e| err(format!("invalid YAML: {e}")))?;
     let spec = &doc["spec"];
     let names = &spec["names"];
-    let text = |v: &Value, what: &str| v.as_str().map(str::to_string).ok_or_else(|| err(format!("missing {what}")));
+    let text =
+        |v: &Value, what: &str| v.as_str().map(str::to_string).ok_or_else(|| err(format!("missing {what}")));
     let strings = |v: &Value| -> Vec<String> {
-        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     };
     let group = text(&spec["group"], "spec.group")?;
     let kind = text(&names["kind"], "names.kind")?;
@@ -225,11 +233,39 @@ mod tests {
             table,
             vec![
                 ("wgpolicyk8s.io/v1alpha2", "PolicyReport", "policyreports", true, "polr", "oABByl1YGQo="),
-                ("wgpolicyk8s.io/v1alpha2", "ClusterPolicyReport", "clusterpolicyreports", false, "cpolr", "eKD/I8GSkRU="),
-                ("reports.kyverno.io/v1", "EphemeralReport", "ephemeralreports", true, "ephr", "2R/2S+oAF8g="),
-                ("reports.kyverno.io/v1", "ClusterEphemeralReport", "clusterephemeralreports", false, "cephr", "AwbbwmeK4OI="),
+                (
+                    "wgpolicyk8s.io/v1alpha2",
+                    "ClusterPolicyReport",
+                    "clusterpolicyreports",
+                    false,
+                    "cpolr",
+                    "eKD/I8GSkRU="
+                ),
+                (
+                    "reports.kyverno.io/v1",
+                    "EphemeralReport",
+                    "ephemeralreports",
+                    true,
+                    "ephr",
+                    "2R/2S+oAF8g="
+                ),
+                (
+                    "reports.kyverno.io/v1",
+                    "ClusterEphemeralReport",
+                    "clusterephemeralreports",
+                    false,
+                    "cephr",
+                    "AwbbwmeK4OI="
+                ),
                 ("openreports.io/v1alpha1", "Report", "reports", true, "reps", "vUXYlDHPGNE="),
-                ("openreports.io/v1alpha1", "ClusterReport", "clusterreports", false, "creps", "35IF8f4t5q4="),
+                (
+                    "openreports.io/v1alpha1",
+                    "ClusterReport",
+                    "clusterreports",
+                    false,
+                    "creps",
+                    "35IF8f4t5q4="
+                ),
             ]
         );
         let ephr = cat.find("reports.kyverno.io", "v1", "ephemeralreports").unwrap();
@@ -239,7 +275,16 @@ mod tests {
         let cols: Vec<_> = polr.printer_columns.iter().map(|c| (c.name.as_str(), c.priority)).collect();
         assert_eq!(
             cols,
-            vec![("Kind", 0), ("Name", 0), ("Pass", 0), ("Fail", 0), ("Warn", 0), ("Error", 0), ("Skip", 0), ("Age", 0)]
+            vec![
+                ("Kind", 0),
+                ("Name", 0),
+                ("Pass", 0),
+                ("Fail", 0),
+                ("Warn", 0),
+                ("Error", 0),
+                ("Skip", 0),
+                ("Age", 0)
+            ]
         );
         assert!(polr.schema["properties"]["results"].is_object());
         assert_eq!(cat.groups().len(), 3);

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 use crate::{Catalogue, ResourceKind};
 
 /// Verbs of a CRD resource, in the order apiextensions publishes them.
-pub const VERBS: [&str; 8] = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"];
+pub const VERBS: [&str; 8] =
+    ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"];
 
 fn group_version_for_discovery(group: &str, version: &str) -> Value {
     json!({"groupVersion": format!("{group}/{version}"), "version": version})

@@ -56,7 +56,7 @@ pub struct ApiError {
     /// The message the client sees.
     pub message: String,
     /// Status `details`, when there are any.
-    pub details: Option<StatusDetails>,
+    pub details: Option<Box<StatusDetails>>,
     /// What went wrong, for the log only (may name SQL, files, drivers).
     pub internal: Option<String>,
 }
@@ -90,7 +90,7 @@ impl ApiError {
 
     /// Adds `details`.
     pub fn with_details(mut self, details: StatusDetails) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -207,7 +207,11 @@ impl ApiError {
             "MethodNotAllowed",
             format!("{verb} is not supported on resources of kind \"{}\"", kind.qualified_resource()),
         )
-        .with_details(StatusDetails { group: kind.group.clone(), kind: kind.plural.clone(), ..Default::default() })
+        .with_details(StatusDetails {
+            group: kind.group.clone(),
+            kind: kind.plural.clone(),
+            ..Default::default()
+        })
     }
 
     /// 406 NotAcceptable.
@@ -220,7 +224,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: {accepted}"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {accepted}"
+            ),
         )
     }
 
@@ -236,16 +242,20 @@ impl ApiError {
 
     /// 504 Timeout for a resourceVersion newer than anything committed.
     pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
-        Self::new(504, "Timeout", format!("Timeout: Too large resource version: {requested}, current: {current}"))
-            .with_details(StatusDetails {
-                causes: vec![StatusCause {
-                    reason: "ResourceVersionTooLarge".into(),
-                    message: "Too large resource version".into(),
-                    field: String::new(),
-                }],
-                retry_after_seconds: Some(1),
-                ..Default::default()
-            })
+        Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {requested}, current: {current}"),
+        )
+        .with_details(StatusDetails {
+            causes: vec![StatusCause {
+                reason: "ResourceVersionTooLarge".into(),
+                message: "Too large resource version".into(),
+                field: String::new(),
+            }],
+            retry_after_seconds: Some(1),
+            ..Default::default()
+        })
     }
 
     /// 503 ServiceUnavailable.
@@ -302,14 +312,22 @@ pub fn field_invalid(field: &str, value: &str, detail: &str) -> StatusCause {
 pub fn field_required(field: &str, detail: &str) -> StatusCause {
     StatusCause {
         reason: "FieldValueRequired".into(),
-        message: if detail.is_empty() { "Required value".into() } else { format!("Required value: {detail}") },
+        message: if detail.is_empty() {
+            "Required value".into()
+        } else {
+            format!("Required value: {detail}")
+        },
         field: field.into(),
     }
 }
 
 /// Builds a `FieldValueForbidden` cause.
 pub fn field_forbidden(field: &str, detail: &str) -> StatusCause {
-    StatusCause { reason: "FieldValueForbidden".into(), message: format!("Forbidden: {detail}"), field: field.into() }
+    StatusCause {
+        reason: "FieldValueForbidden".into(),
+        message: format!("Forbidden: {detail}"),
+        field: field.into(),
+    }
 }
 
 /// Builds a `FieldValueNotSupported` cause.

@@ -84,8 +84,10 @@ fn parse_clauses(accept: &str) -> Vec<Clause<'_>> {
         .filter_map(|raw| {
             let mut parts = raw.split(';').map(str::trim);
             let media = parts.next().filter(|m| !m.is_empty())?;
-            let params: Vec<(&str, &str)> =
-                parts.filter_map(|p| p.split_once('=')).map(|(k, v)| (k.trim(), v.trim().trim_matches('"'))).collect();
+            let params: Vec<(&str, &str)> = parts
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+                .collect();
             let q = params.iter().find(|(k, _)| *k == "q").and_then(|(_, v)| v.parse().ok()).unwrap_or(1.0);
             Some(Clause { media, params, q })
         })
@@ -93,7 +95,9 @@ fn parse_clauses(accept: &str) -> Vec<Clause<'_>> {
         .collect();
     // Stable: equal q keeps the client's order; wildcards rank after concrete types.
     clauses.sort_by(|a, b| {
-        b.q.partial_cmp(&a.q).unwrap_or(std::cmp::Ordering::Equal).then_with(|| wildness(a.media).cmp(&wildness(b.media)))
+        b.q.partial_cmp(&a.q)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| wildness(a.media).cmp(&wildness(b.media)))
     });
     clauses
 }
@@ -223,9 +227,15 @@ mod tests {
         assert_eq!(n.shape, Shape::MetadataList("v1"));
         assert_eq!(negotiate(Some(METADATA_CLIENT), Endpoint::Object).unwrap().shape, Shape::Object);
         assert_eq!(negotiate(Some(KUBECTL_GET), Endpoint::List).unwrap().shape, Shape::Table("v1"));
-        assert_eq!(negotiate(Some("application/json, */*"), Endpoint::List).unwrap().encoding, Encoding::Json);
+        assert_eq!(
+            negotiate(Some("application/json, */*"), Endpoint::List).unwrap().encoding,
+            Encoding::Json
+        );
         assert_eq!(negotiate(Some("application/yaml"), Endpoint::Object).unwrap().encoding, Encoding::Yaml);
-        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf"), Endpoint::Object).unwrap_err().code, 406);
+        assert_eq!(
+            negotiate(Some("application/vnd.kubernetes.protobuf"), Endpoint::Object).unwrap_err().code,
+            406
+        );
         assert_eq!(negotiate(Some("application/yaml"), Endpoint::Watch).unwrap_err().code, 406);
         assert_eq!(
             negotiate(Some("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"), Endpoint::List)
@@ -234,10 +244,15 @@ mod tests {
             406
         );
         assert_eq!(
-            negotiate(Some("application/json;as=Table;g=meta.k8s.io;v=v1beta1"), Endpoint::Watch).unwrap().shape,
+            negotiate(Some("application/json;as=Table;g=meta.k8s.io;v=v1beta1"), Endpoint::Watch)
+                .unwrap()
+                .shape,
             Shape::Table("v1beta1")
         );
-        assert_eq!(negotiate(Some("text/html;q=0.9,application/yaml"), Endpoint::Object).unwrap().encoding, Encoding::Yaml);
+        assert_eq!(
+            negotiate(Some("text/html;q=0.9,application/yaml"), Endpoint::Object).unwrap().encoding,
+            Encoding::Yaml
+        );
         assert!(negotiate(Some("application/json;pretty=1"), Endpoint::Object).unwrap().pretty);
         assert_eq!(negotiate(None, Endpoint::Object).unwrap().encoding, Encoding::Json);
     }

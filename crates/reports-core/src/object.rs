@@ -152,7 +152,8 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 /// apiVersion is a 400 as in kube's create handler, and a different kind is a 422 as the CRD
 /// validator reports it.
 pub fn check_shape(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
-    let map = obj.as_object().ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let map =
+        obj.as_object().ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
     let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let object_kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
     if object_kind.is_empty() {
@@ -184,7 +185,11 @@ pub fn check_shape(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
 }
 
 /// Applies the namespace rules of `EnsureObjectNamespaceMatchesRequestNamespace`.
-fn reconcile_namespace(kind: &ResourceKind, url_namespace: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
+fn reconcile_namespace(
+    kind: &ResourceKind,
+    url_namespace: Option<&str>,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
     let meta = meta_mut(obj);
     if !kind.namespaced {
         meta.remove("namespace");
@@ -225,7 +230,9 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
                             }
                         }
                     }
-                    _ => causes.push(field_invalid(&format!("metadata.{key}"), "", "must be a map of strings")),
+                    _ => {
+                        causes.push(field_invalid(&format!("metadata.{key}"), "", "must be a map of strings"))
+                    }
                 }
             }
         }
@@ -291,7 +298,11 @@ pub fn prepare_create(
             return Err(ApiError::invalid(kind, &name, vec![field_invalid("metadata.name", &name, &why)]));
         }
     } else if let Some(why) = dns_subdomain_error(&format!("{generate}a")) {
-        return Err(ApiError::invalid(kind, "", vec![field_invalid("metadata.generateName", &generate, &why)]));
+        return Err(ApiError::invalid(
+            kind,
+            "",
+            vec![field_invalid("metadata.generateName", &generate, &why)],
+        ));
     }
     validate_metadata(kind, obj)?;
     let meta = meta_mut(obj);
@@ -354,7 +365,8 @@ pub fn prepare_update(
     let deleting = old.meta().is_some_and(|m| m.contains_key("deletionTimestamp"));
     if deleting {
         let old_finalizers = old.finalizers();
-        let added: Vec<String> = new.finalizers().into_iter().filter(|f| !old_finalizers.contains(f)).collect();
+        let added: Vec<String> =
+            new.finalizers().into_iter().filter(|f| !old_finalizers.contains(f)).collect();
         if !added.is_empty() {
             return Err(ApiError::invalid(
                 kind,
@@ -429,7 +441,10 @@ mod tests {
         let mut other = json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport",
             "metadata":{"name":"a","namespace":"ns2"}});
         assert_eq!(prepare_create(&polr, Some("ns1"), &mut other, "t").unwrap_err().code, 400);
-        assert_eq!(prepare_create(&polr, None, &mut other, "t").unwrap_err().message, "Namespace parameter required.");
+        assert_eq!(
+            prepare_create(&polr, None, &mut other, "t").unwrap_err().message,
+            "Namespace parameter required."
+        );
         let mut cluster = json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"ClusterPolicyReport",
             "metadata":{"name":"a","namespace":"ns2"}});
         prepare_create(&cpolr, None, &mut cluster, "t").unwrap();
@@ -441,12 +456,20 @@ mod tests {
         let (polr, _) = kinds();
         let check = |body: Value| prepare_create(&polr, Some("ns"), &mut body.clone(), "t").unwrap_err();
         assert_eq!(check(json!({"apiVersion":"v1","kind":"PolicyReport","metadata":{"name":"a"}})).code, 400);
-        assert_eq!(check(json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"Pod","metadata":{"name":"a"}})).code, 422);
+        assert_eq!(
+            check(json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"Pod","metadata":{"name":"a"}})).code,
+            422
+        );
         assert_eq!(check(json!({"metadata":{"name":"a"}})).code, 400);
-        let bad = check(json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport","metadata":{"name":"Bad_Name"}}));
+        let bad = check(
+            json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport","metadata":{"name":"Bad_Name"}}),
+        );
         assert_eq!(bad.code, 422);
-        assert!(bad.message.starts_with("PolicyReport.wgpolicyk8s.io \"Bad_Name\" is invalid: metadata.name: Invalid value"));
-        let missing = check(json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport","metadata":{}}));
+        assert!(bad.message.starts_with(
+            "PolicyReport.wgpolicyk8s.io \"Bad_Name\" is invalid: metadata.name: Invalid value"
+        ));
+        let missing =
+            check(json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport","metadata":{}}));
         assert!(missing.message.contains("name or generateName is required"), "{}", missing.message);
         let rv = check(json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport",
             "metadata":{"name":"a","resourceVersion":"3"}}));

@@ -73,7 +73,9 @@ fn form_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -157,8 +159,9 @@ impl ListOptions {
     pub fn parse(query: &Query, kind: &ResourceKind) -> Result<Self, ApiError> {
         let label_selector = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let field_selector = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default(), kind.namespaced)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let field_selector =
+            FieldSelector::parse(query.get("fieldSelector").unwrap_or_default(), kind.namespaced)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let limit = query.int("limit")?.filter(|l| *l > 0).map(|l| l as u64);
         let rv_text = query.get("resourceVersion").unwrap_or_default();
         let resource_version = parse_rv_param(Some(rv_text))?;
@@ -171,7 +174,8 @@ impl ListOptions {
             "Exact" => Some(RvMatch::Exact),
             "NotOlderThan" => Some(RvMatch::NotOlderThan),
             other => {
-                let supported: &[&str] = if watch { &["NotOlderThan"] } else { &["Exact", "NotOlderThan", ""] };
+                let supported: &[&str] =
+                    if watch { &["NotOlderThan"] } else { &["Exact", "NotOlderThan", ""] };
                 return Err(ApiError::invalid_list_options(field_not_supported(
                     "resourceVersionMatch",
                     other,
@@ -214,7 +218,10 @@ impl ListOptions {
                 }
             }
             if send_initial_events.is_some() {
-                return Err(list_options_invalid("sendInitialEvents", "sendInitialEvents is forbidden for list"));
+                return Err(list_options_invalid(
+                    "sendInitialEvents",
+                    "sendInitialEvents is forbidden for list",
+                ));
             }
         }
         let continue_token = if continue_text.is_empty() {
@@ -375,6 +382,9 @@ pub struct DeleteOptions {
     pub dry_run: bool,
     /// `propagationPolicy` (or the legacy `orphanDependents`).
     pub propagation: Option<Propagation>,
+    /// The legacy `orphanDependents` flag as sent; kube answers 202 instead of 200 when it is
+    /// `false` and the object is not gone yet.
+    pub orphan_dependents: Option<bool>,
     /// `preconditions.uid`.
     pub precondition_uid: Option<String>,
     /// `preconditions.resourceVersion`.
@@ -386,11 +396,15 @@ impl DeleteOptions {
     pub fn parse(query: &Query, body: Option<&Value>) -> Result<Self, ApiError> {
         let from_body = |key: &str| body.and_then(|b| b.get(key)).filter(|v| !v.is_null());
         let text = |key: &str| -> Option<String> {
-            from_body(key).and_then(|v| v.as_str().map(str::to_string)).or_else(|| query.get(key).map(str::to_string))
+            from_body(key)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .or_else(|| query.get(key).map(str::to_string))
         };
         if let Some(b) = body {
             if !b.is_object() {
-                return Err(ApiError::bad_request("the body of a delete request must be a DeleteOptions object"));
+                return Err(ApiError::bad_request(
+                    "the body of a delete request must be a DeleteOptions object",
+                ));
             }
         }
         let dry_run = match from_body("dryRun") {
@@ -427,17 +441,26 @@ impl DeleteOptions {
             Some(other) => {
                 return Err(invalid_options(
                     "DeleteOptions",
-                    field_not_supported("propagationPolicy", other, &["Foreground", "Background", "Orphan", "nil"]),
+                    field_not_supported(
+                        "propagationPolicy",
+                        other,
+                        &["Foreground", "Background", "Orphan", "nil"],
+                    ),
                 ))
             }
         };
         let preconditions = from_body("preconditions");
         let precondition = |key: &str| {
-            preconditions.and_then(|p| p.get(key)).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_string)
+            preconditions
+                .and_then(|p| p.get(key))
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
         };
         Ok(Self {
             dry_run,
             propagation,
+            orphan_dependents: orphan,
             precondition_uid: precondition("uid"),
             precondition_rv: precondition("resourceVersion"),
         })
@@ -475,7 +498,9 @@ mod tests {
         assert_eq!(parse("sendInitialEvents=true").unwrap_err().code, 422);
         let err = parse("watch=1&sendInitialEvents=true").unwrap_err();
         assert_eq!(err.code, 422);
-        assert!(err.message.contains("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+        assert!(err
+            .message
+            .contains("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
         assert_eq!(parse("watch=1&resourceVersionMatch=NotOlderThan").unwrap_err().code, 422);
         assert!(parse("watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan").is_ok());
         let token = ContinueToken::new(3, "a", "b").encode();
@@ -488,13 +513,23 @@ mod tests {
 
     #[test]
     fn write_and_delete_options() {
-        assert!(WriteOptions::parse(&Query::parse(Some("dryRun=All")), "CreateOptions", false).unwrap().dry_run);
-        assert_eq!(WriteOptions::parse(&Query::parse(Some("dryRun=Some")), "CreateOptions", false).unwrap_err().code, 422);
+        assert!(
+            WriteOptions::parse(&Query::parse(Some("dryRun=All")), "CreateOptions", false).unwrap().dry_run
+        );
         assert_eq!(
-            WriteOptions::parse(&Query::parse(Some("fieldValidation=Loose")), "CreateOptions", false).unwrap_err().code,
+            WriteOptions::parse(&Query::parse(Some("dryRun=Some")), "CreateOptions", false).unwrap_err().code,
             422
         );
-        assert_eq!(WriteOptions::parse(&Query::parse(Some("force=true")), "PatchOptions", false).unwrap_err().code, 422);
+        assert_eq!(
+            WriteOptions::parse(&Query::parse(Some("fieldValidation=Loose")), "CreateOptions", false)
+                .unwrap_err()
+                .code,
+            422
+        );
+        assert_eq!(
+            WriteOptions::parse(&Query::parse(Some("force=true")), "PatchOptions", false).unwrap_err().code,
+            422
+        );
         let body = serde_json::json!({"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background",
             "preconditions":{"uid":"u1"}});
         let opts = DeleteOptions::parse(&Query::default(), Some(&body)).unwrap();

@@ -14,9 +14,9 @@ pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
 pub fn apply_patch(target: &mut Value, patch: &Value, body_type: BodyType) -> Result<(), ApiError> {
     match body_type {
         BodyType::JsonPatch => {
-            let ops = patch.as_array().ok_or_else(|| {
-                ApiError::bad_request("json patch must be a JSON array of operations")
-            })?;
+            let ops = patch
+                .as_array()
+                .ok_or_else(|| ApiError::bad_request("json patch must be a JSON array of operations"))?;
             if ops.len() > MAX_JSON_PATCH_OPERATIONS {
                 return Err(ApiError::new(
                     413,
@@ -38,7 +38,9 @@ pub fn apply_patch(target: &mut Value, patch: &Value, body_type: BodyType) -> Re
             json_patch::merge(target, patch);
             Ok(())
         }
-        BodyType::Json | BodyType::Yaml => Err(ApiError::unsupported_media_type(crate::negotiate::PATCH_TYPES)),
+        BodyType::Json | BodyType::Yaml => {
+            Err(ApiError::unsupported_media_type(crate::negotiate::PATCH_TYPES))
+        }
     }
 }
 
@@ -56,7 +58,10 @@ mod tests {
         let failing = json!([{"op":"test","path":"/metadata/name","value":"b"}]);
         assert_eq!(apply_patch(&mut doc, &failing, BodyType::JsonPatch).unwrap_err().code, 422);
         assert_eq!(apply_patch(&mut doc, &json!({"op":"x"}), BodyType::JsonPatch).unwrap_err().code, 400);
-        assert_eq!(apply_patch(&mut doc, &json!([{"op":"jump"}]), BodyType::JsonPatch).unwrap_err().code, 400);
+        assert_eq!(
+            apply_patch(&mut doc, &json!([{"op":"jump"}]), BodyType::JsonPatch).unwrap_err().code,
+            400
+        );
     }
 
     #[test]

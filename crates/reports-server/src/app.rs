@@ -53,9 +53,21 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// Builds the state.
-    pub fn new(catalogue: Catalogue, store: DynStore, max_body_bytes: usize, shutting_down: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        catalogue: Catalogue,
+        store: DynStore,
+        max_body_bytes: usize,
+        shutting_down: watch::Receiver<bool>,
+    ) -> Self {
         let discovery = DiscoveryDocs::new(&catalogue);
-        Self(Arc::new(Shared { catalogue, store, discovery, max_body_bytes, shutting_down, ready: AtomicBool::new(false) }))
+        Self(Arc::new(Shared {
+            catalogue,
+            store,
+            discovery,
+            max_body_bytes,
+            shutting_down,
+            ready: AtomicBool::new(false),
+        }))
     }
 
     /// Marks the server ready to serve.
@@ -118,7 +130,14 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn root_paths(State(state): State<AppState>) -> Response {
-    let mut paths = vec!["/api".to_string(), "/apis".into(), "/healthz".into(), "/livez".into(), "/readyz".into(), "/version".into()];
+    let mut paths = vec![
+        "/api".to_string(),
+        "/apis".into(),
+        "/healthz".into(),
+        "/livez".into(),
+        "/readyz".into(),
+        "/version".into(),
+    ];
     for g in state.catalogue.groups() {
         paths.push(format!("/apis/{}", g.group));
         paths.push(format!("/apis/{}/{}", g.group, g.version));
@@ -147,10 +166,12 @@ async fn version() -> Response {
 /// store and fails while starting or shutting down.
 async fn health(State(state): State<AppState>, uri: axum::http::Uri) -> Response {
     let endpoint = uri.path().trim_start_matches('/').to_string();
-    let verbose = uri.query().is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let verbose =
+        uri.query().is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
     let mut checks: Vec<(&str, bool)> = vec![("ping", true)];
     if endpoint != "livez" {
-        let store_ok = match tokio::time::timeout(std::time::Duration::from_secs(5), state.store.ping()).await {
+        let store_ok = match tokio::time::timeout(std::time::Duration::from_secs(5), state.store.ping()).await
+        {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "{endpoint}: storage check failed");
@@ -169,10 +190,17 @@ async fn health(State(state): State<AppState>, uri: axum::http::Uri) -> Response
     }
     let ok = checks.iter().all(|(_, ok)| *ok);
     let body = if verbose || !ok {
-        let mut text: String = checks
-            .iter()
-            .map(|(name, ok)| if *ok { format!("[+]{name} ok\n") } else { format!("[-]{name} failed: reason withheld\n") })
-            .collect();
+        let mut text: String =
+            checks
+                .iter()
+                .map(|(name, ok)| {
+                    if *ok {
+                        format!("[+]{name} ok\n")
+                    } else {
+                        format!("[-]{name} failed: reason withheld\n")
+                    }
+                })
+                .collect();
         text.push_str(&format!("{endpoint} check {}\n", if ok { "passed" } else { "failed" }));
         text
     } else {
@@ -180,7 +208,9 @@ async fn health(State(state): State<AppState>, uri: axum::http::Uri) -> Response
     };
     let status = if ok { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
@@ -210,7 +240,9 @@ fn choose_discovery(headers: &HeaderMap, allow_aggregated: bool) -> Result<Disco
         }
         match param("as") {
             None => return Ok(DiscoveryChoice::Legacy),
-            Some("APIGroupDiscoveryList") if allow_aggregated && param("g") == Some("apidiscovery.k8s.io") => {
+            Some("APIGroupDiscoveryList")
+                if allow_aggregated && param("g") == Some("apidiscovery.k8s.io") =>
+            {
                 match param("v") {
                     Some("v2") => return Ok(DiscoveryChoice::Aggregated("v2")),
                     Some("v2beta1") => return Ok(DiscoveryChoice::Aggregated("v2beta1")),
@@ -250,11 +282,15 @@ fn aggregated_response(doc: &CachedDoc, version: &str, headers: &HeaderMap) -> R
 
 async fn apis(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     Ok(match choose_discovery(&headers, true)? {
-        DiscoveryChoice::Aggregated("v2beta1") => aggregated_response(&state.discovery.v2beta1, "v2beta1", &headers),
-        DiscoveryChoice::Aggregated(_) => aggregated_response(&state.discovery.v2, "v2", &headers),
-        DiscoveryChoice::Legacy => {
-            crate::response::bytes_response(StatusCode::OK, "application/json", state.discovery.group_list.body.clone())
+        DiscoveryChoice::Aggregated("v2beta1") => {
+            aggregated_response(&state.discovery.v2beta1, "v2beta1", &headers)
         }
+        DiscoveryChoice::Aggregated(_) => aggregated_response(&state.discovery.v2, "v2", &headers),
+        DiscoveryChoice::Legacy => crate::response::bytes_response(
+            StatusCode::OK,
+            "application/json",
+            state.discovery.group_list.body.clone(),
+        ),
     })
 }
 
@@ -270,7 +306,11 @@ async fn legacy_api(headers: HeaderMap) -> ApiResult {
     }
 }
 
-async fn api_group(State(state): State<AppState>, Path(group): Path<String>, headers: HeaderMap) -> ApiResult {
+async fn api_group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
     choose_discovery(&headers, false)?;
     let doc = discovery::api_group_doc(&state.catalogue, &group).ok_or_else(ApiError::path_not_found)?;
     Ok(json_response(StatusCode::OK, &doc))
@@ -282,6 +322,7 @@ async fn api_resources(
     headers: HeaderMap,
 ) -> ApiResult {
     choose_discovery(&headers, false)?;
-    let doc = discovery::api_resource_list(&state.catalogue, &group, &version).ok_or_else(ApiError::path_not_found)?;
+    let doc = discovery::api_resource_list(&state.catalogue, &group, &version)
+        .ok_or_else(ApiError::path_not_found)?;
     Ok(json_response(StatusCode::OK, &doc))
 }

@@ -38,7 +38,12 @@ pub struct Args {
     pub max_request_body_bytes: usize,
 
     /// Where reports are kept: sqlite://PATH (a file, created on first start) or sqlite::memory:.
-    #[arg(long, env = "REPORTS_STORAGE", default_value = "sqlite://reports-server.db", help_heading = "Storage")]
+    #[arg(
+        long,
+        env = "REPORTS_STORAGE",
+        default_value = "sqlite://reports-server.db",
+        help_heading = "Storage"
+    )]
     pub storage: String,
 
     /// How long the change log keeps entries, in seconds. Watches and continue tokens older than

@@ -59,12 +59,18 @@ impl Server {
             .await?
             .with_context(|| format!("opening storage {}", redact_url(&config.storage)))?;
         let tls = config.certificate.server_config()?;
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let (shutdown, shutting_down) = watch::channel(false);
-        let state = app::AppState::new(catalogue, store.clone(), config.max_body_bytes, shutting_down.clone());
+        let state =
+            app::AppState::new(catalogue, store.clone(), config.max_body_bytes, shutting_down.clone());
         let router = app::router(state.clone());
-        tokio::spawn(compaction_loop(store.clone(), config.change_log_retention_seconds, shutting_down.clone()));
+        tokio::spawn(compaction_loop(
+            store.clone(),
+            config.change_log_retention_seconds,
+            shutting_down.clone(),
+        ));
         state.set_ready();
         let task = tokio::spawn(serve::serve(listener, Arc::clone(&tls), router, shutting_down.clone()));
         Ok(Self { local_addr, shutdown, task, store })
@@ -83,7 +89,11 @@ impl Server {
 }
 
 /// Trims the change log every minute; one pass at a time, never blocking requests.
-async fn compaction_loop(store: reports_store::DynStore, retention_seconds: u64, mut shutting_down: watch::Receiver<bool>) {
+async fn compaction_loop(
+    store: reports_store::DynStore,
+    retention_seconds: u64,
+    mut shutting_down: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {

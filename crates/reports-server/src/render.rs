@@ -46,12 +46,18 @@ fn corrupt(e: impl std::fmt::Display) -> ApiError {
 
 impl Renderer {
     /// Prepares rendering for `kind`; `include_object` is the raw `includeObject` parameter.
-    pub fn new(kind: &ResourceKind, negotiated: Negotiated, include_object: Option<&str>) -> Result<Self, ApiError> {
+    pub fn new(
+        kind: &ResourceKind,
+        negotiated: Negotiated,
+        include_object: Option<&str>,
+    ) -> Result<Self, ApiError> {
         let table = match negotiated.shape {
-            Shape::Table(_) => {
-                let include = IncludeObject::parse(include_object).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Shape::Table(version) => {
+                let include =
+                    IncludeObject::parse(include_object).map_err(|e| ApiError::bad_request(e.to_string()))?;
                 let renderer = TableRenderer::new(kind, jiff::Timestamp::now())
-                    .map_err(|e| ApiError::internal(format!("printer columns: {e}")))?;
+                    .map_err(|e| ApiError::internal(format!("printer columns: {e}")))?
+                    .with_meta_version(version);
                 Some((renderer, include))
             }
             _ => None,
@@ -103,7 +109,9 @@ impl Renderer {
             Shape::MetadataList(v) | Shape::Metadata(v) => {
                 format!(r#"{{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/{v}","items":["#)
             }
-            Shape::Object => format!(r#"{{"apiVersion":"{}","kind":"{}","items":["#, self.api_version, self.list_kind),
+            Shape::Object => {
+                format!(r#"{{"apiVersion":"{}","kind":"{}","items":["#, self.api_version, self.list_kind)
+            }
         }
     }
 
@@ -128,7 +136,9 @@ impl Renderer {
                 )
                 .into_bytes();
                 text.extend_from_slice(&rows);
-                text.extend_from_slice(format!(r#"],"metadata":{}}}"#, json!({"resourceVersion": rv})).as_bytes());
+                text.extend_from_slice(
+                    format!(r#"],"metadata":{}}}"#, json!({"resourceVersion": rv})).as_bytes(),
+                );
                 text
             }
             _ => {
@@ -197,10 +207,11 @@ impl Renderer {
                         }
                         first = false;
                         self.item_json(&item.body, &mut out)?;
-                        if !buffered && out.len() >= FLUSH_BYTES {
-                            if tx.send(Ok(Bytes::from(std::mem::take(&mut out)))).await.is_err() {
-                                return Ok(()); // client went away
-                            }
+                        if !buffered
+                            && out.len() >= FLUSH_BYTES
+                            && tx.send(Ok(Bytes::from(std::mem::take(&mut out)))).await.is_err()
+                        {
+                            return Ok(()); // client went away
                         }
                     }
                     last = items.into_iter().last();

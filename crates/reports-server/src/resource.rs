@@ -50,7 +50,12 @@ impl Target<'_> {
     }
 }
 
-fn parse_target<'a>(state: &'a AppState, group: &str, version: &str, rest: &str) -> Result<Target<'a>, ApiError> {
+fn parse_target<'a>(
+    state: &'a AppState,
+    group: &str,
+    version: &str,
+    rest: &str,
+) -> Result<Target<'a>, ApiError> {
     let segments: Vec<&str> = rest.split('/').collect();
     if segments.iter().any(|s| s.is_empty()) {
         return Err(ApiError::path_not_found());
@@ -72,7 +77,7 @@ fn parse_target<'a>(state: &'a AppState, group: &str, version: &str, rest: &str)
     Ok(Target { kind, namespace, name })
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: header::HeaderName) -> Option<&'h str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -80,8 +85,9 @@ fn header_str<'h>(headers: &'h HeaderMap, name: header::HeaderName) -> Option<&'
 fn wants_pretty(query: &Query, headers: &HeaderMap) -> bool {
     match query.get("pretty") {
         Some(_) => query.flag("pretty"),
-        None => header_str(headers, header::USER_AGENT)
-            .is_some_and(|ua| ua.starts_with("curl") || ua.starts_with("Wget") || ua.starts_with("Mozilla/5.0")),
+        None => header_str(headers, header::USER_AGENT).is_some_and(|ua| {
+            ua.starts_with("curl") || ua.starts_with("Wget") || ua.starts_with("Mozilla/5.0")
+        }),
     }
 }
 
@@ -220,13 +226,16 @@ impl Request<'_> {
             if rv > stream.snapshot_rv {
                 return Err(ApiError::too_large_resource_version(rv, stream.snapshot_rv).into());
             }
-            let exact = options.rv_match == Some(RvMatch::Exact) || (options.rv_match.is_none() && options.limit.is_some());
+            let exact = options.rv_match == Some(RvMatch::Exact)
+                || (options.rv_match.is_none() && options.limit.is_some());
             if exact && rv != stream.snapshot_rv {
                 // No MVCC history: the data at `rv` is the current data only if nothing of this
                 // kind changed since, which the change log can tell while it still covers `rv`.
                 let covered = rv >= store.compacted_rv().await.map_err(store_error)?;
                 if !covered || store.changed_since(kind.storage_key(), rv).await.map_err(store_error)? {
-                    return Err(ApiError::expired("The resourceVersion for the provided list is too old.").into());
+                    return Err(
+                        ApiError::expired("The resourceVersion for the provided list is too old.").into()
+                    );
                 }
                 reported_rv = Some(rv);
             }
@@ -236,7 +245,8 @@ impl Request<'_> {
             let rv = reported_rv.unwrap_or(snapshot_rv);
             let mut metadata = json!({"resourceVersion": rv.to_string()});
             if let (true, Some(last)) = (more, last) {
-                metadata["continue"] = json!(ContinueToken::new(rv, last.namespace.clone(), last.name.clone()).encode());
+                metadata["continue"] =
+                    json!(ContinueToken::new(rv, last.namespace.clone(), last.name.clone()).encode());
             }
             metadata
         }))
@@ -258,7 +268,8 @@ impl Request<'_> {
             }
             let namespace = object.meta_str("namespace").to_string();
             if options.dry_run {
-                let existing = self.state.store.get(kind.storage_key(), &namespace, &name).await.map_err(store_error)?;
+                let existing =
+                    self.state.store.get(kind.storage_key(), &namespace, &name).await.map_err(store_error)?;
                 match existing {
                     Some(existing) if fixed_name.is_empty() => {
                         let _ = existing;
@@ -272,7 +283,12 @@ impl Request<'_> {
                 Ok(stored) => return Ok(self.renderer.object(StatusCode::CREATED, &stored.body)?),
                 Err(StoreError::AlreadyExists) if fixed_name.is_empty() => continue,
                 Err(StoreError::AlreadyExists) => {
-                    let existing = self.state.store.get(kind.storage_key(), &namespace, &name).await.map_err(store_error)?;
+                    let existing = self
+                        .state
+                        .store
+                        .get(kind.storage_key(), &namespace, &name)
+                        .await
+                        .map_err(store_error)?;
                     return Err(match existing {
                         Some(existing) => self.already_exists(&existing, &name)?,
                         None => ApiError::already_exists(kind, &name),
@@ -300,7 +316,13 @@ impl Request<'_> {
         let mut object = self.read_object(body).await?;
         let stored = self.load().await?;
         let current = self.parse_stored(&stored)?;
-        object::prepare_update(self.kind(), self.target.namespace.as_deref(), self.name(), &mut object, &current)?;
+        object::prepare_update(
+            self.kind(),
+            self.target.namespace.as_deref(),
+            self.name(),
+            &mut object,
+            &current,
+        )?;
         let expected: u64 = object.meta_str("resourceVersion").parse().unwrap_or(0);
         if expected != stored.rv {
             return Err(ApiError::stale(self.kind(), self.name()).into());
@@ -310,14 +332,25 @@ impl Request<'_> {
 
     /// Stores an prepared update, or deletes the object when the update removed the last finalizer
     /// of an object that is being deleted (kube's `ShouldDeleteDuringUpdate`).
-    async fn write_update(&self, object: Value, current: &Value, expected_rv: u64, dry_run: bool) -> ApiResult {
+    async fn write_update(
+        &self,
+        object: Value,
+        current: &Value,
+        expected_rv: u64,
+        dry_run: bool,
+    ) -> ApiResult {
         let kind = self.kind();
         let deleting = current.meta().is_some_and(|m| m.contains_key("deletionTimestamp"));
         if deleting && object.finalizers().is_empty() {
             if dry_run {
                 return Ok(self.renderer.object(StatusCode::OK, &object.to_string())?);
             }
-            return match self.state.store.delete(kind.storage_key(), self.target.storage_namespace(), self.name(), expected_rv).await {
+            return match self
+                .state
+                .store
+                .delete(kind.storage_key(), self.target.storage_namespace(), self.name(), expected_rv)
+                .await
+            {
                 Ok(gone) => Ok(self.renderer.object(StatusCode::OK, &gone.body)?),
                 Err(StoreError::Conflict) => Err(ApiError::stale(kind, self.name()).into()),
                 Err(StoreError::NotFound) => Err(ApiError::not_found(kind, self.name()).into()),
@@ -358,21 +391,33 @@ impl Request<'_> {
             }
             let pinned_by_patch = patch_sets_resource_version(&patch, body_type);
             if pinned.is_empty() {
-                object::meta_mut(&mut patched).insert("resourceVersion".into(), Value::String(stored.rv.to_string()));
+                object::meta_mut(&mut patched)
+                    .insert("resourceVersion".into(), Value::String(stored.rv.to_string()));
             }
-            object::prepare_update(kind, self.target.namespace.as_deref(), self.name(), &mut patched, &current)?;
+            object::prepare_update(
+                kind,
+                self.target.namespace.as_deref(),
+                self.name(),
+                &mut patched,
+                &current,
+            )?;
             match self.write_update(patched, &current, stored.rv, options.dry_run).await {
                 Err(e) if e.0.code == 409 && e.0.reason == "Conflict" && !pinned_by_patch => continue,
                 Err(e) if e.0.code == 404 => continue,
                 other => return other,
             }
         }
-        Err(ApiError::conflict(kind, self.name(), "the object is being modified too often; please try again").into())
+        Err(ApiError::conflict(kind, self.name(), "the object is being modified too often; please try again")
+            .into())
     }
 
     async fn delete(&self, body: Body) -> ApiResult {
         let bytes = self.read_body(body).await?;
-        let body_value = if bytes.iter().all(u8::is_ascii_whitespace) { None } else { Some(decode_body(&bytes, BodyType::Json)?) };
+        let body_value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(decode_body(&bytes, BodyType::Json)?)
+        };
         let options = DeleteOptions::parse(&self.query, body_value.as_ref())?;
         let kind = self.kind();
         for _ in 0..WRITE_ATTEMPTS {
@@ -383,7 +428,10 @@ impl Request<'_> {
                     return Err(ApiError::conflict(
                         kind,
                         self.name(),
-                        &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", stored.uid),
+                        &format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            stored.uid
+                        ),
                     )
                     .into());
                 }
@@ -407,17 +455,28 @@ impl Request<'_> {
                 Ok(outcome) => return Ok(outcome),
             }
         }
-        Err(ApiError::conflict(kind, self.name(), "the object is being modified too often; please try again").into())
+        Err(ApiError::conflict(kind, self.name(), "the object is being modified too often; please try again")
+            .into())
     }
 
     /// Deletes or starts deleting (finalizers) one loaded object.
-    async fn delete_one(&self, stored: &StoredObject, current: Value, options: &DeleteOptions) -> Result<Response, DeleteFailure> {
+    async fn delete_one(
+        &self,
+        stored: &StoredObject,
+        current: Value,
+        options: &DeleteOptions,
+    ) -> Result<Response, DeleteFailure> {
         let kind = self.kind();
         let name = stored.name.clone();
         match deletion_plan(&current, options.propagation) {
             DeletionPlan::Immediately => {
                 if !options.dry_run {
-                    match self.state.store.delete(kind.storage_key(), &stored.namespace, &name, stored.rv).await {
+                    match self
+                        .state
+                        .store
+                        .delete(kind.storage_key(), &stored.namespace, &name, stored.rv)
+                        .await
+                    {
                         Ok(_) => {}
                         Err(StoreError::Conflict | StoreError::NotFound) => return Err(DeleteFailure::Raced),
                         Err(e) => return Err(DeleteFailure::Api(store_error(e))),
@@ -429,9 +488,16 @@ impl Request<'_> {
                 });
                 Ok(self.renderer.value(StatusCode::OK, &status))
             }
-            DeletionPlan::AlreadyDeleting => self.renderer.object(StatusCode::OK, &stored.body).map_err(DeleteFailure::Api),
+            DeletionPlan::AlreadyDeleting => {
+                self.renderer.object(StatusCode::OK, &stored.body).map_err(DeleteFailure::Api)
+            }
             DeletionPlan::MarkDeleting(marked) => {
-                let status = if options.propagation == Some(Propagation::Background) { StatusCode::OK } else { StatusCode::OK };
+                // kube keeps 200 for compatibility except after an explicit orphanDependents=false.
+                let status = if options.orphan_dependents == Some(false) {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                };
                 if options.dry_run {
                     return self.renderer.object(status, &marked.to_string()).map_err(DeleteFailure::Api);
                 }
@@ -450,7 +516,11 @@ impl Request<'_> {
             return Err(ApiError::bad_request("Namespace parameter required.").into());
         }
         let bytes = self.read_body(body).await?;
-        let body_value = if bytes.iter().all(u8::is_ascii_whitespace) { None } else { Some(decode_body(&bytes, BodyType::Json)?) };
+        let body_value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(decode_body(&bytes, BodyType::Json)?)
+        };
         let delete_options = DeleteOptions::parse(&self.query, body_value.as_ref())?;
         let list_options = ListOptions::parse(&self.query, kind)?;
         let query = ListQuery {
@@ -528,9 +598,14 @@ fn deletion_plan(current: &Value, propagation: Option<Propagation>) -> DeletionP
 
 fn patch_sets_resource_version(patch: &Value, body_type: BodyType) -> bool {
     match body_type {
-        BodyType::MergePatch => patch.get("metadata").and_then(|m| m.get("resourceVersion")).is_some_and(|v| !v.is_null()),
+        BodyType::MergePatch => {
+            patch.get("metadata").and_then(|m| m.get("resourceVersion")).is_some_and(|v| !v.is_null())
+        }
         BodyType::JsonPatch => patch.as_array().is_some_and(|ops| {
-            ops.iter().any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion") && op.get("op").and_then(Value::as_str) != Some("test"))
+            ops.iter().any(|op| {
+                op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")
+                    && op.get("op").and_then(Value::as_str) != Some("test")
+            })
         }),
         _ => false,
     }

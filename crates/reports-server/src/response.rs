@@ -70,7 +70,8 @@ pub fn content_type(encoding: Encoding) -> &'static str {
 pub fn store_error(error: StoreError) -> ApiError {
     match error {
         StoreError::Unavailable(detail) => {
-            ApiError::unavailable("the storage backend is unavailable, please try again").with_internal(detail)
+            ApiError::unavailable("the storage backend is unavailable, please try again")
+                .with_internal(detail)
         }
         other => ApiError::internal(other.to_string()),
     }

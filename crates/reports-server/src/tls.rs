@@ -33,7 +33,8 @@ impl CertificatePem {
     /// A self-signed serving certificate for loopback names.
     pub fn self_signed() -> anyhow::Result<Self> {
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-        let certified = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+        let certified =
+            rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
         Ok(Self { cert_pem: certified.cert.pem(), key_pem: certified.signing_key.serialize_pem() })
     }
 
@@ -43,7 +44,8 @@ impl CertificatePem {
             .collect::<Result<_, _>>()
             .context("parsing the serving certificate")?;
         anyhow::ensure!(!chain.is_empty(), "the serving certificate file holds no certificate");
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).context("parsing the private key")?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).context("parsing the private key")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -79,7 +79,10 @@ pub async fn delete_records_final_state(store: DynStore) {
     assert_eq!(store.delete(POLR, "ns", "a", a.rv + 1).await.unwrap_err(), StoreError::Conflict);
     let gone = store.delete(POLR, "ns", "a", a.rv).await.unwrap();
     assert!(gone.rv > a.rv);
-    assert_eq!(serde_json::from_str::<Value>(&gone.body).unwrap()["metadata"]["resourceVersion"], gone.rv.to_string());
+    assert_eq!(
+        serde_json::from_str::<Value>(&gone.body).unwrap()["metadata"]["resourceVersion"],
+        gone.rv.to_string()
+    );
     assert!(store.get(POLR, "ns", "a").await.unwrap().is_none());
     assert_eq!(store.delete(POLR, "ns", "a", gone.rv).await.unwrap_err(), StoreError::NotFound);
     let changes = store.changes_since(None, 0, 10).await.unwrap();
@@ -95,7 +98,11 @@ pub async fn delete_batch_skips_conflicts(store: DynStore) {
     let out = store
         .delete_batch(
             POLR,
-            vec![("ns".into(), "a".into(), a.rv), ("ns".into(), "b".into(), b.rv + 7), ("ns".into(), "c".into(), 1)],
+            vec![
+                ("ns".into(), "a".into(), a.rv),
+                ("ns".into(), "b".into(), b.rv + 7),
+                ("ns".into(), "c".into(), 1),
+            ],
         )
         .await
         .unwrap();
@@ -164,7 +171,8 @@ pub async fn concurrent_writers_get_ordered_unique_rvs(store: DynStore) {
         tasks.push(tokio::spawn(async move {
             let mut rvs = Vec::new();
             for i in 0..25 {
-                let obj = store.create(POLR, report("ns", &format!("w{writer}-{i}"), json!({}))).await.unwrap();
+                let obj =
+                    store.create(POLR, report("ns", &format!("w{writer}-{i}"), json!({}))).await.unwrap();
                 rvs.push(obj.rv);
             }
             rvs

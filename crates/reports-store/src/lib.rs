@@ -68,7 +68,8 @@ pub struct StoredObject {
 impl StoredObject {
     /// Parses the stored JSON (only write paths and transforms need this).
     pub fn parse(&self) -> StoreResult<Value> {
-        serde_json::from_str(&self.body).map_err(|e| StoreError::Backend(format!("stored JSON is corrupt: {e}")))
+        serde_json::from_str(&self.body)
+            .map_err(|e| StoreError::Backend(format!("stored JSON is corrupt: {e}")))
     }
 }
 
@@ -176,8 +177,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes an object whose stored RV is `expected_rv`. The returned object is its final state,
     /// carrying the deletion's RV (as the DELETED change does).
-    async fn delete(&self, resource: &str, namespace: &str, name: &str, expected_rv: u64)
-        -> StoreResult<StoredObject>;
+    async fn delete(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        expected_rv: u64,
+    ) -> StoreResult<StoredObject>;
 
     /// Deletes several objects in one transaction; an entry whose RV moved or that vanished is
     /// skipped (`None` in the result, same order as `keys`).
@@ -201,7 +207,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` changes of `resource` (all resources when `None`) with RV above `after`, in
     /// RV order.
-    async fn changes_since(&self, resource: Option<&str>, after: u64, limit: usize) -> StoreResult<Vec<Change>>;
+    async fn changes_since(
+        &self,
+        resource: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Change>>;
 
     /// Drops changes at least `max_age_seconds` old (0 drops everything committed so far); returns how many were dropped.
     async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64>;

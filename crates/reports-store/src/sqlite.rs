@@ -106,7 +106,8 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
         .map_err(sqlite_error)?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_error)?;
+    let tx =
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_error)?;
     let version: usize = tx
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))
         .optional()
@@ -184,8 +185,12 @@ fn append_change(tx: &Transaction<'_>, change: ChangeRecord<'_>) -> StoreResult<
 }
 
 /// The stored row of a key: (rv, labels, body).
-fn current_row(tx: &Transaction<'_>, resource: &str, namespace: &str, name: &str)
-    -> StoreResult<Option<(u64, String, String)>> {
+fn current_row(
+    tx: &Transaction<'_>,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> StoreResult<Option<(u64, String, String)>> {
     tx.query_row(
         "SELECT rv, labels, body FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
         params![resource, namespace, name],
@@ -196,8 +201,13 @@ fn current_row(tx: &Transaction<'_>, resource: &str, namespace: &str, name: &str
 }
 
 /// Deletes one object inside `tx` after checking its RV; returns its final state.
-fn delete_in(tx: &Transaction<'_>, resource: &str, namespace: &str, name: &str, expected_rv: u64)
-    -> StoreResult<StoredObject> {
+fn delete_in(
+    tx: &Transaction<'_>,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+    expected_rv: u64,
+) -> StoreResult<StoredObject> {
     let (rv, labels, body) = current_row(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
     if rv != expected_rv {
         return Err(StoreError::Conflict);
@@ -237,7 +247,12 @@ fn label_path(key: &str) -> String {
 }
 
 /// Appends the WHERE conditions of the selectors, with their parameters.
-fn push_selectors(labels: &LabelSelector, fields: &FieldSelector, sql: &mut String, args: &mut Vec<SqlValue>) {
+fn push_selectors(
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    sql: &mut String,
+    args: &mut Vec<SqlValue>,
+) {
     for req in &labels.requirements {
         let path = SqlValue::Text(label_path(&req.key));
         let value = "json_extract(labels, ?)";
@@ -311,7 +326,8 @@ impl SqliteStore {
 
     fn open_with(path: &Path, temporary_dir: Option<tempfile::TempDir>) -> StoreResult<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| backend(format!("creating {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| backend(format!("creating {}: {e}", parent.display())))?;
         }
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
@@ -336,7 +352,9 @@ impl SqliteStore {
         let committed = self.committed.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().map_err(|_| backend("writer lock poisoned"))?;
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_error)?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sqlite_error)?;
             let out = work(&tx)?;
             let rv: i64 = tx.query_row("SELECT rv FROM counter", [], |r| r.get(0)).map_err(sqlite_error)?;
             tx.commit().map_err(sqlite_error)?;
@@ -521,7 +539,8 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let namespace = meta_text(&object, "namespace").to_string();
             let name = meta_text(&object, "name").to_string();
-            let (rv, prev_labels, _) = current_row(tx, &resource, &namespace, &name)?.ok_or(StoreError::NotFound)?;
+            let (rv, prev_labels, _) =
+                current_row(tx, &resource, &namespace, &name)?.ok_or(StoreError::NotFound)?;
             if rv != expected_rv {
                 return Err(StoreError::Conflict);
             }
@@ -538,7 +557,15 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE objects SET uid = ?4, rv = ?5, labels = ?6, body = ?7
                  WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-                params![resource, stored.namespace, stored.name, stored.uid, new_rv as i64, labels, stored.body],
+                params![
+                    resource,
+                    stored.namespace,
+                    stored.name,
+                    stored.uid,
+                    new_rv as i64,
+                    labels,
+                    stored.body
+                ],
             )
             .map_err(sqlite_error)?;
             append_change(
@@ -556,8 +583,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete(&self, resource: &str, namespace: &str, name: &str, expected_rv: u64)
-        -> StoreResult<StoredObject> {
+    async fn delete(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        expected_rv: u64,
+    ) -> StoreResult<StoredObject> {
         let key = (resource.to_string(), namespace.to_string(), name.to_string());
         self.write(move |tx| delete_in(tx, &key.0, &key.1, &key.2, expected_rv)).await
     }
@@ -604,7 +636,9 @@ impl Store for SqliteStore {
 
     async fn current_rv(&self) -> StoreResult<u64> {
         self.read(|conn| {
-            conn.query_row("SELECT rv FROM counter", [], |r| r.get::<_, i64>(0)).map(|v| v as u64).map_err(sqlite_error)
+            conn.query_row("SELECT rv FROM counter", [], |r| r.get::<_, i64>(0))
+                .map(|v| v as u64)
+                .map_err(sqlite_error)
         })
         .await
     }
@@ -631,7 +665,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn changes_since(&self, resource: Option<&str>, after: u64, limit: usize) -> StoreResult<Vec<Change>> {
+    async fn changes_since(
+        &self,
+        resource: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Change>> {
         let resource = resource.map(str::to_string);
         self.read(move |conn| {
             let mut stmt = conn
@@ -679,10 +718,13 @@ impl Store for SqliteStore {
         let cutoff = now_seconds() - max_age_seconds as i64;
         self.write(move |tx| {
             let newest_old: Option<i64> = tx
-                .query_row("SELECT max(rv) FROM changes WHERE created_at <= ?1", params![cutoff], |r| r.get(0))
+                .query_row("SELECT max(rv) FROM changes WHERE created_at <= ?1", params![cutoff], |r| {
+                    r.get(0)
+                })
                 .map_err(sqlite_error)?;
             let Some(upto) = newest_old else { return Ok(0) };
-            let dropped = tx.execute("DELETE FROM changes WHERE rv <= ?1", params![upto]).map_err(sqlite_error)?;
+            let dropped =
+                tx.execute("DELETE FROM changes WHERE rv <= ?1", params![upto]).map_err(sqlite_error)?;
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'compacted_rv' AND CAST(value AS INTEGER) < ?2",
                 params![upto.to_string(), upto],

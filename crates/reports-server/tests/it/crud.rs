@@ -2,6 +2,7 @@
 //! conflicts and validation errors a CRD gives.
 
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::ResourceExt;
 use serde_json::json;
 
 use crate::harness::{dynamic_api, sample_object, status_of, to_dynamic, TestServer, KINDS};
@@ -10,15 +11,21 @@ use crate::harness::{dynamic_api, sample_object, status_of, to_dynamic, TestServ
 async fn every_kind_supports_the_full_object_lifecycle() {
     let t = TestServer::start().await;
     let client = t.kube();
-    for index in 0..KINDS.len() {
-        let (_, _, kind, plural, namespaced) = KINDS[index];
+    for (index, &(_, _, kind, plural, namespaced)) in KINDS.iter().enumerate() {
         let (api, _) = dynamic_api(&client, index, Some("team-a"));
-        let created = api.create(&PostParams::default(), &to_dynamic(sample_object(index, "r1", Some("team-a")))).await.unwrap();
+        let created = api
+            .create(&PostParams::default(), &to_dynamic(sample_object(index, "r1", Some("team-a"))))
+            .await
+            .unwrap();
         let meta = &created.metadata;
         assert!(meta.uid.as_deref().is_some_and(|u| u.len() == 36), "{kind}: uid");
         assert!(meta.creation_timestamp.is_some(), "{kind}: creationTimestamp");
         assert_eq!(meta.generation, Some(1), "{kind}: generation");
-        assert_eq!(meta.namespace.as_deref(), if namespaced { Some("team-a") } else { None }, "{kind}: namespace");
+        assert_eq!(
+            meta.namespace.as_deref(),
+            if namespaced { Some("team-a") } else { None },
+            "{kind}: namespace"
+        );
         let rv1: u64 = meta.resource_version.as_deref().unwrap().parse().unwrap();
         assert_eq!(created.types.as_ref().unwrap().kind, kind);
 
@@ -48,18 +55,31 @@ async fn every_kind_supports_the_full_object_lifecycle() {
         assert!(err.message.contains("the object has been modified"), "{}", err.message);
 
         // Merge patch of content bumps the generation; JSON patch with a failing test is 422.
-        let content_path = if KINDS[index].0 == "reports.kyverno.io" { json!({"spec": {"summary": {"fail": 2}}}) } else { json!({"summary": {"fail": 2}}) };
+        let content_path = if KINDS[index].0 == "reports.kyverno.io" {
+            json!({"spec": {"summary": {"fail": 2}}})
+        } else {
+            json!({"summary": {"fail": 2}})
+        };
         let patched = api.patch("r1", &PatchParams::default(), &Patch::Merge(&content_path)).await.unwrap();
         assert_eq!(patched.metadata.generation, Some(2), "{kind}: content patch bumps generation");
-        let failing: json_patch::Patch = serde_json::from_value(json!([{"op": "test", "path": "/metadata/name", "value": "other"}])).unwrap();
-        let err = status_of(api.patch("r1", &PatchParams::default(), &Patch::<()>::Json(failing)).await.unwrap_err());
+        let failing: json_patch::Patch =
+            serde_json::from_value(json!([{"op": "test", "path": "/metadata/name", "value": "other"}]))
+                .unwrap();
+        let err = status_of(
+            api.patch("r1", &PatchParams::default(), &Patch::<()>::Json(failing)).await.unwrap_err(),
+        );
         assert_eq!(err.code, 422, "{kind}: failed json-patch test");
-        let add_label: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/metadata/labels/jp", "value": "yes"}])).unwrap();
+        let add_label: json_patch::Patch =
+            serde_json::from_value(json!([{"op": "add", "path": "/metadata/labels/jp", "value": "yes"}]))
+                .unwrap();
         let jp = api.patch("r1", &PatchParams::default(), &Patch::<()>::Json(add_label)).await.unwrap();
         assert_eq!(jp.labels().get("jp").map(String::as_str), Some("yes"));
 
         // Delete with a wrong uid precondition conflicts; a plain delete returns a Status.
-        let wrong = DeleteParams { preconditions: Some(Preconditions { uid: Some("nope".into()), resource_version: None }), ..Default::default() };
+        let wrong = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some("nope".into()), resource_version: None }),
+            ..Default::default()
+        };
         let err = status_of(api.delete("r1", &wrong).await.unwrap_err());
         assert_eq!(err.code, 409, "{kind}: uid precondition");
         assert!(err.message.contains("Precondition failed: UID in precondition: nope"), "{}", err.message);
@@ -82,7 +102,11 @@ async fn replace_requires_resource_version_and_an_existing_object() {
     object.metadata.resource_version = None;
     let err = status_of(api.replace("r1", &PostParams::default(), &object).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
-    assert!(err.message.contains("metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"), "{}", err.message);
+    assert!(
+        err.message.contains("metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]
@@ -113,7 +137,13 @@ async fn dry_run_persists_nothing() {
     let after_create = t.store().current_rv().await.unwrap();
     let dp = DeleteParams { dry_run: true, ..Default::default() };
     api.delete("real", &dp).await.unwrap();
-    api.patch("real", &PatchParams { dry_run: true, ..Default::default() }, &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}))).await.unwrap();
+    api.patch(
+        "real",
+        &PatchParams { dry_run: true, ..Default::default() },
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
     assert!(api.get("real").await.unwrap().labels().get("x").is_none());
     assert_eq!(t.store().current_rv().await.unwrap(), after_create, "dry runs write nothing");
     assert_eq!(after_create, before + 1);
@@ -131,13 +161,20 @@ async fn finalizers_delay_deletion_until_removed() {
     assert!(terminating.metadata.deletion_timestamp.is_some());
     assert!(api.get("held").await.unwrap().metadata.deletion_timestamp.is_some());
     // Creating the same name while it is being deleted is AlreadyExists with kube's prefix.
-    let err = status_of(api.create(&PostParams::default(), &to_dynamic(sample_object(0, "held", None))).await.unwrap_err());
+    let err = status_of(
+        api.create(&PostParams::default(), &to_dynamic(sample_object(0, "held", None))).await.unwrap_err(),
+    );
     assert!(err.message.starts_with("object is being deleted: "), "{}", err.message);
     // New finalizers cannot be added while deleting.
     let add = json!({"metadata": {"finalizers": ["example.com/hold", "example.com/more"]}});
-    assert_eq!(status_of(api.patch("held", &PatchParams::default(), &Patch::Merge(add)).await.unwrap_err()).code, 422);
+    assert_eq!(
+        status_of(api.patch("held", &PatchParams::default(), &Patch::Merge(add)).await.unwrap_err()).code,
+        422
+    );
     // Removing the last finalizer deletes it.
-    api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
     assert_eq!(status_of(api.get("held").await.unwrap_err()).code, 404);
 }
 
@@ -146,9 +183,14 @@ async fn namespace_rules_follow_the_url() {
     let t = TestServer::start().await;
     let client = t.kube();
     let (api, _) = dynamic_api(&client, 0, Some("a"));
-    let err = status_of(api.create(&PostParams::default(), &to_dynamic(sample_object(0, "x", Some("b")))).await.unwrap_err());
+    let err = status_of(
+        api.create(&PostParams::default(), &to_dynamic(sample_object(0, "x", Some("b")))).await.unwrap_err(),
+    );
     assert_eq!(err.code, 400);
-    assert_eq!(err.message, "the namespace of the provided object does not match the namespace sent on the request");
+    assert_eq!(
+        err.message,
+        "the namespace of the provided object does not match the namespace sent on the request"
+    );
     // A cluster-scoped kind silently drops a namespace in the body.
     let (cluster_api, _) = dynamic_api(&client, 1, None);
     let mut object = sample_object(1, "c", None);

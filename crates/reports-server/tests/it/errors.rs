@@ -24,13 +24,29 @@ async fn malformed_writes_are_rejected_and_change_nothing() {
     let url = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports");
     let before = t.store().current_rv().await.unwrap();
 
-    expect_status(http.post(&url).header(header::CONTENT_TYPE, "application/json").body("{not json").send().await.unwrap(), 400, "BadRequest").await;
-    expect_status(http.post(&url).header(header::CONTENT_TYPE, "application/yaml").body("a: [").send().await.unwrap(), 400, "BadRequest").await;
+    expect_status(
+        http.post(&url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "BadRequest",
+    )
+    .await;
+    expect_status(
+        http.post(&url).header(header::CONTENT_TYPE, "application/yaml").body("a: [").send().await.unwrap(),
+        400,
+        "BadRequest",
+    )
+    .await;
     expect_status(http.post(&url).json(&json!([1, 2])).send().await.unwrap(), 400, "BadRequest").await;
 
     let mut wrong_version = sample_object(0, "x", None);
     wrong_version["apiVersion"] = json!("wgpolicyk8s.io/v1beta1");
-    let body = expect_status(http.post(&url).json(&wrong_version).send().await.unwrap(), 400, "BadRequest").await;
+    let body =
+        expect_status(http.post(&url).json(&wrong_version).send().await.unwrap(), 400, "BadRequest").await;
     assert_eq!(body["message"], "the API version in the data (wgpolicyk8s.io/v1beta1) does not match the expected API version (wgpolicyk8s.io/v1alpha2)");
 
     let mut wrong_kind = sample_object(0, "x", None);
@@ -53,11 +69,17 @@ async fn malformed_writes_are_rejected_and_change_nothing() {
     expect_status(http.post(&url).json(&bad_label).send().await.unwrap(), 422, "Invalid").await;
 
     let all_namespaces = t.url("/apis/wgpolicyk8s.io/v1alpha2/policyreports");
-    let body = expect_status(http.post(&all_namespaces).json(&sample_object(0, "x", None)).send().await.unwrap(), 400, "BadRequest").await;
+    let body = expect_status(
+        http.post(&all_namespaces).json(&sample_object(0, "x", None)).send().await.unwrap(),
+        400,
+        "BadRequest",
+    )
+    .await;
     assert_eq!(body["message"], "Namespace parameter required.");
 
     let dry = format!("{url}?dryRun=Maybe");
-    expect_status(http.post(&dry).json(&sample_object(0, "x", None)).send().await.unwrap(), 422, "Invalid").await;
+    expect_status(http.post(&dry).json(&sample_object(0, "x", None)).send().await.unwrap(), 422, "Invalid")
+        .await;
 
     let mut huge = sample_object(0, "huge", None);
     huge["results"][0]["message"] = json!("x".repeat(4 * 1024 * 1024));
@@ -70,22 +92,61 @@ async fn malformed_writes_are_rejected_and_change_nothing() {
 async fn unknown_paths_and_verbs() {
     let t = TestServer::start().await;
     let http = t.http();
-    expect_status(http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2/widgets")).send().await.unwrap(), 404, "NotFound").await;
+    expect_status(
+        http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2/widgets")).send().await.unwrap(),
+        404,
+        "NotFound",
+    )
+    .await;
     expect_status(http.get(t.url("/apis/nope.io/v1/things")).send().await.unwrap(), 404, "NotFound").await;
     expect_status(http.get(t.url("/no/such/path")).send().await.unwrap(), 404, "NotFound").await;
     // Cluster-scoped kinds have no namespaced path, and no kind has subresources.
-    expect_status(http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/clusterpolicyreports")).send().await.unwrap(), 404, "NotFound").await;
-    expect_status(http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/policyreports/x/status")).send().await.unwrap(), 404, "NotFound").await;
+    expect_status(
+        http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/clusterpolicyreports"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "NotFound",
+    )
+    .await;
+    expect_status(
+        http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/policyreports/x/status"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "NotFound",
+    )
+    .await;
     let body = expect_status(
-        http.post(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/policyreports/x")).json(&json!({})).send().await.unwrap(),
+        http.post(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/policyreports/x"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
         405,
         "MethodNotAllowed",
     )
     .await;
-    assert_eq!(body["message"], "create is not supported on resources of kind \"policyreports.wgpolicyk8s.io\"");
-    let missing = expect_status(http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/policyreports/nope")).send().await.unwrap(), 404, "NotFound").await;
+    assert_eq!(
+        body["message"],
+        "create is not supported on resources of kind \"policyreports.wgpolicyk8s.io\""
+    );
+    let missing = expect_status(
+        http.get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/policyreports/nope"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "NotFound",
+    )
+    .await;
     assert_eq!(missing["message"], "policyreports.wgpolicyk8s.io \"nope\" not found");
-    assert_eq!(missing["details"], json!({"name": "nope", "group": "wgpolicyk8s.io", "kind": "policyreports"}));
+    assert_eq!(
+        missing["details"],
+        json!({"name": "nope", "group": "wgpolicyk8s.io", "kind": "policyreports"})
+    );
 }
 
 #[tokio::test]

@@ -142,7 +142,11 @@ impl TestServer {
         }
         drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 }
 
@@ -194,14 +198,16 @@ pub fn sample_object(index: usize, name: &str, ns: Option<&str>) -> Value {
     if namespaced {
         metadata["namespace"] = json!(ns.unwrap_or("default"));
     }
-    let results = json!([{"policy": "require-labels", "rule": "check", "result": "pass", "source": "kyverno"}]);
+    let results =
+        json!([{"policy": "require-labels", "rule": "check", "result": "pass", "source": "kyverno"}]);
     let summary = json!({"pass": 1, "fail": 0, "warn": 0, "error": 0, "skip": 0});
     let mut object = json!({"apiVersion": format!("{group}/{version}"), "kind": kind, "metadata": metadata});
     if group == "reports.kyverno.io" {
         object["spec"] = json!({"owner": {"apiVersion": "v1", "kind": "Pod", "name": "web", "uid": "6b6e4c4e-2f35-4d5e-9b88-3f1e33a1c2d1"},
             "results": results, "summary": summary});
     } else {
-        object["scope"] = json!({"apiVersion": "v1", "kind": "Pod", "name": "web", "namespace": ns.unwrap_or("default")});
+        object["scope"] =
+            json!({"apiVersion": "v1", "kind": "Pod", "name": "web", "namespace": ns.unwrap_or("default")});
         object["results"] = results;
         object["summary"] = summary;
     }

@@ -22,7 +22,16 @@ async fn seed(t: &TestServer) {
 }
 
 fn keys(list: &kube::core::ObjectList<kube::api::DynamicObject>) -> Vec<String> {
-    list.items.iter().map(|o| format!("{}/{}", o.metadata.namespace.as_deref().unwrap_or(""), o.metadata.name.as_deref().unwrap())).collect()
+    list.items
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o.metadata.namespace.as_deref().unwrap_or(""),
+                o.metadata.name.as_deref().unwrap()
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -62,7 +71,8 @@ async fn label_and_field_selectors_filter_lists() {
     let err = status_of(all.list(&ListParams::default().labels("env in (")).await.unwrap_err());
     assert_eq!(err.code, 400);
     let (cluster, _) = dynamic_api(&t.kube(), 1, None);
-    let err = status_of(cluster.list(&ListParams::default().fields("metadata.namespace=a")).await.unwrap_err());
+    let err =
+        status_of(cluster.list(&ListParams::default().fields("metadata.namespace=a")).await.unwrap_err());
     assert_eq!(err.code, 400, "cluster-scoped kinds have no metadata.namespace field");
 }
 
@@ -76,7 +86,10 @@ async fn pages_share_the_first_resource_version_and_cover_everything() {
     let snapshot = first.metadata.resource_version.clone().unwrap();
     let token = first.metadata.continue_.clone().expect("more remain");
     // A write between pages does not change the RV the next page reports.
-    polr_api(&t.kube(), "c").create(&PostParams::default(), &to_dynamic(sample_object(0, "late", Some("c")))).await.unwrap();
+    polr_api(&t.kube(), "c")
+        .create(&PostParams::default(), &to_dynamic(sample_object(0, "late", Some("c"))))
+        .await
+        .unwrap();
     let second = all.list(&ListParams::default().limit(3).continue_token(&token)).await.unwrap();
     assert_eq!(second.metadata.resource_version.as_deref(), Some(snapshot.as_str()));
     assert_eq!(keys(&second), ["b/r3", "c/late"]);
@@ -119,7 +132,10 @@ async fn list_resource_version_rules() {
     assert_eq!(body["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
     // NotOlderThan an old RV: current data.
     let (status, body) = get("resourceVersion=1&resourceVersionMatch=NotOlderThan".into()).await;
-    assert_eq!((status, body["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap()), (200, rv));
+    assert_eq!(
+        (status, body["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap()),
+        (200, rv)
+    );
     // Exact at the current RV works; at an older RV after a change of this kind, it is 410.
     assert_eq!(get(format!("resourceVersion={rv}&resourceVersionMatch=Exact")).await.0, 200);
     let (status, body) = get("resourceVersion=1&resourceVersionMatch=Exact".into()).await;
@@ -127,7 +143,10 @@ async fn list_resource_version_rules() {
     // Validation of list options.
     let (status, body) = get("resourceVersionMatch=Exact".into()).await;
     assert_eq!(status, 422);
-    assert!(body["message"].as_str().unwrap().starts_with("ListOptions.meta.k8s.io \"\" is invalid"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("ListOptions.meta.k8s.io \"\" is invalid"),
+        "{body}"
+    );
     assert_eq!(get("resourceVersion=bogus".into()).await.0, 400);
     assert_eq!(get("limit=ten".into()).await.0, 400);
 
@@ -135,14 +154,26 @@ async fn list_resource_version_rules() {
     let (all, _) = dynamic_api(&t.kube(), 0, None);
     let list = all.list(&ListParams::default().match_any()).await.unwrap();
     assert_eq!(list.items.len(), 4);
-    let exact = ListParams { resource_version: Some(rv.to_string()), version_match: Some(VersionMatch::Exact), ..Default::default() };
+    let exact = ListParams {
+        resource_version: Some(rv.to_string()),
+        version_match: Some(VersionMatch::Exact),
+        ..Default::default()
+    };
     assert_eq!(all.list(&exact).await.unwrap().items.len(), 4);
 }
 
 #[tokio::test]
 async fn empty_lists_have_items_and_a_resource_version() {
     let t = TestServer::start().await;
-    let body: Value = t.http().get(t.url("/apis/openreports.io/v1alpha1/namespaces/none/reports")).send().await.unwrap().json().await.unwrap();
+    let body: Value = t
+        .http()
+        .get(t.url("/apis/openreports.io/v1alpha1/namespaces/none/reports"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["items"], json!([]));
     assert!(!body["metadata"]["resourceVersion"].as_str().unwrap().is_empty());
 }
@@ -153,7 +184,12 @@ async fn delete_collection_removes_only_the_selected_objects() {
     seed(&t).await;
     let http = t.http();
     let url = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/a/policyreports?labelSelector=env%3Dprod");
-    let response = http.delete(&url).json(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})).send().await.unwrap();
+    let response = http
+        .delete(&url)
+        .json(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["kind"], "PolicyReportList");
@@ -165,7 +201,12 @@ async fn delete_collection_removes_only_the_selected_objects() {
     let response = http.delete(t.url("/apis/wgpolicyk8s.io/v1alpha2/policyreports")).send().await.unwrap();
     assert_eq!(response.status(), 400);
     // The namespace controller's call: everything in the namespace.
-    let response = http.delete(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/b/policyreports")).json(&json!({"propagationPolicy": "Background"})).send().await.unwrap();
+    let response = http
+        .delete(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/b/policyreports"))
+        .json(&json!({"propagationPolicy": "Background"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(keys(&all.list(&ListParams::default()).await.unwrap()), ["a/r2"]);
 }

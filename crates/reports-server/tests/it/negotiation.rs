@@ -17,7 +17,8 @@ async fn seeded() -> TestServer {
     api.create(&PostParams::default(), &to_dynamic(object)).await.unwrap();
     let (ephr, _) = dynamic_api(&t.kube(), 2, Some("default"));
     let mut e = sample_object(2, "e1", None);
-    e["metadata"]["labels"] = json!({"audit.kyverno.io/source": "admission", "audit.kyverno.io/resource.kind": "Pod"});
+    e["metadata"]["labels"] =
+        json!({"audit.kyverno.io/source": "admission", "audit.kyverno.io/resource.kind": "Pod"});
     ephr.create(&PostParams::default(), &to_dynamic(e)).await.unwrap();
     t
 }
@@ -37,10 +38,14 @@ async fn tables_use_the_crd_printer_columns() {
         .unwrap();
     assert_eq!(table["kind"], "Table");
     assert_eq!(table["apiVersion"], "meta.k8s.io/v1");
-    let columns: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(columns, ["Name", "Kind", "Name", "Pass", "Fail", "Warn", "Error", "Skip", "Age"]);
     let row = &table["rows"][0];
-    assert_eq!(row["cells"].as_array().unwrap()[..8], [json!("web"), json!("Pod"), json!("web"), json!(3), json!(1), json!(0), json!(0), json!(2)]);
+    assert_eq!(
+        row["cells"].as_array().unwrap()[..8],
+        [json!("web"), json!("Pod"), json!("web"), json!(3), json!(1), json!(0), json!(0), json!(2)]
+    );
     assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
     assert_eq!(row["object"]["metadata"]["namespace"], "default");
     assert!(!table["metadata"]["resourceVersion"].as_str().unwrap().is_empty());
@@ -55,18 +60,28 @@ async fn tables_use_the_crd_printer_columns() {
         .await
         .unwrap();
     assert_eq!(ephr["apiVersion"], "meta.k8s.io/v1beta1");
-    assert_eq!(ephr["rows"][0]["cells"][1], "admission", "Source column comes from an escaped-dot label path");
+    assert_eq!(
+        ephr["rows"][0]["cells"][1], "admission",
+        "Source column comes from an escaped-dot label path"
+    );
     assert_eq!(ephr["rows"][0]["object"]["kind"], "EphemeralReport");
 
     let none: Value = http
         .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports?includeObject=None"))
         .header(header::ACCEPT, KUBECTL_TABLE)
-        .send().await.unwrap().json().await.unwrap();
-    assert!(none["rows"][0].get("object").is_none());
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(none["rows"][0]["object"].is_null(), "{none}");
     let bad = http
         .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports?includeObject=All"))
         .header(header::ACCEPT, KUBECTL_TABLE)
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
 }
 
@@ -77,7 +92,12 @@ async fn metadata_only_clients_get_partial_object_metadata() {
     let list: Value = http
         .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/policyreports?limit=500&resourceVersion=0"))
         .header(header::ACCEPT, METADATA_CLIENT)
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["kind"], "PartialObjectMetadataList");
     assert_eq!(list["apiVersion"], "meta.k8s.io/v1");
     assert_eq!(list["items"][0]["kind"], "PartialObjectMetadata");
@@ -95,7 +115,9 @@ async fn metadata_only_clients_get_partial_object_metadata() {
     let wrong = http
         .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/policyreports"))
         .header(header::ACCEPT, "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 406);
 }
 
@@ -105,28 +127,48 @@ async fn yaml_in_and_out_protobuf_refused_cleanly() {
     let http = t.http();
     let url = t.url("/apis/openreports.io/v1alpha1/namespaces/default/reports");
     let yaml = "apiVersion: openreports.io/v1alpha1\nkind: Report\nmetadata:\n  name: from-yaml\nsummary:\n  pass: 1\n";
-    let created = http.post(&url).header(header::CONTENT_TYPE, "application/yaml").body(yaml).send().await.unwrap();
+    let created =
+        http.post(&url).header(header::CONTENT_TYPE, "application/yaml").body(yaml).send().await.unwrap();
     assert_eq!(created.status(), 201);
-    let as_yaml = http.get(format!("{url}/from-yaml")).header(header::ACCEPT, "application/yaml").send().await.unwrap();
+    let as_yaml =
+        http.get(format!("{url}/from-yaml")).header(header::ACCEPT, "application/yaml").send().await.unwrap();
     assert_eq!(as_yaml.headers()[header::CONTENT_TYPE], "application/yaml");
     let text = as_yaml.text().await.unwrap();
     assert!(text.contains("name: from-yaml") && text.contains("kind: Report"), "{text}");
 
-    let protobuf_first = http.get(format!("{url}/from-yaml")).header(header::ACCEPT, "application/vnd.kubernetes.protobuf, application/json").send().await.unwrap();
+    let protobuf_first = http
+        .get(format!("{url}/from-yaml"))
+        .header(header::ACCEPT, "application/vnd.kubernetes.protobuf, application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(protobuf_first.status(), 200);
     assert_eq!(protobuf_first.headers()[header::CONTENT_TYPE], "application/json");
-    let only_protobuf = http.get(format!("{url}/from-yaml")).header(header::ACCEPT, "application/vnd.kubernetes.protobuf").send().await.unwrap();
+    let only_protobuf = http
+        .get(format!("{url}/from-yaml"))
+        .header(header::ACCEPT, "application/vnd.kubernetes.protobuf")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(only_protobuf.status(), 406);
     let body: Value = only_protobuf.json().await.unwrap();
     assert_eq!(body["reason"], "NotAcceptable");
 
-    let protobuf_body = http.post(&url).header(header::CONTENT_TYPE, "application/vnd.kubernetes.protobuf").body(vec![0u8, 1, 2]).send().await.unwrap();
+    let protobuf_body = http
+        .post(&url)
+        .header(header::CONTENT_TYPE, "application/vnd.kubernetes.protobuf")
+        .body(vec![0u8, 1, 2])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(protobuf_body.status(), 415);
     let smp = http
         .patch(format!("{url}/from-yaml"))
         .header(header::CONTENT_TYPE, "application/strategic-merge-patch+json")
         .body("{}")
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(smp.status(), 415);
     let body: Value = smp.json().await.unwrap();
     assert_eq!(body["reason"], "UnsupportedMediaType");

@@ -260,12 +260,72 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
             if !(f.is_null() || f.as_array().is_some_and(|a| a.iter().all(Value::is_string))) {
                 causes.push(field_invalid("metadata.finalizers", "", "must be a list of strings"));
             }
+            for finalizer in f.as_array().into_iter().flatten().filter_map(Value::as_str) {
+                if let Some(why) = label_key_error(finalizer) {
+                    causes.push(field_invalid("metadata.finalizers", finalizer, &why));
+                }
+            }
         }
+        owner_reference_causes(meta.get("ownerReferences"), &mut causes);
     }
     if causes.is_empty() {
         Ok(())
     } else {
         Err(ApiError::invalid(kind, &name, causes))
+    }
+}
+
+/// kube's owner reference rules: the garbage collector needs a version, kind, name and uid in
+/// each, and at most one may be the controller.
+fn owner_reference_causes(refs: Option<&Value>, causes: &mut Vec<StatusCause>) {
+    const PATH: &str = "metadata.ownerReferences";
+    let refs = match refs {
+        None | Some(Value::Null) => return,
+        Some(Value::Array(refs)) => refs,
+        Some(_) => {
+            causes.push(field_invalid(PATH, "", "must be a list of owner references"));
+            return;
+        }
+    };
+    let text = |r: &Value, key: &str| r.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut controllers = Vec::new();
+    for r in refs {
+        if !r.is_object() {
+            causes.push(field_invalid(PATH, "", "must be a list of owner references"));
+            continue;
+        }
+        let api_version = text(r, "apiVersion");
+        let version = api_version.rsplit('/').next().unwrap_or_default();
+        if version.is_empty() || api_version.matches('/').count() > 1 {
+            causes.push(field_invalid(
+                &format!("{PATH}.apiVersion"),
+                &api_version,
+                "version must not be empty",
+            ));
+        }
+        for (key, what) in [("kind", "kind"), ("name", "name"), ("uid", "uid")] {
+            let value = text(r, key);
+            if value.is_empty() {
+                causes.push(field_invalid(
+                    &format!("{PATH}.{key}"),
+                    &value,
+                    &format!("{what} must not be empty"),
+                ));
+            }
+        }
+        if r.get("controller").and_then(Value::as_bool) == Some(true) {
+            controllers.push(format!("{}/{}", text(r, "kind"), text(r, "name")));
+        }
+    }
+    if controllers.len() > 1 {
+        causes.push(field_invalid(
+            PATH,
+            "",
+            &format!(
+                "Only one reference can have Controller set to true. Found \"true\" in references for {}",
+                controllers.join(" and ")
+            ),
+        ));
     }
 }
 

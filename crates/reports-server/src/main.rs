@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let host = if host.contains(':') { format!("[{host}]") } else { host };
     tracing::info!(
         storage = %reports_server::redact_url(&args.storage),
-        "reports-server is ready on https://{host}:{}; try: kubectl --server https://{host}:{} --insecure-skip-tls-verify get polr -A",
+        "reports-server is ready on https://{host}:{}; try: kubectl --server https://{host}:{} --insecure-skip-tls-verify --token unused get polr -A",
         addr.port(),
         addr.port(),
     );

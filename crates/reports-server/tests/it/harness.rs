@@ -100,8 +100,8 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
-    /// A kubeconfig for this server, written into the test directory, and a private discovery
-    /// cache so tests never share kubectl state.
+    /// A kubeconfig for this server, written into the test directory. It carries a token the
+    /// server ignores: without any credential kubectl prompts for a username on HTTPS servers.
     pub fn kubeconfig(&self) -> PathBuf {
         use base64::Engine as _;
         let path = self.dir.path().join("kubeconfig");
@@ -110,7 +110,8 @@ impl TestServer {
             let text = format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    \
                  certificate-authority-data: {ca}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    \
-                 user: test\n    namespace: default\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+                 user: test\n    namespace: default\ncurrent-context: test\nusers:\n- name: test\n  user:\n    \
+                 token: unused\n",
                 self.base
             );
             std::fs::write(&path, text).unwrap();
@@ -120,28 +121,23 @@ impl TestServer {
 
     /// Runs kubectl against this server; returns (success, stdout, stderr).
     pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        self.kubectl_with_stdin(args, None)
+        self.kubectl_env(args, &[])
     }
 
-    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        use std::io::Write as _;
-        let mut command = Command::new("kubectl");
-        command
+    /// Runs kubectl with extra environment variables (e.g. `KUBE_EDITOR`). Its stdin is closed,
+    /// so any prompt fails instead of hanging.
+    pub fn kubectl_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        let out = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cache-dir")
             .arg(self.dir.path().join("kubectl-cache"))
             .args(args)
             .env("HOME", self.dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().expect("kubectl is installed");
-        if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("kubectl is installed");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into(),

@@ -4,5 +4,8 @@ mod crud;
 mod discovery;
 mod errors;
 mod harness;
+mod kubectl;
 mod lists;
 mod negotiation;
+mod process;
+mod samples;

@@ -1,0 +1,169 @@
+//! The real kubectl binary against the server: what operators type every day.
+
+use serde_json::Value;
+
+use crate::harness::{sample_object, TestServer};
+
+// No OpenAPI is served yet (issue 6), so kubectl's client-side schema check is switched off with
+// `--validate=false` wherever kubectl would download it.
+
+/// Runs kubectl and returns stdout, failing the test with stderr when kubectl fails.
+fn ok(t: &TestServer, args: &[&str]) -> String {
+    let (success, stdout, stderr) = t.kubectl(args);
+    assert!(success, "kubectl {args:?} failed: {stderr}");
+    stdout
+}
+
+fn write_manifest(t: &TestServer, name: &str, object: &Value) -> String {
+    let path = t.dir.path().join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(object).unwrap()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_resources_and_explain_free_discovery() {
+    let t = TestServer::start().await;
+    let out = ok(&t, &["api-resources", "--api-group=wgpolicyk8s.io", "-o", "wide"]);
+    assert!(out.contains("policyreports") && out.contains("polr"), "{out}");
+    assert!(out.contains("clusterpolicyreports") && out.contains("cpolr"), "{out}");
+    let kyverno = ok(&t, &["api-resources", "--categories=kyverno", "-o", "name"]);
+    let mut names: Vec<&str> = kyverno.lines().collect();
+    names.sort();
+    assert_eq!(names, ["clusterephemeralreports.reports.kyverno.io", "ephemeralreports.reports.kyverno.io"]);
+    let versions = ok(&t, &["api-versions"]);
+    for gv in ["wgpolicyk8s.io/v1alpha2", "reports.kyverno.io/v1", "openreports.io/v1alpha1"] {
+        assert!(versions.lines().any(|l| l == gv), "{gv} in {versions}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_prints_crd_columns_across_namespaces() {
+    let t = TestServer::start().await;
+    for (ns, name) in [("team-a", "r1"), ("team-b", "r2")] {
+        let file = write_manifest(&t, &format!("{name}.json"), &sample_object(0, name, Some(ns)));
+        ok(&t, &["create", "--validate=false", "-f", &file]);
+    }
+    let out = ok(&t, &["get", "polr", "-A"]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAMESPACE", "NAME", "KIND", "NAME", "PASS", "FAIL", "WARN", "ERROR", "SKIP", "AGE"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(&rows[0][..9], ["team-a", "r1", "Pod", "web", "1", "0", "0", "0", "0"]);
+    assert_eq!(rows[1][0..2], ["team-b", "r2"]);
+
+    let labelled = ok(&t, &["get", "policyreports.wgpolicyk8s.io", "-n", "team-a", "--show-labels"]);
+    assert!(labelled.contains("app=demo"), "{labelled}");
+    let sorted = ok(&t, &["get", "polr", "-A", "--sort-by=.metadata.name", "-o", "name"]);
+    assert_eq!(
+        sorted.lines().collect::<Vec<_>>(),
+        ["policyreport.wgpolicyk8s.io/r1", "policyreport.wgpolicyk8s.io/r2"]
+    );
+    let selected = ok(
+        &t,
+        &[
+            "get",
+            "polr",
+            "-A",
+            "-l",
+            "app=demo",
+            "--field-selector",
+            "metadata.namespace=team-b",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(selected.trim(), "policyreport.wgpolicyk8s.io/r2");
+    let (success, _, stderr) = t.kubectl(&["get", "polr", "-A", "-l", "app in (a"]);
+    assert!(!success && stderr.contains("unable to parse requirement"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_paginates_with_chunk_size() {
+    let t = TestServer::start().await;
+    for i in 0..7 {
+        let file =
+            write_manifest(&t, &format!("r{i}.json"), &sample_object(4, &format!("r{i}"), Some("paged")));
+        ok(&t, &["create", "--validate=false", "-f", &file]);
+    }
+    let out = ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(out.lines().count(), 7, "{out}");
+    let json: Value =
+        serde_json::from_str(&ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=3", "-o", "json"]))
+            .unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_patch_edit_describe_and_delete() {
+    let t = TestServer::start().await;
+    let mut object = sample_object(2, "ephr-1", Some("default"));
+    let file = write_manifest(&t, "ephr.json", &object);
+    let created = ok(&t, &["apply", "--validate=false", "-f", &file]);
+    assert!(created.contains("ephemeralreport.reports.kyverno.io/ephr-1 created"), "{created}");
+    object["spec"]["summary"]["fail"] = 3.into();
+    let file = write_manifest(&t, "ephr.json", &object);
+    let configured = ok(&t, &["apply", "--validate=false", "-f", &file]);
+    assert!(configured.contains("configured"), "{configured}");
+    let unchanged = ok(&t, &["apply", "--validate=false", "-f", &file]);
+    assert!(unchanged.contains("unchanged"), "{unchanged}");
+
+    ok(&t, &["patch", "ephr", "ephr-1", "--type=merge", "-p", r#"{"metadata":{"labels":{"team":"a"}}}"#]);
+    ok(
+        &t,
+        &[
+            "patch",
+            "ephr",
+            "ephr-1",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/summary/pass","value":9}]"#,
+        ],
+    );
+    ok(&t, &["label", "ephr", "ephr-1", "edit-me=yes"]);
+    ok(&t, &["annotate", "ephr", "ephr-1", "note=hello"]);
+    let (success, _, stderr) = t.kubectl(&["patch", "ephr", "ephr-1", "--type=strategic", "-p", "{}"]);
+    assert!(!success && stderr.contains("is not supported"), "{stderr}");
+
+    // Quotes make kubectl run the editor through a shell, with the file path appended.
+    let editor = "sed -i 's/edit-me: .yes./edit-me: edited/'";
+    let (success, _, stderr) =
+        t.kubectl_env(&["edit", "--validate=false", "ephr", "ephr-1"], &[("KUBE_EDITOR", editor)]);
+    assert!(success, "kubectl edit: {stderr}");
+
+    let current: Value = serde_json::from_str(&ok(&t, &["get", "ephr", "ephr-1", "-o", "json"])).unwrap();
+    assert_eq!(current["spec"]["summary"]["fail"], 3);
+    assert_eq!(current["spec"]["summary"]["pass"], 9);
+    assert_eq!(current["metadata"]["labels"]["team"], "a");
+    assert_eq!(current["metadata"]["labels"]["edit-me"], "edited");
+    assert_eq!(current["metadata"]["annotations"]["note"], "hello");
+    assert_eq!(current["metadata"]["generation"], 3, "only spec changes bump the generation");
+
+    let described = ok(&t, &["describe", "ephr", "ephr-1"]);
+    assert!(described.contains("Name:         ephr-1") && described.contains("team=a"), "{described}");
+    let yaml = ok(&t, &["get", "kyverno", "-o", "yaml"]);
+    assert!(yaml.contains("name: ephr-1") && yaml.contains("kind: EphemeralReport"), "{yaml}");
+
+    let deleted = ok(&t, &["delete", "ephr", "ephr-1"]);
+    assert!(deleted.contains("deleted"), "{deleted}");
+    let (success, _, stderr) = t.kubectl(&["get", "ephr", "ephr-1"]);
+    assert!(!success && stderr.contains("NotFound"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_conflicts_and_bad_input_are_reported_by_kubectl() {
+    let t = TestServer::start().await;
+    let file = write_manifest(&t, "r.json", &sample_object(5, "creps-1", None));
+    ok(&t, &["create", "--validate=false", "-f", &file]);
+    let (success, _, stderr) = t.kubectl(&["create", "--validate=false", "-f", &file]);
+    assert!(!success && stderr.contains("AlreadyExists"), "{stderr}");
+    let mut bad = sample_object(5, "Bad_Name", None);
+    bad["metadata"]["labels"]["bad key!"] = "x".into();
+    let file = write_manifest(&t, "bad.json", &bad);
+    let (success, _, stderr) = t.kubectl(&["create", "--validate=false", "-f", &file]);
+    assert!(!success && stderr.contains("is invalid"), "{stderr}");
+    let listed = ok(&t, &["get", "creps", "-o", "name"]);
+    assert_eq!(listed.trim(), "clusterreport.openreports.io/creps-1");
+    ok(&t, &["delete", "creps", "--all"]);
+    assert_eq!(ok(&t, &["get", "creps", "-o", "name"]).trim(), "");
+}

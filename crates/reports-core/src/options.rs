@@ -39,6 +39,14 @@ impl Query {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// Sets `key` to `value`, replacing an existing value.
+    pub fn set(&mut self, key: &str, value: &str) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(pair) => pair.1 = value.to_string(),
+            None => self.0.push((key.to_string(), value.to_string())),
+        }
+    }
+
     /// A boolean parameter: absent, `0` or `false` (any case) is false; anything else, including
     /// an empty value, is true (apimachinery's `Convert_Slice_string_To_bool`).
     pub fn flag(&self, key: &str) -> bool {

@@ -166,6 +166,11 @@ impl TableRenderer {
         Ok(Self { columns, now, meta_version: "v1" })
     }
 
+    /// Moves the clock ages are measured from (long watches render rows over many minutes).
+    pub fn set_now(&mut self, now: Timestamp) {
+        self.now = now;
+    }
+
     /// Sets the `meta.k8s.io` version (`v1` or `v1beta1`) used for row objects.
     pub fn with_meta_version(mut self, version: &'static str) -> Self {
         self.meta_version = version;

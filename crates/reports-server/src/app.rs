@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::{
     resource,
     response::{json_response, ApiResult, ErrorResponse},
+    watch::ChangeFeed,
 };
 
 /// Shared state of every request handler. Cheap to clone: one `Arc`.
@@ -33,6 +34,9 @@ pub struct Shared {
     pub catalogue: Catalogue,
     /// The database; every request reads or writes through it.
     pub store: DynStore,
+    /// The tail of the change log shared by every watch, so each change is read once per
+    /// process instead of once per watcher.
+    pub changes: Arc<ChangeFeed>,
     /// Discovery documents rendered once (they only change with the binary), with their ETags.
     pub discovery: DiscoveryDocs,
     /// Largest request body accepted (413 beyond it).
@@ -56,6 +60,7 @@ impl AppState {
     pub fn new(
         catalogue: Catalogue,
         store: DynStore,
+        changes: Arc<ChangeFeed>,
         max_body_bytes: usize,
         shutting_down: watch::Receiver<bool>,
     ) -> Self {
@@ -63,6 +68,7 @@ impl AppState {
         Self(Arc::new(Shared {
             catalogue,
             store,
+            changes,
             discovery,
             max_body_bytes,
             shutting_down,

@@ -6,6 +6,7 @@
 //! - [`resource`]: the single generic handler behind all six kinds;
 //! - [`render`]: stored JSON to responses (splice, stream, transform);
 //! - [`response`]: the error edge (`ApiError` to `metav1.Status`);
+//! - [`watch`]: change streams from the change log;
 //! - [`serve`]: the TLS accept loop with graceful shutdown;
 //! - [`tls`], [`cli`].
 
@@ -13,7 +14,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use reports_core::Catalogue;
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 
 pub mod app;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod resource;
 pub mod response;
 pub mod serve;
 pub mod tls;
+pub mod watch;
 
 /// Everything needed to start a server (the binary builds it from flags).
 #[derive(Debug, Clone)]
@@ -43,7 +45,7 @@ pub struct Server {
     /// The address actually bound.
     pub local_addr: SocketAddr,
     /// Tells the accept loop and long-running responses to stop.
-    shutdown: watch::Sender<bool>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     /// The accept loop; ends after shutdown once connections have drained.
     task: JoinHandle<()>,
     /// The store, for embedding programs and tests that need to look underneath the API.
@@ -62,9 +64,17 @@ impl Server {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let (shutdown, shutting_down) = watch::channel(false);
-        let state =
-            app::AppState::new(catalogue, store.clone(), config.max_body_bytes, shutting_down.clone());
+        let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
+        let changes = watch::ChangeFeed::start(store.clone(), shutting_down.clone())
+            .await
+            .context("reading the change log")?;
+        let state = app::AppState::new(
+            catalogue,
+            store.clone(),
+            changes,
+            config.max_body_bytes,
+            shutting_down.clone(),
+        );
         let router = app::router(state.clone());
         tokio::spawn(compaction_loop(
             store.clone(),
@@ -92,7 +102,7 @@ impl Server {
 async fn compaction_loop(
     store: reports_store::DynStore,
     retention_seconds: u64,
-    mut shutting_down: watch::Receiver<bool>,
+    mut shutting_down: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {

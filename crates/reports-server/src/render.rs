@@ -27,10 +27,14 @@ pub struct Renderer {
     table: Option<(TableRenderer, IncludeObject)>,
     /// `apiVersion` of the kind.
     api_version: String,
+    /// Kind, e.g. `PolicyReport` (watch bookmarks carry it).
+    kind: String,
     /// List kind, e.g. `PolicyReportList`.
     list_kind: String,
     /// Column definitions (Table only).
     columns: Value,
+    /// Whether a Table watch already sent the column definitions (only the first event has them).
+    columns_sent: bool,
 }
 
 /// Just the metadata of a stored object, borrowed from its text without building a tree.
@@ -66,8 +70,10 @@ impl Renderer {
             negotiated,
             table,
             api_version: kind.api_version(),
+            kind: kind.kind.clone(),
             list_kind: kind.list_kind.clone(),
             columns: reports_core::table::column_definitions(&kind.printer_columns),
+            columns_sent: false,
         })
     }
 
@@ -122,25 +128,7 @@ impl Renderer {
             return Ok(bytes_response(status, "application/json", body.to_string()));
         }
         let rendered = match n.shape {
-            Shape::Table(v) => {
-                let mut rows = Vec::new();
-                self.item_json(body, &mut rows)?;
-                let meta: MetadataOnly<'_> = serde_json::from_str(body).map_err(corrupt)?;
-                let rv = serde_json::from_str::<Value>(meta.metadata.get())
-                    .ok()
-                    .and_then(|m| m.get("resourceVersion").cloned())
-                    .unwrap_or(Value::Null);
-                let mut text = format!(
-                    r#"{{"kind":"Table","apiVersion":"meta.k8s.io/{v}","columnDefinitions":{},"rows":["#,
-                    self.columns
-                )
-                .into_bytes();
-                text.extend_from_slice(&rows);
-                text.extend_from_slice(
-                    format!(r#"],"metadata":{}}}"#, json!({"resourceVersion": rv})).as_bytes(),
-                );
-                text
-            }
+            Shape::Table(_) => self.single_row_table(body, true)?,
             _ => {
                 let mut text = Vec::new();
                 self.item_json(body, &mut text)?;
@@ -229,8 +217,73 @@ impl Renderer {
         Ok(())
     }
 
-    /// The version of meta.k8s.io used by transforms (for watch bookmarks later).
-    pub fn meta_version(&self) -> &'static str {
-        self.transform_version()
+    /// A Table holding one object's row, with the object's RV; `with_columns` false gives
+    /// `"columnDefinitions":null`, as kube sends after the first event of a Table watch.
+    fn single_row_table(&self, body: &str, with_columns: bool) -> Result<Vec<u8>, ApiError> {
+        let mut rows = Vec::new();
+        self.item_json(body, &mut rows)?;
+        let meta: MetadataOnly<'_> = serde_json::from_str(body).map_err(corrupt)?;
+        let rv = serde_json::from_str::<Value>(meta.metadata.get())
+            .ok()
+            .and_then(|m| m.get("resourceVersion").cloned())
+            .unwrap_or(Value::Null);
+        let columns = if with_columns { self.columns.to_string() } else { "null".to_string() };
+        let mut text = format!(
+            r#"{{"kind":"Table","apiVersion":"meta.k8s.io/{}","metadata":{},"columnDefinitions":{columns},"rows":["#,
+            self.transform_version(),
+            json!({"resourceVersion": rv}),
+        )
+        .into_bytes();
+        text.extend_from_slice(&rows);
+        text.extend_from_slice(b"]}");
+        Ok(text)
     }
+
+    /// One watch event line, `{"type":T,"object":…}` and a newline, for a stored object in the
+    /// negotiated shape. Stored JSON is compact, so the line never contains another newline.
+    pub fn watch_event(&mut self, event_type: &str, body: &str) -> Result<Vec<u8>, ApiError> {
+        let mut line = format!(r#"{{"type":"{event_type}","object":"#).into_bytes();
+        match self.negotiated.shape {
+            Shape::Table(_) => {
+                if let Some((renderer, _)) = self.table.as_mut() {
+                    renderer.set_now(jiff::Timestamp::now());
+                }
+                let first = !self.columns_sent;
+                self.columns_sent = true;
+                line.extend_from_slice(&self.single_row_table(body, first)?);
+            }
+            _ => self.item_json(body, &mut line)?,
+        }
+        line.extend_from_slice(b"}\n");
+        Ok(line)
+    }
+
+    /// A BOOKMARK event line at `rv`, in the negotiated shape; `initial_events_end` adds the
+    /// `k8s.io/initial-events-end` annotation that ends a streaming list.
+    pub fn watch_bookmark(&mut self, rv: u64, initial_events_end: bool) -> Vec<u8> {
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if initial_events_end {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let object = match self.negotiated.shape {
+            Shape::Object => json!({"apiVersion": self.api_version, "kind": self.kind, "metadata": metadata}),
+            Shape::Metadata(v) | Shape::MetadataList(v) => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": format!("meta.k8s.io/{v}"), "metadata": metadata})
+            }
+            Shape::Table(v) => {
+                let columns = if self.columns_sent { Value::Null } else { self.columns.clone() };
+                self.columns_sent = true;
+                json!({"kind": "Table", "apiVersion": format!("meta.k8s.io/{v}"), "metadata": metadata,
+                    "columnDefinitions": columns, "rows": []})
+            }
+        };
+        event_line("BOOKMARK", &object)
+    }
+}
+
+/// One watch event line for a JSON value (bookmarks, ERROR events carrying a Status).
+pub fn event_line(event_type: &str, object: &Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    line
 }

@@ -27,6 +27,7 @@ use crate::{
     app::AppState,
     render::Renderer,
     response::{store_error, ApiResult},
+    watch::{self, WatchRequest},
 };
 
 /// kube-apiserver retries generateName collisions this many times.
@@ -100,8 +101,27 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let target = parse_target(&state, &group, &version, &rest)?;
-    let query = Query::parse(uri.query());
+    // Deprecated `/watch/...` paths, which kube-apiserver still serves: a watch of the collection,
+    // or of one object through a name field selector.
+    let (rest, legacy_watch) = match rest.strip_prefix("watch/") {
+        Some(rest) => (rest, true),
+        None => (rest.as_str(), false),
+    };
+    let mut target = parse_target(&state, &group, &version, rest)?;
+    let mut query = Query::parse(uri.query());
+    if legacy_watch {
+        if method != Method::GET {
+            return Err(ApiError::method_not_allowed(method.as_str(), target.kind).into());
+        }
+        query.set("watch", "true");
+        if let Some(name) = target.name.take() {
+            let selector = match query.get("fieldSelector").filter(|s| !s.is_empty()) {
+                Some(existing) => format!("{existing},metadata.name={name}"),
+                None => format!("metadata.name={name}"),
+            };
+            query.set("fieldSelector", &selector);
+        }
+    }
     let endpoint = match (&method, &target.name) {
         (&Method::GET | &Method::HEAD, None) if query.flag("watch") => Endpoint::Watch,
         (&Method::GET | &Method::HEAD, None) | (&Method::DELETE, None) => Endpoint::List,
@@ -200,7 +220,7 @@ impl Request<'_> {
     async fn list(&self) -> ApiResult {
         let options = ListOptions::parse(&self.query, self.kind())?;
         if options.watch {
-            return Err(ApiError::method_not_allowed("watch", self.kind()).into());
+            return Ok(self.watch(options));
         }
         let store = &self.state.store;
         let kind = self.kind();
@@ -250,6 +270,18 @@ impl Request<'_> {
             }
             metadata
         }))
+    }
+
+    fn watch(&self, options: ListOptions) -> Response {
+        let renderer = Renderer::new(self.kind(), self.renderer.negotiated, self.query.get("includeObject"))
+            .expect("the same parameters were accepted for this request's renderer");
+        let request = WatchRequest {
+            kind: self.kind().clone(),
+            namespace: self.target.namespace.clone(),
+            options,
+            renderer,
+        };
+        watch::serve(request, self.state.store.clone(), &self.state.changes, self.state.shutting_down.clone())
     }
 
     async fn create(&self, body: Body) -> ApiResult {

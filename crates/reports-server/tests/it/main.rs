@@ -9,3 +9,4 @@ mod lists;
 mod negotiation;
 mod process;
 mod samples;
+mod watch;

@@ -1,0 +1,443 @@
+//! Watch: exact, resumable change streams built on the store's change log.
+//!
+//! # Where events come from
+//!
+//! Every write appends to the change log in the same transaction that changes the object, with
+//! resourceVersions assigned in commit order (ARCHITECTURE invariants 3 and 4). So "every change
+//! after X, in order" is always just `changes_since(X)`: the log is the single source of truth and
+//! nothing held in memory can lose or reorder an event.
+//!
+//! Reading the database once per watcher per write would not scale to hundreds of watchers, so
+//! one [`ChangeFeed`] task per process tails the log (woken by the store after each commit, which
+//! for PostgreSQL includes commits made by other replicas) and broadcasts each change once to
+//! every watcher in memory. A watcher therefore has two sources, and the rule that joins them
+//! without a gap is: **subscribe to the broadcast first, then read the database**. Anything
+//! committed before the read is in the read; anything committed after it is published after the
+//! subscription, so it arrives on the broadcast. Duplicates from the overlap are dropped by RV
+//! (`rv <= cursor`).
+//!
+//! # Slow watchers
+//!
+//! The broadcast is a bounded ring shared by all watchers; the feed never waits for anyone, so
+//! writers and fast watchers are never slowed by a slow one. A watcher that falls off the ring
+//! (`Lagged`) resubscribes and catches up from the database, which is exactly the start-up path
+//! again. A client that stops reading altogether fills its bounded response channel; after
+//! [`STALLED_CLIENT_GRACE`] without progress its stream is closed and it re-watches from its last
+//! resourceVersion, as informers do after any disconnect.
+//!
+//! # Start points
+//!
+//! - RV unset or `0` (or `sendInitialEvents=true`): ADDED for every matching object of a list
+//!   snapshot at RV S, then (with bookmarks allowed) the BOOKMARK annotated
+//!   `k8s.io/initial-events-end`, then changes after S.
+//! - RV X: changes after X. If the log no longer reaches back to X the stream carries one ERROR
+//!   event with a 410 Expired Status (kube-rs only re-lists on that event, never on an HTTP 410).
+//!   If X is ahead of every commit, the watch waits up to 3 s for it, then sends the 504
+//!   "Too large resource version" ERROR event, as kube's watch cache does.
+//!
+//! # Selectors
+//!
+//! Label and field selectors are applied to every change with the labels before and after the
+//! write, as kube's cacher does: an object that starts matching arrives as ADDED, one that stops
+//! matching as DELETED, so filtered informers never keep ghosts.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{body::Body, http::StatusCode, response::Response};
+use bytes::Bytes;
+use rand::Rng as _;
+use reports_core::{
+    options::{ListOptions, RvParam},
+    selector::{FieldSelector, LabelSelector},
+    ApiError, ResourceKind,
+};
+use reports_store::{Change, ChangeType, DynStore, ListChunk, ListQuery, StoreError};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::{
+    render::{event_line, Renderer},
+    response::bytes_response,
+};
+
+/// How many changes the in-memory broadcast keeps for watchers that are briefly behind; beyond
+/// it they catch up from the database. Small, because entries hold whole objects.
+const FEED_CAPACITY: usize = 256;
+/// How many changes one database read returns (feed tailing and watcher catch-up).
+const CATCH_UP_BATCH: usize = 500;
+/// Response chunks buffered per watcher before it waits for its client.
+const CLIENT_BUFFER: usize = 64;
+/// How long a client may not read at all before its watch is closed.
+pub const STALLED_CLIENT_GRACE: Duration = Duration::from_secs(30);
+/// Bookmark cadence when bookmarks are allowed (kube's cacher: about every minute).
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a watch from a future RV waits for it to be committed (kube: 3 s).
+const TOO_LARGE_WAIT: Duration = Duration::from_secs(3);
+/// Without `timeoutSeconds`, watches end after a random time in [this, 2 × this), like
+/// kube-apiserver's `--min-request-timeout`, so clients spread their reconnects.
+const DEFAULT_MIN_REQUEST_TIMEOUT: u64 = 1800;
+
+/// The process-wide tail of the change log, broadcast to every watcher.
+pub struct ChangeFeed {
+    /// Where tailed changes are published; watchers subscribe here.
+    sender: broadcast::Sender<Arc<Change>>,
+}
+
+impl ChangeFeed {
+    /// Starts tailing the log after the current RV; stops when `shutting_down` flips.
+    pub async fn start(
+        store: DynStore,
+        shutting_down: watch::Receiver<bool>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (sender, _) = broadcast::channel(FEED_CAPACITY);
+        let start = store.current_rv().await?;
+        let feed = Arc::new(Self { sender: sender.clone() });
+        tokio::spawn(tail(store, sender, start, shutting_down));
+        Ok(feed)
+    }
+
+    /// A receiver of every change published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.sender.subscribe()
+    }
+}
+
+/// The tailing loop: after each commit notification, publish every new change in RV order.
+async fn tail(
+    store: DynStore,
+    sender: broadcast::Sender<Arc<Change>>,
+    mut published: u64,
+    mut shutting_down: watch::Receiver<bool>,
+) {
+    let mut commits = store.subscribe();
+    loop {
+        match store.changes_since(None, published, CATCH_UP_BATCH).await {
+            Ok(batch) => {
+                let full = batch.len() == CATCH_UP_BATCH;
+                for change in batch {
+                    published = change.rv;
+                    // No receivers is fine: nobody is watching right now.
+                    let _ = sender.send(Arc::new(change));
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the change log failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutting_down.changed() => return,
+                }
+            }
+        }
+        tokio::select! {
+            changed = commits.changed() => if changed.is_err() { return },
+            _ = shutting_down.changed() => return,
+        }
+    }
+}
+
+/// Everything one watch needs, taken from the request.
+pub struct WatchRequest {
+    /// The kind watched.
+    pub kind: ResourceKind,
+    /// The namespace of a namespaced URL (None: all namespaces or cluster-scoped).
+    pub namespace: Option<String>,
+    /// Validated list/watch options.
+    pub options: ListOptions,
+    /// Renders events in the negotiated shape.
+    pub renderer: Renderer,
+}
+
+/// Serves a watch: parameters are already validated, so from here on every problem is an ERROR
+/// event on a 200 stream.
+pub fn serve(
+    request: WatchRequest,
+    store: DynStore,
+    feed: &ChangeFeed,
+    shutting_down: watch::Receiver<bool>,
+) -> Response {
+    // Subscribe before anything is read from the database (see the module notes).
+    let live = feed.subscribe();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CLIENT_BUFFER);
+    let timeout = match request.options.timeout_seconds {
+        Some(seconds) => Duration::from_secs(seconds),
+        None => Duration::from_secs(
+            rand::rng().random_range(DEFAULT_MIN_REQUEST_TIMEOUT..2 * DEFAULT_MIN_REQUEST_TIMEOUT),
+        ),
+    };
+    let watcher = Watcher {
+        filter: Filter::new(&request),
+        allow_bookmarks: request.options.allow_bookmarks,
+        renderer: request.renderer,
+        store,
+        tx,
+        cursor: 0,
+    };
+    tokio::spawn(watcher.run(request.options, live, timeout, shutting_down));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    bytes_response(StatusCode::OK, "application/json", body)
+}
+
+/// Which changes a watcher wants.
+struct Filter {
+    resource: String,
+    namespace: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn new(request: &WatchRequest) -> Self {
+        Self {
+            resource: request.kind.storage_key().to_string(),
+            namespace: request.namespace.clone(),
+            labels: request.options.label_selector.clone(),
+            fields: request.options.field_selector.clone(),
+        }
+    }
+
+    fn list_query(&self) -> ListQuery {
+        ListQuery {
+            resource: self.resource.clone(),
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            fields: self.fields.clone(),
+            after: None,
+            limit: None,
+        }
+    }
+
+    fn labels_match(&self, labels: &[(String, String)]) -> bool {
+        self.labels.matches(|key| labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()))
+    }
+
+    /// The event type this watcher sees for a change, if any (kube's cacher rules).
+    fn event_for(&self, change: &Change) -> Option<&'static str> {
+        if change.resource != self.resource {
+            return None;
+        }
+        let object = &change.object;
+        if self.namespace.as_deref().is_some_and(|ns| ns != object.namespace)
+            || !self.fields.matches(&object.namespace, &object.name)
+        {
+            return None;
+        }
+        let now = change.change_type != ChangeType::Deleted && self.labels_match(&change.labels);
+        let before = match (&change.prev_labels, change.change_type) {
+            (Some(prev), _) => self.labels_match(prev),
+            (None, ChangeType::Deleted) => self.labels_match(&change.labels),
+            (None, _) => false,
+        };
+        match (before, now) {
+            (false, true) => Some("ADDED"),
+            (true, true) => Some("MODIFIED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        }
+    }
+}
+
+/// Why a watch stream ended early.
+enum End {
+    /// The client went away or stopped reading; nothing more to do.
+    ClientGone,
+    /// Send this Status as an ERROR event, then close.
+    Error(ApiError),
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        End::Error(crate::response::store_error(e))
+    }
+}
+
+/// One running watch.
+struct Watcher {
+    filter: Filter,
+    allow_bookmarks: bool,
+    renderer: Renderer,
+    store: DynStore,
+    /// The response body.
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// Highest RV this watcher has accounted for (sent or filtered out).
+    cursor: u64,
+}
+
+impl Watcher {
+    async fn run(
+        mut self,
+        options: ListOptions,
+        live: broadcast::Receiver<Arc<Change>>,
+        timeout: Duration,
+        mut shutting_down: watch::Receiver<bool>,
+    ) {
+        if *shutting_down.borrow() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let outcome = tokio::select! {
+            outcome = self.stream(options, live, deadline) => outcome,
+            _ = tokio::time::sleep_until(deadline) => Ok(()),
+            _ = shutting_down.wait_for(|down| *down) => Ok(()),
+        };
+        if let Err(End::Error(error)) = outcome {
+            if error.code >= 500 && error.code != 504 {
+                tracing::warn!(error = %error, "watch ended with an error");
+            }
+            let _ = self.tx.send(Ok(Bytes::from(event_line("ERROR", &error.to_status())))).await;
+        }
+    }
+
+    async fn stream(
+        &mut self,
+        options: ListOptions,
+        mut live: broadcast::Receiver<Arc<Change>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), End> {
+        let initial = match (options.send_initial_events, options.resource_version) {
+            (Some(send), _) => send,
+            (None, RvParam::Unset | RvParam::Any) => true,
+            (None, RvParam::At(_)) => false,
+        };
+        let requested = match options.resource_version {
+            RvParam::At(rv) => Some(rv),
+            _ => None,
+        };
+        if let Some(rv) = requested {
+            self.wait_for_rv(rv).await?;
+        }
+        if initial {
+            self.send_initial_state().await?;
+        } else {
+            self.cursor = match requested {
+                Some(rv) => rv,
+                None => self.store.current_rv().await?,
+            };
+            self.catch_up().await?;
+        }
+        let mut bookmarks =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
+        // kube sends a last bookmark shortly before the deadline so clients resume from a fresh RV.
+        let final_bookmark =
+            tokio::time::sleep_until(deadline.checked_sub(Duration::from_secs(2)).unwrap_or(deadline));
+        tokio::pin!(final_bookmark);
+        let mut final_sent = false;
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(change) => self.deliver(&change).await?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        live = live.resubscribe();
+                        self.catch_up().await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = bookmarks.tick(), if self.allow_bookmarks => self.bookmark(false).await?,
+                _ = &mut final_bookmark, if self.allow_bookmarks && !final_sent => {
+                    final_sent = true;
+                    self.bookmark(false).await?;
+                }
+            }
+        }
+    }
+
+    /// A watch from RV X needs X to be committed; kube waits briefly, then answers 504.
+    async fn wait_for_rv(&mut self, rv: u64) -> Result<(), End> {
+        let mut commits = self.store.subscribe();
+        let current = self.store.current_rv().await?;
+        if rv <= current {
+            return Ok(());
+        }
+        let arrived = tokio::time::timeout(TOO_LARGE_WAIT, commits.wait_for(|latest| *latest >= rv))
+            .await
+            .is_ok_and(|waited| waited.is_ok());
+        if arrived {
+            return Ok(());
+        }
+        let current = self.store.current_rv().await?;
+        Err(End::Error(ApiError::too_large_resource_version(rv, current)))
+    }
+
+    /// ADDED for every matching object of a snapshot, then the initial-events-end bookmark.
+    async fn send_initial_state(&mut self) -> Result<(), End> {
+        let mut stream = self.store.list(self.filter.list_query()).await?;
+        self.cursor = stream.snapshot_rv;
+        while let Some(chunk) = stream.chunks.recv().await {
+            match chunk? {
+                ListChunk::Items(items) => {
+                    let mut out = Vec::new();
+                    for item in &items {
+                        out.extend_from_slice(
+                            &self.renderer.watch_event("ADDED", &item.body).map_err(End::Error)?,
+                        );
+                    }
+                    self.send(out).await?;
+                }
+                ListChunk::End { .. } => break,
+            }
+        }
+        if self.allow_bookmarks {
+            self.bookmark(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the log from the cursor until it is exhausted; 410 if it no longer reaches back.
+    async fn catch_up(&mut self) -> Result<(), End> {
+        loop {
+            let batch =
+                self.store.changes_since(Some(&self.filter.resource), self.cursor, CATCH_UP_BATCH).await?;
+            // Checked after the read: compaction only moves forward, so if it is still at or
+            // below the cursor now, nothing the read needed had been removed.
+            let compacted = self.store.compacted_rv().await?;
+            if compacted > self.cursor {
+                return Err(End::Error(ApiError::expired(format!(
+                    "too old resource version: {} ({})",
+                    self.cursor,
+                    compacted + 1
+                ))));
+            }
+            let full = batch.len() == CATCH_UP_BATCH;
+            for change in &batch {
+                self.deliver(change).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends one change if this watcher wants it, and moves the cursor past it either way.
+    async fn deliver(&mut self, change: &Change) -> Result<(), End> {
+        if change.rv <= self.cursor {
+            return Ok(());
+        }
+        self.cursor = change.rv;
+        if let Some(event_type) = self.filter.event_for(change) {
+            let line = self.renderer.watch_event(event_type, &change.object.body).map_err(End::Error)?;
+            self.send(line).await?;
+        }
+        Ok(())
+    }
+
+    async fn bookmark(&mut self, initial_events_end: bool) -> Result<(), End> {
+        let line = self.renderer.watch_bookmark(self.cursor, initial_events_end);
+        self.send(line).await
+    }
+
+    /// Queues bytes for the client; a client that reads nothing for the grace period is dropped.
+    async fn send(&self, bytes: Vec<u8>) -> Result<(), End> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(STALLED_CLIENT_GRACE, self.tx.send(Ok(Bytes::from(bytes)))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::ClientGone),
+            Err(_) => {
+                tracing::info!(resource = %self.filter.resource, "closing a watch whose client stopped reading");
+                Err(End::ClientGone)
+            }
+        }
+    }
+}

@@ -242,7 +242,10 @@ impl Renderer {
     /// One watch event line, `{"type":T,"object":…}` and a newline, for a stored object in the
     /// negotiated shape. Stored JSON is compact, so the line never contains another newline.
     pub fn watch_event(&mut self, event_type: &str, body: &str) -> Result<Vec<u8>, ApiError> {
-        let mut line = format!(r#"{{"type":"{event_type}","object":"#).into_bytes();
+        let mut line = Vec::with_capacity(body.len() + 40);
+        line.extend_from_slice(br#"{"type":""#);
+        line.extend_from_slice(event_type.as_bytes());
+        line.extend_from_slice(br#"","object":"#);
         match self.negotiated.shape {
             Shape::Table(_) => {
                 if let Some((renderer, _)) = self.table.as_mut() {

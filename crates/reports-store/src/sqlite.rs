@@ -150,7 +150,9 @@ fn meta_text<'a>(object: &'a Value, key: &str) -> &'a str {
 }
 
 fn next_rv(tx: &Transaction<'_>) -> StoreResult<u64> {
-    tx.query_row("UPDATE counter SET rv = rv + 1 WHERE id = 1 RETURNING rv", [], |r| r.get::<_, i64>(0))
+    tx.prepare_cached("UPDATE counter SET rv = rv + 1 WHERE id = 1 RETURNING rv")
+        .map_err(sqlite_error)?
+        .query_row([], |r| r.get::<_, i64>(0))
         .map(|rv| rv as u64)
         .map_err(sqlite_error)
 }
@@ -164,10 +166,10 @@ struct ChangeRecord<'a> {
 }
 
 fn append_change(tx: &Transaction<'_>, change: ChangeRecord<'_>) -> StoreResult<()> {
-    tx.execute(
-        "INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
+    tx.prepare_cached("INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
+        .map_err(sqlite_error)?
+        .execute(params![
             change.object.rv as i64,
             change.resource,
             change.object.namespace,
@@ -222,11 +224,10 @@ fn delete_in(
         rv: new_rv,
         body: serde_json::to_string(&object).map_err(backend)?,
     };
-    tx.execute(
-        "DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-        params![resource, namespace, name],
-    )
-    .map_err(sqlite_error)?;
+    tx.prepare_cached("DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
+        .map_err(sqlite_error)?
+        .execute(params![resource, namespace, name])
+        .map_err(sqlite_error)?;
     append_change(
         tx,
         ChangeRecord {
@@ -356,7 +357,10 @@ impl SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(sqlite_error)?;
             let out = work(&tx)?;
-            let rv: i64 = tx.query_row("SELECT rv FROM counter", [], |r| r.get(0)).map_err(sqlite_error)?;
+            let rv: i64 = tx
+                .prepare_cached("SELECT rv FROM counter")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(sqlite_error)?;
             tx.commit().map_err(sqlite_error)?;
             // Still under the writer lock, so published RVs never go backwards.
             committed.send_if_modified(|current| {
@@ -514,9 +518,9 @@ impl Store for SqliteStore {
                 name,
                 rv,
             };
-            tx.execute(
-                "INSERT INTO objects (resource, namespace, name, uid, rv, labels, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![resource, stored.namespace, stored.name, stored.uid, rv as i64, labels, stored.body],
+            tx.prepare_cached("INSERT INTO objects (resource, namespace, name, uid, rv, labels, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .map_err(sqlite_error)?
+                .execute(params![resource, stored.namespace, stored.name, stored.uid, rv as i64, labels, stored.body],
             )
             .map_err(sqlite_error)?;
             append_change(
@@ -554,19 +558,20 @@ impl Store for SqliteStore {
                 name,
                 rv: new_rv,
             };
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE objects SET uid = ?4, rv = ?5, labels = ?6, body = ?7
                  WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-                params![
-                    resource,
-                    stored.namespace,
-                    stored.name,
-                    stored.uid,
-                    new_rv as i64,
-                    labels,
-                    stored.body
-                ],
             )
+            .map_err(sqlite_error)?
+            .execute(params![
+                resource,
+                stored.namespace,
+                stored.name,
+                stored.uid,
+                new_rv as i64,
+                labels,
+                stored.body
+            ])
             .map_err(sqlite_error)?;
             append_change(
                 tx,

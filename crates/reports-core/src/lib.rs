@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod error;
 pub mod negotiate;
 pub mod object;
+pub mod openapi;
 pub mod options;
 pub mod paging;
 pub mod patch;

@@ -12,7 +12,7 @@ use axum::{
     routing::{any, get},
     Router,
 };
-use reports_core::{discovery, ApiError, Catalogue};
+use reports_core::{discovery, openapi, ApiError, Catalogue};
 use reports_store::DynStore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha512};
@@ -106,14 +106,32 @@ pub struct DiscoveryDocs {
     pub v2: CachedDoc,
     /// Aggregated discovery v2beta1.
     pub v2beta1: CachedDoc,
+    /// `/openapi/v3`: the index naming each group/version document with its hash.
+    pub openapi_index: CachedDoc,
+    /// `/openapi/v3/apis/<group>/<version>` documents, keyed by `group/version`.
+    pub openapi: std::collections::BTreeMap<String, CachedDoc>,
 }
 
 impl DiscoveryDocs {
     fn new(catalogue: &Catalogue) -> Self {
+        let mut openapi = std::collections::BTreeMap::new();
+        let mut index = serde_json::Map::new();
+        for (group, version) in openapi::group_versions(catalogue) {
+            let Some(doc) = openapi::group_version_doc(catalogue, &group, &version) else { continue };
+            let doc = CachedDoc::new(&doc);
+            let hash = doc.etag.trim_matches('"').to_string();
+            index.insert(
+                format!("apis/{group}/{version}"),
+                json!({"serverRelativeURL": format!("/openapi/v3/apis/{group}/{version}?hash={hash}")}),
+            );
+            openapi.insert(format!("{group}/{version}"), doc);
+        }
         Self {
             group_list: CachedDoc::new(&discovery::api_group_list(catalogue)),
             v2: CachedDoc::new(&discovery::aggregated_discovery(catalogue, "v2")),
             v2beta1: CachedDoc::new(&discovery::aggregated_discovery(catalogue, "v2beta1")),
+            openapi_index: CachedDoc::new(&json!({"paths": index})),
+            openapi,
         }
     }
 }
@@ -123,6 +141,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(root_paths))
         .route("/version", get(version))
+        .route("/openapi/v3", get(openapi_index))
+        .route("/openapi/v3/apis/{group}/{version}", get(openapi_group_version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
@@ -284,6 +304,56 @@ fn aggregated_response(doc: &CachedDoc, version: &str, headers: &HeaderMap) -> R
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public"));
     response
+}
+
+/// A cached JSON document with its ETag, 304 on a matching `If-None-Match`, and the immutable
+/// caching kube sends when the request names the document's current `hash`.
+fn cached_json(doc: &CachedDoc, headers: &HeaderMap, hash_matches: bool) -> Response {
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == doc.etag));
+    let mut response = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        crate::response::bytes_response(StatusCode::OK, "application/json", doc.body.clone())
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&doc.etag) {
+        h.insert(header::ETAG, v);
+    }
+    let cache = if hash_matches { "public, immutable" } else { "no-cache, private" };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+async fn openapi_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    cached_json(&state.discovery.openapi_index, &headers, false)
+}
+
+async fn openapi_group_version(
+    State(state): State<AppState>,
+    Path((group, version)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    let doc =
+        state.discovery.openapi.get(&format!("{group}/{version}")).ok_or_else(ApiError::path_not_found)?;
+    let hash = doc.etag.trim_matches('"');
+    let requested = reports_core::options::Query::parse(uri.query()).get("hash").map(str::to_string);
+    match requested {
+        // An outdated hash: send the client to the current document, as kube-openapi does.
+        Some(old) if old != hash => {
+            let mut response = StatusCode::MOVED_PERMANENTLY.into_response();
+            let location = format!("/openapi/v3/apis/{group}/{version}?hash={hash}");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(response)
+        }
+        Some(_) => Ok(cached_json(doc, &headers, true)),
+        None => Ok(cached_json(doc, &headers, false)),
+    }
 }
 
 async fn apis(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {

@@ -697,8 +697,10 @@ async fn delete_collection_task(
                 }
             }
         }
-        if tx.send(Ok(ListChunk::Items(out))).await.is_err() {
-            return;
+        // A client that hangs up does not stop the deletion: kube finishes a deletecollection it
+        // has accepted, and a half-deleted namespace would otherwise wait for the next sweep.
+        if !tx.is_closed() {
+            let _ = tx.send(Ok(ListChunk::Items(out))).await;
         }
     }
     let _ = tx.send(Ok(reports_store::ListChunk::End { more: false })).await;

@@ -146,3 +146,35 @@ async fn kube_rs_discovery_finds_all_six_kinds() {
         ]
     );
 }
+
+#[tokio::test]
+async fn openapi_v3_documents_are_hashed_cached_and_redirected() {
+    let t = TestServer::start().await;
+    let http = t.http();
+    let index: Value = http.get(t.url("/openapi/v3")).send().await.unwrap().json().await.unwrap();
+    let url = index["paths"]["apis/reports.kyverno.io/v1"]["serverRelativeURL"].as_str().unwrap().to_string();
+    assert!(url.starts_with("/openapi/v3/apis/reports.kyverno.io/v1?hash="), "{url}");
+    let response = http.get(t.url(&url)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "public, immutable");
+    let etag = response.headers()["etag"].to_str().unwrap().to_string();
+    let doc: Value = response.json().await.unwrap();
+    let patch =
+        &doc["paths"]["/apis/reports.kyverno.io/v1/namespaces/{namespace}/ephemeralreports/{name}"]["patch"];
+    assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "EphemeralReport");
+    let cached = http.get(t.url(&url)).header("If-None-Match", &etag).send().await.unwrap();
+    assert_eq!(cached.status(), 304);
+    let stale = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(t.url("/openapi/v3/apis/reports.kyverno.io/v1?hash=OLD"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 301);
+    assert_eq!(stale.headers()["location"], url.as_str());
+    let missing = http.get(t.url("/openapi/v3/apis/reports.kyverno.io/v9")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -4,8 +4,8 @@ use serde_json::Value;
 
 use crate::harness::{sample_object, TestServer};
 
-// No OpenAPI is served yet (issue 6), so kubectl's client-side schema check is switched off with
-// `--validate=false` wherever kubectl would download it.
+// kubectl runs with its default `--validate=strict`: it finds `fieldValidation` on our PATCH
+// operations in /openapi/v3 and leaves validation to the server instead of downloading schemas.
 
 /// Runs kubectl and returns stdout, failing the test with stderr when kubectl fails.
 fn ok(t: &TestServer, args: &[&str]) -> String {
@@ -41,7 +41,7 @@ async fn get_prints_crd_columns_across_namespaces() {
     let t = TestServer::start().await;
     for (ns, name) in [("team-a", "r1"), ("team-b", "r2")] {
         let file = write_manifest(&t, &format!("{name}.json"), &sample_object(0, name, Some(ns)));
-        ok(&t, &["create", "--validate=false", "-f", &file]);
+        ok(&t, &["create", "-f", &file]);
     }
     let out = ok(&t, &["get", "polr", "-A"]);
     let mut lines = out.lines();
@@ -84,7 +84,7 @@ async fn get_paginates_with_chunk_size() {
     for i in 0..7 {
         let file =
             write_manifest(&t, &format!("r{i}.json"), &sample_object(4, &format!("r{i}"), Some("paged")));
-        ok(&t, &["create", "--validate=false", "-f", &file]);
+        ok(&t, &["create", "-f", &file]);
     }
     let out = ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=2", "-o", "name"]);
     assert_eq!(out.lines().count(), 7, "{out}");
@@ -99,13 +99,13 @@ async fn apply_patch_edit_describe_and_delete() {
     let t = TestServer::start().await;
     let mut object = sample_object(2, "ephr-1", Some("default"));
     let file = write_manifest(&t, "ephr.json", &object);
-    let created = ok(&t, &["apply", "--validate=false", "-f", &file]);
+    let created = ok(&t, &["apply", "-f", &file]);
     assert!(created.contains("ephemeralreport.reports.kyverno.io/ephr-1 created"), "{created}");
     object["spec"]["summary"]["fail"] = 3.into();
     let file = write_manifest(&t, "ephr.json", &object);
-    let configured = ok(&t, &["apply", "--validate=false", "-f", &file]);
+    let configured = ok(&t, &["apply", "-f", &file]);
     assert!(configured.contains("configured"), "{configured}");
-    let unchanged = ok(&t, &["apply", "--validate=false", "-f", &file]);
+    let unchanged = ok(&t, &["apply", "-f", &file]);
     assert!(unchanged.contains("unchanged"), "{unchanged}");
 
     ok(&t, &["patch", "ephr", "ephr-1", "--type=merge", "-p", r#"{"metadata":{"labels":{"team":"a"}}}"#]);
@@ -127,8 +127,7 @@ async fn apply_patch_edit_describe_and_delete() {
 
     // Quotes make kubectl run the editor through a shell, with the file path appended.
     let editor = "sed -i 's/edit-me: .yes./edit-me: edited/'";
-    let (success, _, stderr) =
-        t.kubectl_env(&["edit", "--validate=false", "ephr", "ephr-1"], &[("KUBE_EDITOR", editor)]);
+    let (success, _, stderr) = t.kubectl_env(&["edit", "ephr", "ephr-1"], &[("KUBE_EDITOR", editor)]);
     assert!(success, "kubectl edit: {stderr}");
 
     let current: Value = serde_json::from_str(&ok(&t, &["get", "ephr", "ephr-1", "-o", "json"])).unwrap();
@@ -154,13 +153,13 @@ async fn apply_patch_edit_describe_and_delete() {
 async fn create_conflicts_and_bad_input_are_reported_by_kubectl() {
     let t = TestServer::start().await;
     let file = write_manifest(&t, "r.json", &sample_object(5, "creps-1", None));
-    ok(&t, &["create", "--validate=false", "-f", &file]);
-    let (success, _, stderr) = t.kubectl(&["create", "--validate=false", "-f", &file]);
+    ok(&t, &["create", "-f", &file]);
+    let (success, _, stderr) = t.kubectl(&["create", "-f", &file]);
     assert!(!success && stderr.contains("AlreadyExists"), "{stderr}");
     let mut bad = sample_object(5, "Bad_Name", None);
     bad["metadata"]["labels"]["bad key!"] = "x".into();
     let file = write_manifest(&t, "bad.json", &bad);
-    let (success, _, stderr) = t.kubectl(&["create", "--validate=false", "-f", &file]);
+    let (success, _, stderr) = t.kubectl(&["create", "-f", &file]);
     assert!(!success && stderr.contains("is invalid"), "{stderr}");
     let listed = ok(&t, &["get", "creps", "-o", "name"]);
     assert_eq!(listed.trim(), "clusterreport.openreports.io/creps-1");

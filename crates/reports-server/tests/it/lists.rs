@@ -208,5 +208,8 @@ async fn delete_collection_removes_only_the_selected_objects() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // The list of deleted items is streamed as they go; the response is complete at its end.
+    let deleted: Value = response.json().await.unwrap();
+    assert_eq!(deleted["items"].as_array().unwrap().len(), 2);
     assert_eq!(keys(&all.list(&ListParams::default()).await.unwrap()), ["a/r2"]);
 }

@@ -239,6 +239,14 @@ impl Renderer {
         Ok(text)
     }
 
+    /// True when events are the stored JSON as is (no transform), so one rendered line can be
+    /// shared by every such watcher.
+    pub fn is_plain_object(&self) -> bool {
+        self.negotiated.shape == Shape::Object
+            && self.negotiated.encoding == Encoding::Json
+            && !self.negotiated.pretty
+    }
+
     /// One watch event line, `{"type":T,"object":…}` and a newline, for a stored object in the
     /// negotiated shape. Stored JSON is compact, so the line never contains another newline.
     pub fn watch_event(&mut self, event_type: &str, body: &str) -> Result<Vec<u8>, ApiError> {

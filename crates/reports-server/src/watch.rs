@@ -14,7 +14,8 @@
 //! without a gap is: **subscribe to the broadcast first, then read the database**. Anything
 //! committed before the read is in the read; anything committed after it is published after the
 //! subscription, so it arrives on the broadcast. Duplicates from the overlap are dropped by RV
-//! (`rv <= cursor`).
+//! (`rv <= cursor`). Each broadcast entry renders its plain-JSON event line once, on first use,
+//! and every plain-JSON watcher sends that same buffer.
 //!
 //! # Slow watchers
 //!
@@ -41,7 +42,10 @@
 //! write, as kube's cacher does: an object that starts matching arrives as ADDED, one that stops
 //! matching as DELETED, so filtered informers never keep ghosts.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use axum::{body::Body, http::StatusCode, response::Response};
 use bytes::Bytes;
@@ -76,10 +80,46 @@ const TOO_LARGE_WAIT: Duration = Duration::from_secs(3);
 /// kube-apiserver's `--min-request-timeout`, so clients spread their reconnects.
 const DEFAULT_MIN_REQUEST_TIMEOUT: u64 = 1800;
 
+/// One change as broadcast to watchers, with its event lines for plain JSON watchers rendered
+/// at most once and shared (100 watchers of a 6 KB report would otherwise make 100 copies).
+pub struct FeedEntry {
+    /// The change.
+    change: Change,
+    /// `{"type":T,"object":<stored JSON>}\n` for ADDED, MODIFIED and DELETED, built on first use.
+    object_lines: [OnceLock<Bytes>; 3],
+}
+
+impl FeedEntry {
+    fn new(change: Change) -> Self {
+        Self { change, object_lines: Default::default() }
+    }
+
+    /// The shared event line of the plain-object shape for this event type.
+    fn object_line(&self, event_type: &'static str) -> Bytes {
+        let slot = match event_type {
+            "ADDED" => 0,
+            "MODIFIED" => 1,
+            _ => 2,
+        };
+        self.object_lines[slot]
+            .get_or_init(|| {
+                let body = &self.change.object.body;
+                let mut line = Vec::with_capacity(body.len() + 40);
+                line.extend_from_slice(br#"{"type":""#);
+                line.extend_from_slice(event_type.as_bytes());
+                line.extend_from_slice(br#"","object":"#);
+                line.extend_from_slice(body.as_bytes());
+                line.extend_from_slice(b"}\n");
+                Bytes::from(line)
+            })
+            .clone()
+    }
+}
+
 /// The process-wide tail of the change log, broadcast to every watcher.
 pub struct ChangeFeed {
     /// Where tailed changes are published; watchers subscribe here.
-    sender: broadcast::Sender<Arc<Change>>,
+    sender: broadcast::Sender<Arc<FeedEntry>>,
 }
 
 impl ChangeFeed {
@@ -96,7 +136,7 @@ impl ChangeFeed {
     }
 
     /// A receiver of every change published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedEntry>> {
         self.sender.subscribe()
     }
 }
@@ -104,7 +144,7 @@ impl ChangeFeed {
 /// The tailing loop: after each commit notification, publish every new change in RV order.
 async fn tail(
     store: DynStore,
-    sender: broadcast::Sender<Arc<Change>>,
+    sender: broadcast::Sender<Arc<FeedEntry>>,
     mut published: u64,
     mut shutting_down: watch::Receiver<bool>,
 ) {
@@ -116,7 +156,7 @@ async fn tail(
                 for change in batch {
                     published = change.rv;
                     // No receivers is fine: nobody is watching right now.
-                    let _ = sender.send(Arc::new(change));
+                    let _ = sender.send(Arc::new(FeedEntry::new(change)));
                 }
                 if full {
                     continue;
@@ -268,7 +308,7 @@ impl Watcher {
     async fn run(
         mut self,
         options: ListOptions,
-        live: broadcast::Receiver<Arc<Change>>,
+        live: broadcast::Receiver<Arc<FeedEntry>>,
         timeout: Duration,
         mut shutting_down: watch::Receiver<bool>,
     ) {
@@ -292,7 +332,7 @@ impl Watcher {
     async fn stream(
         &mut self,
         options: ListOptions,
-        mut live: broadcast::Receiver<Arc<Change>>,
+        mut live: broadcast::Receiver<Arc<FeedEntry>>,
         deadline: tokio::time::Instant,
     ) -> Result<(), End> {
         let initial = match (options.send_initial_events, options.resource_version) {
@@ -326,7 +366,7 @@ impl Watcher {
         loop {
             tokio::select! {
                 received = live.recv() => match received {
-                    Ok(change) => self.deliver(&change).await?,
+                    Ok(entry) => self.deliver(&entry.change, Some(&entry)).await?,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         live = live.resubscribe();
                         self.catch_up().await?;
@@ -400,7 +440,7 @@ impl Watcher {
             }
             let full = batch.len() == CATCH_UP_BATCH;
             for change in &batch {
-                self.deliver(change).await?;
+                self.deliver(change, None).await?;
             }
             if !full {
                 return Ok(());
@@ -409,14 +449,19 @@ impl Watcher {
     }
 
     /// Sends one change if this watcher wants it, and moves the cursor past it either way.
-    async fn deliver(&mut self, change: &Change) -> Result<(), End> {
+    async fn deliver(&mut self, change: &Change, shared: Option<&FeedEntry>) -> Result<(), End> {
         if change.rv <= self.cursor {
             return Ok(());
         }
         self.cursor = change.rv;
         if let Some(event_type) = self.filter.event_for(change) {
-            let line = self.renderer.watch_event(event_type, &change.object.body).map_err(End::Error)?;
-            self.send(line).await?;
+            let line = match shared {
+                Some(entry) if self.renderer.is_plain_object() => entry.object_line(event_type),
+                _ => Bytes::from(
+                    self.renderer.watch_event(event_type, &change.object.body).map_err(End::Error)?,
+                ),
+            };
+            self.send_bytes(line).await?;
         }
         Ok(())
     }
@@ -428,10 +473,14 @@ impl Watcher {
 
     /// Queues bytes for the client; a client that reads nothing for the grace period is dropped.
     async fn send(&self, bytes: Vec<u8>) -> Result<(), End> {
+        self.send_bytes(Bytes::from(bytes)).await
+    }
+
+    async fn send_bytes(&self, bytes: Bytes) -> Result<(), End> {
         if bytes.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(STALLED_CLIENT_GRACE, self.tx.send(Ok(Bytes::from(bytes)))).await {
+        match tokio::time::timeout(STALLED_CLIENT_GRACE, self.tx.send(Ok(bytes))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::ClientGone),
             Err(_) => {

@@ -166,3 +166,38 @@ async fn create_conflicts_and_bad_input_are_reported_by_kubectl() {
     ok(&t, &["delete", "creps", "--all"]);
     assert_eq!(ok(&t, &["get", "creps", "-o", "name"]).trim(), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_and_waiting_for_deletion() {
+    let t = TestServer::start().await;
+    let explained = ok(&t, &["explain", "polr.results"]);
+    assert!(
+        explained.contains("KIND:       PolicyReport") && explained.contains("FIELD: results"),
+        "{explained}"
+    );
+    let recursive = ok(&t, &["explain", "ephr.spec", "--recursive"]);
+    assert!(recursive.contains("owner") && recursive.contains("summary"), "{recursive}");
+
+    for name in ["gone", "waited"] {
+        let file = write_manifest(&t, &format!("{name}.json"), &sample_object(0, name, Some("default")));
+        ok(&t, &["create", "-f", &file]);
+    }
+    // `delete --wait` (the default) watches until the object is gone.
+    let deleted = ok(&t, &["delete", "polr", "gone", "--wait"]);
+    assert!(deleted.contains("deleted"), "{deleted}");
+    // `wait --for=delete` returns once another client deletes the object.
+    let waiter = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(t.kubeconfig())
+        .args(["wait", "--for=delete", "polr/waited", "--timeout=60s"])
+        .env("HOME", t.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let api = crate::harness::polr_api(&t.kube(), "default");
+    api.delete("waited", &Default::default()).await.unwrap();
+    let out = tokio::task::block_in_place(|| waiter.wait_with_output().unwrap());
+    assert!(out.status.success(), "kubectl wait: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -403,3 +403,28 @@ async fn timeouts_and_shutdown_end_streams_cleanly() {
         }
     }
 }
+
+#[tokio::test]
+async fn watch_streams_are_chunked_on_http1_and_framed_on_http2() {
+    let t = TestServer::start().await;
+    let api = polr_api(&t.kube(), "ns");
+    create(&api, 0, "a", Some("ns")).await;
+    let url = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1&timeoutSeconds=60");
+    for http1 in [true, false] {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap());
+        builder = if http1 { builder.http1_only() } else { builder.http2_prior_knowledge() };
+        let response = builder.build().unwrap().get(&url).send().await.unwrap();
+        let expected = if http1 { reqwest::Version::HTTP_11 } else { reqwest::Version::HTTP_2 };
+        assert_eq!(response.version(), expected);
+        if http1 {
+            assert_eq!(response.headers()["transfer-encoding"], "chunked");
+        }
+        let mut lines = Lines { response, buffer: Vec::new() };
+        let first = lines.next().await.unwrap();
+        assert_eq!(
+            first["object"]["metadata"]["name"], "a",
+            "the first event arrives without waiting for more"
+        );
+    }
+}

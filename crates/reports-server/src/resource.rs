@@ -220,7 +220,7 @@ impl Request<'_> {
     async fn list(&self) -> ApiResult {
         let options = ListOptions::parse(&self.query, self.kind())?;
         if options.watch {
-            return Ok(self.watch(options));
+            return Ok(self.watch(options)?);
         }
         let store = &self.state.store;
         let kind = self.kind();
@@ -272,16 +272,21 @@ impl Request<'_> {
         }))
     }
 
-    fn watch(&self, options: ListOptions) -> Response {
-        let renderer = Renderer::new(self.kind(), self.renderer.negotiated, self.query.get("includeObject"))
-            .expect("the same parameters were accepted for this request's renderer");
+    fn watch(&self, options: ListOptions) -> Result<Response, ApiError> {
+        // A watcher keeps per-stream rendering state (Table columns sent once), so it gets its own.
+        let renderer = Renderer::new(self.kind(), self.renderer.negotiated, self.query.get("includeObject"))?;
         let request = WatchRequest {
             kind: self.kind().clone(),
             namespace: self.target.namespace.clone(),
             options,
             renderer,
         };
-        watch::serve(request, self.state.store.clone(), &self.state.changes, self.state.shutting_down.clone())
+        Ok(watch::serve(
+            request,
+            self.state.store.clone(),
+            &self.state.changes,
+            self.state.shutting_down.clone(),
+        ))
     }
 
     async fn create(&self, body: Body) -> ApiResult {

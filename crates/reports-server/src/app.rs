@@ -281,17 +281,23 @@ fn choose_discovery(headers: &HeaderMap, allow_aggregated: bool) -> Result<Disco
     Err(ApiError::not_acceptable("application/json"))
 }
 
-fn aggregated_response(doc: &CachedDoc, version: &str, headers: &HeaderMap) -> Response {
-    let content_type = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+/// 304 when `If-None-Match` names the document's ETag, else 200 with the document; says which.
+fn conditional(doc: &CachedDoc, headers: &HeaderMap, content_type: &str) -> (Response, bool) {
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|tags| tags.split(',').any(|t| t.trim() == doc.etag));
-    let mut response = if not_modified {
+    let response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        crate::response::bytes_response(StatusCode::OK, &content_type, doc.body.clone())
+        crate::response::bytes_response(StatusCode::OK, content_type, doc.body.clone())
     };
+    (response, not_modified)
+}
+
+fn aggregated_response(doc: &CachedDoc, version: &str, headers: &HeaderMap) -> Response {
+    let content_type = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    let (mut response, not_modified) = conditional(doc, headers, &content_type);
     let h = response.headers_mut();
     if not_modified {
         if let Ok(v) = HeaderValue::from_str(&content_type) {
@@ -309,15 +315,7 @@ fn aggregated_response(doc: &CachedDoc, version: &str, headers: &HeaderMap) -> R
 /// A cached JSON document with its ETag, 304 on a matching `If-None-Match`, and the immutable
 /// caching kube sends when the request names the document's current `hash`.
 fn cached_json(doc: &CachedDoc, headers: &HeaderMap, hash_matches: bool) -> Response {
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == doc.etag));
-    let mut response = if not_modified {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        crate::response::bytes_response(StatusCode::OK, "application/json", doc.body.clone())
-    };
+    let (mut response, _) = conditional(doc, headers, "application/json");
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&doc.etag) {
         h.insert(header::ETAG, v);

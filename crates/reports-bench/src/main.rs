@@ -88,6 +88,7 @@ async fn serve(storage: String) -> anyhow::Result<()> {
         storage,
         max_body_bytes: 3 * 1024 * 1024,
         change_log_retention_seconds: 900,
+        postgres: Default::default(),
     };
     let server = reports_server::Server::start(config).await?;
     println!("READY {}", server.local_addr.port());

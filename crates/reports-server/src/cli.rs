@@ -37,14 +37,34 @@ pub struct Args {
     #[arg(long, default_value_t = 3 * 1024 * 1024, help_heading = "Serving")]
     pub max_request_body_bytes: usize,
 
-    /// Where reports are kept: sqlite://PATH (a file, created on first start) or sqlite::memory:.
-    #[arg(
-        long,
-        env = "REPORTS_STORAGE",
-        default_value = "sqlite://reports-server.db",
-        help_heading = "Storage"
-    )]
-    pub storage: String,
+    /// Where reports are kept: sqlite://PATH (a file, created on first start), sqlite::memory:,
+    /// or PostgreSQL as postgres://USER@HOST:PORT/DB or a libpq key=value string. Without it,
+    /// upstream's DB_HOST, DB_PORT, DB_USER, DB_PASSWORD and DB_DATABASE select PostgreSQL, and
+    /// with none of those reports go to sqlite://reports-server.db.
+    #[arg(long, env = "REPORTS_STORAGE", help_heading = "Storage")]
+    pub storage: Option<String>,
+
+    /// The cluster whose reports this server keeps, as a UUID (in a cluster: the kube-system
+    /// namespace UID). Without it, the only cluster recorded in the database is used, or a new
+    /// one is recorded. One PostgreSQL database can hold many clusters.
+    #[arg(long, env = "REPORTS_CLUSTER_ID", help_heading = "Storage")]
+    pub cluster_id: Option<String>,
+
+    /// Most pooled PostgreSQL connections (one more is kept for change notifications).
+    #[arg(long, default_value_t = 16, help_heading = "Storage")]
+    pub postgres_pool_size: usize,
+
+    /// Timeout for opening a PostgreSQL connection, in seconds.
+    #[arg(long, default_value_t = 5, help_heading = "Storage")]
+    pub postgres_connect_timeout_seconds: u64,
+
+    /// How long a request waits for a free PostgreSQL connection before it fails with 503.
+    #[arg(long, default_value_t = 5, help_heading = "Storage")]
+    pub postgres_acquire_timeout_seconds: u64,
+
+    /// PostgreSQL statement_timeout, in seconds (a list streams in one statement).
+    #[arg(long, default_value_t = 60, help_heading = "Storage")]
+    pub postgres_statement_timeout_seconds: u64,
 
     /// How long the change log keeps entries, in seconds. Watches and continue tokens older than
     /// that get 410 Gone and relist.
@@ -55,25 +75,25 @@ pub struct Args {
     #[arg(long, default_value = "text", value_parser = ["text", "json"], help_heading = "Logging")]
     pub log_format: String,
 
-    /// Upstream compatibility: PostgreSQL SSL mode (PostgreSQL storage is not built yet).
+    /// PostgreSQL TLS: disable, prefer, require, verify-ca or verify-full (libpq's sslmode).
     #[arg(long, help_heading = "Upstream compatibility")]
     pub dbsslmode: Option<String>,
-    /// Upstream compatibility: PostgreSQL SSL root certificate.
+    /// PostgreSQL TLS: PEM root certificate(s) of the server's certificate.
     #[arg(long, help_heading = "Upstream compatibility")]
-    pub dbsslrootcert: Option<String>,
-    /// Upstream compatibility: PostgreSQL SSL client key.
+    pub dbsslrootcert: Option<PathBuf>,
+    /// PostgreSQL TLS: PEM private key of --dbsslcert.
     #[arg(long, help_heading = "Upstream compatibility")]
-    pub dbsslkey: Option<String>,
-    /// Upstream compatibility: PostgreSQL SSL client certificate.
+    pub dbsslkey: Option<PathBuf>,
+    /// PostgreSQL TLS: PEM client certificate.
     #[arg(long, help_heading = "Upstream compatibility")]
-    pub dbsslcert: Option<String>,
+    pub dbsslcert: Option<PathBuf>,
     /// Upstream compatibility: the Service that fronts this server (for APIService objects).
     #[arg(long, help_heading = "Upstream compatibility")]
     pub servicename: Option<String>,
     /// Upstream compatibility: namespace of --servicename.
     #[arg(long, help_heading = "Upstream compatibility")]
     pub servicens: Option<String>,
-    /// Upstream compatibility: cluster name recorded with every report.
+    /// Upstream compatibility: a name recorded with this server's cluster in the database.
     #[arg(long, help_heading = "Upstream compatibility")]
     pub clustername: Option<String>,
     /// Upstream compatibility: serve wgpolicyk8s.io reports.
@@ -97,6 +117,50 @@ pub struct Args {
 }
 
 impl Args {
+    /// The storage URL: `--storage`, else PostgreSQL from upstream's `DB_*` environment, else
+    /// the embedded default.
+    pub fn storage_url(&self) -> String {
+        self.storage_url_from(|name| std::env::var(name).ok())
+    }
+
+    /// [`storage_url`](Self::storage_url) with the environment given (tests).
+    pub fn storage_url_from(&self, env: impl Fn(&str) -> Option<String>) -> String {
+        if let Some(url) = &self.storage {
+            return url.clone();
+        }
+        let Some(host) = env("DB_HOST").filter(|h| !h.is_empty()) else {
+            return "sqlite://reports-server.db".to_string();
+        };
+        // libpq key=value form: values quoted, so passwords need no URL encoding.
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut parts = vec![format!("host={}", quote(&host))];
+        for (var, key) in
+            [("DB_PORT", "port"), ("DB_USER", "user"), ("DB_PASSWORD", "password"), ("DB_DATABASE", "dbname")]
+        {
+            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+                parts.push(format!("{key}={}", quote(&value)));
+            }
+        }
+        parts.join(" ")
+    }
+
+    /// PostgreSQL settings from the flags.
+    pub fn postgres_settings(&self) -> anyhow::Result<reports_store::postgres::PgSettings> {
+        let secs = std::time::Duration::from_secs;
+        Ok(reports_store::postgres::PgSettings {
+            ssl_mode: self.dbsslmode.as_deref().map(str::parse).transpose()?,
+            ssl_root_cert: self.dbsslrootcert.clone(),
+            ssl_cert: self.dbsslcert.clone(),
+            ssl_key: self.dbsslkey.clone(),
+            pool_size: self.postgres_pool_size,
+            connect_timeout: secs(self.postgres_connect_timeout_seconds),
+            acquire_timeout: secs(self.postgres_acquire_timeout_seconds),
+            statement_timeout: secs(self.postgres_statement_timeout_seconds),
+            cluster_id: self.cluster_id.clone(),
+            cluster_name: self.clustername.clone().filter(|n| !n.is_empty()),
+        })
+    }
+
     /// Upstream flags that were given but have no effect yet, each with the reason.
     pub fn unimplemented_flags(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -105,21 +169,52 @@ impl Args {
                 out.push(format!("--{flag} is accepted but not implemented yet: {why}"));
             }
         };
-        let postgres = "PostgreSQL storage is not built yet";
-        note(self.dbsslmode.is_some(), "dbsslmode", postgres);
-        note(self.dbsslrootcert.is_some(), "dbsslrootcert", postgres);
-        note(self.dbsslkey.is_some(), "dbsslkey", postgres);
-        note(self.dbsslcert.is_some(), "dbsslcert", postgres);
         let cluster = "APIService registration in a cluster is not built yet";
         note(self.servicename.is_some(), "servicename", cluster);
         note(self.servicens.is_some(), "servicens", cluster);
         note(self.kubeconfig.is_some(), "kubeconfig", cluster);
-        note(self.clustername.is_some(), "clustername", "multi-cluster storage comes with PostgreSQL");
         note(self.skipmigration.is_some(), "skipmigration", "there is no etcd migration yet");
         let kinds = "all six report kinds are always served";
         note(self.storereports == Some(false), "storereports=false", kinds);
         note(self.storeephemeralreports == Some(false), "storeephemeralreports=false", kinds);
         note(self.storeopenreports == Some(false), "storeopenreports=false", kinds);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Args;
+
+    #[test]
+    fn upstream_db_environment_selects_postgres_with_quoted_values() {
+        let args = Args::parse_from(["reports-server"]);
+        let env = |name: &str| match name {
+            "DB_HOST" => Some("db.example".to_string()),
+            "DB_PORT" => Some("5433".to_string()),
+            "DB_USER" => Some("reports".to_string()),
+            "DB_PASSWORD" => Some("it's a \\secret".to_string()),
+            "DB_DATABASE" => Some("reportsdb".to_string()),
+            _ => None,
+        };
+        let url = args.storage_url_from(env);
+        assert_eq!(
+            url,
+            "host='db.example' port='5433' user='reports' password='it\\'s a \\\\secret' dbname='reportsdb'"
+        );
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(config.get_password(), Some("it's a \\secret".as_bytes()));
+        assert_eq!(config.get_ports(), &[5433]);
+    }
+
+    #[test]
+    fn storage_flag_wins_and_default_is_the_embedded_file() {
+        let env = |name: &str| (name == "DB_HOST").then(|| "db".to_string());
+        let args = Args::parse_from(["reports-server", "--storage", "sqlite::memory:"]);
+        assert_eq!(args.storage_url_from(env), "sqlite::memory:");
+        let args = Args::parse_from(["reports-server"]);
+        assert_eq!(args.storage_url_from(|_| None), "sqlite://reports-server.db");
     }
 }

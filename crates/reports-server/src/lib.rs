@@ -32,8 +32,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Serving certificate.
     pub certificate: tls::CertificatePem,
-    /// Storage URL (`sqlite://PATH`, `sqlite::memory:`).
+    /// Storage URL (`sqlite://PATH`, `sqlite::memory:`, `postgres://...`).
     pub storage: String,
+    /// PostgreSQL settings beyond the URL (TLS files, pool, cluster identity).
+    pub postgres: reports_store::postgres::PgSettings,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
     /// Change-log retention in seconds.
@@ -56,9 +58,8 @@ impl Server {
     /// Opens the store, binds the listener and starts serving in the background.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
         let catalogue = Catalogue::embedded().context("embedded CRDs")?;
-        let storage = config.storage.clone();
-        let store = tokio::task::spawn_blocking(move || reports_store::open(&storage))
-            .await?
+        let store = reports_store::open(&config.storage, &config.postgres)
+            .await
             .with_context(|| format!("opening storage {}", redact_url(&config.storage)))?;
         let tls = config.certificate.server_config()?;
         let listener =
@@ -119,16 +120,58 @@ async fn compaction_loop(
     }
 }
 
-/// A storage URL fit for logs: any password is replaced.
+/// A storage URL fit for logs: any password is replaced, in a URL's user info, a URL query
+/// parameter or a libpq key=value string (quoted or not).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(at) = rest.find("password=") {
+        let value = &rest[at + "password=".len()..];
+        let end = match value.strip_prefix('\'') {
+            Some(quoted) => {
+                let mut escaped = false;
+                quoted
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        let closes = c == '\'' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        closes
+                    })
+                    .map(|(i, _)| i + 2)
+                    .unwrap_or(value.len())
+            }
+            None => value.find([' ', '&']).unwrap_or(value.len()),
+        };
+        out.push_str(&rest[..at]);
+        out.push_str("password=***");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    match (out.find("://"), out.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
+            let credentials = &out[scheme_end + 3..at];
             match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!("{}{user}:***{}", &out[..scheme_end + 3], &out[at..]),
+                None => out,
             }
         }
-        _ => url.to_string(),
+        _ => out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact_url("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=s3cret&x=1"),
+            "postgres://h/db?user=u&password=***&x=1"
+        );
+        assert_eq!(redact_url("host=h password='it\\'s secret' dbname=d"), "host=h password=*** dbname=d");
+        assert_eq!(redact_url("host=h password=plain dbname=d"), "host=h password=*** dbname=d");
+        assert_eq!(redact_url("sqlite://reports.db"), "sqlite://reports.db");
     }
 }

@@ -47,16 +47,18 @@ async fn main() -> anyhow::Result<()> {
     let config = ServerConfig {
         listen: SocketAddr::new(args.bind_address, args.secure_port),
         certificate,
-        storage: args.storage.clone(),
+        storage: args.storage_url(),
+        postgres: args.postgres_settings()?,
         max_body_bytes: args.max_request_body_bytes,
         change_log_retention_seconds: args.change_log_retention_seconds,
     };
+    let config_storage = config.storage.clone();
     let server = Server::start(config).await.context("starting the server")?;
     let addr = server.local_addr;
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let host = if host.contains(':') { format!("[{host}]") } else { host };
     tracing::info!(
-        storage = %reports_server::redact_url(&args.storage),
+        storage = %reports_server::redact_url(&config_storage),
         "reports-server is ready on https://{host}:{}; try: kubectl --server https://{host}:{} --insecure-skip-tls-verify --token unused get polr -A",
         addr.port(),
         addr.port(),

@@ -16,7 +16,8 @@
 //! covers their snapshot RV. Compaction drops entries older than the retention window and records
 //! the highest dropped RV as the *compacted RV*: any RV below it is "too old" (410).
 //!
-//! Both stores (SQLite here; PostgreSQL later) run the same [`conformance`] suite.
+//! Both stores ([`sqlite`], the embedded default, and [`postgres`], for production and several
+//! replicas) run the same [`conformance`] suite.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// Failures of a store operation. The server maps each to a Kubernetes Status.
@@ -244,8 +246,27 @@ pub fn parse_labels(text: &str) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Opens the store named by a `--storage` URL: `sqlite://PATH` or `sqlite::memory:`.
-pub fn open(url: &str) -> StoreResult<DynStore> {
+/// True if `url` names a PostgreSQL database: a `postgres://` or `postgresql://` URL, or a libpq
+/// key=value string (`host=... dbname=...`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || (!url.contains("://") && (url.contains("host=") || url.contains("dbname=")))
+}
+
+/// Opens the store named by a `--storage` URL: `sqlite://PATH`, `sqlite::memory:`, or a
+/// PostgreSQL URL or key=value string (see [`is_postgres_url`]) with `postgres` settings.
+pub async fn open(url: &str, postgres: &postgres::PgSettings) -> StoreResult<DynStore> {
+    if is_postgres_url(url) {
+        return Ok(Arc::new(postgres::PgStore::connect(url, postgres).await?));
+    }
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || open_sqlite(&url))
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+}
+
+fn open_sqlite(url: &str) -> StoreResult<DynStore> {
     if url == "sqlite::memory:" {
         return Ok(Arc::new(sqlite::SqliteStore::open_temporary()?));
     }
@@ -253,7 +274,7 @@ pub fn open(url: &str) -> StoreResult<DynStore> {
         return Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path))?));
     }
     Err(StoreError::Backend(format!(
-        "unsupported storage URL scheme in {:?}: use sqlite://PATH or sqlite::memory:",
+        "unsupported storage URL scheme in {:?}: use sqlite://PATH, sqlite::memory: or postgres://...",
         url.split(':').next().unwrap_or_default()
     )))
 }

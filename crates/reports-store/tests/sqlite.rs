@@ -30,8 +30,8 @@ async fn objects_and_resource_versions_survive_reopening_the_file() {
     assert!(next.rv > last_rv, "the counter continues after a restart instead of starting over");
 }
 
-#[test]
-fn refuses_an_unknown_storage_url() {
-    let err = reports_store::open("mysql://x").err().unwrap();
+#[tokio::test]
+async fn refuses_an_unknown_storage_url() {
+    let err = reports_store::open("mysql://x", &Default::default()).await.err().unwrap();
     assert!(err.to_string().contains("unsupported storage URL"), "{err}");
 }

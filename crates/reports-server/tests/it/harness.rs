@@ -69,6 +69,8 @@ impl TestServer {
             storage: format!("sqlite://{}", dir.path().join("reports.db").display()),
             max_body_bytes: 3 * 1024 * 1024,
             change_log_retention_seconds: 900,
+            postgres: Default::default(),
+            postgres: Default::default(),
         };
         adjust(&mut config);
         let server = Server::start(config).await.expect("server starts");

@@ -1,0 +1,1543 @@
+//! The production store: PostgreSQL, shared by any number of server replicas.
+//!
+//! # Tables
+//!
+//! - `report_objects`: the current state, one row per object, keyed by
+//!   `(cluster_id, resource, namespace, name)`. The JSON is kept as `text` exactly as served
+//!   (`jsonb` would reorder keys and cost a conversion on every read), compressed with lz4 where
+//!   the server has it; labels are a small `jsonb` column so label selectors run in SQL.
+//! - `report_changes`: the change log, keyed by `(cluster_id, rv)`. To keep a flood of creates
+//!   from writing every report twice, a change row leaves `body` NULL while its object row still
+//!   holds that very version; the write that replaces or deletes the object first copies the old
+//!   body into the old change row. A log read joins the two, so it always yields the object as it
+//!   was at that RV.
+//! - `report_counters`: one row per cluster with the newest RV and the compacted RV.
+//! - `clusters`: `(id, name)`, the same shape as upstream's table of that name.
+//!
+//! Every row carries a cluster id, so one database can hold several clusters (as upstream does);
+//! RVs are per cluster.
+//!
+//! # resourceVersion in commit order, across replicas
+//!
+//! Every write increments its cluster's counter row inside the writing transaction. The row lock
+//! is held until commit, and PostgreSQL makes a transaction visible before it releases its locks,
+//! so the transaction that takes RV N+1 can only start its increment after the one holding N is
+//! visible. Hence RVs are unique, increase in commit order, and whoever sees N sees everything
+//! below N: a watcher reading `rv > X` can never skip a late commit, on any replica. The lock is
+//! held for one statement and the commit: an update first locks its object row (`FOR UPDATE`) and
+//! checks the expected RV, and only then takes the counter in the statement that writes.
+//!
+//! The object's JSON carries its RV, which is known only inside that statement, so the body is
+//! sent as two halves and joined around the counter value by PostgreSQL (`$prefix || rv ||
+//! $suffix`): one round trip, no placeholder scanning on the server.
+//!
+//! # Waking watchers on every replica
+//!
+//! Each write also sends `NOTIFY` (delivered on commit) on a channel named after the cluster. Each
+//! store keeps one dedicated listening connection and publishes the newest RV it hears of (and of
+//! its own commits) to [`Store::subscribe`]; the watch feed then reads the log. A reconnecting
+//! listener re-reads the counter after `LISTEN`, and a slow poll covers anything else, so a lost
+//! notification delays an event but never loses it.
+//!
+//! # Failure
+//!
+//! Every operation runs in its own task, so a request that is abandoned halfway (a client hanging
+//! up) never returns a connection to the pool in the middle of a transaction. Connection
+//! failures, pool exhaustion and timeouts are [`StoreError::Unavailable`] (503 with Retry-After);
+//! the pool replaces broken connections by itself, so the server recovers when the database is
+//! back. No connection string or password is ever put in an error.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::{StreamExt as _, TryStreamExt as _};
+use reports_core::{
+    selector::{Field, FieldOp, FieldSelector, LabelSelector, Operator},
+    Catalogue,
+};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{error::SqlState, types::ToSql, AsyncMessage};
+use uuid::Uuid;
+
+use crate::{
+    labels_json, parse_labels, Change, ChangeType, ListChunk, ListQuery, ListStream, Store, StoreError,
+    StoreResult, StoredObject,
+};
+
+/// Schema migrations, applied in order under an advisory lock; the index + 1 is the version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE IF NOT EXISTS clusters (id UUID NOT NULL PRIMARY KEY, name VARCHAR);
+CREATE TABLE report_counters (
+    cluster_id   UUID PRIMARY KEY,
+    rv           BIGINT NOT NULL,
+    compacted_rv BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE report_objects (
+    cluster_id UUID NOT NULL,
+    resource   TEXT COLLATE "C" NOT NULL,
+    namespace  TEXT COLLATE "C" NOT NULL,
+    name       TEXT COLLATE "C" NOT NULL,
+    uid        TEXT NOT NULL,
+    rv         BIGINT NOT NULL,
+    labels     JSONB NOT NULL,
+    body       TEXT NOT NULL,
+    PRIMARY KEY (cluster_id, resource, namespace, name)
+);
+CREATE TABLE report_changes (
+    cluster_id  UUID NOT NULL,
+    rv          BIGINT NOT NULL,
+    resource    TEXT COLLATE "C" NOT NULL,
+    namespace   TEXT COLLATE "C" NOT NULL,
+    name        TEXT COLLATE "C" NOT NULL,
+    uid         TEXT NOT NULL,
+    type        TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
+    labels      JSONB NOT NULL,
+    prev_labels JSONB,
+    body        TEXT,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (cluster_id, rv)
+);
+CREATE INDEX report_changes_by_resource ON report_changes (cluster_id, resource, rv);
+DO $$ BEGIN
+    -- lz4 is faster and smaller than pglz on report JSON; servers built without it keep pglz.
+    ALTER TABLE report_objects ALTER COLUMN body SET COMPRESSION lz4;
+    ALTER TABLE report_changes ALTER COLUMN body SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
+"#];
+
+/// Advisory lock key that serializes schema work between replicas starting together.
+const MIGRATION_LOCK: i64 = 0x7265_706f_7274_7331; // "reports1"
+/// Rows per list chunk, and the byte budget that closes a chunk early.
+const CHUNK_ROWS: usize = 256;
+const CHUNK_BYTES: usize = 1 << 20;
+/// How often the listener re-reads the counter even without notifications.
+const SAFETY_POLL: Duration = Duration::from_secs(5);
+/// Attempts of a write that lost a deadlock or serialization race.
+const WRITE_ATTEMPTS: usize = 3;
+/// Rows dropped per compaction statement, so one pass never holds locks for long.
+const COMPACTION_BATCH: i64 = 10_000;
+/// The upstream (kyverno/reports-server) schema version this store adopts in place.
+const UPSTREAM_SCHEMA_VERSION: i64 = 11;
+
+/// How to verify the server's certificate (libpq's `sslmode`, as upstream's `--dbsslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// No TLS (upstream's default).
+    #[default]
+    Disable,
+    /// TLS when the server offers it, unverified.
+    Prefer,
+    /// TLS, unverified unless a root certificate is given (then as `VerifyCa`), as libpq does.
+    Require,
+    /// TLS with the chain verified against the root certificate; any host name.
+    VerifyCa,
+    /// TLS with the chain and the host name verified.
+    VerifyFull,
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "" | "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(StoreError::Backend(format!(
+                    "unknown sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
+                )))
+            }
+        })
+    }
+}
+
+/// PostgreSQL settings that do not fit in a connection URL or come from upstream's flags.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// TLS mode; overrides the URL's `sslmode`.
+    pub ssl_mode: Option<SslMode>,
+    /// PEM root certificate(s) that sign the server's certificate.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// PEM client certificate, for certificate authentication.
+    pub ssl_cert: Option<PathBuf>,
+    /// PEM private key of `ssl_cert`.
+    pub ssl_key: Option<PathBuf>,
+    /// Largest number of pooled connections (plus one for notifications).
+    pub pool_size: usize,
+    /// Connect timeout for new connections.
+    pub connect_timeout: Duration,
+    /// How long a request waits for a free pooled connection before it gets 503.
+    pub acquire_timeout: Duration,
+    /// Server-side limit on one statement (a list streams in one statement).
+    pub statement_timeout: Duration,
+    /// The cluster whose reports this server serves (a UUID: the kube-system namespace UID in a
+    /// cluster). None: the only cluster recorded in the database, or a new one.
+    pub cluster_id: Option<String>,
+    /// A name recorded with the cluster (upstream's `--clustername`).
+    pub cluster_name: Option<String>,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        Self {
+            ssl_mode: None,
+            ssl_root_cert: None,
+            ssl_cert: None,
+            ssl_key: None,
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(60),
+            cluster_id: None,
+            cluster_name: None,
+        }
+    }
+}
+
+/// The PostgreSQL-backed [`Store`].
+pub struct PgStore {
+    /// Pooled connections for requests; each operation takes one for its duration.
+    pool: Pool,
+    /// The cluster every row read or written belongs to.
+    cluster: Uuid,
+    /// The NOTIFY channel of this cluster (`reports_<uuid hex>`).
+    channel: Arc<str>,
+    /// Newest committed RV known here (own commits and notifications); wakes the watch feed.
+    committed: Arc<watch::Sender<u64>>,
+    /// Dropped with the store, which ends the listener task.
+    _stop_listener: watch::Sender<()>,
+}
+
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        let class = &code.code()[..2];
+        // 08: connection, 53: resources, 57: operator intervention (shutdown, cancel, timeout).
+        if matches!(class, "08" | "53" | "57") {
+            return StoreError::Unavailable(format!("{}: {}", code.code(), db.message()));
+        }
+        return StoreError::Backend(format!("{}: {}", code.code(), db.message()));
+    }
+    if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
+        return StoreError::Unavailable(e.to_string());
+    }
+    StoreError::Backend(e.to_string())
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => match db_error(e) {
+            // A failure to connect at all is an outage, whatever the error says.
+            StoreError::Backend(text) => StoreError::Unavailable(text),
+            other => other,
+        },
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn meta_text<'a>(object: &'a Value, key: &str) -> &'a str {
+    object.get("metadata").and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// The object's JSON split around its `metadata.resourceVersion` value, so the database can put
+/// the RV it assigns in between.
+struct SplitBody {
+    prefix: String,
+    suffix: String,
+}
+
+impl SplitBody {
+    fn new(object: &mut Value) -> StoreResult<Self> {
+        for _ in 0..4 {
+            // A fresh random marker per attempt: user data cannot know it, and a second match is
+            // checked for anyway.
+            let marker = format!("rv-marker-{}", Uuid::new_v4().simple());
+            object
+                .get_mut("metadata")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| backend("object has no metadata"))?
+                .insert("resourceVersion".into(), Value::String(marker.clone()));
+            let text = serde_json::to_string(object).map_err(backend)?;
+            let needle = format!("\"resourceVersion\":\"{marker}\"");
+            let mut found = text.match_indices(&needle);
+            if let (Some((at, _)), None) = (found.next(), found.next()) {
+                let value_start = at + "\"resourceVersion\":\"".len();
+                return Ok(Self {
+                    prefix: text[..value_start].to_string(),
+                    suffix: text[value_start + marker.len()..].to_string(),
+                });
+            }
+        }
+        Err(backend("could not place the resourceVersion in the stored JSON"))
+    }
+
+    fn join(&self, rv: u64) -> String {
+        let rv = rv.to_string();
+        let mut body = String::with_capacity(self.prefix.len() + rv.len() + self.suffix.len());
+        body.push_str(&self.prefix);
+        body.push_str(&rv);
+        body.push_str(&self.suffix);
+        body
+    }
+}
+
+/// Copies the body of an object's current version into its change row (if that row is still in
+/// the log) before the object row is replaced or deleted. `$1` cluster, `$2..$4` key, `$5` old RV.
+const KEEP_OLD_BODY: &str = "keep AS (
+    UPDATE report_changes ch SET body = o.body FROM report_objects o
+    WHERE ch.cluster_id = $1 AND ch.rv = $5 AND ch.body IS NULL
+      AND o.cluster_id = $1 AND o.resource = $2 AND o.namespace = $3 AND o.name = $4)";
+
+/// The statement of a create: counter, object row, change row, notification.
+const CREATE_SQL: &str = "WITH c AS (
+    UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+o AS (
+    INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
+    SELECT $1, $2, $3, $4, $5, c.rv, $6::text::jsonb, $7 || c.rv::text || $8 FROM c RETURNING rv),
+ch AS (
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels)
+    SELECT $1, o.rv, $2, $3, $4, $5, 'ADDED', $6::text::jsonb FROM o),
+n AS (SELECT pg_notify($9, o.rv::text) AS sent FROM o)
+SELECT o.rv FROM o, n";
+
+/// Locks an object row for an update or delete and returns what the write needs.
+const LOCK_SQL: &str = "SELECT rv, labels::text, body FROM report_objects
+    WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 FOR UPDATE";
+
+fn update_sql() -> String {
+    format!(
+        "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+{KEEP_OLD_BODY},
+o AS (
+    UPDATE report_objects SET uid = $6, rv = c.rv, labels = $7::text::jsonb, body = $8 || c.rv::text || $9
+    FROM c WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 RETURNING report_objects.rv),
+ch AS (
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels)
+    SELECT $1, o.rv, $2, $3, $4, $6, 'MODIFIED', $7::text::jsonb, $10::text::jsonb FROM o),
+n AS (SELECT pg_notify($11, o.rv::text) AS sent FROM o)
+SELECT o.rv FROM o, n"
+    )
+}
+
+fn delete_sql() -> String {
+    format!(
+        "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+{KEEP_OLD_BODY},
+d AS (DELETE FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4),
+ch AS (
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
+    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $7::text::jsonb, $8 || c.rv::text || $9 FROM c),
+n AS (SELECT pg_notify($10, c.rv::text) AS sent FROM c)
+SELECT c.rv FROM c, n"
+    )
+}
+
+/// Appends the WHERE conditions of the selectors; `params` grows with their values.
+fn push_selectors(
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    sql: &mut String,
+    params: &mut Vec<Box<dyn ToSql + Send + Sync>>,
+) {
+    let next = |params: &mut Vec<Box<dyn ToSql + Send + Sync>>, value: Box<dyn ToSql + Send + Sync>| {
+        params.push(value);
+        format!("${}", params.len())
+    };
+    for req in &labels.requirements {
+        let key = next(params, Box::new(req.key.clone()));
+        let value = format!("(labels ->> {key}::text)");
+        match req.op {
+            Operator::Exists => sql.push_str(&format!(" AND labels ? {key}::text")),
+            Operator::DoesNotExist => sql.push_str(&format!(" AND NOT (labels ? {key}::text)")),
+            Operator::Equals => {
+                let v = next(params, Box::new(req.values[0].clone()));
+                sql.push_str(&format!(" AND {value} = {v}::text"));
+            }
+            Operator::NotEquals => {
+                let v = next(params, Box::new(req.values[0].clone()));
+                sql.push_str(&format!(" AND {value} IS DISTINCT FROM {v}::text"));
+            }
+            Operator::In => {
+                let v = next(params, Box::new(req.values.clone()));
+                sql.push_str(&format!(" AND {value} = ANY({v}::text[])"));
+            }
+            Operator::NotIn => {
+                let v = next(params, Box::new(req.values.clone()));
+                sql.push_str(&format!(" AND NOT coalesce({value} = ANY({v}::text[]), false)"));
+            }
+            Operator::GreaterThan | Operator::LessThan => {
+                // Only values that parse as a non-negative int64 can match (label values carry
+                // no sign), as kube's selector does.
+                let cmp = if req.op == Operator::GreaterThan { ">" } else { "<" };
+                let bound: i64 = req.values[0].parse().unwrap_or(0);
+                let b = next(params, Box::new(bound));
+                sql.push_str(&format!(
+                    " AND CASE WHEN {value} ~ '^[0-9]{{1,19}}$' AND {value}::numeric <= 9223372036854775807 \
+                     THEN {value}::numeric {cmp} {b}::bigint ELSE false END"
+                ));
+            }
+        }
+    }
+    for req in &fields.requirements {
+        let column = match req.field {
+            Field::Name => "name",
+            Field::Namespace => "namespace",
+        };
+        let op = match req.op {
+            FieldOp::Equals => "=",
+            FieldOp::NotEquals => "<>",
+        };
+        let v = next(params, Box::new(req.value.clone()));
+        sql.push_str(&format!(" AND {column} {op} {v}::text"));
+    }
+}
+
+fn as_params(params: &[Box<dyn ToSql + Send + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+/// Builds the TLS connector for the configured mode (see [`tls`]).
+fn make_tls(settings: &PgSettings, mode: SslMode) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
+    tls::connector(settings, mode).map(tokio_postgres_rustls::MakeRustlsConnect::new)
+}
+
+/// Reads the URL's `sslmode` where tokio-postgres does not know it (verify-ca, verify-full) and
+/// returns the URL with a mode it understands.
+fn take_ssl_mode(url: &str) -> StoreResult<(String, Option<SslMode>)> {
+    for (text, mode) in
+        [("sslmode=verify-full", SslMode::VerifyFull), ("sslmode=verify-ca", SslMode::VerifyCa)]
+    {
+        if url.contains(text) {
+            return Ok((url.replace(text, "sslmode=require"), Some(mode)));
+        }
+    }
+    Ok((url.to_string(), None))
+}
+
+impl PgStore {
+    /// Connects, migrates (under an advisory lock), adopts an upstream database if it finds one,
+    /// and starts listening for other replicas' commits.
+    pub async fn connect(url: &str, settings: &PgSettings) -> StoreResult<Self> {
+        let (url, url_mode) = take_ssl_mode(url)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            backend(format!("invalid PostgreSQL connection string: {e}"))
+        })?;
+        let mode = settings.ssl_mode.or(url_mode).unwrap_or(match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => SslMode::Disable,
+            tokio_postgres::config::SslMode::Require => SslMode::Require,
+            _ => SslMode::Prefer,
+        });
+        config.ssl_mode(match mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        config.connect_timeout(settings.connect_timeout);
+        config.application_name("reports-server");
+        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
+        if config.get_dbname().is_none() {
+            config.dbname("reports");
+        }
+        let tls = make_tls(settings, mode)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(2))
+            .wait_timeout(Some(settings.acquire_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(backend)?;
+        let cluster = {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            setup(&mut client, settings).await?
+        };
+        let rv: i64 = {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .query_one("SELECT rv FROM report_counters WHERE cluster_id = $1", &[&cluster])
+                .await
+                .map_err(db_error)?
+                .get(0)
+        };
+        let channel: Arc<str> = format!("reports_{}", cluster.simple()).into();
+        let (committed, _) = watch::channel(rv as u64);
+        let committed = Arc::new(committed);
+        let (stop, stopped) = watch::channel(());
+        tokio::spawn(listen(config, tls, pool.clone(), cluster, channel.clone(), committed.clone(), stopped));
+        Ok(Self { pool, cluster, channel, committed, _stop_listener: stop })
+    }
+
+    /// The cluster this store serves.
+    pub fn cluster_id(&self) -> Uuid {
+        self.cluster
+    }
+
+    fn publish(&self, rv: u64) {
+        publish(&self.committed, rv);
+    }
+
+    /// Runs `work` with a pooled connection in its own task (see the module notes on failure).
+    async fn run<T, F, Fut>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = StoreResult<T>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            work(client).await
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    /// Locks, checks and rewrites or deletes one object in an open transaction.
+    async fn locked_write<C: GenericClient>(
+        client: &C,
+        write: &LockedWrite,
+    ) -> Result<StoreResult<StoredObject>, tokio_postgres::Error> {
+        let lock = client.prepare_cached(LOCK_SQL).await?;
+        let row = client
+            .query_opt(&lock, &[&write.cluster, &write.resource, &write.namespace, &write.name])
+            .await?;
+        let Some(row) = row else { return Ok(Err(StoreError::NotFound)) };
+        let current_rv = row.get::<_, i64>(0);
+        if current_rv as u64 != write.expected_rv {
+            return Ok(Err(StoreError::Conflict));
+        }
+        let prev_labels: String = row.get(1);
+        match &write.kind {
+            WriteKind::Update { body, uid, labels } => {
+                let stmt = client.prepare_cached(&update_sql()).await?;
+                let rv: i64 = client
+                    .query_one(
+                        &stmt,
+                        &[
+                            &write.cluster,
+                            &write.resource,
+                            &write.namespace,
+                            &write.name,
+                            &current_rv,
+                            uid,
+                            labels,
+                            &body.prefix,
+                            &body.suffix,
+                            &prev_labels,
+                            &write.channel.as_ref(),
+                        ],
+                    )
+                    .await?
+                    .get(0);
+                Ok(Ok(StoredObject {
+                    namespace: write.namespace.clone(),
+                    name: write.name.clone(),
+                    uid: uid.clone(),
+                    rv: rv as u64,
+                    body: body.join(rv as u64),
+                }))
+            }
+            WriteKind::Delete => {
+                let mut final_state: Value = match serde_json::from_str(row.get::<_, &str>(2)) {
+                    Ok(v) => v,
+                    Err(e) => return Ok(Err(backend(format!("stored JSON is corrupt: {e}")))),
+                };
+                let body = match SplitBody::new(&mut final_state) {
+                    Ok(b) => b,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let uid = meta_text(&final_state, "uid").to_string();
+                let stmt = client.prepare_cached(&delete_sql()).await?;
+                let rv: i64 = client
+                    .query_one(
+                        &stmt,
+                        &[
+                            &write.cluster,
+                            &write.resource,
+                            &write.namespace,
+                            &write.name,
+                            &current_rv,
+                            &uid,
+                            &prev_labels,
+                            &body.prefix,
+                            &body.suffix,
+                            &write.channel.as_ref(),
+                        ],
+                    )
+                    .await?
+                    .get(0);
+                Ok(Ok(StoredObject {
+                    namespace: write.namespace.clone(),
+                    name: write.name.clone(),
+                    uid,
+                    rv: rv as u64,
+                    body: body.join(rv as u64),
+                }))
+            }
+        }
+    }
+
+    /// Runs locked writes in one transaction, retrying the whole transaction on deadlock or
+    /// serialization failure. `skip_missing` turns NotFound and Conflict into `None` (batch delete).
+    async fn write_locked(
+        &self,
+        writes: Vec<LockedWrite>,
+        skip_missing: bool,
+    ) -> StoreResult<Vec<Option<StoredObject>>> {
+        let results = self
+            .run(move |mut client| async move {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let tx = client.transaction().await.map_err(db_error)?;
+                    let mut out = Vec::with_capacity(writes.len());
+                    let mut failure = None;
+                    for write in &writes {
+                        match Self::locked_write(&tx, write).await {
+                            Ok(Ok(object)) => out.push(Some(object)),
+                            Ok(Err(StoreError::NotFound | StoreError::Conflict)) if skip_missing => {
+                                out.push(None)
+                            }
+                            Ok(Err(e)) => {
+                                failure = Some(Ok(e));
+                                break;
+                            }
+                            Err(e) => {
+                                failure = Some(Err(e));
+                                break;
+                            }
+                        }
+                    }
+                    match failure {
+                        None => match tx.commit().await {
+                            Ok(()) => return Ok(out),
+                            Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
+                            Err(e) => return Err(db_error(e)),
+                        },
+                        Some(Ok(store_error)) => {
+                            tx.rollback().await.map_err(db_error)?;
+                            return Err(store_error);
+                        }
+                        Some(Err(e)) => {
+                            let _ = tx.rollback().await;
+                            if is_retryable(&e) && attempt < WRITE_ATTEMPTS {
+                                continue;
+                            }
+                            return Err(db_error(e));
+                        }
+                    }
+                }
+            })
+            .await?;
+        if let Some(rv) = results.iter().flatten().map(|o| o.rv).max() {
+            self.publish(rv);
+        }
+        Ok(results)
+    }
+
+    fn locked(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        expected_rv: u64,
+        kind: WriteKind,
+    ) -> LockedWrite {
+        LockedWrite {
+            cluster: self.cluster,
+            channel: self.channel.clone(),
+            resource: resource.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            expected_rv,
+            kind,
+        }
+    }
+}
+
+/// One update or delete, checked against the locked row.
+struct LockedWrite {
+    cluster: Uuid,
+    channel: Arc<str>,
+    resource: String,
+    namespace: String,
+    name: String,
+    expected_rv: u64,
+    kind: WriteKind,
+}
+
+enum WriteKind {
+    Update { body: SplitBody, uid: String, labels: String },
+    Delete,
+}
+
+fn publish(committed: &watch::Sender<u64>, rv: u64) {
+    committed.send_if_modified(|current| {
+        if rv > *current {
+            *current = rv;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Migrations, cluster identity and upstream adoption, on one connection holding the advisory lock.
+async fn setup(client: &mut deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
+    let result = setup_locked(client, settings).await;
+    // Unlock even after a failure; a lost connection releases the lock anyway.
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    result
+}
+
+async fn setup_locked(client: &mut deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS reports_server_migrations (
+                version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(db_error)?;
+    let applied: i32 = client
+        .query_one("SELECT coalesce(max(version), 0) FROM reports_server_migrations", &[])
+        .await
+        .map_err(db_error)?
+        .get(0);
+    let applied = applied as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(backend(format!(
+            "database schema version {applied} is newer than this binary understands ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = client.transaction().await.map_err(db_error)?;
+        tx.batch_execute(migration).await.map_err(db_error)?;
+        tx.execute("INSERT INTO reports_server_migrations (version) VALUES ($1)", &[&(index as i32 + 1)])
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        tracing::info!(version = index + 1, "applied PostgreSQL schema migration");
+    }
+    let cluster = resolve_cluster(client, settings).await?;
+    client
+        .execute(
+            "INSERT INTO report_counters (cluster_id, rv) VALUES ($1, 0) ON CONFLICT (cluster_id) DO NOTHING",
+            &[&cluster],
+        )
+        .await
+        .map_err(db_error)?;
+    upstream::adopt(client, cluster).await?;
+    Ok(cluster)
+}
+
+/// The cluster id: the configured one, else the only one recorded, else a new one.
+async fn resolve_cluster(client: &deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
+    let name = settings.cluster_name.clone();
+    if let Some(id) = &settings.cluster_id {
+        let id = Uuid::parse_str(id).map_err(|e| backend(format!("cluster id {id:?} is not a UUID: {e}")))?;
+        client
+            .execute(
+                "INSERT INTO clusters (id, name) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET name = coalesce(excluded.name, clusters.name)",
+                &[&id, &name],
+            )
+            .await
+            .map_err(db_error)?;
+        return Ok(id);
+    }
+    let rows = match &name {
+        Some(name) => client.query("SELECT id FROM clusters WHERE name = $1", &[name]).await,
+        None => client.query("SELECT id FROM clusters", &[]).await,
+    }
+    .map_err(db_error)?;
+    match rows.len() {
+        1 => Ok(rows[0].get(0)),
+        0 => {
+            let id = Uuid::new_v4();
+            client
+                .execute("INSERT INTO clusters (id, name) VALUES ($1, $2)", &[&id, &name])
+                .await
+                .map_err(db_error)?;
+            tracing::info!(cluster_id = %id, "recorded a new cluster in the database");
+            Ok(id)
+        }
+        n => Err(backend(format!(
+            "the database holds {n} clusters{}: choose one with --cluster-id",
+            name.map(|n| format!(" named {n:?}")).unwrap_or_default()
+        ))),
+    }
+}
+
+/// Keeps `committed` up to date with commits made by any replica: LISTEN on a dedicated
+/// connection, re-read the counter after every (re)connect and every [`SAFETY_POLL`].
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    pool: Pool,
+    cluster: Uuid,
+    channel: Arc<str>,
+    committed: Arc<watch::Sender<u64>>,
+    mut stop: watch::Receiver<()>,
+) {
+    let read_counter = |pool: Pool| async move {
+        let client = pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_one("SELECT rv FROM report_counters WHERE cluster_id = $1", &[&cluster])
+            .await
+            .map_err(db_error)?;
+        StoreResult::Ok(row.get::<_, i64>(0) as u64)
+    };
+    loop {
+        let connected = config.connect(tls.clone()).await;
+        let (client, mut connection) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %db_error(e), "notification connection failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        let (notes_tx, mut notes) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if let Ok(rv) = n.payload().parse::<u64>() {
+                            let _ = notes_tx.send(rv);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        let listening = client.batch_execute(&format!("LISTEN \"{channel}\"")).await;
+        if let Err(e) = listening {
+            tracing::warn!(error = %db_error(e), "LISTEN failed; retrying");
+            driver.abort();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        // Anything committed before LISTEN took effect is covered by reading the counter now.
+        if let Ok(rv) = read_counter(pool.clone()).await {
+            publish(&committed, rv);
+        }
+        loop {
+            tokio::select! {
+                note = notes.recv() => match note {
+                    Some(rv) => publish(&committed, rv),
+                    None => break, // connection lost: reconnect
+                },
+                _ = tokio::time::sleep(SAFETY_POLL) => {
+                    if let Ok(rv) = read_counter(pool.clone()).await {
+                        publish(&committed, rv);
+                    }
+                }
+                _ = stop.changed() => {
+                    driver.abort();
+                    return;
+                }
+            }
+        }
+        driver.abort();
+        tracing::warn!("notification connection lost; reconnecting");
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn stored_from_row(row: &tokio_postgres::Row) -> StoredObject {
+    StoredObject {
+        namespace: row.get(0),
+        name: row.get(1),
+        uid: row.get(2),
+        rv: row.get::<_, i64>(3) as u64,
+        body: row.get(4),
+    }
+}
+
+/// Streams one list inside a read-only REPEATABLE READ transaction: the counter and the rows come
+/// from one snapshot.
+async fn stream_list(
+    mut client: deadpool_postgres::Object,
+    cluster: Uuid,
+    query: ListQuery,
+    snapshot: oneshot::Sender<StoreResult<u64>>,
+    chunks: mpsc::Sender<StoreResult<ListChunk>>,
+) {
+    let tx = match client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+    {
+        Ok(tx) => tx,
+        Err(e) => {
+            let _ = snapshot.send(Err(db_error(e)));
+            return;
+        }
+    };
+    let rv = match tx.query_one("SELECT rv FROM report_counters WHERE cluster_id = $1", &[&cluster]).await {
+        Ok(row) => row.get::<_, i64>(0) as u64,
+        Err(e) => {
+            let _ = snapshot.send(Err(db_error(e)));
+            return;
+        }
+    };
+    if snapshot.send(Ok(rv)).is_err() {
+        return;
+    }
+    let mut sql = String::from(
+        "SELECT namespace, name, uid, rv, body FROM report_objects WHERE cluster_id = $1 AND resource = $2",
+    );
+    let mut params: Vec<Box<dyn ToSql + Send + Sync>> =
+        vec![Box::new(cluster), Box::new(query.resource.clone())];
+    if let Some(ns) = &query.namespace {
+        params.push(Box::new(ns.clone()));
+        sql.push_str(&format!(" AND namespace = ${}", params.len()));
+    }
+    if let Some((ns, name)) = &query.after {
+        params.push(Box::new(ns.clone()));
+        params.push(Box::new(name.clone()));
+        sql.push_str(&format!(" AND (namespace, name) > (${}, ${})", params.len() - 1, params.len()));
+    }
+    push_selectors(&query.labels, &query.fields, &mut sql, &mut params);
+    sql.push_str(" ORDER BY namespace, name");
+    if let Some(limit) = query.limit {
+        params.push(Box::new(limit.saturating_add(1).min(i64::MAX as u64) as i64));
+        sql.push_str(&format!(" LIMIT ${}", params.len()));
+    }
+    let result = async {
+        let rows = tx.query_raw(sql.as_str(), as_params(&params)).await.map_err(db_error)?;
+        futures::pin_mut!(rows);
+        let limit = query.limit.unwrap_or(u64::MAX);
+        let mut sent: u64 = 0;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let mut more = false;
+        while let Some(row) = rows.try_next().await.map_err(db_error)? {
+            if sent == limit {
+                more = true;
+                break;
+            }
+            let object = stored_from_row(&row);
+            batch_bytes += object.body.len();
+            batch.push(object);
+            sent += 1;
+            if batch.len() >= CHUNK_ROWS || batch_bytes >= CHUNK_BYTES {
+                if chunks.send(Ok(ListChunk::Items(std::mem::take(&mut batch)))).await.is_err() {
+                    return Ok(()); // the client went away
+                }
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() && chunks.send(Ok(ListChunk::Items(batch))).await.is_err() {
+            return Ok(());
+        }
+        let _ = chunks.send(Ok(ListChunk::End { more })).await;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = chunks.send(Err(e)).await;
+    }
+    // Read-only: ending it either way is the same; rollback also discards a half-read portal.
+    let _ = tx.rollback().await;
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn get(&self, resource: &str, namespace: &str, name: &str) -> StoreResult<Option<StoredObject>> {
+        let key = (self.cluster, resource.to_string(), namespace.to_string(), name.to_string());
+        self.run(move |client| async move {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT namespace, name, uid, rv, body FROM report_objects
+                     WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4",
+                )
+                .await
+                .map_err(db_error)?;
+            let row = client.query_opt(&stmt, &[&key.0, &key.1, &key.2, &key.3]).await.map_err(db_error)?;
+            Ok(row.as_ref().map(stored_from_row))
+        })
+        .await
+    }
+
+    async fn create(&self, resource: &str, mut object: Value) -> StoreResult<StoredObject> {
+        let namespace = meta_text(&object, "namespace").to_string();
+        let name = meta_text(&object, "name").to_string();
+        let uid = meta_text(&object, "uid").to_string();
+        let labels = labels_json(&object);
+        let body = SplitBody::new(&mut object)?;
+        let (cluster, channel, resource) = (self.cluster, self.channel.clone(), resource.to_string());
+        let (ns, nm) = (namespace.clone(), name.clone());
+        let (rv, body) = self
+            .run(move |client| async move {
+                let stmt = client.prepare_cached(CREATE_SQL).await.map_err(db_error)?;
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let result = client
+                        .query_one(
+                            &stmt,
+                            &[
+                                &cluster,
+                                &resource,
+                                &ns,
+                                &nm,
+                                &uid,
+                                &labels,
+                                &body.prefix,
+                                &body.suffix,
+                                &channel.as_ref(),
+                            ],
+                        )
+                        .await;
+                    match result {
+                        Ok(row) => return Ok((row.get::<_, i64>(0) as u64, body)),
+                        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                            return Err(StoreError::AlreadyExists)
+                        }
+                        Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
+                        Err(e) => return Err(db_error(e)),
+                    }
+                }
+            })
+            .await?;
+        self.publish(rv);
+        Ok(StoredObject {
+            uid: meta_text(&object, "uid").to_string(),
+            body: body.join(rv),
+            namespace,
+            name,
+            rv,
+        })
+    }
+
+    async fn update(&self, resource: &str, mut object: Value, expected_rv: u64) -> StoreResult<StoredObject> {
+        let namespace = meta_text(&object, "namespace").to_string();
+        let name = meta_text(&object, "name").to_string();
+        let uid = meta_text(&object, "uid").to_string();
+        let labels = labels_json(&object);
+        let body = SplitBody::new(&mut object)?;
+        let write =
+            self.locked(resource, &namespace, &name, expected_rv, WriteKind::Update { body, uid, labels });
+        let mut out = self.write_locked(vec![write], false).await?;
+        out.pop().flatten().ok_or_else(|| backend("update returned nothing"))
+    }
+
+    async fn delete(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        expected_rv: u64,
+    ) -> StoreResult<StoredObject> {
+        let write = self.locked(resource, namespace, name, expected_rv, WriteKind::Delete);
+        let mut out = self.write_locked(vec![write], false).await?;
+        out.pop().flatten().ok_or_else(|| backend("delete returned nothing"))
+    }
+
+    async fn delete_batch(
+        &self,
+        resource: &str,
+        keys: Vec<(String, String, u64)>,
+    ) -> StoreResult<Vec<Option<StoredObject>>> {
+        let writes = keys
+            .iter()
+            .map(|(ns, name, rv)| self.locked(resource, ns, name, *rv, WriteKind::Delete))
+            .collect();
+        self.write_locked(writes, true).await
+    }
+
+    async fn list(&self, query: ListQuery) -> StoreResult<ListStream> {
+        let (snapshot_tx, snapshot_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(2);
+        let pool = self.pool.clone();
+        let cluster = self.cluster;
+        tokio::spawn(async move {
+            match pool.get().await {
+                Ok(client) => stream_list(client, cluster, query, snapshot_tx, chunk_tx).await,
+                Err(e) => {
+                    let _ = snapshot_tx.send(Err(pool_error(e)));
+                }
+            }
+        });
+        let snapshot_rv = snapshot_rx.await.map_err(|_| backend("list reader ended early"))??;
+        Ok(ListStream { snapshot_rv, chunks: chunk_rx })
+    }
+
+    async fn current_rv(&self) -> StoreResult<u64> {
+        let cluster = self.cluster;
+        self.run(move |client| async move {
+            let stmt = client
+                .prepare_cached("SELECT rv FROM report_counters WHERE cluster_id = $1")
+                .await
+                .map_err(db_error)?;
+            Ok(client.query_one(&stmt, &[&cluster]).await.map_err(db_error)?.get::<_, i64>(0) as u64)
+        })
+        .await
+    }
+
+    async fn compacted_rv(&self) -> StoreResult<u64> {
+        let cluster = self.cluster;
+        self.run(move |client| async move {
+            let stmt = client
+                .prepare_cached("SELECT compacted_rv FROM report_counters WHERE cluster_id = $1")
+                .await
+                .map_err(db_error)?;
+            Ok(client.query_one(&stmt, &[&cluster]).await.map_err(db_error)?.get::<_, i64>(0) as u64)
+        })
+        .await
+    }
+
+    async fn changed_since(&self, resource: &str, rv: u64) -> StoreResult<bool> {
+        let (cluster, resource) = (self.cluster, resource.to_string());
+        self.run(move |client| async move {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM report_changes WHERE cluster_id = $1 AND resource = $2 AND rv > $3)",
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(client.query_one(&stmt, &[&cluster, &resource, &(rv as i64)]).await.map_err(db_error)?.get(0))
+        })
+        .await
+    }
+
+    async fn changes_since(
+        &self,
+        resource: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Change>> {
+        let (cluster, resource) = (self.cluster, resource.map(str::to_string));
+        self.run(move |client| async move {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT ch.rv, ch.resource, ch.namespace, ch.name, ch.uid, ch.type, ch.prev_labels::text,
+                            coalesce(ch.body, o.body), ch.labels::text
+                     FROM report_changes ch
+                     LEFT JOIN report_objects o ON ch.body IS NULL AND o.cluster_id = ch.cluster_id
+                          AND o.resource = ch.resource AND o.namespace = ch.namespace AND o.name = ch.name
+                          AND o.rv = ch.rv
+                     WHERE ch.cluster_id = $1 AND ch.rv > $2 AND ($3::text IS NULL OR ch.resource = $3)
+                     ORDER BY ch.rv LIMIT $4",
+                )
+                .await
+                .map_err(db_error)?;
+            let rows = client
+                .query(&stmt, &[&cluster, &(after as i64), &resource, &(limit as i64)])
+                .await
+                .map_err(db_error)?;
+            rows.iter()
+                .map(|row| {
+                    let rv = row.get::<_, i64>(0) as u64;
+                    let type_text: &str = row.get(5);
+                    let body: Option<String> = row.get(7);
+                    Ok(Change {
+                        rv,
+                        resource: row.get(1),
+                        change_type: ChangeType::parse(type_text)
+                            .ok_or_else(|| backend(format!("unknown change type {type_text}")))?,
+                        object: StoredObject {
+                            namespace: row.get(2),
+                            name: row.get(3),
+                            uid: row.get(4),
+                            rv,
+                            body: body.ok_or_else(|| backend(format!("change {rv} has no object body")))?,
+                        },
+                        labels: parse_labels(row.get(8)),
+                        prev_labels: row.get::<_, Option<&str>>(6).map(parse_labels),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64> {
+        let cluster = self.cluster;
+        let cutoff = now_seconds() - max_age_seconds as f64;
+        self.run(move |mut client| async move {
+            let mut dropped = 0u64;
+            loop {
+                let tx = client.transaction().await.map_err(db_error)?;
+                // One replica at a time; the others skip this round.
+                let lock_key = format!("reports-server compaction {cluster}");
+                let locked: bool = tx
+                    .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&lock_key])
+                    .await
+                    .map_err(db_error)?
+                    .get(0);
+                if !locked {
+                    tx.rollback().await.map_err(db_error)?;
+                    return Ok(dropped);
+                }
+                let upto: Option<i64> = tx
+                    .query_one(
+                        "SELECT max(rv) FROM (SELECT rv FROM report_changes
+                           WHERE cluster_id = $1 AND created_at <= to_timestamp($2)
+                           ORDER BY rv LIMIT $3) oldest",
+                        &[&cluster, &cutoff, &COMPACTION_BATCH],
+                    )
+                    .await
+                    .map_err(db_error)?
+                    .get(0);
+                let Some(upto) = upto else {
+                    tx.rollback().await.map_err(db_error)?;
+                    return Ok(dropped);
+                };
+                let n = tx
+                    .execute("DELETE FROM report_changes WHERE cluster_id = $1 AND rv <= $2", &[&cluster, &upto])
+                    .await
+                    .map_err(db_error)?;
+                // Last, so the counter row (which every writer needs) is locked only briefly.
+                tx.execute(
+                    "UPDATE report_counters SET compacted_rv = GREATEST(compacted_rv, $2) WHERE cluster_id = $1",
+                    &[&cluster, &upto],
+                )
+                .await
+                .map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+                dropped += n;
+                if (n as i64) < COMPACTION_BATCH {
+                    return Ok(dropped);
+                }
+            }
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(|client| async move { client.simple_query("SELECT 1").await.map(|_| ()).map_err(db_error) })
+            .await
+    }
+}
+
+mod tls {
+    //! TLS to PostgreSQL with libpq's `sslmode` semantics, on rustls (ring).
+
+    use std::sync::Arc;
+
+    use rustls::{
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+        pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+        ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    };
+
+    use super::{backend, PgSettings, SslMode};
+    use crate::StoreResult;
+
+    /// Encrypts without checking who answers (libpq's prefer/require without a root certificate).
+    #[derive(Debug)]
+    struct Unverified(Arc<CryptoProvider>);
+
+    /// Checks the chain against the roots but accepts any host name (libpq's verify-ca).
+    #[derive(Debug)]
+    struct ChainOnly(Arc<dyn ServerCertVerifier>);
+
+    fn signature_schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
+        provider.signature_verification_algorithms.supported_schemes()
+    }
+
+    impl ServerCertVerifier for Unverified {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            signature_schemes(&self.0)
+        }
+    }
+
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+
+    /// The rustls client configuration for `mode`.
+    pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(backend)?;
+        let roots = match &settings.ssl_root_cert {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?
+                {
+                    let cert = cert
+                        .map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| backend(format!("--dbsslrootcert {}: {e}", path.display())))?;
+                }
+                Some(Arc::new(roots))
+            }
+            None => None,
+        };
+        let verify = match (mode, roots) {
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err(backend("sslmode verify-ca and verify-full need --dbsslrootcert"))
+            }
+            (SslMode::VerifyFull, Some(roots)) => Some((roots, true)),
+            // libpq: require with a root certificate behaves as verify-ca.
+            (SslMode::VerifyCa | SslMode::Require, Some(roots)) => Some((roots, false)),
+            _ => None,
+        };
+        let builder = match verify {
+            None => builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider))),
+            Some((roots, check_name)) => {
+                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(backend)?;
+                if check_name {
+                    builder.with_webpki_verifier(webpki)
+                } else {
+                    builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                }
+            }
+        };
+        match (&settings.ssl_cert, &settings.ssl_key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| backend(format!("reading --dbsslcert {}: {e}", cert.display())))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| backend(format!("reading --dbsslkey {}: {e}", key.display())))?;
+                builder.with_client_auth_cert(chain, key).map_err(backend)
+            }
+            (None, None) => Ok(builder.with_no_client_auth()),
+            _ => Err(backend("--dbsslcert and --dbsslkey go together")),
+        }
+    }
+}
+
+mod upstream {
+    //! Adopting a database written by kyverno/reports-server: one table per kind with the report
+    //! as JSONB, golang-migrate's `schema_migrations` at version 11. Every report is copied into
+    //! `report_objects` in one transaction (so a crash leaves nothing half done), with a fresh RV
+    //! from its cluster's counter, its apiVersion and kind from the embedded CRDs, and a uid and
+    //! creationTimestamp where upstream left them empty. The upstream tables are then renamed
+    //! with an `_upstream_backup` suffix rather than dropped: nothing is destroyed, and a second
+    //! start does not import again. Rows that upstream never assigned to a cluster (the all-zero
+    //! UUID) belong to this server's cluster, as upstream itself would have decided.
+
+    use deadpool_postgres::GenericClient;
+    use uuid::Uuid;
+
+    use super::{backend, db_error, Catalogue, UPSTREAM_SCHEMA_VERSION};
+    use crate::StoreResult;
+
+    /// Suffix given to adopted upstream tables.
+    pub const BACKUP_SUFFIX: &str = "_upstream_backup";
+
+    async fn table_columns<C: GenericClient>(client: &C, table: &str) -> StoreResult<Vec<String>> {
+        Ok(client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = $1",
+                &[&table],
+            )
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Imports an upstream database found here, once.
+    pub async fn adopt(client: &mut deadpool_postgres::Object, cluster: Uuid) -> StoreResult<()> {
+        let marker = table_columns(client, "schema_migrations").await?;
+        if !(marker.iter().any(|c| c == "version") && marker.iter().any(|c| c == "dirty")) {
+            return Ok(());
+        }
+        let row =
+            client.query_one("SELECT version, dirty FROM schema_migrations", &[]).await.map_err(db_error)?;
+        let (version, dirty): (i64, bool) = (row.get(0), row.get(1));
+        if dirty || version != UPSTREAM_SCHEMA_VERSION {
+            return Err(backend(format!(
+                "found an upstream reports-server schema at version {version}{}; only version \
+                 {UPSTREAM_SCHEMA_VERSION} (clean) can be adopted: run upstream's migrations to completion first",
+                if dirty { " (dirty)" } else { "" }
+            )));
+        }
+        let catalogue = Catalogue::embedded().map_err(|e| backend(e.to_string()))?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let mut sources = Vec::new();
+        let mut tables = Vec::new();
+        for kind in catalogue.kinds() {
+            let table = kind.storage_key();
+            let columns = table_columns(&tx, table).await?;
+            if columns.is_empty() {
+                continue;
+            }
+            let namespace = if columns.iter().any(|c| c == "namespace") { "namespace::text" } else { "''" };
+            let cluster_id =
+                if columns.iter().any(|c| c == "cluster_id") { "cluster_id" } else { "NULL::uuid" };
+            sources.push(format!(
+                "SELECT coalesce(nullif({cluster_id}, '00000000-0000-0000-0000-000000000000'::uuid), $1) AS cluster_id,
+                        '{table}'::text AS resource, '{api_version}'::text AS api_version, '{kind}'::text AS kind,
+                        {namespace} AS namespace, name::text AS name, report FROM \"{table}\"",
+                api_version = kind.api_version(),
+                kind = kind.kind,
+            ));
+            tables.push(table.to_string());
+        }
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let import = format!(
+            "WITH src AS ({sources}),
+            numbered AS (
+                SELECT s.*, coalesce(c.rv, 0)
+                         + row_number() OVER (PARTITION BY s.cluster_id ORDER BY s.resource, s.namespace, s.name) AS new_rv,
+                       coalesce(nullif(s.report -> 'metadata' ->> 'uid', ''), gen_random_uuid()::text) AS uid,
+                       coalesce(s.report -> 'metadata', '{{}}'::jsonb) AS meta
+                FROM src s LEFT JOIN report_counters c ON c.cluster_id = s.cluster_id),
+            fixed AS (
+                SELECT n.*, n.report || jsonb_build_object(
+                    'apiVersion', n.api_version, 'kind', n.kind,
+                    'metadata', (CASE WHEN n.namespace = '' THEN n.meta - 'namespace'
+                                      ELSE n.meta || jsonb_build_object('namespace', n.namespace) END)
+                        || jsonb_build_object(
+                            'name', n.name, 'uid', n.uid, 'resourceVersion', n.new_rv::text,
+                            'creationTimestamp', coalesce(n.meta -> 'creationTimestamp',
+                                to_jsonb(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))))) AS doc
+                FROM numbered n)
+            INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
+            SELECT cluster_id, resource, namespace, name, uid, new_rv,
+                   CASE WHEN jsonb_typeof(meta -> 'labels') = 'object' THEN meta -> 'labels' ELSE '{{}}'::jsonb END,
+                   doc::text
+            FROM fixed",
+            sources = sources.join("\n UNION ALL "),
+        );
+        let imported = tx.execute(&import, &[&cluster]).await.map_err(db_error)?;
+        tx.execute(
+            "INSERT INTO report_counters (cluster_id, rv)
+             SELECT cluster_id, max(rv) FROM report_objects GROUP BY cluster_id
+             ON CONFLICT (cluster_id) DO UPDATE SET rv = GREATEST(report_counters.rv, excluded.rv)",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+        tx.execute(
+            "INSERT INTO clusters (id) SELECT DISTINCT cluster_id FROM report_objects ON CONFLICT (id) DO NOTHING",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+        for table in tables.iter().chain(std::iter::once(&"schema_migrations".to_string())) {
+            tx.batch_execute(&format!("ALTER TABLE \"{table}\" RENAME TO \"{table}{BACKUP_SUFFIX}\""))
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        tracing::info!(
+            reports = imported,
+            tables = ?tables,
+            "adopted an upstream reports-server database; its tables were kept with the suffix {BACKUP_SUFFIX}"
+        );
+        Ok(())
+    }
+}

@@ -92,6 +92,12 @@ fn free_port() -> Result<u16, PgError> {
 impl PgCluster {
     /// Creates and starts a new cluster; returns when it accepts connections.
     pub fn start() -> Result<Self, PgError> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with `postgresql.conf` lines appended after the test defaults
+    /// (later lines win), e.g. `fsync = on` for a benchmark that must be durable.
+    pub fn start_with(extra_settings: &[&str]) -> Result<Self, PgError> {
         let bin = find_pg_bin()?;
         let as_postgres_user = running_as_root();
         let root = tempfile::Builder::new()
@@ -126,7 +132,7 @@ impl PgCluster {
                 "--no-sync",
             ],
         )?;
-        let settings = [
+        let mut settings = vec![
             "listen_addresses = '127.0.0.1'".to_string(),
             format!("port = {}", cluster.port),
             format!("unix_socket_directories = '{}'", path_str(&cluster.root)?),
@@ -136,6 +142,7 @@ impl PgCluster {
             "shared_buffers = 128MB".into(),
             "log_min_messages = warning".into(),
         ];
+        settings.extend(extra_settings.iter().map(|line| line.to_string()));
         let conf = cluster.data.join("postgresql.conf");
         let mut text =
             std::fs::read_to_string(&conf).map_err(|e| PgError(format!("reading {conf:?}: {e}")))?;
@@ -157,6 +164,11 @@ impl PgCluster {
         let log = self.root.join("postgres.log");
         self.run("pg_ctl", &["-D", path_str(&self.data)?, "-l", path_str(&log)?, "-t", "60", "-w", "start"])
             .map(|_| ())
+    }
+
+    /// The data directory (its `postmaster.pid` names the server process).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
     }
 
     /// The TCP port on 127.0.0.1.

@@ -1,0 +1,171 @@
+//! Watch fan-out: W watchers on one collection, an open-loop writer creating Kyverno-sized
+//! ephemeral reports (19 results, about 6 KB) at a fixed rate; event delivery lag from the moment
+//! the write request was sent (so it includes the write itself) to the moment each watcher read
+//! the event, and the server's resident memory per idle watcher.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use serde_json::{json, Value};
+
+use crate::{
+    api::client,
+    load::percentile,
+    procs::{cpu_seconds, ServerProcess},
+};
+
+/// A Kyverno-shaped ephemeral report: 19 PSS results, about 6 KB of JSON.
+fn ephemeral_report(name: &str) -> Value {
+    let mut report = crate::shapes::kyverno_policy_report(Some("bench"), name, 0, 19);
+    report["apiVersion"] = json!("reports.kyverno.io/v1");
+    report["kind"] = json!("EphemeralReport");
+    let results = report.as_object_mut().and_then(|r| r.remove("results")).unwrap_or_default();
+    let summary = report.as_object_mut().and_then(|r| r.remove("summary")).unwrap_or_default();
+    if let Some(object) = report.as_object_mut() {
+        object.remove("scope");
+    }
+    report["spec"] = json!({"results": results, "summary": summary});
+    report
+}
+
+/// The `metadata.resourceVersion` of a watch event line, found without parsing the whole event.
+fn event_rv(line: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"resourceVersion\":\"";
+    // metadata comes first in stored objects; scanning the whole 6 KB line would make the load
+    // generator, not the server, the bottleneck.
+    let head = &line[..line.len().min(2048)];
+    let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits: Vec<u8> = line[at..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Runs one watch fan-out measurement on a fresh server; prints and returns the result.
+pub async fn watch_lag(
+    watchers: usize,
+    rate: u64,
+    seconds: u64,
+    storage: Option<String>,
+) -> anyhow::Result<Value> {
+    let server = ServerProcess::start(storage.as_deref())?;
+    let http = client()?;
+    let collection = format!("{}/apis/reports.kyverno.io/v1/namespaces/bench/ephemeralreports", server.base);
+    // Warm the connection and the database before measuring memory.
+    http.post(&collection).json(&ephemeral_report("warm-up")).send().await?.error_for_status()?;
+    let rss_before = server.rss_bytes();
+
+    let list: Value = http.get(&collection).send().await?.json().await?;
+    let start_rv = list["metadata"]["resourceVersion"].as_str().context("list rv")?.to_string();
+    let total = (rate * seconds) as usize;
+    let mut readers = Vec::new();
+    for _ in 0..watchers {
+        let url = format!("{collection}?watch=1&resourceVersion={start_rv}&allowWatchBookmarks=true");
+        // One connection per watcher, as separate informers would have.
+        let response = client()?.get(&url).send().await?.error_for_status()?;
+        readers.push(tokio::spawn(async move {
+            let mut received: Vec<(u64, Instant)> = Vec::with_capacity(total);
+            let mut stream = response.bytes_stream();
+            let mut buffer: Vec<u8> = Vec::new();
+            while received.len() < total {
+                let Some(Ok(chunk)) = stream.next().await else { break };
+                let scanned = buffer.len();
+                buffer.extend_from_slice(&chunk);
+                let now = Instant::now();
+                let mut start = 0;
+                let mut from = scanned;
+                while let Some(offset) = buffer[from..].iter().position(|b| *b == b'\n') {
+                    let end = from + offset;
+                    let line = &buffer[start..end];
+                    if line.starts_with(br#"{"type":"ADDED""#) {
+                        if let Some(rv) = event_rv(line) {
+                            received.push((rv, now));
+                        }
+                    }
+                    start = end + 1;
+                    from = start;
+                }
+                buffer.drain(..start);
+            }
+            received
+        }));
+    }
+    // Idle watchers are open: the memory they cost is the difference.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_watching = server.rss_bytes();
+
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(total)));
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    let mut writes = Vec::with_capacity(total);
+    let began = Instant::now();
+    let (server_cpu_before, bench_cpu_before) = (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
+    for i in 0..total {
+        ticker.tick().await;
+        let (http, url, sent) = (http.clone(), collection.clone(), sent.clone());
+        writes.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let response = http.post(&url).json(&ephemeral_report(&format!("r-{i}"))).send().await.ok()?;
+            let body: Value = response.json().await.ok()?;
+            let rv: u64 = body["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
+            sent.lock().unwrap().insert(rv, started);
+            Some(started.elapsed())
+        }));
+    }
+    let mut write_latencies = Vec::new();
+    for write in writes {
+        if let Some(latency) = write.await? {
+            write_latencies.push(latency);
+        }
+    }
+    let write_seconds = began.elapsed().as_secs_f64();
+    let mut lags = Vec::new();
+    for reader in readers {
+        let received = tokio::time::timeout(Duration::from_secs(60), reader).await??;
+        let sent = sent.lock().unwrap();
+        lags.extend(
+            received.iter().filter_map(|(rv, at)| sent.get(rv).map(|s| at.saturating_duration_since(*s))),
+        );
+    }
+    let server_cpu = cpu_seconds(server.pid()) - server_cpu_before;
+    let bench_cpu = cpu_seconds(std::process::id()) - bench_cpu_before;
+    lags.sort();
+    write_latencies.sort();
+    let per_watcher = rss_watching.saturating_sub(rss_before) / watchers.max(1) as u64;
+    let result = json!({
+        "scenario": "watch-lag",
+        "watchers": watchers,
+        "target_writes_per_s": rate,
+        "achieved_writes_per_s": (write_latencies.len() as f64 / write_seconds).round(),
+        "events_delivered": lags.len(),
+        "events_expected": watchers * write_latencies.len(),
+        "lag_p50_ms": percentile(&lags, 0.50).as_secs_f64() * 1e3,
+        "lag_p99_ms": percentile(&lags, 0.99).as_secs_f64() * 1e3,
+        "lag_max_ms": lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        "write_p50_ms": percentile(&write_latencies, 0.50).as_secs_f64() * 1e3,
+        "write_p99_ms": percentile(&write_latencies, 0.99).as_secs_f64() * 1e3,
+        "server_rss_mb": server.rss_bytes() as f64 / 1048576.0,
+        "rss_per_idle_watcher_kb": per_watcher as f64 / 1024.0,
+        "server_cpu_s": server_cpu,
+        "load_generator_cpu_s": bench_cpu,
+    });
+    println!(
+        "watch-lag  watchers={watchers:<4} writes/s={:<5} delivered={}/{}  lag p50={:.1}ms p99={:.1}ms max={:.1}ms  \
+         write p50={:.1}ms p99={:.1}ms  rss/watcher={:.0}KiB  cpu server={:.1}s client={:.1}s",
+        result["achieved_writes_per_s"],
+        result["events_delivered"],
+        result["events_expected"],
+        result["lag_p50_ms"].as_f64().unwrap_or_default(),
+        result["lag_p99_ms"].as_f64().unwrap_or_default(),
+        result["lag_max_ms"].as_f64().unwrap_or_default(),
+        result["write_p50_ms"].as_f64().unwrap_or_default(),
+        result["write_p99_ms"].as_f64().unwrap_or_default(),
+        result["rss_per_idle_watcher_kb"].as_f64().unwrap_or_default(),
+        server_cpu,
+        bench_cpu,
+    );
+    println!("{result}");
+    Ok(result)
+}

@@ -72,9 +72,12 @@ struct Overrides {
     /// Closed-loop clients.
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Open-loop create rate per second.
+    /// Open-loop create rates per second (one step each).
+    #[arg(long, value_delimiter = ',')]
+    create_rates: Option<Vec<f64>>,
+    /// Seconds of each open-loop step.
     #[arg(long)]
-    create_rate: Option<f64>,
+    open_seconds: Option<f64>,
     /// Mixed-dataset tiers in results (e.g. 10000,100000,1000000).
     #[arg(long, value_delimiter = ',')]
     tiers: Option<Vec<usize>>,
@@ -93,13 +96,15 @@ impl Overrides {
         }
         if let Some(reports) = self.reports {
             settings.core_reports = reports;
-            settings.create_open_count = settings.create_open_count.min(reports);
         }
         if let Some(concurrency) = self.concurrency {
             settings.concurrency = concurrency;
         }
-        if let Some(rate) = self.create_rate {
-            settings.create_rate = rate;
+        if let Some(rates) = self.create_rates {
+            settings.create_rates = rates;
+        }
+        if let Some(seconds) = self.open_seconds {
+            settings.open_seconds = seconds;
         }
         if let Some(tiers) = self.tiers {
             settings.tiers = tiers;

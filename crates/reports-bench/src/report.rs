@@ -44,6 +44,7 @@ pub fn machine(fsync_per_s: Option<f64>) -> Value {
         "commit": command_output("git", &["rev-parse", "--short", "HEAD"]),
         "worktree_dirty": dirty,
         "date": command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "load_average_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
 }
@@ -124,7 +125,7 @@ pub fn markdown(doc: &Value, command: &str) -> String {
     let _ = writeln!(
         out,
         "Machine: {} cores ({}), {} GiB, {}, kernel {}; {}; `pg_test_fsync` fdatasync {} /s at the start. \
-         Commit `{}`{}, {} build. PostgreSQL durability: **{}** (`{}`). Wall time {} s.\n",
+         Load average at the start {} (other work shares these cores). Commit `{}`{}, {} build. PostgreSQL durability: **{}** (`{}`). Wall time {} s.\n",
         machine["cores"],
         machine["cpu"].as_str().unwrap_or("?"),
         machine["memory_gib"],
@@ -132,6 +133,7 @@ pub fn markdown(doc: &Value, command: &str) -> String {
         machine["kernel"].as_str().unwrap_or("?"),
         machine["postgres"].as_str().unwrap_or("?"),
         number(&machine["fsync_per_s"]),
+        machine["load_average_at_start"].as_str().unwrap_or("?"),
         machine["commit"].as_str().unwrap_or("?"),
         if machine["worktree_dirty"] == true { " (with uncommitted changes)" } else { "" },
         machine["build"].as_str().unwrap_or("?"),

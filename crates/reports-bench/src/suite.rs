@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::{
     api::{self, Api},
     etcd::{self, Etcd},
-    load::{closed_loop, op, open_loop, round3, CpuProbe, Measured},
+    load::{closed_loop, op, open_loop, round3, CpuProbe, Measured, Op},
     procs::{cpu_seconds, Durability, Postgres, ServerProcess},
     raw_pg::RawPg,
     shapes,
@@ -55,22 +55,20 @@ pub struct Settings {
     pub core_reports: usize,
     /// Clients of the closed-loop probes (and connections of the open-loop runs).
     pub concurrency: usize,
-    /// Open-loop create rate (per second) and how many creates at that rate.
-    pub create_rate: f64,
-    /// Creates sent at `create_rate`.
-    pub create_open_count: usize,
-    /// Open-loop rate of the background rescan (updates with RV preconditions, 1 % stale).
-    pub update_rate: f64,
-    /// Updates in each of the open and closed runs.
+    /// Seconds of each open-loop step of a rate sweep.
+    pub open_seconds: f64,
+    /// Open-loop create rates (per second), one step each, before the closed-loop bulk load.
+    pub create_rates: Vec<f64>,
+    /// Open-loop rates of the background rescan (updates with RV preconditions, 1 % stale).
+    pub update_rates: Vec<f64>,
+    /// Updates in the closed-loop run.
     pub update_count: usize,
     /// Open-loop GET rate.
     pub get_rate: f64,
     /// GETs in each of the open and closed runs.
     pub get_count: usize,
-    /// Admission churn: events per second (create EphemeralReport, label patch, delete).
-    pub churn_rate: f64,
-    /// Admission churn events.
-    pub churn_events: usize,
+    /// Admission churn rates in events per second (create EphemeralReport, label patch, delete).
+    pub churn_rates: Vec<f64>,
     /// Ephemeral reports in the flood before the label deletecollection.
     pub flood: usize,
     /// Watch fan-out: watchers, writes per second, seconds.
@@ -92,14 +90,13 @@ impl Settings {
             durability: Durability::Fast,
             core_reports: 150,
             concurrency: 4,
-            create_rate: 100.0,
-            create_open_count: 50,
-            update_rate: 100.0,
+            open_seconds: 0.5,
+            create_rates: vec![100.0],
+            update_rates: vec![100.0],
             update_count: 50,
             get_rate: 200.0,
             get_count: 100,
-            churn_rate: 50.0,
-            churn_events: 50,
+            churn_rates: vec![100.0],
             flood: 100,
             watch: (3, 50, 1),
             tiers: vec![5_000],
@@ -116,14 +113,13 @@ impl Settings {
             durability: Durability::Durable,
             core_reports: 100_000,
             concurrency: 8,
-            create_rate: 1500.0,
-            create_open_count: 30_000,
-            update_rate: 1500.0,
+            open_seconds: 10.0,
+            create_rates: vec![500.0, 1000.0, 1500.0],
+            update_rates: vec![500.0, 1500.0],
             update_count: 20_000,
             get_rate: 4000.0,
             get_count: 40_000,
-            churn_rate: 300.0,
-            churn_events: 9_000,
+            churn_rates: vec![100.0, 300.0],
             flood: 20_000,
             watch: (10, 500, 10),
             tiers: vec![],
@@ -149,19 +145,23 @@ impl Settings {
             "postgres_durability": format!("{:?}", self.durability).to_lowercase(),
             "core_reports": self.core_reports,
             "concurrency": self.concurrency,
-            "create_rate": self.create_rate,
-            "create_open_count": self.create_open_count,
-            "update_rate": self.update_rate,
+            "open_seconds": self.open_seconds,
+            "create_rates": self.create_rates,
+            "update_rates": self.update_rates,
             "update_count": self.update_count,
             "get_rate": self.get_rate,
             "get_count": self.get_count,
-            "churn_rate": self.churn_rate,
-            "churn_events": self.churn_events,
+            "churn_rates": self.churn_rates,
             "flood": self.flood,
             "watch": {"watchers": self.watch.0, "writes_per_s": self.watch.1, "seconds": self.watch.2},
             "tiers_results": self.tiers,
         })
     }
+}
+
+/// The first object at or after `from` (wrapping) whose create succeeded.
+fn created(rvs: &[AtomicU64], from: usize) -> Option<usize> {
+    (0..rvs.len()).map(|k| (from + k) % rvs.len()).find(|&j| rvs[j].load(Ordering::Relaxed) != 0)
 }
 
 /// Sizes and row counts of the store's two tables.
@@ -326,6 +326,71 @@ impl Run {
         self.results.push(result);
     }
 
+    /// Creates objects `0..total`: one open-loop step per configured rate, then the rest from
+    /// N concurrent clients (closed loop).
+    async fn create_sweep(&mut self, system: &str, probe: &CpuProbe, create: Op, total: usize, extra: Value) {
+        let mut next = 0;
+        for rate in self.settings.create_rates.clone() {
+            let count = ((rate * self.settings.open_seconds) as usize).min(total - next);
+            let offset = next;
+            let shifted = {
+                let create = create.clone();
+                op(move |i| create(i + offset))
+            };
+            let before = probe.read();
+            let measured = open_loop(rate, count, shifted).await;
+            let cpu = probe.per_1k_ops(&before, measured.ok);
+            self.record(system, "create", &format!("open {rate}/s"), &measured, cpu, extra.clone());
+            next += count;
+        }
+        let offset = next;
+        let shifted = op(move |i| create(i + offset));
+        let concurrency = self.settings.concurrency;
+        let before = probe.read();
+        let measured = closed_loop(concurrency, total - next, shifted).await;
+        let cpu = probe.per_1k_ops(&before, measured.ok);
+        self.record(system, "create", &format!("closed c={concurrency}"), &measured, cpu, extra);
+    }
+
+    /// Updates: a closed loop of `update_count`, then one open-loop rescan step per configured
+    /// rate. `update` is called with operation numbers that never repeat.
+    async fn update_sweep(&mut self, system: &str, probe: &CpuProbe, closed: Op, rescan: Op, extra: Value) {
+        let concurrency = self.settings.concurrency;
+        let count = self.settings.update_count;
+        let before = probe.read();
+        let measured = closed_loop(concurrency, count, closed).await;
+        let cpu = probe.per_1k_ops(&before, measured.ok);
+        self.record(
+            system,
+            "update (RV precondition)",
+            &format!("closed c={concurrency}"),
+            &measured,
+            cpu,
+            extra.clone(),
+        );
+        let mut next = count;
+        for rate in self.settings.update_rates.clone() {
+            let offset = next;
+            let shifted = {
+                let rescan = rescan.clone();
+                op(move |i| rescan(i + offset))
+            };
+            let steps = (rate * self.settings.open_seconds) as usize;
+            let before = probe.read();
+            let measured = open_loop(rate, steps, shifted).await;
+            let cpu = probe.per_1k_ops(&before, measured.ok);
+            self.record(
+                system,
+                "rescan update, 1% stale",
+                &format!("open {rate}/s"),
+                &measured,
+                cpu,
+                extra.clone(),
+            );
+            next += steps;
+        }
+    }
+
     async fn server_core(&mut self, store: StoreKind, docs: &Arc<Vec<Prepared>>) -> anyhow::Result<()> {
         let system = store.label();
         let storage = self.storage(store, "core")?;
@@ -346,36 +411,11 @@ impl Run {
                 }
             })
         };
-        // Creates: first open loop at the target rate, then the rest as fast as N clients can.
-        let open_count = self.settings.create_open_count.min(docs.len());
-        let rate = self.settings.create_rate;
-        let before = probe.read();
-        let measured = open_loop(rate, open_count, create.clone()).await;
-        self.record(
-            system,
-            "create",
-            &format!("open {rate}/s"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
-        let offset = open_count;
-        let rest = docs.len() - open_count;
-        let shifted = {
-            let create = create.clone();
-            op(move |i| create(i + offset))
-        };
-        let before = probe.read();
+        // Creates: an open-loop sweep of rates, then the rest as fast as N clients can.
+        self.create_sweep(system, &probe, create, docs.len(), json!({})).await;
         let concurrency = self.settings.concurrency;
-        let measured = closed_loop(concurrency, rest, shifted).await;
-        self.record(
-            system,
-            "create",
-            &format!("closed c={concurrency}"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
+        let created_count = rvs.iter().filter(|rv| rv.load(Ordering::Relaxed) != 0).count();
+        self.storage_per_report(store, system, &storage, "after the creates", created_count, false).await?;
 
         // Updates with resourceVersion preconditions; in the open-loop rescan every 100th is stale.
         let update = |stale_every: usize| {
@@ -383,7 +423,7 @@ impl Run {
             op(move |i| {
                 let (api, docs, rvs) = (api.clone(), docs.clone(), rvs.clone());
                 async move {
-                    let index = i % docs.len();
+                    let Some(index) = created(&rvs, i) else { return Err(404) };
                     let doc = &docs[index];
                     let current = rvs[index].load(Ordering::Relaxed);
                     let stale = stale_every > 0 && i % stale_every == stale_every - 1;
@@ -397,40 +437,16 @@ impl Run {
                 }
             })
         };
-        let count = self.settings.update_count;
-        let before = probe.read();
-        let measured = closed_loop(concurrency, count, update(0)).await;
-        self.record(
-            system,
-            "update (RV precondition)",
-            &format!("closed c={concurrency}"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
-        let rescan = {
-            let update = update(100);
-            op(move |i| update(i + count))
-        };
-        let rate = self.settings.update_rate;
-        let before = probe.read();
-        let measured = open_loop(rate, count, rescan).await;
-        self.record(
-            system,
-            "rescan update, 1% stale",
-            &format!("open {rate}/s"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
+        self.update_sweep(system, &probe, update(0), update(100), json!({})).await;
 
         // Gets by name, spread over the whole set.
         let get = {
-            let (api, docs) = (api.clone(), docs.clone());
+            let (api, docs, rvs) = (api.clone(), docs.clone(), rvs.clone());
             op(move |i| {
-                let (api, docs) = (api.clone(), docs.clone());
+                let (api, docs, rvs) = (api.clone(), docs.clone(), rvs.clone());
                 async move {
-                    let doc = &docs[(i * 7919) % docs.len()];
+                    let Some(index) = created(&rvs, (i * 7919) % docs.len()) else { return Err(404) };
+                    let doc = &docs[index];
                     let url =
                         format!("{}/{}", api.collection("policyreports", Some(&doc.namespace)), doc.name);
                     api.send(api.client(i).get(url)).await
@@ -462,8 +478,9 @@ impl Run {
 
         // Consumers listing everything.
         let url = api.collection("policyreports", None);
-        self.lists(system, &format!("{} reports", docs.len()), &server, &probe, &url).await?;
-        self.storage_per_report(store, system, &storage, docs.len()).await?;
+        self.lists(system, &format!("{created_count} reports"), &server, &probe, &url).await?;
+        self.storage_per_report(store, system, &storage, "after updates and lists", created_count, true)
+            .await?;
         Ok(())
     }
 
@@ -499,12 +516,16 @@ impl Run {
     }
 
     /// Bytes per report of the store after VACUUM, and the change log before and after compaction.
+    /// Bytes per report after VACUUM (PostgreSQL: `report_objects` with its indexes and TOAST;
+    /// the change log `report_changes` apart, before and, when `compact`, after compaction).
     async fn storage_per_report(
         &mut self,
         store: StoreKind,
         system: &str,
         storage: &str,
+        stage: &str,
         objects: usize,
+        compact: bool,
     ) -> anyhow::Result<()> {
         match store {
             StoreKind::Postgres => {
@@ -515,32 +536,42 @@ impl Run {
                 let row = client.query_one(SIZES_SQL, &[]).await?;
                 let (objects_bytes, rows, changes_before, change_rows_before): (f64, i64, f64, i64) =
                     (row.get(0), row.get(1), row.get(2), row.get(3));
-                let store_handle = reports_store::open(storage, &Default::default()).await?;
-                let dropped = store_handle.compact(0).await?;
-                client.batch_execute("VACUUM (ANALYZE) report_changes").await?;
-                let row = client.query_one(SIZES_SQL, &[]).await?;
-                let (changes_after, change_rows_after): (f64, i64) = (row.get(2), row.get(3));
-                self.record_value(system, "storage", json!({
+                let mut values = json!({
+                    "stage": stage,
                     "objects": rows,
                     "report_objects_bytes_per_report": (objects_bytes / rows.max(1) as f64).round(),
-                    "report_changes_bytes_before_compaction": changes_before,
-                    "report_changes_rows_before_compaction": change_rows_before,
-                    "report_changes_bytes_per_report_before_compaction": (changes_before / rows.max(1) as f64).round(),
-                    "compaction_dropped": dropped,
-                    "report_changes_bytes_after_compaction": changes_after,
-                    "report_changes_rows_after_compaction": change_rows_after,
-                }));
+                    "report_objects_mb": round3(objects_bytes / 1e6),
+                    "report_changes_rows": change_rows_before,
+                    "report_changes_mb": round3(changes_before / 1e6),
+                    "report_changes_bytes_per_report": (changes_before / rows.max(1) as f64).round(),
+                });
+                if compact {
+                    let store_handle = reports_store::open(storage, &Default::default()).await?;
+                    let dropped = store_handle.compact(0).await?;
+                    client.batch_execute("VACUUM (ANALYZE) report_changes").await?;
+                    let row = client.query_one(SIZES_SQL, &[]).await?;
+                    let (changes_after, change_rows_after): (f64, i64) = (row.get(2), row.get(3));
+                    values["compaction_dropped_rows"] = json!(dropped);
+                    values["report_changes_rows_after_compaction"] = json!(change_rows_after);
+                    values["report_changes_mb_after_compaction"] = json!(round3(changes_after / 1e6));
+                }
+                self.record_value(system, "storage", values);
             }
             StoreKind::Sqlite => {
                 let path = storage.trim_start_matches("sqlite://");
                 let file_bytes =
                     |suffix: &str| std::fs::metadata(format!("{path}{suffix}")).map_or(0, |m| m.len());
-                let before = file_bytes("") + file_bytes("-wal");
-                self.record_value(system, "storage", json!({
-                    "objects": objects,
-                    "database_file_bytes_per_report": (before as f64 / objects.max(1) as f64).round(),
-                    "note": "SQLite: file plus WAL, everything (objects, change log, indexes) in one file",
-                }));
+                let total = file_bytes("") + file_bytes("-wal");
+                self.record_value(
+                    system,
+                    "storage",
+                    json!({
+                        "stage": stage,
+                        "objects": objects,
+                        "database_file_bytes_per_report": (total as f64 / objects.max(1) as f64).round(),
+                        "note": "file plus WAL; objects, change log and indexes together",
+                    }),
+                );
             }
         }
         Ok(())
@@ -576,17 +607,26 @@ impl Run {
                 }
             })
         };
-        let rate = self.settings.churn_rate;
-        let before = probe.read();
-        let measured = open_loop(rate, self.settings.churn_events, churn).await;
-        self.record(
-            system,
-            "admission churn event",
-            &format!("open {rate}/s"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({"calls_per_event": 3}),
-        );
+        let mut next = 0;
+        for rate in self.settings.churn_rates.clone() {
+            let count = (rate * self.settings.open_seconds) as usize;
+            let offset = next;
+            let shifted = {
+                let churn = churn.clone();
+                op(move |i| churn(i + offset))
+            };
+            let before = probe.read();
+            let measured = open_loop(rate, count, shifted).await;
+            self.record(
+                system,
+                "admission churn event",
+                &format!("open {rate}/s"),
+                &measured,
+                probe.per_1k_ops(&before, measured.ok),
+                json!({"calls_per_event": 3}),
+            );
+            next += count;
+        }
 
         // Flood of ephemeral reports, then one label deletecollection.
         let flood = {
@@ -695,7 +735,7 @@ impl Run {
         );
         let url = api.collection("policyreports", None);
         self.lists(system, &dataset, &server, &probe, &url).await?;
-        self.storage_per_report(store, system, &storage, items.len()).await?;
+        self.storage_per_report(store, system, &storage, "after the load", items.len(), true).await?;
         Ok(())
     }
 
@@ -720,34 +760,14 @@ impl Run {
                 }
             })
         };
-        let open_count = self.settings.create_open_count.min(docs.len());
-        let rate = self.settings.create_rate;
-        let before = probe.read();
-        let measured = open_loop(rate, open_count, insert.clone()).await;
-        self.record(
+        self.create_sweep(system, &probe, insert, docs.len(), json!({})).await;
+        let (per_row, rows) = raw.bytes_per_row().await?;
+        self.record_value(
             system,
-            "create",
-            &format!("open {rate}/s"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
+            "storage",
+            json!({"stage": "after the creates", "objects": rows, "table_bytes_per_report": per_row.round()}),
         );
-        let offset = open_count;
-        let shifted = {
-            let insert = insert.clone();
-            op(move |i| insert(i + offset))
-        };
         let concurrency = self.settings.concurrency;
-        let before = probe.read();
-        let measured = closed_loop(concurrency, docs.len() - open_count, shifted).await;
-        self.record(
-            system,
-            "create",
-            &format!("closed c={concurrency}"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
         let next_rv = Arc::new(AtomicU64::new(10));
         let update = |stale_every: usize| {
             let (raw, docs, rvs, next_rv) = (raw.clone(), docs.clone(), rvs.clone(), next_rv.clone());
@@ -769,32 +789,7 @@ impl Run {
                 }
             })
         };
-        let count = self.settings.update_count;
-        let before = probe.read();
-        let measured = closed_loop(concurrency, count, update(0)).await;
-        self.record(
-            system,
-            "update (RV precondition)",
-            &format!("closed c={concurrency}"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
-        let rescan = {
-            let update = update(100);
-            op(move |i| update(i + count))
-        };
-        let rate = self.settings.update_rate;
-        let before = probe.read();
-        let measured = open_loop(rate, count, rescan).await;
-        self.record(
-            system,
-            "rescan update, 1% stale",
-            &format!("open {rate}/s"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
+        self.update_sweep(system, &probe, update(0), update(100), json!({})).await;
         let get = {
             let (raw, docs) = (raw.clone(), docs.clone());
             op(move |i| {
@@ -894,56 +889,25 @@ impl Run {
                 }
             })
         };
-        let open_count = self.settings.create_open_count.min(docs.len());
-        let rate = self.settings.create_rate;
-        let before = probe.read();
-        let measured = open_loop(rate, open_count, put.clone()).await;
-        self.record(
-            system,
-            "create",
-            &format!("open {rate}/s"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({"api": "put"}),
-        );
-        let shifted = {
-            let put = put.clone();
-            op(move |i| put(i + open_count))
-        };
+        self.create_sweep(system, &probe, put, docs.len(), json!({"api": "put"})).await;
         let concurrency = self.settings.concurrency;
-        let before = probe.read();
-        let measured = closed_loop(concurrency, docs.len() - open_count, shifted).await;
-        self.record(
-            system,
-            "create",
-            &format!("closed c={concurrency}"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({"api": "put"}),
-        );
-        let update = {
+        let update = |stale_every: usize| {
             let (etcd, keys, revisions) = (etcd.clone(), keys.clone(), revisions.clone());
             op(move |i| {
                 let (etcd, keys, revisions) = (etcd.clone(), keys.clone(), revisions.clone());
                 async move {
                     let index = i % keys.len();
-                    let expected = revisions[index].load(Ordering::Relaxed) as i64;
+                    let current = revisions[index].load(Ordering::Relaxed) as i64;
+                    let stale = stale_every > 0 && i % stale_every == stale_every - 1;
+                    let expected = if stale { current - 1 } else { current };
                     let revision = etcd.guarded_update(&keys[index].0, &keys[index].1, expected).await?;
                     revisions[index].store(revision as u64, Ordering::Relaxed);
                     Ok(())
                 }
             })
         };
-        let before = probe.read();
-        let measured = closed_loop(concurrency, self.settings.update_count, update).await;
-        self.record(
-            system,
-            "update (RV precondition)",
-            &format!("closed c={concurrency}"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({"api": "txn compare mod_revision + put"}),
-        );
+        let api = json!({"api": "txn compare mod_revision + put"});
+        self.update_sweep(system, &probe, update(0), update(100), api).await;
         let get = {
             let (etcd, keys) = (etcd.clone(), keys.clone());
             op(move |i| {

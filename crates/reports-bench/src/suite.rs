@@ -167,7 +167,9 @@ fn created(rvs: &[AtomicU64], from: usize) -> Option<usize> {
 /// Sizes and row counts of the store's two tables.
 const SIZES_SQL: &str =
     "SELECT pg_total_relation_size('report_objects')::float8, (SELECT count(*) FROM report_objects),
-    pg_total_relation_size('report_changes')::float8, (SELECT count(*) FROM report_changes)";
+    pg_total_relation_size('report_changes')::float8, (SELECT count(*) FROM report_changes),
+    (SELECT coalesce(avg(pg_column_size(body)), 0)::float8 FROM report_objects),
+    (SELECT coalesce(avg(octet_length(body)), 0)::float8 FROM report_objects)";
 
 /// A prepared 6 KB report of the core workload.
 struct Prepared {

@@ -138,3 +138,110 @@ async fn unreachable_database_fails_fast_as_unavailable() {
         other => panic!("expected Unavailable, got {:?}", other.err()),
     }
 }
+
+const UPSTREAM_FIXTURE: &str = include_str!("fixtures/upstream_v11.sql");
+const PROD_EU: &str = "6f1d2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b";
+const PROD_US: &str = "9e8d7c6b-5a49-4382-a1b0-c9d8e7f6a5b4";
+
+/// A database holding exactly what upstream leaves behind (no reports-server tables yet).
+fn upstream_database() -> String {
+    let pg = cluster();
+    let name = format!("upstream{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
+    pg.create_database(&name, None).unwrap();
+    pg.psql(&name, UPSTREAM_FIXTURE).unwrap();
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_database_is_adopted_in_place_keeping_every_report() {
+    let pg = cluster();
+    let db = upstream_database();
+    let eu = PgSettings { cluster_id: Some(PROD_EU.into()), ..Default::default() };
+    let store = store_on(&pg.url(&db), &eu).await;
+    let expected = [
+        ("policyreports", "default", "legacy", "PolicyReport", "wgpolicyk8s.io/v1alpha2"),
+        ("policyreports", "web", "pod-nginx", "PolicyReport", "wgpolicyk8s.io/v1alpha2"),
+        ("clusterpolicyreports", "", "ns-checks", "ClusterPolicyReport", "wgpolicyk8s.io/v1alpha2"),
+        ("ephemeralreports", "web", "e-1", "EphemeralReport", "reports.kyverno.io/v1"),
+        ("clusterephemeralreports", "", "ce-1", "ClusterEphemeralReport", "reports.kyverno.io/v1"),
+        ("reports", "web", "trivy-vulns", "Report", "openreports.io/v1alpha1"),
+        ("clusterreports", "", "kube-bench", "ClusterReport", "openreports.io/v1alpha1"),
+    ];
+    let mut rvs = Vec::new();
+    for (resource, ns, name, kind, api_version) in expected {
+        let stored =
+            store.get(resource, ns, name).await.unwrap().unwrap_or_else(|| panic!("{resource} {ns}/{name}"));
+        let body: Value = serde_json::from_str(&stored.body).unwrap();
+        assert_eq!(body["kind"], kind, "{name}: kind from the CRD");
+        assert_eq!(body["apiVersion"], api_version);
+        assert_eq!(body["metadata"]["name"], name);
+        assert_eq!(
+            body["metadata"]["resourceVersion"],
+            stored.rv.to_string(),
+            "{name}: a fresh RV in the body"
+        );
+        assert_eq!(body["metadata"].get("namespace").and_then(Value::as_str).unwrap_or(""), ns);
+        assert!(!stored.uid.is_empty() && body["metadata"]["uid"] == stored.uid.as_str(), "{name}: uid");
+        assert!(body["metadata"]["creationTimestamp"].is_string(), "{name}: creationTimestamp");
+        rvs.push(stored.rv);
+    }
+    // Upstream's own fields survive: uid, creationTimestamp, owner references, results.
+    let nginx: Value =
+        serde_json::from_str(&store.get("policyreports", "web", "pod-nginx").await.unwrap().unwrap().body)
+            .unwrap();
+    assert_eq!(nginx["metadata"]["uid"], "0b7c1f52-1111-4a44-9a0e-7d1c2b3a4f50");
+    assert_eq!(nginx["metadata"]["creationTimestamp"], "2024-06-01T12:00:00Z");
+    assert_eq!(nginx["metadata"]["ownerReferences"][0]["name"], "nginx");
+    assert_eq!(nginx["results"][0]["policy"], "disallow-latest-tag");
+    rvs.sort();
+    rvs.dedup();
+    assert_eq!(rvs.len(), 7, "every adopted report has its own RV");
+    assert_eq!(store.current_rv().await.unwrap(), *rvs.last().unwrap(), "the counter continues after them");
+    // Labels are queryable like any other report's.
+    let mut query = reports_store::ListQuery { resource: "policyreports".into(), ..Default::default() };
+    query.labels =
+        reports_core::selector::LabelSelector::parse("app.kubernetes.io/managed-by=kyverno").unwrap();
+    let (_, items, _) = conformance::collect(&(store.clone() as DynStore), query).await;
+    assert_eq!(items.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["legacy", "pod-nginx"]);
+    // New writes work as usual and continue the sequence.
+    let created = store.create("policyreports", report("web", "new")).await.unwrap();
+    assert_eq!(created.rv, rvs.last().unwrap() + 1);
+    // Upstream's tables are kept, renamed, so nothing is imported twice.
+    let tables = pg
+        .psql(&db, "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE '%upstream_backup'")
+        .unwrap();
+    assert_eq!(
+        tables.trim(),
+        "clusterephemeralreports_upstream_backup,clusterpolicyreports_upstream_backup,clusterreports_upstream_backup,\
+         ephemeralreports_upstream_backup,policyreports_upstream_backup,reports_upstream_backup,schema_migrations_upstream_backup"
+    );
+    drop(store);
+    let again = store_on(&pg.url(&db), &eu).await;
+    assert_eq!(again.current_rv().await.unwrap(), created.rv, "a second start imports nothing");
+    // The other cluster's report went to that cluster, with its own sequence.
+    let us =
+        store_on(&pg.url(&db), &PgSettings { cluster_id: Some(PROD_US.into()), ..Default::default() }).await;
+    let theirs = us.get("policyreports", "web", "pod-nginx").await.unwrap().unwrap();
+    assert_eq!(theirs.uid, "aa7c1f52-8888-4a44-9a0e-7d1c2b3a4f57");
+    assert_eq!(us.current_rv().await.unwrap(), 1);
+    // Picking the cluster by upstream's --clustername works too.
+    let by_name =
+        store_on(&pg.url(&db), &PgSettings { cluster_name: Some("prod-us".into()), ..Default::default() })
+            .await;
+    assert_eq!(by_name.cluster_id().to_string(), PROD_US);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dirty_upstream_schema_is_refused_and_left_untouched() {
+    let pg = cluster();
+    let db = upstream_database();
+    pg.psql(&db, "UPDATE schema_migrations SET dirty = true").unwrap();
+    let eu = PgSettings { cluster_id: Some(PROD_EU.into()), ..Default::default() };
+    let err = PgStore::connect(&pg.url(&db), &eu).await.err().expect("refused");
+    assert!(err.to_string().contains("dirty"), "{err}");
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM policyreports").unwrap().trim(),
+        "3",
+        "upstream data untouched"
+    );
+}

@@ -4,10 +4,7 @@
 //! One throwaway cluster serves the whole binary; every test gets its own database copied from a
 //! template that was migrated once.
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc, OnceLock,
-};
+use std::sync::Arc;
 
 use reports_store::{
     conformance,
@@ -16,31 +13,24 @@ use reports_store::{
 };
 use reports_test_support::PgCluster;
 use serde_json::{json, Value};
-use tokio::sync::OnceCell;
-
-static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-static TEMPLATE: OnceCell<()> = OnceCell::const_new();
-static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
 
 fn cluster() -> &'static PgCluster {
-    CLUSTER.get_or_init(|| PgCluster::start().expect("start a throwaway PostgreSQL cluster"))
+    PgCluster::shared()
 }
 
 /// A new, migrated, empty database; returns its URL.
 async fn fresh_database() -> String {
-    let pg = cluster();
-    TEMPLATE
-        .get_or_init(|| async {
-            pg.create_database("migrated_template", None).unwrap();
-            let store = PgStore::connect(&pg.url("migrated_template"), &PgSettings::default()).await.unwrap();
-            drop(store);
-            // Cluster rows are per test database: keep the template free of them.
-            pg.psql("migrated_template", "DELETE FROM report_counters; DELETE FROM clusters;").unwrap();
-        })
-        .await;
-    let name = format!("t{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
-    pg.create_database(&name, Some("migrated_template")).unwrap();
-    pg.url(&name)
+    PgCluster::fresh_database(|url| async move {
+        drop(PgStore::connect(&url, &PgSettings::default()).await.expect("migrate the template"));
+        // Cluster rows are per test database: keep the template free of them.
+        cluster()
+            .psql(
+                reports_test_support::TEMPLATE_DATABASE,
+                "DELETE FROM report_counters; DELETE FROM clusters;",
+            )
+            .unwrap();
+    })
+    .await
 }
 
 async fn store_on(url: &str, settings: &PgSettings) -> Arc<PgStore> {
@@ -146,7 +136,7 @@ const PROD_US: &str = "9e8d7c6b-5a49-4382-a1b0-c9d8e7f6a5b4";
 /// A database holding exactly what upstream leaves behind (no reports-server tables yet).
 fn upstream_database() -> String {
     let pg = cluster();
-    let name = format!("upstream{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
+    let name = PgCluster::unique_name("upstream");
     pg.create_database(&name, None).unwrap();
     pg.psql(&name, UPSTREAM_FIXTURE).unwrap();
     name

@@ -19,10 +19,24 @@
 //! stops the server and removes its directory once the process that started it has exited.
 
 use std::{
+    future::Future,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        OnceLock,
+    },
 };
+
+/// The cluster shared by every test of one binary (see [`PgCluster::shared`]).
+static SHARED: OnceLock<PgCluster> = OnceLock::new();
+/// Set once the shared cluster's migrated template exists.
+static TEMPLATE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+/// Makes database names unique within the process.
+static NEXT_DATABASE: AtomicUsize = AtomicUsize::new(0);
+/// The template every test database is copied from.
+pub const TEMPLATE_DATABASE: &str = "migrated_template";
 
 /// A PostgreSQL server running from a temporary directory on a loopback port.
 pub struct PgCluster {
@@ -145,6 +159,35 @@ impl PgCluster {
         std::fs::write(&conf, text).map_err(|e| PgError(format!("writing {conf:?}: {e}")))?;
         cluster.resume()?;
         Ok(cluster)
+    }
+
+    /// The cluster shared by every test of this process, started on first use.
+    pub fn shared() -> &'static PgCluster {
+        SHARED.get_or_init(|| PgCluster::start().expect("start a throwaway PostgreSQL cluster"))
+    }
+
+    /// A fresh database on the shared cluster, copied from a template that `migrate` prepared
+    /// once (it gets the template's URL); returns the new database's URL.
+    pub async fn fresh_database<F, Fut>(migrate: F) -> String
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let pg = Self::shared();
+        TEMPLATE
+            .get_or_init(|| async {
+                pg.create_database(TEMPLATE_DATABASE, None).expect("create the template database");
+                migrate(pg.url(TEMPLATE_DATABASE)).await;
+            })
+            .await;
+        let name = Self::unique_name("t");
+        pg.create_database(&name, Some(TEMPLATE_DATABASE)).expect("copy the template database");
+        pg.url(&name)
+    }
+
+    /// A database name no other caller in this process gets.
+    pub fn unique_name(prefix: &str) -> String {
+        format!("{prefix}{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst))
     }
 
     /// Stops the server (fast shutdown: sessions are cut, committed data stays).

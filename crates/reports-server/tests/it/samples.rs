@@ -70,49 +70,49 @@ fn creatable(index: usize, n: usize, mut object: Value) -> Value {
     object
 }
 
-#[tokio::test]
-async fn every_real_sample_round_trips_unchanged() {
-    let t = TestServer::start().await;
-    let client = t.kube();
-    let samples = load_samples();
-    assert!(samples.len() >= 25, "all sample files load ({})", samples.len());
-    let mut per_kind = [0usize; 6];
-    for (n, (file, raw)) in samples.into_iter().enumerate() {
-        let index = served_kind(&raw);
-        let object = creatable(index, n, raw);
-        let ns = object["metadata"]["namespace"].as_str().map(str::to_string);
-        let (api, _) = dynamic_api(&client, index, ns.as_deref());
-        let name = object["metadata"]["name"].as_str().unwrap().to_string();
-        api.create(&PostParams::default(), &to_dynamic(object.clone()))
-            .await
-            .unwrap_or_else(|e| panic!("{file}: create {name}: {e}"));
-        per_kind[index] += 1;
-        let back = serde_json::to_value(api.get(&name).await.unwrap()).unwrap();
-        for (key, value) in object.as_object().unwrap() {
-            if key != "metadata" {
-                assert_eq!(&back[key], value, "{file}: {key} of {name} comes back unchanged");
+on_both_stores! {
+    async fn every_real_sample_round_trips_unchanged(t) {
+        let client = t.kube();
+        let samples = load_samples();
+        assert!(samples.len() >= 25, "all sample files load ({})", samples.len());
+        let mut per_kind = [0usize; 6];
+        for (n, (file, raw)) in samples.into_iter().enumerate() {
+            let index = served_kind(&raw);
+            let object = creatable(index, n, raw);
+            let ns = object["metadata"]["namespace"].as_str().map(str::to_string);
+            let (api, _) = dynamic_api(&client, index, ns.as_deref());
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            api.create(&PostParams::default(), &to_dynamic(object.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{file}: create {name}: {e}"));
+            per_kind[index] += 1;
+            let back = serde_json::to_value(api.get(&name).await.unwrap()).unwrap();
+            for (key, value) in object.as_object().unwrap() {
+                if key != "metadata" {
+                    assert_eq!(&back[key], value, "{file}: {key} of {name} comes back unchanged");
+                }
+            }
+            for key in ["labels", "annotations", "ownerReferences"] {
+                assert_eq!(back["metadata"][key], object["metadata"][key], "{file}: metadata.{key} of {name}");
             }
         }
-        for key in ["labels", "annotations", "ownerReferences"] {
-            assert_eq!(back["metadata"][key], object["metadata"][key], "{file}: metadata.{key} of {name}");
-        }
-    }
-    // Paging through each kind in small pages sees every object exactly once.
-    for (index, expected) in per_kind.iter().enumerate() {
-        let (api, _) = dynamic_api(&client, index, None);
-        let mut seen = Vec::new();
-        let mut params = ListParams::default().limit(2);
-        loop {
-            let page = api.list(&params).await.unwrap();
-            seen.extend(page.items.iter().map(|o| (o.metadata.namespace.clone(), o.metadata.name.clone())));
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
+        // Paging through each kind in small pages sees every object exactly once.
+        for (index, expected) in per_kind.iter().enumerate() {
+            let (api, _) = dynamic_api(&client, index, None);
+            let mut seen = Vec::new();
+            let mut params = ListParams::default().limit(2);
+            loop {
+                let page = api.list(&params).await.unwrap();
+                seen.extend(page.items.iter().map(|o| (o.metadata.namespace.clone(), o.metadata.name.clone())));
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(token) => params = params.continue_token(&token),
+                    None => break,
+                }
             }
+            let before = seen.len();
+            seen.dedup();
+            assert_eq!((before, seen.len()), (*expected, *expected), "{}", KINDS[index].2);
         }
-        let before = seen.len();
-        seen.dedup();
-        assert_eq!((before, seen.len()), (*expected, *expected), "{}", KINDS[index].2);
     }
 }
 

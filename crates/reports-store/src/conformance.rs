@@ -242,6 +242,13 @@ pub async fn change_log_replays_every_version(store: DynStore) {
     assert_eq!(changes[3].object.body, deleted.body);
 }
 
+/// An empty store never reports RV 0, which clients would send back meaning "any version".
+pub async fn an_empty_store_is_past_rv_zero(store: DynStore) {
+    assert!(store.current_rv().await.unwrap() >= 1);
+    let stream = store.list(ListQuery { resource: POLR.into(), ..Default::default() }).await.unwrap();
+    assert!(stream.snapshot_rv >= 1);
+}
+
 /// Runs every check, each on a fresh store from `factory`.
 pub async fn run_all<F, Fut>(factory: F)
 where
@@ -256,4 +263,5 @@ where
     concurrent_writers_get_ordered_unique_rvs(factory().await).await;
     compaction_moves_the_watermark(factory().await).await;
     change_log_replays_every_version(factory().await).await;
+    an_empty_store_is_past_rv_zero(factory().await).await;
 }

@@ -745,7 +745,9 @@ async fn setup_locked(client: &mut deadpool_postgres::Object, settings: &PgSetti
     let cluster = resolve_cluster(client, settings).await?;
     client
         .execute(
-            "INSERT INTO report_counters (cluster_id, rv) VALUES ($1, 0) ON CONFLICT (cluster_id) DO NOTHING",
+            // Starts at 1, never 0: a list at RV "0" followed by a watch from "0" would ask for
+            // the current state again instead of the changes after the list.
+            "INSERT INTO report_counters (cluster_id, rv) VALUES ($1, 1) ON CONFLICT (cluster_id) DO NOTHING",
             &[&cluster],
         )
         .await
@@ -1490,7 +1492,7 @@ mod upstream {
         let import = format!(
             "WITH src AS ({sources}),
             numbered AS (
-                SELECT s.*, coalesce(c.rv, 0)
+                SELECT s.*, coalesce(c.rv, 1)
                          + row_number() OVER (PARTITION BY s.cluster_id ORDER BY s.resource, s.namespace, s.name) AS new_rv,
                        coalesce(nullif(s.report -> 'metadata' ->> 'uid', ''), gen_random_uuid()::text) AS uid,
                        coalesce(s.report -> 'metadata', '{{}}'::jsonb) AS meta

@@ -103,8 +103,8 @@ async fn clusters_in_one_database_are_isolated() {
         .await
         .expect("the same key in another cluster is free");
     assert!(b.get("policyreports", "ns", "x").await.unwrap().is_none());
-    assert_eq!(a.current_rv().await.unwrap(), 1);
-    assert_eq!(b.current_rv().await.unwrap(), 1, "each cluster has its own RV sequence");
+    assert_eq!(a.current_rv().await.unwrap(), 2);
+    assert_eq!(b.current_rv().await.unwrap(), 2, "each cluster has its own RV sequence");
     // With two clusters recorded and no id given, the server refuses to guess.
     let err = PgStore::connect(&url, &PgSettings::default()).await.err().unwrap();
     assert!(err.to_string().contains("--cluster-id"), "{err}");
@@ -213,7 +213,7 @@ async fn an_upstream_database_is_adopted_in_place_keeping_every_report() {
         store_on(&pg.url(&db), &PgSettings { cluster_id: Some(PROD_US.into()), ..Default::default() }).await;
     let theirs = us.get("policyreports", "web", "pod-nginx").await.unwrap().unwrap();
     assert_eq!(theirs.uid, "aa7c1f52-8888-4a44-9a0e-7d1c2b3a4f57");
-    assert_eq!(us.current_rv().await.unwrap(), 1);
+    assert_eq!(us.current_rv().await.unwrap(), 2);
     // Picking the cluster by upstream's --clustername works too.
     let by_name =
         store_on(&pg.url(&db), &PgSettings { cluster_name: Some("prod-us".into()), ..Default::default() })

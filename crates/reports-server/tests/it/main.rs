@@ -32,6 +32,7 @@ mod harness;
 mod kubectl;
 mod lists;
 mod negotiation;
+mod postgres;
 mod process;
 mod samples;
 mod watch;

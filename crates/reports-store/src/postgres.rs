@@ -213,6 +213,8 @@ pub struct PgStore {
     channel: Arc<str>,
     /// Newest committed RV known here (own commits and notifications); wakes the watch feed.
     committed: Arc<watch::Sender<u64>>,
+    /// TLS for side connections (query cancellation), as configured for the pool.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// Dropped with the store, which ends the listener task.
     _stop_listener: watch::Sender<()>,
 }
@@ -485,8 +487,16 @@ impl PgStore {
         let (committed, _) = watch::channel(rv as u64);
         let committed = Arc::new(committed);
         let (stop, stopped) = watch::channel(());
-        tokio::spawn(listen(config, tls, pool.clone(), cluster, channel.clone(), committed.clone(), stopped));
-        Ok(Self { pool, cluster, channel, committed, _stop_listener: stop })
+        tokio::spawn(listen(
+            config,
+            tls.clone(),
+            pool.clone(),
+            cluster,
+            channel.clone(),
+            committed.clone(),
+            stopped,
+        ));
+        Ok(Self { pool, cluster, channel, committed, tls, _stop_listener: stop })
     }
 
     /// The cluster this store serves.
@@ -706,10 +716,14 @@ fn publish(committed: &watch::Sender<u64>, rv: u64) {
 
 /// Migrations, cluster identity and upstream adoption, on one connection holding the advisory lock.
 async fn setup(client: &mut deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
+    // Waiting for another replica's migration, or adopting a large upstream database, may take
+    // longer than the request statement timeout.
+    client.batch_execute("SET statement_timeout = 0").await.map_err(db_error)?;
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
     let result = setup_locked(client, settings).await;
     // Unlock even after a failure; a lost connection releases the lock anyway.
     let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let _ = client.batch_execute("RESET statement_timeout").await;
     result
 }
 
@@ -897,6 +911,7 @@ async fn stream_list(
     query: ListQuery,
     snapshot: oneshot::Sender<StoreResult<u64>>,
     chunks: mpsc::Sender<StoreResult<ListChunk>>,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 ) {
     let tx = match client
         .build_transaction()
@@ -960,7 +975,12 @@ async fn stream_list(
             sent += 1;
             if batch.len() >= CHUNK_ROWS || batch_bytes >= CHUNK_BYTES {
                 if chunks.send(Ok(ListChunk::Items(std::mem::take(&mut batch)))).await.is_err() {
-                    return Ok(()); // the client went away
+                    // The client went away: stop PostgreSQL from sending the rest of a possibly
+                    // huge result, and wait for the statement to end so the cancel cannot hit a
+                    // later statement on this pooled connection.
+                    let _ = tx.cancel_token().cancel_query(tls).await;
+                    while let Ok(Some(_)) = rows.try_next().await {}
+                    return Ok(());
                 }
                 batch_bytes = 0;
             }
@@ -1087,11 +1107,10 @@ impl Store for PgStore {
     async fn list(&self, query: ListQuery) -> StoreResult<ListStream> {
         let (snapshot_tx, snapshot_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(2);
-        let pool = self.pool.clone();
-        let cluster = self.cluster;
+        let (pool, cluster, tls) = (self.pool.clone(), self.cluster, self.tls.clone());
         tokio::spawn(async move {
             match pool.get().await {
-                Ok(client) => stream_list(client, cluster, query, snapshot_tx, chunk_tx).await,
+                Ok(client) => stream_list(client, cluster, query, snapshot_tx, chunk_tx, tls).await,
                 Err(e) => {
                     let _ = snapshot_tx.send(Err(pool_error(e)));
                 }

@@ -235,3 +235,34 @@ async fn a_dirty_upstream_schema_is_refused_and_left_untouched() {
         "upstream data untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_abandoned_midway_frees_its_connection_for_later_statements() {
+    let url = fresh_database().await;
+    // Two connections: later statements must reuse the one the abandoned list had.
+    let store = store_on(&url, &PgSettings { pool_size: 2, ..Default::default() }).await;
+    for i in 0..700 {
+        store.create("policyreports", report("ns", &format!("r{i:04}"))).await.unwrap();
+    }
+    for _ in 0..3 {
+        let mut stream = store
+            .list(reports_store::ListQuery { resource: "policyreports".into(), ..Default::default() })
+            .await
+            .unwrap();
+        match stream.chunks.recv().await.unwrap().unwrap() {
+            reports_store::ListChunk::Items(items) => assert!(!items.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        drop(stream); // the client hung up after the first chunk
+    }
+    for i in 0..20 {
+        store.get("policyreports", "ns", "r0001").await.unwrap().expect("reads work");
+        store.create("policyreports", report("ns", &format!("after{i}"))).await.expect("writes work");
+    }
+    let (_, items, _) = conformance::collect(
+        &(store.clone() as DynStore),
+        reports_store::ListQuery { resource: "policyreports".into(), ..Default::default() },
+    )
+    .await;
+    assert_eq!(items.len(), 720, "a complete list still returns everything");
+}

@@ -266,3 +266,74 @@ async fn a_list_abandoned_midway_frees_its_connection_for_later_statements() {
     .await;
     assert_eq!(items.len(), 720, "a complete list still returns everything");
 }
+
+/// A CA and a server certificate signed by it, valid for `names` only.
+fn tls_material(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_verify_what_libpq_verifies() {
+    use reports_store::postgres::SslMode;
+    let (ca, cert, key) = tls_material(&["127.0.0.1"]);
+    let (other_ca, _, _) = tls_material(&["127.0.0.1"]);
+    let pg = PgCluster::start_with(
+        &["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"],
+        &[("server.crt", cert.as_bytes()), ("server.key", key.as_bytes())],
+    )
+    .unwrap();
+    pg.create_database("reports", None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (root, wrong_root) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&root, &ca).unwrap();
+    std::fs::write(&wrong_root, &other_ca).unwrap();
+    let by_ip = format!("postgres://postgres@127.0.0.1:{}/reports", pg.port());
+    let by_name = format!("postgres://postgres@localhost:{}/reports", pg.port());
+    let settings = |mode, root: Option<&std::path::Path>| PgSettings {
+        ssl_mode: Some(mode),
+        ssl_root_cert: root.map(|r| r.to_path_buf()),
+        ..Default::default()
+    };
+    let encrypted_sessions = || {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'reports-server' AND s.ssl",
+        )
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    // verify-full: chain and name both checked.
+    let store = store_on(&by_ip, &settings(SslMode::VerifyFull, Some(&root))).await;
+    store.create("policyreports", report("ns", "over-tls")).await.unwrap();
+    assert!(encrypted_sessions() > 0, "the connections are encrypted");
+    drop(store);
+    assert!(
+        PgStore::connect(&by_name, &settings(SslMode::VerifyFull, Some(&root))).await.is_err(),
+        "wrong name"
+    );
+    assert!(
+        PgStore::connect(&by_ip, &settings(SslMode::VerifyFull, Some(&wrong_root))).await.is_err(),
+        "wrong CA"
+    );
+    // verify-ca: the chain, not the name; require with a root certificate behaves the same.
+    store_on(&by_name, &settings(SslMode::VerifyCa, Some(&root))).await;
+    store_on(&by_name, &settings(SslMode::Require, Some(&root))).await;
+    assert!(PgStore::connect(&by_ip, &settings(SslMode::Require, Some(&wrong_root))).await.is_err());
+    // require without a root certificate encrypts without verifying; verify-* without one is refused.
+    store_on(&by_name, &settings(SslMode::Require, None)).await;
+    let err = PgStore::connect(&by_ip, &settings(SslMode::VerifyFull, None)).await.err().unwrap();
+    assert!(err.to_string().contains("dbsslrootcert"), "{err}");
+    // The URL's own sslmode works too, including the modes tokio-postgres itself does not know.
+    let url = format!("{by_ip}?sslmode=verify-full");
+    store_on(&url, &PgSettings { ssl_root_cert: Some(root.clone()), ..Default::default() }).await;
+}

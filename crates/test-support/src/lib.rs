@@ -106,6 +106,12 @@ fn free_port() -> Result<u16, PgError> {
 impl PgCluster {
     /// Creates and starts a new cluster; returns when it accepts connections.
     pub fn start() -> Result<Self, PgError> {
+        Self::start_with(&[], &[])
+    }
+
+    /// Like [`start`](Self::start), with extra `postgresql.conf` lines and files written into the
+    /// data directory before the server starts (e.g. a TLS certificate and `ssl = on`).
+    pub fn start_with(settings: &[&str], files: &[(&str, &[u8])]) -> Result<Self, PgError> {
         let bin = find_pg_bin()?;
         let as_postgres_user = running_as_root();
         let root = tempfile::Builder::new()
@@ -140,7 +146,7 @@ impl PgCluster {
                 "--no-sync",
             ],
         )?;
-        let settings = [
+        let base_settings = [
             "listen_addresses = '127.0.0.1'".to_string(),
             format!("port = {}", cluster.port),
             format!("unix_socket_directories = '{}'", path_str(&cluster.root)?),
@@ -154,9 +160,29 @@ impl PgCluster {
         let mut text =
             std::fs::read_to_string(&conf).map_err(|e| PgError(format!("reading {conf:?}: {e}")))?;
         text.push('\n');
+        text.push_str(&base_settings.join("\n"));
+        text.push('\n');
         text.push_str(&settings.join("\n"));
         text.push('\n');
         std::fs::write(&conf, text).map_err(|e| PgError(format!("writing {conf:?}: {e}")))?;
+        for (name, content) in files {
+            let path = cluster.data.join(name);
+            std::fs::write(&path, content).map_err(|e| PgError(format!("writing {path:?}: {e}")))?;
+            // PostgreSQL insists that a private key is private to its owner.
+            let mode = if name.ends_with(".key") { "0600" } else { "0644" };
+            let mut chmod = Command::new("chmod");
+            chmod.arg(mode).arg(&path);
+            let mut chown = Command::new("chown");
+            chown.arg("postgres:postgres").arg(&path);
+            for command in
+                [&mut chmod, &mut chown].into_iter().take(if cluster.as_postgres_user { 2 } else { 1 })
+            {
+                let status = command.status().map_err(|e| PgError(format!("{command:?}: {e}")))?;
+                if !status.success() {
+                    return Err(PgError(format!("{command:?} failed")));
+                }
+            }
+        }
         cluster.resume()?;
         Ok(cluster)
     }

@@ -49,7 +49,7 @@
 
 use std::{
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -323,9 +323,16 @@ SELECT o.rv FROM o, n";
 const LOCK_SQL: &str = "SELECT rv, labels::text, body FROM report_objects
     WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 FOR UPDATE";
 
-fn update_sql() -> String {
-    format!(
-        "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+/// The statements of an update and a delete, which take the same parameters: `$1` cluster,
+/// `$2..$4` key, `$5` the RV being replaced, `$6` uid, `$7` labels after the write, `$8`/`$9` the
+/// body halves, `$10` labels before the write, `$11` the notification channel.
+fn locked_write_sql(kind: &WriteKind) -> &'static str {
+    static UPDATE: OnceLock<String> = OnceLock::new();
+    static DELETE: OnceLock<String> = OnceLock::new();
+    match kind {
+        WriteKind::Update { .. } => UPDATE.get_or_init(|| {
+            format!(
+                "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 {KEEP_OLD_BODY},
 o AS (
     UPDATE report_objects SET uid = $6, rv = c.rv, labels = $7::text::jsonb, body = $8 || c.rv::text || $9
@@ -335,20 +342,21 @@ ch AS (
     SELECT $1, o.rv, $2, $3, $4, $6, 'MODIFIED', $7::text::jsonb, $10::text::jsonb FROM o),
 n AS (SELECT pg_notify($11, o.rv::text) AS sent FROM o)
 SELECT o.rv FROM o, n"
-    )
-}
-
-fn delete_sql() -> String {
-    format!(
-        "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+            )
+        }),
+        WriteKind::Delete => DELETE.get_or_init(|| {
+            format!(
+                "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 {KEEP_OLD_BODY},
 d AS (DELETE FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4),
 ch AS (
     INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
-    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $7::text::jsonb, $8 || c.rv::text || $9 FROM c),
-n AS (SELECT pg_notify($10, c.rv::text) AS sent FROM c)
+    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $10::text::jsonb, $8 || c.rv::text || $9 FROM c),
+n AS (SELECT pg_notify($11, c.rv::text) AS sent FROM c)
 SELECT c.rv FROM c, n"
-    )
+            )
+        }),
+    }
 }
 
 /// Appends the WHERE conditions of the selectors; `params` grows with their values.
@@ -539,74 +547,51 @@ impl PgStore {
             return Ok(Err(StoreError::Conflict));
         }
         let prev_labels: String = row.get(1);
-        match &write.kind {
-            WriteKind::Update { body, uid, labels } => {
-                let stmt = client.prepare_cached(&update_sql()).await?;
-                let rv: i64 = client
-                    .query_one(
-                        &stmt,
-                        &[
-                            &write.cluster,
-                            &write.resource,
-                            &write.namespace,
-                            &write.name,
-                            &current_rv,
-                            uid,
-                            labels,
-                            &body.prefix,
-                            &body.suffix,
-                            &prev_labels,
-                            &write.channel.as_ref(),
-                        ],
-                    )
-                    .await?
-                    .get(0);
-                Ok(Ok(StoredObject {
-                    namespace: write.namespace.clone(),
-                    name: write.name.clone(),
-                    uid: uid.clone(),
-                    rv: rv as u64,
-                    body: body.join(rv as u64),
-                }))
-            }
+        // A delete's final state is the stored object at the deletion's RV.
+        let deleted: (SplitBody, String);
+        let (body, uid, labels) = match &write.kind {
+            WriteKind::Update { body, uid, labels } => (body, uid, labels),
             WriteKind::Delete => {
-                let mut final_state: Value = match serde_json::from_str(row.get::<_, &str>(2)) {
-                    Ok(v) => v,
-                    Err(e) => return Ok(Err(backend(format!("stored JSON is corrupt: {e}")))),
-                };
-                let body = match SplitBody::new(&mut final_state) {
-                    Ok(b) => b,
+                let final_state = serde_json::from_str(row.get::<_, &str>(2))
+                    .map_err(|e| backend(format!("stored JSON is corrupt: {e}")))
+                    .and_then(|mut object: Value| {
+                        let body = SplitBody::new(&mut object)?;
+                        Ok((body, meta_text(&object, "uid").to_string()))
+                    });
+                deleted = match final_state {
+                    Ok(state) => state,
                     Err(e) => return Ok(Err(e)),
                 };
-                let uid = meta_text(&final_state, "uid").to_string();
-                let stmt = client.prepare_cached(&delete_sql()).await?;
-                let rv: i64 = client
-                    .query_one(
-                        &stmt,
-                        &[
-                            &write.cluster,
-                            &write.resource,
-                            &write.namespace,
-                            &write.name,
-                            &current_rv,
-                            &uid,
-                            &prev_labels,
-                            &body.prefix,
-                            &body.suffix,
-                            &write.channel.as_ref(),
-                        ],
-                    )
-                    .await?
-                    .get(0);
-                Ok(Ok(StoredObject {
-                    namespace: write.namespace.clone(),
-                    name: write.name.clone(),
-                    uid,
-                    rv: rv as u64,
-                    body: body.join(rv as u64),
-                }))
+                (&deleted.0, &deleted.1, &prev_labels)
             }
-        }
+        };
+        let stmt = client.prepare_cached(locked_write_sql(&write.kind)).await?;
+        let rv: i64 = client
+            .query_one(
+                &stmt,
+                &[
+                    &write.cluster,
+                    &write.resource,
+                    &write.namespace,
+                    &write.name,
+                    &current_rv,
+                    uid,
+                    labels,
+                    &body.prefix,
+                    &body.suffix,
+                    &prev_labels,
+                    &write.channel.as_ref(),
+                ],
+            )
+            .await?
+            .get(0);
+        Ok(Ok(StoredObject {
+            namespace: write.namespace.clone(),
+            name: write.name.clone(),
+            uid: uid.clone(),
+            rv: rv as u64,
+            body: body.join(rv as u64),
+        }))
     }
 
     /// Runs locked writes in one transaction, retrying the whole transaction on deadlock or

@@ -179,6 +179,9 @@ pub struct PgSettings {
     pub acquire_timeout: Duration,
     /// Server-side limit on one statement (a list streams in one statement).
     pub statement_timeout: Duration,
+    /// How long start-up keeps retrying while the database cannot be reached (a server often
+    /// starts before its database does); zero fails at once.
+    pub startup_timeout: Duration,
     /// The cluster whose reports this server serves (a UUID: the kube-system namespace UID in a
     /// cluster). None: the only cluster recorded in the database, or a new one.
     pub cluster_id: Option<String>,
@@ -197,6 +200,7 @@ impl Default for PgSettings {
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(60),
             cluster_id: None,
             cluster_name: None,
         }
@@ -480,7 +484,7 @@ impl PgStore {
             .build()
             .map_err(backend)?;
         let cluster = {
-            let mut client = pool.get().await.map_err(pool_error)?;
+            let mut client = first_connection(&pool, settings.startup_timeout).await?;
             setup(&mut client, settings).await?
         };
         let rv: i64 = {
@@ -697,6 +701,31 @@ fn publish(committed: &watch::Sender<u64>, rv: u64) {
             false
         }
     });
+}
+
+/// The first connection, retried with back-off for up to `patience` while the database is
+/// unreachable; configuration errors (bad password, unknown database) fail at once.
+async fn first_connection(pool: &Pool, patience: Duration) -> StoreResult<deadpool_postgres::Object> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match pool.get().await {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                let error = pool_error(e);
+                let unreachable = match &error {
+                    StoreError::Unavailable(text) => !text.starts_with("28") && !text.starts_with("3D"),
+                    _ => false,
+                };
+                if !unreachable || started.elapsed() + pause > patience {
+                    return Err(error);
+                }
+                tracing::warn!(error = %error, "PostgreSQL is not reachable yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Migrations, cluster identity and upstream adoption, on one connection holding the advisory lock.

@@ -119,11 +119,25 @@ async fn errors_never_carry_the_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_for_a_database_that_comes_up_later() {
+    let pg = PgCluster::start().unwrap();
+    pg.create_database("reports", None).unwrap();
+    pg.stop().unwrap();
+    let url = pg.url("reports");
+    let connecting = tokio::spawn(async move { PgStore::connect(&url, &PgSettings::default()).await });
+    // Start-up retries until the database is back (well within the default 60 s).
+    pg.resume().unwrap();
+    let store = connecting.await.unwrap().expect("connects once the database is up");
+    store.create("policyreports", report("ns", "late")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_database_fails_fast_as_unavailable() {
     // Nothing listens on this port.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/x");
-    match PgStore::connect(&url, &PgSettings::default()).await {
+    let impatient = PgSettings { startup_timeout: std::time::Duration::ZERO, ..Default::default() };
+    match PgStore::connect(&url, &impatient).await {
         Err(StoreError::Unavailable(_)) => {}
         other => panic!("expected Unavailable, got {:?}", other.err()),
     }

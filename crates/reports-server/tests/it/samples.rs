@@ -50,6 +50,12 @@ fn served_kind(object: &Value) -> usize {
 /// fields, a name for the chainsaw assertions that have none, owner uids where they lack them.
 fn creatable(index: usize, n: usize, mut object: Value) -> Value {
     let (group, version, kind, _, namespaced) = KINDS[index];
+    let legacy_kind = object["kind"].as_str() != Some(kind);
+    if legacy_kind && object["spec"].is_object() && object["spec"].get("owner").is_none() {
+        // Pre-1.12 intermediate reports had no spec.owner, which EphemeralReport's schema
+        // requires; convert them as Kyverno does today, with an all-empty owner.
+        object["spec"]["owner"] = json!({"apiVersion": "", "kind": "", "name": "", "uid": ""});
+    }
     object["apiVersion"] = json!(format!("{group}/{version}"));
     object["kind"] = json!(kind);
     let meta = object["metadata"].as_object_mut().unwrap();

@@ -9,4 +9,5 @@ mod lists;
 mod negotiation;
 mod process;
 mod samples;
+mod validation;
 mod watch;

@@ -205,6 +205,23 @@ pub fn decode_body(bytes: &[u8], body_type: BodyType) -> Result<Value, ApiError>
     }
 }
 
+/// Parses a whole-object body (create, update) or a merge patch, also returning the paths of
+/// duplicated JSON keys, which `fieldValidation` treats like unknown fields. YAML bodies report
+/// none.
+pub fn decode_body_with_duplicates(
+    bytes: &[u8],
+    body_type: BodyType,
+) -> Result<(Value, Vec<String>), ApiError> {
+    match body_type {
+        BodyType::Yaml | BodyType::JsonPatch => Ok((decode_body(bytes, body_type)?, Vec::new())),
+        BodyType::Json | BodyType::MergePatch => {
+            let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            crate::validation::parse_json_with_duplicates(bytes)
+                .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")))
+        }
+    }
+}
+
 /// Renders a value in the negotiated encoding.
 pub fn encode_value(value: &Value, encoding: Encoding, pretty: bool) -> Vec<u8> {
     match encoding {

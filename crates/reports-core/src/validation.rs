@@ -414,6 +414,103 @@ fn prune_map_preserving(
     });
 }
 
+/// Parses a JSON body like [`serde_json::from_slice`], also returning the path of every key
+/// that appears twice in one object (the last value wins, as in kube's decoder). kube's strict
+/// decoder reports these as `duplicate field "<path>"` strict errors, before unknown fields.
+pub fn parse_json_with_duplicates(bytes: &[u8]) -> Result<(Value, Vec<String>), serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut tracker = DuplicateTracker::default();
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = TrackedValue(&mut tracker).deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok((value, tracker.duplicates))
+}
+
+#[derive(Default)]
+struct DuplicateTracker {
+    path: String,
+    duplicates: Vec<String>,
+}
+
+/// Deserializes one JSON value into a [`Value`], noting duplicate keys on the way.
+struct TrackedValue<'t>(&'t mut DuplicateTracker);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TrackedValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TrackedValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        let len = self.0.path.len();
+        loop {
+            push_index(&mut self.0.path, items.len());
+            let item = seq.next_element_seed(TrackedValue(&mut *self.0))?;
+            self.0.path.truncate(len);
+            match item {
+                Some(item) => items.push(item),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        let len = self.0.path.len();
+        while let Some(key) = access.next_key::<String>()? {
+            push_key(&mut self.0.path, &key);
+            let value = access.next_value_seed(TrackedValue(&mut *self.0))?;
+            if map.insert(key, value).is_some() {
+                self.0.duplicates.push(self.0.path.clone());
+            }
+            self.0.path.truncate(len);
+        }
+        Ok(Value::Object(map))
+    }
+}
+
 /// Go's `%q` for the strings that appear in messages (JSON escaping matches it for everything
 /// a report carries).
 pub fn go_quote(text: &str) -> String {
@@ -609,18 +706,23 @@ pub enum WriteVerb<'a> {
     Patch(&'a Value),
 }
 
-/// Applies `fieldValidation` to the unknown paths [`SchemaValidator::prune`] found: the warning
-/// texts to send (for `Warn`), or the error `Strict` gives, as kube-apiserver words it for a CRD.
+/// Applies `fieldValidation` to the duplicate keys the decoder met and the unknown paths
+/// [`SchemaValidator::prune`] dropped: the warning texts to send (for `Warn`), or the error
+/// `Strict` gives, as kube-apiserver words it for a CRD.
 pub fn unknown_fields_outcome(
     kind: &ResourceKind,
     mode: FieldValidation,
+    duplicates: &[String],
     unknown: &[String],
     verb: WriteVerb<'_>,
 ) -> Result<Vec<String>, ApiError> {
-    if unknown.is_empty() || mode == FieldValidation::Ignore {
+    if (unknown.is_empty() && duplicates.is_empty()) || mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
-    let texts = unknown.iter().map(|path| format!("unknown field \"{path}\""));
+    let texts = duplicates
+        .iter()
+        .map(|path| format!("duplicate field \"{path}\""))
+        .chain(unknown.iter().map(|path| format!("unknown field \"{path}\"")));
     if mode == FieldValidation::Warn {
         return Ok(texts.collect());
     }
@@ -848,7 +950,7 @@ mod tests {
         let catalogue = Catalogue::embedded().unwrap();
         let kind = catalogue.find("wgpolicyk8s.io", "v1alpha2", "policyreports").unwrap();
         let unknown = vec!["results[0].a".to_string(), "spec".to_string()];
-        let outcome = |mode, verb| unknown_fields_outcome(kind, mode, &unknown, verb);
+        let outcome = |mode, verb| unknown_fields_outcome(kind, mode, &[], &unknown, verb);
         assert!(outcome(FieldValidation::Ignore, WriteVerb::CreateOrUpdate).unwrap().is_empty());
         assert_eq!(
             outcome(FieldValidation::Warn, WriteVerb::CreateOrUpdate).unwrap(),
@@ -869,7 +971,30 @@ mod tests {
             " \"\" is invalid: patch: Invalid value: \"{\\\"spec\\\":1}\": strict decoding error: \
              unknown field \"results[0].a\", unknown field \"spec\""
         );
-        assert!(unknown_fields_outcome(kind, FieldValidation::Strict, &[], WriteVerb::CreateOrUpdate).is_ok());
+        assert!(unknown_fields_outcome(kind, FieldValidation::Strict, &[], &[], WriteVerb::CreateOrUpdate)
+            .is_ok());
+        let duplicate = ["metadata.name".to_string()];
+        let strict = unknown_fields_outcome(
+            kind,
+            FieldValidation::Strict,
+            &duplicate,
+            &unknown[1..],
+            WriteVerb::CreateOrUpdate,
+        );
+        assert!(strict
+            .unwrap_err()
+            .message
+            .ends_with("strict decoding error: duplicate field \"metadata.name\", unknown field \"spec\""));
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_with_their_paths_and_the_last_value_wins() {
+        let body = br#"{"a": 1, "results": [{"policy": "x", "policy": "y"}], "a": {"b": [1, 2]}}"#;
+        let (value, duplicates) = parse_json_with_duplicates(body).unwrap();
+        assert_eq!(value, json!({"a": {"b": [1, 2]}, "results": [{"policy": "y"}]}));
+        assert_eq!(duplicates, vec!["results[0].policy", "a"]);
+        assert!(parse_json_with_duplicates(b"{} trailing").is_err());
+        assert!(parse_json_with_duplicates(b"[1, 2.5, null, true, \"s\"]").unwrap().1.is_empty());
     }
 
     #[test]

@@ -206,20 +206,23 @@ impl Request<'_> {
     async fn read_object(&self, body: Body, options: &WriteOptions) -> Result<Value, ApiError> {
         let body_type = negotiate::object_body_type(header_str(self.headers, header::CONTENT_TYPE))?;
         let bytes = self.read_body(body).await?;
-        let mut object = decode_body(&bytes, body_type)?;
+        let (mut object, duplicates) = negotiate::decode_body_with_duplicates(&bytes, body_type)?;
         let unknown = self.kind().validator.prune(&mut object);
-        self.field_validation(&unknown, options, WriteVerb::CreateOrUpdate)?;
+        self.field_validation(&duplicates, &unknown, options, WriteVerb::CreateOrUpdate)?;
         Ok(object)
     }
 
-    /// Records the warnings for pruned unknown fields, or fails, per `fieldValidation`.
+    /// Records the warnings for duplicate keys and pruned unknown fields, or fails, per
+    /// `fieldValidation`.
     fn field_validation(
         &self,
+        duplicates: &[String],
         unknown: &[String],
         options: &WriteOptions,
         verb: WriteVerb<'_>,
     ) -> Result<(), ApiError> {
-        let warnings = unknown_fields_outcome(self.kind(), options.field_validation, unknown, verb)?;
+        let warnings =
+            unknown_fields_outcome(self.kind(), options.field_validation, duplicates, unknown, verb)?;
         *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
         Ok(())
     }
@@ -443,7 +446,7 @@ impl Request<'_> {
         let body_type = negotiate::patch_body_type(header_str(self.headers, header::CONTENT_TYPE))?;
         let options = WriteOptions::parse(&self.query, "PatchOptions", false)?;
         let bytes = self.read_body(body).await?;
-        let patch = decode_body(&bytes, BodyType::Json)?;
+        let (patch, duplicates) = negotiate::decode_body_with_duplicates(&bytes, body_type)?;
         let kind = self.kind();
         for _ in 0..WRITE_ATTEMPTS {
             let stored = self.load().await?;
@@ -454,13 +457,14 @@ impl Request<'_> {
                 return Err(ApiError::bad_request("the patched object is not a JSON object").into());
             }
             let unknown = kind.validator.prune(&mut patched);
-            if options.field_validation == FieldValidation::Strict && !unknown.is_empty() {
+            let strict = options.field_validation == FieldValidation::Strict;
+            if strict && !(unknown.is_empty() && duplicates.is_empty()) {
                 // The strict error quotes the patched object before pruning; rebuild it only then.
                 let mut unpruned = current.clone();
                 apply_patch(&mut unpruned, &patch, body_type)?;
-                self.field_validation(&unknown, &options, WriteVerb::Patch(&unpruned))?;
+                self.field_validation(&duplicates, &unknown, &options, WriteVerb::Patch(&unpruned))?;
             }
-            self.field_validation(&unknown, &options, WriteVerb::Patch(&Value::Null))?;
+            self.field_validation(&duplicates, &unknown, &options, WriteVerb::Patch(&Value::Null))?;
             // A patch that names a resourceVersion is a precondition; otherwise it applies to
             // whatever is current, retrying if another writer gets in between.
             let pinned = patched.meta_str("resourceVersion").to_string();

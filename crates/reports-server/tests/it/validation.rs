@@ -279,3 +279,45 @@ async fn server_side_apply_is_refused_with_415() {
     let apply = api.patch("ssa", &PatchParams::apply("test"), &Patch::Apply(body)).await.unwrap_err();
     assert_eq!(status_of(apply).code, 415);
 }
+
+#[tokio::test]
+async fn duplicate_keys_count_as_strict_errors() {
+    let t = TestServer::start().await;
+    let http = t.http();
+    let body = r#"{"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport",
+        "metadata":{"name":"dup","name":"dup","namespace":"default"},"results":[{"policy":"a","policy":"b"}]}"#;
+    let post = |query: &'static str| {
+        http.post(t.url(&format!("{POLR}{query}")))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    let response = post("?fieldValidation=Strict").await.unwrap();
+    assert_eq!(response.status(), 400);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(
+        status["message"],
+        "PolicyReport in version \"v1alpha2\" cannot be handled as a PolicyReport: strict decoding error: \
+         duplicate field \"metadata.name\", duplicate field \"results[0].policy\""
+    );
+    let response = post("").await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        warnings(&response),
+        [r#"299 - "duplicate field \"metadata.name\"""#, r#"299 - "duplicate field \"results[0].policy\"""#]
+    );
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["results"][0]["policy"], "b", "the last value wins");
+
+    let response = http
+        .patch(t.url(&format!("{POLR}/dup?fieldValidation=Strict")))
+        .header("Content-Type", "application/merge-patch+json")
+        .body(r#"{"summary":{"pass":1,"pass":2}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let status: Value = response.json().await.unwrap();
+    let message = status["message"].as_str().unwrap();
+    assert!(message.ends_with(r#"strict decoding error: duplicate field "summary.pass""#), "{message}");
+}

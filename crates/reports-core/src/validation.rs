@@ -25,8 +25,6 @@
 //! map/set invariants of `x-kubernetes-list-type`. String formats other than `date-time`,
 //! `date`, `byte` and `uuid` are accepted unchecked.
 
-use std::collections::HashMap;
-
 use serde_json::{Map, Value};
 
 use crate::{
@@ -146,7 +144,8 @@ struct Node {
     has_default: bool,
     format: Option<StringFormat>,
     enumeration: Vec<Value>,
-    properties: HashMap<String, Node>,
+    /// Declared fields; a short list beats hashing for the dozen fields a report node has.
+    properties: Vec<(String, Node)>,
     additional_properties: Option<Box<Node>>,
     items: Option<Box<Node>>,
     required: Vec<String>,
@@ -197,7 +196,7 @@ impl Node {
         node.maximum = bound("maximum", "exclusiveMaximum");
         if let Some(properties) = map.get("properties").and_then(Value::as_object) {
             for (name, child) in properties {
-                node.properties.insert(name.clone(), Node::compile(child, &format!("{path}.{name}"))?);
+                node.properties.push((name.clone(), Node::compile(child, &format!("{path}.{name}"))?));
             }
         }
         match map.get("additionalProperties") {
@@ -222,7 +221,11 @@ impl Node {
 
     /// The schema of field `key` of an object this node describes.
     fn field(&self, key: &str) -> Option<&Node> {
-        self.properties.get(key).or(self.additional_properties.as_deref())
+        self.properties
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, node)| node)
+            .or(self.additional_properties.as_deref())
     }
 
     fn type_names(&self) -> String {
@@ -295,15 +298,12 @@ impl SchemaValidator {
     pub fn prune(&self, object: &mut Value) -> Vec<String> {
         let mut unknown = Vec::new();
         let Some(root) = object.as_object_mut() else { return unknown };
-        let mut path = String::with_capacity(64);
         if let Some(meta) = root.get_mut("metadata") {
-            path.push_str("metadata");
-            prune(meta, Some(&self.metadata), &mut path, &mut unknown);
-            path.clear();
+            prune(meta, Some(&self.metadata), &FieldPath::ROOT.key("metadata"), &mut unknown);
             unknown.sort_unstable();
         }
         let meta_count = unknown.len();
-        prune_map(root, Some(&self.root), true, &mut path, &mut unknown);
+        prune_map(root, Some(&self.root), true, &FieldPath::ROOT, &mut unknown);
         unknown[meta_count..].sort_unstable();
         unknown
     }
@@ -311,46 +311,81 @@ impl SchemaValidator {
     /// Checks a (pruned) object against the schema; one cause per violation, in walk order.
     pub fn validate(&self, object: &Value) -> Vec<StatusCause> {
         let mut causes = Vec::new();
-        let mut path = String::with_capacity(64);
         if let Some(root) = object.as_object() {
-            validate_object(root, &self.root, true, &mut path, &mut causes);
+            validate_object(root, &self.root, true, &FieldPath::ROOT, &mut causes);
         }
         causes
     }
 }
 
-fn push_key(path: &mut String, key: &str) {
-    if !path.is_empty() {
-        path.push('.');
+/// Where the walk is, as a chain of borrowed segments on the stack: nothing is allocated or
+/// formatted unless a path is reported.
+#[derive(Clone, Copy)]
+struct FieldPath<'a> {
+    parent: Option<&'a FieldPath<'a>>,
+    segment: Segment<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Segment<'a> {
+    Root,
+    Key(&'a str),
+    Index(usize),
+}
+
+impl<'a> FieldPath<'a> {
+    const ROOT: FieldPath<'static> = FieldPath { parent: None, segment: Segment::Root };
+
+    fn key(&'a self, key: &'a str) -> FieldPath<'a> {
+        FieldPath { parent: Some(self), segment: Segment::Key(key) }
     }
-    path.push_str(key);
+
+    fn index(&'a self, index: usize) -> FieldPath<'a> {
+        FieldPath { parent: Some(self), segment: Segment::Index(index) }
+    }
 }
 
-fn push_index(path: &mut String, index: usize) {
-    use std::fmt::Write as _;
-    let _ = write!(path, "[{index}]");
+/// `results[0].policy`: keys joined with dots, indices in brackets, as kube writes field paths.
+impl std::fmt::Display for FieldPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut segments = Vec::new();
+        let mut at = Some(self);
+        while let Some(path) = at {
+            segments.push(path.segment);
+            at = path.parent;
+        }
+        let mut first = true;
+        for segment in segments.into_iter().rev() {
+            match segment {
+                Segment::Root => continue,
+                Segment::Key(key) if first => f.write_str(key)?,
+                Segment::Key(key) => write!(f, ".{key}")?,
+                Segment::Index(index) => write!(f, "[{index}]")?,
+            }
+            first = false;
+        }
+        Ok(())
+    }
 }
 
-fn prune(value: &mut Value, node: Option<&Node>, path: &mut String, unknown: &mut Vec<String>) {
+fn prune(value: &mut Value, node: Option<&Node>, path: &FieldPath<'_>, unknown: &mut Vec<String>) {
     match value {
         Value::Object(map) => prune_map(map, node, false, path, unknown),
         Value::Array(items) => {
             let item_node = node.and_then(|n| n.items.as_deref());
             // Below a preserved array, items keep unknown fields too.
             let keep = node.is_some_and(|n| n.preserve_unknown_fields);
-            let len = path.len();
             for (index, item) in items.iter_mut().enumerate() {
-                push_index(path, index);
+                let here = path.index(index);
                 match (keep, item_node) {
                     (true, None) => {}
                     (true, Some(n)) if !n.preserve_unknown_fields => {
                         if let Value::Object(map) = item {
-                            prune_map_preserving(map, n, path, unknown);
+                            prune_map_preserving(map, n, &here, unknown);
                         }
                     }
-                    _ => prune(item, item_node, path, unknown),
+                    _ => prune(item, item_node, &here, unknown),
                 }
-                path.truncate(len);
             }
         }
         _ => {}
@@ -361,14 +396,13 @@ fn prune_map(
     map: &mut Map<String, Value>,
     node: Option<&Node>,
     at_root: bool,
-    path: &mut String,
+    path: &FieldPath<'_>,
     unknown: &mut Vec<String>,
 ) {
     if let Some(node) = node.filter(|n| n.preserve_unknown_fields) {
         prune_map_preserving(map, node, path, unknown);
         return;
     }
-    let len = path.len();
     map.retain(|key, child| {
         if at_root && META_FIELDS.contains(&key.as_str()) {
             return true;
@@ -378,15 +412,11 @@ fn prune_map(
                 if child.is_null() && !schema.nullable && !schema.has_default {
                     return false;
                 }
-                push_key(path, key);
-                prune(child, Some(schema), path, unknown);
-                path.truncate(len);
+                prune(child, Some(schema), &path.key(key), unknown);
                 true
             }
             None => {
-                push_key(path, key);
-                unknown.push(path.clone());
-                path.truncate(len);
+                unknown.push(path.key(key).to_string());
                 false
             }
         }
@@ -398,18 +428,15 @@ fn prune_map(
 fn prune_map_preserving(
     map: &mut Map<String, Value>,
     node: &Node,
-    path: &mut String,
+    path: &FieldPath<'_>,
     unknown: &mut Vec<String>,
 ) {
-    let len = path.len();
     map.retain(|key, child| {
         let Some(schema) = node.field(key) else { return true };
         if child.is_null() && !schema.nullable && !schema.has_default {
             return false;
         }
-        push_key(path, key);
-        prune(child, Some(schema), path, unknown);
-        path.truncate(len);
+        prune(child, Some(schema), &path.key(key), unknown);
         true
     });
 }
@@ -424,6 +451,18 @@ pub fn parse_json_with_duplicates(bytes: &[u8]) -> Result<(Value, Vec<String>), 
     let value = TrackedValue(&mut tracker).deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok((value, tracker.duplicates))
+}
+
+fn push_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+fn push_index(path: &mut String, index: usize) {
+    use std::fmt::Write as _;
+    let _ = write!(path, "[{index}]");
 }
 
 #[derive(Default)]
@@ -527,25 +566,24 @@ fn show_value(value: &Value) -> String {
     }
 }
 
-fn cause(reason: &str, path: &str, message: String) -> StatusCause {
-    StatusCause { reason: reason.into(), message, field: path.into() }
+fn cause(reason: &str, path: &FieldPath<'_>, message: String) -> StatusCause {
+    StatusCause { reason: reason.into(), message, field: path.to_string() }
 }
 
-fn type_invalid(path: &str, shown: &str, detail: &str) -> StatusCause {
+fn type_invalid(path: &FieldPath<'_>, shown: &str, expected: &str, got: &str) -> StatusCause {
+    let detail = format!("{path} in body must be of type {expected}: {}", go_quote(got));
     cause("FieldValueTypeInvalid", path, format!("Invalid value: {}: {detail}", go_quote(shown)))
 }
 
-fn validate_value(value: &Value, node: &Node, path: &mut String, causes: &mut Vec<StatusCause>) {
+fn validate_value(value: &Value, node: &Node, path: &FieldPath<'_>, causes: &mut Vec<StatusCause>) {
     let Some(actual) = JsonType::of(value) else {
         if !node.types.is_empty() && !node.nullable {
-            let detail = format!("{path} in body must be of type {}: \"null\"", node.type_names());
-            causes.push(type_invalid(path, "null", &detail));
+            causes.push(type_invalid(path, "null", &node.type_names(), "null"));
         }
         return;
     };
     if !node.admits(value, actual) {
-        let detail = format!("{path} in body must be of type {}: \"{}\"", node.type_names(), actual.name());
-        causes.push(type_invalid(path, actual.name(), &detail));
+        causes.push(type_invalid(path, actual.name(), &node.type_names(), actual.name()));
         check_enum(value, node, path, causes);
         return;
     }
@@ -572,11 +610,8 @@ fn validate_value(value: &Value, node: &Node, path: &mut String, causes: &mut Ve
                 causes.push(cause("FieldValueInvalid", path, format!("Invalid value: {count}: {detail}")));
             }
             if let Some(item_node) = node.items.as_deref() {
-                let len = path.len();
                 for (index, item) in items.iter().enumerate() {
-                    push_index(path, index);
-                    validate_value(item, item_node, path, causes);
-                    path.truncate(len);
+                    validate_value(item, item_node, &path.index(index), causes);
                 }
             }
         }
@@ -584,7 +619,7 @@ fn validate_value(value: &Value, node: &Node, path: &mut String, causes: &mut Ve
     }
 }
 
-fn check_string(text: &str, node: &Node, path: &str, causes: &mut Vec<StatusCause>) {
+fn check_string(text: &str, node: &Node, path: &FieldPath<'_>, causes: &mut Vec<StatusCause>) {
     if node.max_length.is_some() || node.min_length.is_some() {
         // kube-openapi counts characters, not bytes.
         let chars = text.chars().count() as u64;
@@ -606,12 +641,11 @@ fn check_string(text: &str, node: &Node, path: &str, causes: &mut Vec<StatusCaus
         }
     }
     if let Some(format) = node.format.filter(|f| !f.accepts(text)) {
-        let detail = format!("{path} in body must be of type {}: {}", format.name(), go_quote(text));
-        causes.push(type_invalid(path, text, &detail));
+        causes.push(type_invalid(path, text, format.name(), text));
     }
 }
 
-fn check_number(value: &Value, node: &Node, path: &str, causes: &mut Vec<StatusCause>) {
+fn check_number(value: &Value, node: &Node, path: &FieldPath<'_>, causes: &mut Vec<StatusCause>) {
     let Some(number) = value.as_f64() else { return };
     if let Some(min) = node.minimum {
         if number < min.limit || (min.exclusive && number == min.limit) {
@@ -629,7 +663,7 @@ fn check_number(value: &Value, node: &Node, path: &str, causes: &mut Vec<StatusC
     }
 }
 
-fn check_enum(value: &Value, node: &Node, path: &str, causes: &mut Vec<StatusCause>) {
+fn check_enum(value: &Value, node: &Node, path: &FieldPath<'_>, causes: &mut Vec<StatusCause>) {
     if node.enumeration.is_empty() || node.enumeration.iter().any(|allowed| enum_equal(allowed, value)) {
         return;
     }
@@ -661,7 +695,7 @@ fn validate_object(
     map: &Map<String, Value>,
     node: &Node,
     at_root: bool,
-    path: &mut String,
+    path: &FieldPath<'_>,
     causes: &mut Vec<StatusCause>,
 ) {
     let count = map.len() as u64;
@@ -677,22 +711,17 @@ fn validate_object(
         let detail = format!("{path} in body should have at least {min} properties");
         causes.push(cause("FieldValueInvalid", path, format!("Invalid value: {count}: {detail}")));
     }
-    let len = path.len();
     for (key, child) in map {
         if at_root && META_FIELDS.contains(&key.as_str()) {
             continue;
         }
         if let Some(schema) = node.field(key) {
-            push_key(path, key);
-            validate_value(child, schema, path, causes);
-            path.truncate(len);
+            validate_value(child, schema, &path.key(key), causes);
         }
     }
     for key in &node.required {
         if !map.contains_key(key) {
-            push_key(path, key);
-            causes.push(cause("FieldValueRequired", path, "Required value".into()));
-            path.truncate(len);
+            causes.push(cause("FieldValueRequired", &path.key(key), "Required value".into()));
         }
     }
 }
@@ -742,7 +771,7 @@ pub fn unknown_fields_outcome(
             "",
             vec![cause(
                 "FieldValueInvalid",
-                "patch",
+                &FieldPath::ROOT.key("patch"),
                 format!("Invalid value: {}: {strict}", go_quote(&patched.to_string())),
             )],
         ),

@@ -14,11 +14,13 @@ use serde_json::{json, Value};
 fn report(name: &str, results: usize) -> Value {
     let items: Vec<Value> = (0..results)
         .map(|i| {
+            let result = ["pass", "fail", "warn", "error", "skip"][i % 5];
+            let severity = ["critical", "high", "low", "medium", "info"][i % 5];
             json!({
                 "policy": format!("disallow-privilege-escalation-{}", i % 17),
                 "rule": "privilege-escalation",
-                "result": ["pass", "fail", "warn", "error", "skip"][i % 5],
-                "severity": ["critical", "high", "low", "medium", "info"][i % 5],
+                "result": result,
+                "severity": severity,
                 "scored": true,
                 "source": "kyverno",
                 "category": "Pod Security Standards (Restricted)",

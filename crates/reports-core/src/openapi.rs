@@ -443,7 +443,10 @@ fn operation(kind: &ResourceKind, dialect: Dialect, op: Operation<'_>) -> Value 
     }
     value["parameters"] = Value::Array(params);
     if dialect == Dialect::V2 {
-        value["consumes"] = json!(if consumes.is_empty() { vec!["*/*"] } else { consumes });
+        // Operations without a body list what kube's CRD builder lists for them.
+        let consumes =
+            if consumes.is_empty() { vec!["application/json", "application/yaml"] } else { consumes };
+        value["consumes"] = json!(consumes);
         value["produces"] = json!(["application/json", "application/yaml"]);
         value["schemes"] = json!(["https"]);
     }

@@ -337,15 +337,7 @@ fn cached_json(doc: &CachedDoc, headers: &HeaderMap, hash_matches: bool) -> Resp
 /// `/openapi/v2`: JSON only. Clients asking for nothing but the protobuf encoding get 406, as
 /// kube-openapi answers any Accept it cannot serve.
 async fn openapi_v2(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let json_ok = accept.trim().is_empty()
-        || accept.split(',').any(|clause| {
-            let media = clause.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-            matches!(media.as_str(), "application/json" | "application/*" | "*/*")
-        });
-    if !json_ok {
-        return Err(ApiError::not_acceptable("application/json").into());
-    }
+    require_json(&headers)?;
     let docs = &state.discovery;
     let (mut response, _) = conditional(&docs.openapi_v2, &headers, "application/json");
     let h = response.headers_mut();
@@ -359,8 +351,25 @@ async fn openapi_v2(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
     Ok(response)
 }
 
-async fn openapi_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    cached_json(&state.discovery.openapi_index, &headers, false)
+/// OpenAPI documents are served as JSON only; an Accept that excludes JSON (the protobuf
+/// encodings) is 406, as kube-openapi answers what it cannot serve.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let json_ok = accept.trim().is_empty()
+        || accept.split(',').any(|clause| {
+            let media = clause.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+            matches!(media.as_str(), "application/json" | "application/*" | "*/*")
+        });
+    if json_ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_acceptable("application/json"))
+    }
+}
+
+async fn openapi_index(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    require_json(&headers)?;
+    Ok(cached_json(&state.discovery.openapi_index, &headers, false))
 }
 
 async fn openapi_group_version(
@@ -371,6 +380,7 @@ async fn openapi_group_version(
 ) -> ApiResult {
     let doc =
         state.discovery.openapi.get(&format!("{group}/{version}")).ok_or_else(ApiError::path_not_found)?;
+    require_json(&headers)?;
     let hash = doc.etag.trim_matches('"');
     let requested = reports_core::options::Query::parse(uri.query()).get("hash").map(str::to_string);
     match requested {

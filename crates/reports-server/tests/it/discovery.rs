@@ -177,6 +177,13 @@ async fn openapi_v3_documents_are_hashed_cached_and_redirected() {
     assert_eq!(stale.headers()["location"], url.as_str());
     let missing = http.get(t.url("/openapi/v3/apis/reports.kyverno.io/v9")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    let protobuf = http
+        .get(t.url(&url))
+        .header("Accept", "application/com.github.proto-openapi.spec.v3@v1.0+protobuf")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(protobuf.status(), 406);
 }
 
 #[tokio::test]

@@ -934,6 +934,24 @@ mod tests {
     }
 
     #[test]
+    fn openreports_configuration_needs_limits_and_known_status_filters() {
+        let v = validator("reports");
+        let mut object = json!({"apiVersion": "openreports.io/v1alpha1", "kind": "Report",
+            "metadata": {"name": "a"}, "configuration": {}});
+        let causes = v.validate(&object);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(
+            (causes[0].field.as_str(), causes[0].message.as_str()),
+            ("configuration.limits", "Required value")
+        );
+        object["configuration"] = json!({"limits": {"maxResults": 10, "statusFilter": ["fail", "bogus"]}});
+        let causes = v.validate(&object);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "configuration.limits.statusFilter[1]");
+        assert_eq!(causes[0].reason, "FieldValueNotSupported");
+    }
+
+    #[test]
     fn integral_floats_pass_as_integers_and_negative_nanos_are_fine() {
         let v = validator("policyreports");
         let object = polr(json!([{"policy": "p", "timestamp": {"seconds": 2.0, "nanos": -5}}]));

@@ -550,6 +550,36 @@ impl<'de> serde::de::Visitor<'de> for TrackedValue<'_> {
     }
 }
 
+/// JSON as Go's encoder writes an unstructured object: keys sorted at every level, and `<`, `>`,
+/// `&`, U+2028 and U+2029 escaped. Used only to quote an object in an error message.
+fn go_json(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    let text = sorted(value).to_string();
+    // These characters can only occur inside JSON strings, so replacing them keeps the JSON valid.
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Go's `%q` for the strings that appear in messages (JSON escaping matches it for everything
 /// a report carries).
 pub fn go_quote(text: &str) -> String {
@@ -772,7 +802,7 @@ pub fn unknown_fields_outcome(
             vec![cause(
                 "FieldValueInvalid",
                 &FieldPath::ROOT.key("patch"),
-                format!("Invalid value: {}: {strict}", go_quote(&patched.to_string())),
+                format!("Invalid value: {}: {strict}", go_quote(&go_json(patched))),
             )],
         ),
     })
@@ -1011,6 +1041,10 @@ mod tests {
              unknown field \"results[0].a\", unknown field \"spec\""
         );
         let patched = json!({"spec": 1});
+        assert_eq!(
+            go_json(&json!({"b": {"z": 1, "a": "<&>"}, "a": [2]})),
+            r#"{"a":[2],"b":{"a":"\u003c\u0026\u003e","z":1}}"#
+        );
         let strict = outcome(FieldValidation::Strict, WriteVerb::Patch(&patched)).unwrap_err();
         assert_eq!((strict.code, strict.reason), (422, "Invalid"));
         assert_eq!(

@@ -200,11 +200,9 @@ impl Node {
             }
         }
         match map.get("additionalProperties") {
-            Some(Value::Object(child)) => {
-                node.additional_properties = Some(Box::new(Node::compile(
-                    &Value::Object(child.clone()),
-                    &format!("{path}.additionalProperties"),
-                )?))
+            Some(child @ Value::Object(_)) => {
+                node.additional_properties =
+                    Some(Box::new(Node::compile(child, &format!("{path}.additionalProperties"))?))
             }
             // `true`: anything goes below, which for pruning means "keep it".
             Some(Value::Bool(true)) => {

@@ -439,16 +439,149 @@ fn prune_map_preserving(
     });
 }
 
+/// Something kube's strict decoder reports but its lenient decoder tolerates; under
+/// `fieldValidation` it is treated like an unknown field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeIssue {
+    /// A JSON key repeated in one object, by path: `duplicate field "metadata.name"`.
+    DuplicateField(String),
+    /// YAML keys repeated in their mapping, one entry per repetition in goyaml's words:
+    /// `line 3: key "name" already set in map`.
+    YamlDuplicateKeys(Vec<String>),
+}
+
+impl DecodeIssue {
+    /// The text inside `strict decoding error: ...`.
+    fn strict_text(&self) -> String {
+        match self {
+            Self::DuplicateField(path) => format!("duplicate field \"{path}\""),
+            Self::YamlDuplicateKeys(lines) => format!("yaml: unmarshal errors:\n  {}", lines.join("\n  ")),
+        }
+    }
+
+    /// The `Warning` texts under `Warn`: kube splits a YAML error into one warning per line.
+    fn warnings(&self) -> Vec<String> {
+        match self {
+            Self::DuplicateField(_) => vec![self.strict_text()],
+            Self::YamlDuplicateKeys(lines) => lines.clone(),
+        }
+    }
+}
+
+/// Parses a YAML body, also returning its repeated keys as a [`DecodeIssue`]; the last value of
+/// a repeated key wins, as in kube's lenient YAML conversion.
+pub fn parse_yaml_with_duplicates(text: &str) -> Result<(Value, Vec<DecodeIssue>), serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+    let tracked: YamlTracked = serde_saphyr::from_str_with_options(text, options)?;
+    let issues = if tracked.repeated.is_empty() {
+        Vec::new()
+    } else {
+        vec![DecodeIssue::YamlDuplicateKeys(tracked.repeated)]
+    };
+    Ok((tracked.value, issues))
+}
+
+/// A YAML value and goyaml's message for each key repeated inside it, in document order.
+struct YamlTracked {
+    value: Value,
+    repeated: Vec<String>,
+}
+
+impl From<Value> for YamlTracked {
+    fn from(value: Value) -> Self {
+        Self { value, repeated: Vec::new() }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for YamlTracked {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(YamlVisitor)
+    }
+}
+
+struct YamlVisitor;
+
+impl<'de> serde::de::Visitor<'de> for YamlVisitor {
+    type Value = YamlTracked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<YamlTracked, E> {
+        Ok(Value::Bool(v).into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<YamlTracked, E> {
+        Ok(Value::from(v).into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<YamlTracked, E> {
+        Ok(Value::from(v).into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<YamlTracked, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number).into())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<YamlTracked, E> {
+        Ok(Value::String(v.to_string()).into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<YamlTracked, E> {
+        Ok(Value::String(v).into())
+    }
+
+    fn visit_unit<E>(self) -> Result<YamlTracked, E> {
+        Ok(Value::Null.into())
+    }
+
+    fn visit_none<E>(self) -> Result<YamlTracked, E> {
+        Ok(Value::Null.into())
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<YamlTracked, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<YamlTracked, A::Error> {
+        let mut items = Vec::new();
+        let mut repeated = Vec::new();
+        while let Some(item) = seq.next_element::<YamlTracked>()? {
+            items.push(item.value);
+            repeated.extend(item.repeated);
+        }
+        Ok(YamlTracked { value: Value::Array(items), repeated })
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<YamlTracked, A::Error> {
+        let mut map = Map::new();
+        let mut repeated = Vec::new();
+        while let Some(key) = access.next_key::<String>()? {
+            // goyaml checks the key after decoding the value and names the value's line.
+            let value = access.next_value::<serde_saphyr::Spanned<YamlTracked>>()?;
+            let line = value.referenced.line();
+            repeated.extend(value.value.repeated);
+            if map.contains_key(&key) {
+                repeated.push(format!("line {line}: key {} already set in map", go_quote(&key)));
+            }
+            map.insert(key, value.value.value);
+        }
+        Ok(YamlTracked { value: Value::Object(map), repeated })
+    }
+}
+
 /// Parses a JSON body like [`serde_json::from_slice`], also returning the path of every key
 /// that appears twice in one object (the last value wins, as in kube's decoder). kube's strict
 /// decoder reports these as `duplicate field "<path>"` strict errors, before unknown fields.
-pub fn parse_json_with_duplicates(bytes: &[u8]) -> Result<(Value, Vec<String>), serde_json::Error> {
+pub fn parse_json_with_duplicates(bytes: &[u8]) -> Result<(Value, Vec<DecodeIssue>), serde_json::Error> {
     use serde::de::DeserializeSeed as _;
     let mut tracker = DuplicateTracker::default();
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = TrackedValue(&mut tracker).deserialize(&mut deserializer)?;
     deserializer.end()?;
-    Ok((value, tracker.duplicates))
+    Ok((value, tracker.duplicates.into_iter().map(DecodeIssue::DuplicateField).collect()))
 }
 
 fn push_key(path: &mut String, key: &str) {
@@ -763,27 +896,25 @@ pub enum WriteVerb<'a> {
     Patch(&'a Value),
 }
 
-/// Applies `fieldValidation` to the duplicate keys the decoder met and the unknown paths
+/// Applies `fieldValidation` to what the decoder tolerated (duplicate keys) and the unknown paths
 /// [`SchemaValidator::prune`] dropped: the warning texts to send (for `Warn`), or the error
 /// `Strict` gives, as kube-apiserver words it for a CRD.
 pub fn unknown_fields_outcome(
     kind: &ResourceKind,
     mode: FieldValidation,
-    duplicates: &[String],
+    issues: &[DecodeIssue],
     unknown: &[String],
     verb: WriteVerb<'_>,
 ) -> Result<Vec<String>, ApiError> {
-    if (unknown.is_empty() && duplicates.is_empty()) || mode == FieldValidation::Ignore {
+    if (unknown.is_empty() && issues.is_empty()) || mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
-    let texts = duplicates
-        .iter()
-        .map(|path| format!("duplicate field \"{path}\""))
-        .chain(unknown.iter().map(|path| format!("unknown field \"{path}\"")));
+    let unknown_texts = unknown.iter().map(|path| format!("unknown field \"{path}\""));
     if mode == FieldValidation::Warn {
-        return Ok(texts.collect());
+        return Ok(issues.iter().flat_map(DecodeIssue::warnings).chain(unknown_texts).collect());
     }
-    let strict = format!("strict decoding error: {}", texts.collect::<Vec<_>>().join(", "));
+    let texts: Vec<String> = issues.iter().map(DecodeIssue::strict_text).chain(unknown_texts).collect();
+    let strict = format!("strict decoding error: {}", texts.join(", "));
     Err(match verb {
         WriteVerb::CreateOrUpdate => ApiError::bad_request(format!(
             "{} in version {} cannot be handled as a {}: {strict}",
@@ -1052,7 +1183,7 @@ mod tests {
         );
         assert!(unknown_fields_outcome(kind, FieldValidation::Strict, &[], &[], WriteVerb::CreateOrUpdate)
             .is_ok());
-        let duplicate = ["metadata.name".to_string()];
+        let duplicate = [DecodeIssue::DuplicateField("metadata.name".into())];
         let strict = unknown_fields_outcome(
             kind,
             FieldValidation::Strict,
@@ -1071,9 +1202,34 @@ mod tests {
         let body = br#"{"a": 1, "results": [{"policy": "x", "policy": "y"}], "a": {"b": [1, 2]}}"#;
         let (value, duplicates) = parse_json_with_duplicates(body).unwrap();
         assert_eq!(value, json!({"a": {"b": [1, 2]}, "results": [{"policy": "y"}]}));
-        assert_eq!(duplicates, vec!["results[0].policy", "a"]);
+        assert_eq!(
+            duplicates,
+            vec![
+                DecodeIssue::DuplicateField("results[0].policy".into()),
+                DecodeIssue::DuplicateField("a".into())
+            ]
+        );
         assert!(parse_json_with_duplicates(b"{} trailing").is_err());
         assert!(parse_json_with_duplicates(b"[1, 2.5, null, true, \"s\"]").unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn yaml_duplicate_keys_are_reported_as_goyaml_does() {
+        let text = "kind: A\nmetadata:\n  name: x\n  name: x2\nkind: B\nlist:\n- a: 1\n  a: 2\n";
+        let (value, issues) = parse_yaml_with_duplicates(text).unwrap();
+        assert_eq!(value, json!({"kind": "B", "metadata": {"name": "x2"}, "list": [{"a": 2}]}));
+        let expected = vec![
+            "line 4: key \"name\" already set in map".to_string(),
+            "line 5: key \"kind\" already set in map".to_string(),
+            "line 8: key \"a\" already set in map".to_string(),
+        ];
+        assert_eq!(issues, vec![DecodeIssue::YamlDuplicateKeys(expected.clone())]);
+        assert_eq!(issues[0].warnings(), expected);
+        assert_eq!(
+            issues[0].strict_text(),
+            "yaml: unmarshal errors:\n  line 4: key \"name\" already set in map\n  line 5: key \"kind\" already set in map\n  line 8: key \"a\" already set in map"
+        );
+        assert!(parse_yaml_with_duplicates("a: 1\nb: [1, 2.5, null, true]\n").unwrap().1.is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use reports_core::{
     paging::{expired_token, ContinueToken},
     patch::apply_patch,
     time::now_rfc3339,
-    validation::{unknown_fields_outcome, warning_headers, WriteVerb},
+    validation::{unknown_fields_outcome, warning_headers, DecodeIssue, WriteVerb},
     ApiError, ResourceKind, StatusDetails,
 };
 use reports_store::{ListQuery, StoreError, StoredObject};
@@ -216,7 +216,7 @@ impl Request<'_> {
     /// `fieldValidation`.
     fn field_validation(
         &self,
-        duplicates: &[String],
+        duplicates: &[DecodeIssue],
         unknown: &[String],
         options: &WriteOptions,
         verb: WriteVerb<'_>,

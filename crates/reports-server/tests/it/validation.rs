@@ -321,3 +321,30 @@ async fn duplicate_keys_count_as_strict_errors() {
     let message = status["message"].as_str().unwrap();
     assert!(message.ends_with(r#"strict decoding error: duplicate field "summary.pass""#), "{message}");
 }
+
+#[tokio::test]
+async fn duplicate_keys_in_yaml_are_reported_with_their_lines() {
+    let t = TestServer::start().await;
+    let http = t.http();
+    let body = "apiVersion: wgpolicyk8s.io/v1alpha2\nkind: PolicyReport\nmetadata:\n  name: yaml-dup\n  \
+                namespace: default\nresults:\n- policy: a\n  policy: b\n";
+    let post = |query: &'static str| {
+        http.post(t.url(&format!("{POLR}{query}")))
+            .header("Content-Type", "application/yaml")
+            .body(body)
+            .send()
+    };
+    let response = post("?fieldValidation=Strict").await.unwrap();
+    assert_eq!(response.status(), 400);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(
+        status["message"],
+        "PolicyReport in version \"v1alpha2\" cannot be handled as a PolicyReport: strict decoding error: \
+         yaml: unmarshal errors:\n  line 8: key \"policy\" already set in map"
+    );
+    let response = post("").await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(warnings(&response), [r#"299 - "line 8: key \"policy\" already set in map""#]);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["results"][0]["policy"], "b");
+}

@@ -35,4 +35,5 @@ mod negotiation;
 mod postgres;
 mod process;
 mod samples;
+mod validation;
 mod watch;

@@ -709,23 +709,48 @@ async fn first_connection(pool: &Pool, patience: Duration) -> StoreResult<deadpo
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(250);
     loop {
-        match pool.get().await {
+        let error = match pool.get().await {
             Ok(client) => return Ok(client),
-            Err(e) => {
-                let error = pool_error(e);
-                let unreachable = match &error {
-                    StoreError::Unavailable(text) => !text.starts_with("28") && !text.starts_with("3D"),
-                    _ => false,
-                };
-                if !unreachable || started.elapsed() + pause > patience {
-                    return Err(error);
-                }
-                tracing::warn!(error = %error, "PostgreSQL is not reachable yet; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
+            Err(e) => e,
+        };
+        let unreachable = match &error {
+            deadpool_postgres::PoolError::Backend(e) => is_unreachable(e),
+            deadpool_postgres::PoolError::Timeout(_) => true,
+            _ => false,
+        };
+        let error = pool_error(error);
+        if !unreachable || started.elapsed() + pause > patience {
+            return Err(error);
         }
+        tracing::warn!(error = %error, "PostgreSQL is not reachable yet; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
+}
+
+/// True when a connection attempt failed because the server is not there (yet): refused or
+/// broken connections, "the database system is starting up". Authentication, TLS verification
+/// and unknown databases are configuration errors that waiting does not cure.
+fn is_unreachable(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return code.code().starts_with("08") || *code == SqlState::CANNOT_CONNECT_NOW;
+    }
+    let mut source = std::error::Error::source(e);
+    let mut io = false;
+    while let Some(inner) = source {
+        if inner.is::<rustls::Error>() {
+            return false;
+        }
+        if let Some(io_error) = inner.downcast_ref::<std::io::Error>() {
+            // tokio-rustls reports handshake failures as I/O errors wrapping the rustls error.
+            if io_error.get_ref().is_some_and(|wrapped| wrapped.is::<rustls::Error>()) {
+                return false;
+            }
+            io = true;
+        }
+        source = inner.source();
+    }
+    io
 }
 
 /// Migrations, cluster identity and upstream adoption, on one connection holding the advisory lock.

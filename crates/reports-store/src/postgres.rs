@@ -604,48 +604,143 @@ impl PgStore {
         }))
     }
 
-    /// Runs locked writes in one transaction, retrying the whole transaction on deadlock or
-    /// serialization failure. `skip_missing` turns NotFound and Conflict into `None` (batch delete).
-    async fn write_locked(
-        &self,
-        writes: Vec<LockedWrite>,
-        skip_missing: bool,
-    ) -> StoreResult<Vec<Option<StoredObject>>> {
+    /// Deletes every key whose stored RV still matches, in one transaction of three round trips
+    /// whatever the number of keys: lock the rows, then one statement that takes a block of RVs,
+    /// logs the final states, deletes the rows and notifies. Keys that moved or vanished are
+    /// `None`, in the order given.
+    async fn delete_set(
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &BatchDelete,
+    ) -> Result<StoreResult<Vec<Option<StoredObject>>>, tokio_postgres::Error> {
+        let namespaces: Vec<&str> = batch.keys.iter().map(|(ns, _, _)| ns.as_str()).collect();
+        let names: Vec<&str> = batch.keys.iter().map(|(_, name, _)| name.as_str()).collect();
+        let rvs: Vec<i64> = batch.keys.iter().map(|(_, _, rv)| *rv as i64).collect();
+        let lock = tx
+            .prepare_cached(
+                "SELECT o.namespace, o.name, o.rv, o.labels::text, o.body FROM report_objects o
+                 JOIN unnest($3::text[], $4::text[], $5::bigint[]) AS k(namespace, name, rv)
+                   ON o.namespace = k.namespace AND o.name = k.name AND o.rv = k.rv
+                 WHERE o.cluster_id = $1 AND o.resource = $2
+                 ORDER BY o.namespace, o.name FOR UPDATE OF o",
+            )
+            .await?;
+        let rows = tx.query(&lock, &[&batch.cluster, &batch.resource, &namespaces, &names, &rvs]).await?;
+        let mut found: Vec<DoomedRow> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // A key given twice joins twice; it is deleted once.
+            if found
+                .last()
+                .is_some_and(|f| f.namespace == row.get::<_, &str>(0) && f.name == row.get::<_, &str>(1))
+            {
+                continue;
+            }
+            let final_state = serde_json::from_str(row.get::<_, &str>(4))
+                .map_err(|e| backend(format!("stored JSON is corrupt: {e}")))
+                .and_then(|mut object: Value| {
+                    let body = SplitBody::new(&mut object)?;
+                    Ok((body, meta_text(&object, "uid").to_string()))
+                });
+            let (body, uid) = match final_state {
+                Ok(state) => state,
+                Err(e) => return Ok(Err(e)),
+            };
+            found.push(DoomedRow {
+                namespace: row.get(0),
+                name: row.get(1),
+                old_rv: row.get(2),
+                labels: row.get(3),
+                body,
+                uid,
+            });
+        }
+        let mut objects: std::collections::HashMap<(String, String), StoredObject> = Default::default();
+        if !found.is_empty() {
+            let column = |f: fn(&DoomedRow) -> &str| -> Vec<&str> { found.iter().map(f).collect() };
+            let (ns, name) = (column(|f| &f.namespace), column(|f| &f.name));
+            let (labels, uid) = (column(|f| &f.labels), column(|f| &f.uid));
+            let (prefix, suffix) = (column(|f| &f.body.prefix), column(|f| &f.body.suffix));
+            let old_rv: Vec<i64> = found.iter().map(|f| f.old_rv).collect();
+            let count = found.len() as i64;
+            let stmt = tx
+                .prepare_cached(
+                    "WITH c AS (UPDATE report_counters SET rv = rv + $3 WHERE cluster_id = $1 RETURNING rv - $3 AS base),
+                    d AS (SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])
+                          WITH ORDINALITY AS d(namespace, name, old_rv, uid, labels, prefix, suffix, i)),
+                    keep AS (
+                        UPDATE report_changes ch SET body = o.body FROM report_objects o, d
+                        WHERE ch.cluster_id = $1 AND ch.rv = d.old_rv AND ch.body IS NULL
+                          AND o.cluster_id = $1 AND o.resource = $2 AND o.namespace = d.namespace AND o.name = d.name),
+                    del AS (
+                        DELETE FROM report_objects o USING d
+                        WHERE o.cluster_id = $1 AND o.resource = $2 AND o.namespace = d.namespace AND o.name = d.name),
+                    ch AS (
+                        INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
+                        SELECT $1, c.base + d.i, $2, d.namespace, d.name, d.uid, 'DELETED', d.labels::jsonb, d.labels::jsonb,
+                               d.prefix || (c.base + d.i)::text || d.suffix
+                        FROM c, d),
+                    n AS (SELECT pg_notify($11, (c.base + $3)::text) AS sent FROM c)
+                    SELECT c.base FROM c, n",
+                )
+                .await?;
+            let base: i64 = tx
+                .query_one(
+                    &stmt,
+                    &[
+                        &batch.cluster,
+                        &batch.resource,
+                        &count,
+                        &ns,
+                        &name,
+                        &old_rv,
+                        &uid,
+                        &labels,
+                        &prefix,
+                        &suffix,
+                        &batch.channel.as_ref(),
+                    ],
+                )
+                .await?
+                .get(0);
+            for (i, row) in found.into_iter().enumerate() {
+                let rv = (base + i as i64 + 1) as u64;
+                let object = StoredObject {
+                    namespace: row.namespace.clone(),
+                    name: row.name.clone(),
+                    uid: row.uid,
+                    rv,
+                    body: row.body.join(rv),
+                };
+                objects.insert((row.namespace, row.name), object);
+            }
+        }
+        Ok(Ok(batch.keys.iter().map(|(ns, name, _)| objects.remove(&(ns.clone(), name.clone()))).collect()))
+    }
+
+    /// Runs one transaction of work, retrying it whole on deadlock or serialization failure.
+    async fn write_locked(&self, work: TxWork) -> StoreResult<Vec<Option<StoredObject>>> {
         let results = self
             .run(move |mut client| async move {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
                     let tx = client.transaction().await.map_err(db_error)?;
-                    let mut out = Vec::with_capacity(writes.len());
-                    let mut failure = None;
-                    for write in &writes {
-                        match Self::locked_write(&tx, write).await {
-                            Ok(Ok(object)) => out.push(Some(object)),
-                            Ok(Err(StoreError::NotFound | StoreError::Conflict)) if skip_missing => {
-                                out.push(None)
-                            }
-                            Ok(Err(e)) => {
-                                failure = Some(Ok(e));
-                                break;
-                            }
-                            Err(e) => {
-                                failure = Some(Err(e));
-                                break;
-                            }
+                    let outcome = match &work {
+                        TxWork::One(write) => {
+                            Self::locked_write(&tx, write).await.map(|r| r.map(|object| vec![Some(object)]))
                         }
-                    }
-                    match failure {
-                        None => match tx.commit().await {
+                        TxWork::DeleteMany(batch) => Self::delete_set(&tx, batch).await,
+                    };
+                    match outcome {
+                        Ok(Ok(out)) => match tx.commit().await {
                             Ok(()) => return Ok(out),
                             Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
                             Err(e) => return Err(db_error(e)),
                         },
-                        Some(Ok(store_error)) => {
+                        Ok(Err(store_error)) => {
                             tx.rollback().await.map_err(db_error)?;
                             return Err(store_error);
                         }
-                        Some(Err(e)) => {
+                        Err(e) => {
                             let _ = tx.rollback().await;
                             if is_retryable(&e) && attempt < WRITE_ATTEMPTS {
                                 continue;
@@ -691,6 +786,32 @@ struct LockedWrite {
     name: String,
     expected_rv: u64,
     kind: WriteKind,
+}
+
+/// A row locked for deletion with what its DELETED change needs.
+struct DoomedRow {
+    namespace: String,
+    name: String,
+    old_rv: i64,
+    labels: String,
+    body: SplitBody,
+    uid: String,
+}
+
+/// Several deletes of one resource, checked against their expected RVs as a set.
+struct BatchDelete {
+    cluster: Uuid,
+    channel: Arc<str>,
+    resource: String,
+    keys: Vec<(String, String, u64)>,
+}
+
+/// What one write transaction does.
+enum TxWork {
+    /// One update or delete.
+    One(LockedWrite),
+    /// Many deletes (deletecollection).
+    DeleteMany(BatchDelete),
 }
 
 enum WriteKind {
@@ -1121,7 +1242,7 @@ impl Store for PgStore {
         let body = SplitBody::new(&mut object)?;
         let write =
             self.locked(resource, &namespace, &name, expected_rv, WriteKind::Update { body, uid, labels });
-        let mut out = self.write_locked(vec![write], false).await?;
+        let mut out = self.write_locked(TxWork::One(write)).await?;
         out.pop().flatten().ok_or_else(|| backend("update returned nothing"))
     }
 
@@ -1133,7 +1254,7 @@ impl Store for PgStore {
         expected_rv: u64,
     ) -> StoreResult<StoredObject> {
         let write = self.locked(resource, namespace, name, expected_rv, WriteKind::Delete);
-        let mut out = self.write_locked(vec![write], false).await?;
+        let mut out = self.write_locked(TxWork::One(write)).await?;
         out.pop().flatten().ok_or_else(|| backend("delete returned nothing"))
     }
 
@@ -1142,11 +1263,13 @@ impl Store for PgStore {
         resource: &str,
         keys: Vec<(String, String, u64)>,
     ) -> StoreResult<Vec<Option<StoredObject>>> {
-        let writes = keys
-            .iter()
-            .map(|(ns, name, rv)| self.locked(resource, ns, name, *rv, WriteKind::Delete))
-            .collect();
-        self.write_locked(writes, true).await
+        let batch = BatchDelete {
+            cluster: self.cluster,
+            channel: self.channel.clone(),
+            resource: resource.to_string(),
+            keys,
+        };
+        self.write_locked(TxWork::DeleteMany(batch)).await
     }
 
     async fn list(&self, query: ListQuery) -> StoreResult<ListStream> {

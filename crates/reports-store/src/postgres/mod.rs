@@ -421,6 +421,8 @@ impl PgStore {
             _ => tokio_postgres::config::SslMode::Require,
         });
         config.connect_timeout(settings.connect_timeout);
+        // Notice a silently dead connection (a partition) in about a minute rather than hours.
+        config.keepalives_idle(Duration::from_secs(30));
         config.application_name("reports-server");
         config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
         if config.get_dbname().is_none() {

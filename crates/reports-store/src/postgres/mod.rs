@@ -337,9 +337,8 @@ fn push_selectors(
             Operator::Exists => sql.push_str(&format!(" AND labels ? {key}::text")),
             Operator::DoesNotExist => sql.push_str(&format!(" AND NOT (labels ? {key}::text)")),
             Operator::Equals => {
-                // Containment, so the GIN index on labels can answer it.
                 let v = next(params, Box::new(req.values[0].clone()));
-                sql.push_str(&format!(" AND labels @> jsonb_build_object({key}::text, {v}::text)"));
+                sql.push_str(&format!(" AND {value} = {v}::text"));
             }
             Operator::NotEquals => {
                 let v = next(params, Box::new(req.values[0].clone()));

@@ -47,11 +47,7 @@ DO $$ BEGIN
     ALTER TABLE report_changes ALTER COLUMN body SET COMPRESSION lz4;
 EXCEPTION WHEN OTHERS THEN NULL;
 END $$;
-"#,
-    // Equality label selectors (Kyverno lists ephemeral reports by `audit.kyverno.io/resource.uid`
-    // on every admission) are answered from this index instead of scanning a namespace's rows.
-    "CREATE INDEX report_objects_labels ON report_objects USING gin (labels jsonb_path_ops);",
-];
+"#];
 
 /// Advisory lock key that serializes schema work between replicas starting together.
 pub(super) const MIGRATION_LOCK: i64 = 0x7265_706f_7274_7331; // "reports1"

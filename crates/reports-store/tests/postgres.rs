@@ -351,3 +351,47 @@ async fn tls_modes_verify_what_libpq_verifies() {
     let url = format!("{by_ip}?sslmode=verify-full");
     store_on(&url, &PgSettings { ssl_root_cert: Some(root.clone()), ..Default::default() }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_are_combined_without_changing_any_answer() {
+    let url = fresh_database().await;
+    let store = store_on(&url, &PgSettings::default()).await;
+    store.create("policyreports", report("ns", "n0")).await.unwrap();
+    let start = store.current_rv().await.unwrap();
+    // 96 creates at once over 40 names (n0 exists already): batches form, and some of them hit
+    // taken names.
+    let tasks: Vec<_> = (0..96)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                (i % 40, store.create("policyreports", report("ns", &format!("n{}", i % 40))).await)
+            })
+        })
+        .collect();
+    let mut created = std::collections::BTreeMap::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (n, Ok(object)) => {
+                assert!(created.insert(n, object).is_none(), "n{n} created twice");
+            }
+            (_, Err(StoreError::AlreadyExists)) => refused += 1,
+            (_, Err(e)) => panic!("{e}"),
+        }
+    }
+    assert_eq!(created.len(), 39, "every free name is created exactly once");
+    assert_eq!(refused, 96 - 39);
+    let mut rvs: Vec<u64> = created.values().map(|o| o.rv).collect();
+    rvs.sort();
+    assert_eq!(rvs, (start + 1..=start + 39).collect::<Vec<_>>(), "successful creates take dense RVs");
+    for object in created.values() {
+        let stored = store.get("policyreports", "ns", &object.name).await.unwrap().unwrap();
+        assert_eq!(&stored, object, "what was answered is what is stored");
+        let body: Value = serde_json::from_str(&stored.body).unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], stored.rv.to_string());
+    }
+    let logged: Vec<u64> =
+        store.changes_since(None, start, 1000).await.unwrap().iter().map(|c| c.rv).collect();
+    assert_eq!(logged, rvs, "one ADDED change per create");
+    assert_eq!(*store.subscribe().borrow(), *rvs.last().unwrap());
+}

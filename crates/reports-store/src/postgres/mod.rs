@@ -75,7 +75,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// How often the listener re-reads the counter even without notifications.
 const SAFETY_POLL: Duration = Duration::from_secs(5);
 /// Attempts of a write that lost a deadlock or serialization race.
-const WRITE_ATTEMPTS: usize = 3;
+pub(super) const WRITE_ATTEMPTS: usize = 3;
 /// Rows dropped per compaction statement, so one pass never holds locks for long.
 const COMPACTION_BATCH: i64 = 10_000;
 /// The upstream (kyverno/reports-server) schema version this store adopts in place.
@@ -175,6 +175,8 @@ pub struct PgStore {
     committed: Arc<watch::Sender<u64>>,
     /// TLS for side connections (query cancellation), as configured for the pool.
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// Creates go through one combining task that writes whatever is waiting in one statement.
+    creates: creates::CreateQueue,
     /// Dropped with the store, which ends the listener task.
     _stop_listener: watch::Sender<()>,
 }
@@ -268,7 +270,7 @@ const KEEP_OLD_BODY: &str = "keep AS (
       AND o.cluster_id = $1 AND o.resource = $2 AND o.namespace = $3 AND o.name = $4)";
 
 /// The statement of a create: counter, object row, change row, notification.
-const CREATE_SQL: &str = "WITH c AS (
+pub(super) const CREATE_SQL: &str = "WITH c AS (
     UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 o AS (
     INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
@@ -466,7 +468,13 @@ impl PgStore {
             committed.clone(),
             stopped,
         ));
-        Ok(Self { pool, cluster, channel, committed, tls, _stop_listener: stop })
+        let creates = creates::CreateQueue::start(creates::Combiner {
+            pool: pool.clone(),
+            cluster,
+            channel: channel.clone(),
+            committed: committed.clone(),
+        });
+        Ok(Self { pool, cluster, channel, committed, tls, creates, _stop_listener: stop })
     }
 
     /// The cluster this store serves.
@@ -1045,51 +1053,19 @@ impl Store for PgStore {
         let namespace = meta_text(&object, "namespace").to_string();
         let name = meta_text(&object, "name").to_string();
         let uid = meta_text(&object, "uid").to_string();
-        let labels = labels_json(&object);
-        let body = SplitBody::new(&mut object)?;
-        let (cluster, channel, resource) = (self.cluster, self.channel.clone(), resource.to_string());
-        let (ns, nm) = (namespace.clone(), name.clone());
-        let (rv, body) = self
-            .run(move |client| async move {
-                let stmt = client.prepare_cached(CREATE_SQL).await.map_err(db_error)?;
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let result = client
-                        .query_one(
-                            &stmt,
-                            &[
-                                &cluster,
-                                &resource,
-                                &ns,
-                                &nm,
-                                &uid,
-                                &labels,
-                                &body.prefix,
-                                &body.suffix,
-                                &channel.as_ref(),
-                            ],
-                        )
-                        .await;
-                    match result {
-                        Ok(row) => return Ok((row.get::<_, i64>(0) as u64, body)),
-                        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                            return Err(StoreError::AlreadyExists)
-                        }
-                        Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
-                        Err(e) => return Err(db_error(e)),
-                    }
-                }
-            })
-            .await?;
-        self.publish(rv);
-        Ok(StoredObject {
-            uid: meta_text(&object, "uid").to_string(),
-            body: body.join(rv),
-            namespace,
-            name,
-            rv,
-        })
+        let body = Arc::new(SplitBody::new(&mut object)?);
+        let (reply, answer) = oneshot::channel();
+        let pending = creates::PendingCreate {
+            resource: resource.to_string(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: uid.clone(),
+            labels: labels_json(&object),
+            body: body.clone(),
+            reply,
+        };
+        let rv = self.creates.create(pending, answer).await?;
+        Ok(StoredObject { uid, body: body.join(rv), namespace, name, rv })
     }
 
     async fn update(&self, resource: &str, mut object: Value, expected_rv: u64) -> StoreResult<StoredObject> {
@@ -1298,6 +1274,7 @@ impl Store for PgStore {
     }
 }
 
+mod creates;
 mod schema;
 mod tls;
 

@@ -7,8 +7,7 @@ use super::{backend, db_error, upstream};
 use crate::StoreResult;
 
 /// Schema migrations, applied in order under an advisory lock; the index + 1 is the version.
-pub(super) const MIGRATIONS: &[&str] = &[
-    r#"
+pub(super) const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE IF NOT EXISTS clusters (id UUID NOT NULL PRIMARY KEY, name VARCHAR);
 CREATE TABLE report_counters (
     cluster_id   UUID PRIMARY KEY,

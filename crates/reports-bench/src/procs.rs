@@ -130,7 +130,7 @@ impl Postgres {
             Durability::Fast => settings.extend(["fsync = off", "full_page_writes = off"].map(String::from)),
         }
         let lines: Vec<&str> = settings.iter().map(String::as_str).collect();
-        let cluster = reports_test_support::PgCluster::start_with(&lines)?;
+        let cluster = reports_test_support::PgCluster::start_with(&lines, &[])?;
         Ok(Self { cluster, settings })
     }
 

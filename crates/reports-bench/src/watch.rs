@@ -29,7 +29,8 @@ fn ephemeral_report(name: &str) -> Value {
     if let Some(object) = report.as_object_mut() {
         object.remove("scope");
     }
-    report["spec"] = json!({"results": results, "summary": summary});
+    let owner = report["metadata"]["ownerReferences"][0].clone();
+    report["spec"] = json!({"owner": owner, "results": results, "summary": summary});
     report
 }
 

@@ -4,8 +4,12 @@
 //! Nothing here is written per kind. A [`ResourceKind`] is plain data (names, scope, printer
 //! columns, schema) and every handler, store query and renderer is generic over it.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::validation::SchemaValidator;
 
 /// The CRDs we serve, verbatim. The wgpolicyk8s.io pair is Kyverno's variant (a single
 /// `v1alpha2` version, Kind/Name printer columns without priority), which is what clusters running
@@ -64,6 +68,8 @@ pub struct ResourceKind {
     pub printer_columns: Vec<PrinterColumn>,
     /// The version's `openAPIV3Schema`.
     pub schema: Value,
+    /// That schema compiled for pruning and validating writes.
+    pub validator: Arc<SchemaValidator>,
     /// `base64(sha256("group/version/kind")[..8])`, as k8s.io/apiserver computes it.
     pub storage_version_hash: String,
 }
@@ -200,6 +206,7 @@ fn parse_crd(name: &str, yaml: &str) -> Result<ResourceKind, CatalogueError> {
         short_names: strings(&names["shortNames"]),
         categories: strings(&names["categories"]),
         printer_columns,
+        validator: Arc::new(SchemaValidator::compile(&version["schema"]["openAPIV3Schema"]).map_err(err)?),
         schema: version["schema"]["openAPIV3Schema"].clone(),
         storage_version_hash,
         group,

@@ -2,7 +2,7 @@
 //!
 //! The resource catalogue derived from the embedded CRDs, label and field selectors, list options
 //! and continue tokens, object preparation (system fields, validation, patches), content
-//! negotiation, Table rendering, discovery documents, and [`ApiError`], the one error type that
+//! negotiation, Table rendering, discovery and OpenAPI documents, schema validation and pruning, and [`ApiError`], the one error type that
 //! every failure becomes. The store and server crates build on it; nothing here touches a socket,
 //! a file or a database.
 
@@ -18,6 +18,7 @@ pub mod patch;
 pub mod selector;
 pub mod table;
 pub mod time;
+pub mod validation;
 
 pub use catalogue::{Catalogue, PrinterColumn, ResourceKind};
 pub use error::{ApiError, StatusCause, StatusDetails};

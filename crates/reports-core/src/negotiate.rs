@@ -8,6 +8,8 @@
 
 use serde_json::Value;
 
+use crate::validation::DecodeIssue;
+
 use crate::error::ApiError;
 
 /// Serialization of a response.
@@ -201,6 +203,27 @@ pub fn decode_body(bytes: &[u8], body_type: BodyType) -> Result<Value, ApiError>
                 .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as YAML: {e}")))
         }
         _ => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}"))),
+    }
+}
+
+/// Parses a whole-object body (create, update) or a patch, also returning the duplicate keys
+/// kube's strict decoder reports, which `fieldValidation` treats like unknown fields. Duplicates
+/// inside a JSON patch document are not reported.
+pub fn decode_body_with_duplicates(
+    bytes: &[u8],
+    body_type: BodyType,
+) -> Result<(Value, Vec<DecodeIssue>), ApiError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match body_type {
+        BodyType::JsonPatch => Ok((decode_body(bytes, body_type)?, Vec::new())),
+        BodyType::Yaml => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
+            crate::validation::parse_yaml_with_duplicates(text)
+                .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as YAML: {e}")))
+        }
+        BodyType::Json | BodyType::MergePatch => crate::validation::parse_json_with_duplicates(bytes)
             .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}"))),
     }
 }

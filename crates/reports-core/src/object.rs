@@ -210,7 +210,8 @@ fn reconcile_namespace(
     Ok(())
 }
 
-/// Validation of labels, annotations and other metadata that kube runs on every write.
+/// Validation of labels, annotations and other metadata that kube runs on every write, then of
+/// everything else against the kind's schema.
 fn validate_metadata(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
     let mut causes: Vec<StatusCause> = Vec::new();
     let name = obj.meta_str("name").to_string();
@@ -268,6 +269,8 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
         }
         owner_reference_causes(meta.get("ownerReferences"), &mut causes);
     }
+    // kube reports object-meta and schema violations together, metadata first.
+    causes.extend(kind.validator.validate(obj));
     if causes.is_empty() {
         Ok(())
     } else {

@@ -110,6 +110,10 @@ pub struct DiscoveryDocs {
     pub openapi_index: CachedDoc,
     /// `/openapi/v3/apis/<group>/<version>` documents, keyed by `group/version`.
     pub openapi: std::collections::BTreeMap<String, CachedDoc>,
+    /// `/openapi/v2`, the Swagger 2.0 document the aggregator merges.
+    pub openapi_v2: CachedDoc,
+    /// `Last-Modified` of the OpenAPI documents: they are built once, at start-up.
+    pub openapi_last_modified: String,
 }
 
 impl DiscoveryDocs {
@@ -132,6 +136,8 @@ impl DiscoveryDocs {
             v2beta1: CachedDoc::new(&discovery::aggregated_discovery(catalogue, "v2beta1")),
             openapi_index: CachedDoc::new(&json!({"paths": index})),
             openapi,
+            openapi_v2: CachedDoc::new(&openapi::v2_doc(catalogue)),
+            openapi_last_modified: jiff::Timestamp::now().strftime("%a, %d %b %Y %H:%M:%S GMT").to_string(),
         }
     }
 }
@@ -141,6 +147,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(root_paths))
         .route("/version", get(version))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi_group_version))
         .route("/healthz", get(health))
@@ -161,6 +168,8 @@ async fn root_paths(State(state): State<AppState>) -> Response {
         "/apis".into(),
         "/healthz".into(),
         "/livez".into(),
+        "/openapi/v2".into(),
+        "/openapi/v3".into(),
         "/readyz".into(),
         "/version".into(),
     ];
@@ -325,8 +334,42 @@ fn cached_json(doc: &CachedDoc, headers: &HeaderMap, hash_matches: bool) -> Resp
     response
 }
 
-async fn openapi_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    cached_json(&state.discovery.openapi_index, &headers, false)
+/// `/openapi/v2`: JSON only. Clients asking for nothing but the protobuf encoding get 406, as
+/// kube-openapi answers any Accept it cannot serve.
+async fn openapi_v2(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    require_json(&headers)?;
+    let docs = &state.discovery;
+    let (mut response, _) = conditional(&docs.openapi_v2, &headers, "application/json");
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&docs.openapi_v2.etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&docs.openapi_last_modified) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    Ok(response)
+}
+
+/// OpenAPI documents are served as JSON only; an Accept that excludes JSON (the protobuf
+/// encodings) is 406, as kube-openapi answers what it cannot serve.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let json_ok = accept.trim().is_empty()
+        || accept.split(',').any(|clause| {
+            let media = clause.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+            matches!(media.as_str(), "application/json" | "application/*" | "*/*")
+        });
+    if json_ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_acceptable("application/json"))
+    }
+}
+
+async fn openapi_index(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    require_json(&headers)?;
+    Ok(cached_json(&state.discovery.openapi_index, &headers, false))
 }
 
 async fn openapi_group_version(
@@ -337,6 +380,7 @@ async fn openapi_group_version(
 ) -> ApiResult {
     let doc =
         state.discovery.openapi.get(&format!("{group}/{version}")).ok_or_else(ApiError::path_not_found)?;
+    require_json(&headers)?;
     let hash = doc.etag.trim_matches('"');
     let requested = reports_core::options::Query::parse(uri.query()).get("hash").map(str::to_string);
     match requested {

@@ -66,6 +66,10 @@ pub struct Args {
     #[arg(long, default_value_t = 60, help_heading = "Storage")]
     pub postgres_statement_timeout_seconds: u64,
 
+    /// How long start-up waits for an unreachable PostgreSQL before giving up, in seconds.
+    #[arg(long, default_value_t = 60, help_heading = "Storage")]
+    pub postgres_startup_timeout_seconds: u64,
+
     /// How long the change log keeps entries, in seconds. Watches and continue tokens older than
     /// that get 410 Gone and relist.
     #[arg(long, default_value_t = 900, help_heading = "Storage")]
@@ -156,6 +160,7 @@ impl Args {
             connect_timeout: secs(self.postgres_connect_timeout_seconds),
             acquire_timeout: secs(self.postgres_acquire_timeout_seconds),
             statement_timeout: secs(self.postgres_statement_timeout_seconds),
+            startup_timeout: secs(self.postgres_startup_timeout_seconds),
             cluster_id: self.cluster_id.clone(),
             cluster_name: self.clustername.clone().filter(|n| !n.is_empty()),
         })

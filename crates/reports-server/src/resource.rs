@@ -8,16 +8,19 @@
 use axum::{
     body::Body,
     extract::{Path, State},
-    http::{header, HeaderMap, Method, StatusCode, Uri},
-    response::Response,
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
 };
 use reports_core::{
     negotiate::{self, decode_body, negotiate, BodyType, Endpoint},
     object::{self, generate_name, ObjectExt},
-    options::{DeleteOptions, ListOptions, Propagation, Query, RvMatch, RvParam, WriteOptions},
+    options::{
+        DeleteOptions, FieldValidation, ListOptions, Propagation, Query, RvMatch, RvParam, WriteOptions,
+    },
     paging::{expired_token, ContinueToken},
     patch::apply_patch,
     time::now_rfc3339,
+    validation::{unknown_fields_outcome, warning_headers, DecodeIssue, WriteVerb},
     ApiError, ResourceKind, StatusDetails,
 };
 use reports_store::{ListQuery, StoreError, StoredObject};
@@ -130,15 +133,16 @@ pub async fn handle(
     let mut negotiated = negotiate(header_str(&headers, header::ACCEPT), endpoint)?;
     negotiated.pretty |= wants_pretty(&query, &headers) && endpoint != Endpoint::Watch;
     let renderer = Renderer::new(target.kind, negotiated, query.get("includeObject"))?;
-    let request = Request { state: &state, target, query, headers: &headers, renderer };
-    let response = match (method, request.target.name.is_some()) {
-        (Method::GET | Method::HEAD, true) => request.get().await?,
-        (Method::GET | Method::HEAD, false) => request.list().await?,
-        (Method::POST, false) => request.create(body).await?,
-        (Method::PUT, true) => request.update(body).await?,
-        (Method::PATCH, true) => request.patch(body).await?,
-        (Method::DELETE, true) => request.delete(body).await?,
-        (Method::DELETE, false) => request.delete_collection(body).await?,
+    let request =
+        Request { state: &state, target, query, headers: &headers, renderer, warnings: Default::default() };
+    let outcome = match (method, request.target.name.is_some()) {
+        (Method::GET | Method::HEAD, true) => request.get().await,
+        (Method::GET | Method::HEAD, false) => request.list().await,
+        (Method::POST, false) => request.create(body).await,
+        (Method::PUT, true) => request.update(body).await,
+        (Method::PATCH, true) => request.patch(body).await,
+        (Method::DELETE, true) => request.delete(body).await,
+        (Method::DELETE, false) => request.delete_collection(body).await,
         (method, _) => {
             let verb = match method {
                 Method::POST => "create",
@@ -149,6 +153,17 @@ pub async fn handle(
             return Err(ApiError::method_not_allowed(verb, request.target.kind).into());
         }
     };
+    // Warnings travel on error responses too: kube writes them as soon as they are recorded.
+    let warnings = std::mem::take(&mut *request.warnings.lock().unwrap_or_else(|e| e.into_inner()));
+    if warnings.is_empty() {
+        return outcome;
+    }
+    let mut response = outcome.unwrap_or_else(IntoResponse::into_response);
+    for value in warning_headers(warnings.iter().map(String::as_str)) {
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
     Ok(response)
 }
 
@@ -159,6 +174,8 @@ struct Request<'a> {
     query: Query,
     headers: &'a HeaderMap,
     renderer: Renderer,
+    /// `Warning` header texts recorded while serving (unknown fields under `fieldValidation=Warn`).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Request<'_> {
@@ -184,10 +201,30 @@ impl Request<'_> {
         })
     }
 
-    async fn read_object(&self, body: Body) -> Result<Value, ApiError> {
+    /// Reads a whole object (create, update) and prunes it like kube's decoder, applying
+    /// `fieldValidation` to what was pruned.
+    async fn read_object(&self, body: Body, options: &WriteOptions) -> Result<Value, ApiError> {
         let body_type = negotiate::object_body_type(header_str(self.headers, header::CONTENT_TYPE))?;
         let bytes = self.read_body(body).await?;
-        decode_body(&bytes, body_type)
+        let (mut object, duplicates) = negotiate::decode_body_with_duplicates(&bytes, body_type)?;
+        let unknown = self.kind().validator.prune(&mut object);
+        self.field_validation(&duplicates, &unknown, options, WriteVerb::CreateOrUpdate)?;
+        Ok(object)
+    }
+
+    /// Records the warnings for duplicate keys and pruned unknown fields, or fails, per
+    /// `fieldValidation`.
+    fn field_validation(
+        &self,
+        duplicates: &[DecodeIssue],
+        unknown: &[String],
+        options: &WriteOptions,
+        verb: WriteVerb<'_>,
+    ) -> Result<(), ApiError> {
+        let warnings =
+            unknown_fields_outcome(self.kind(), options.field_validation, duplicates, unknown, verb)?;
+        *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
+        Ok(())
     }
 
     async fn load(&self) -> Result<StoredObject, ApiError> {
@@ -291,7 +328,7 @@ impl Request<'_> {
 
     async fn create(&self, body: Body) -> ApiResult {
         let options = WriteOptions::parse(&self.query, "CreateOptions", false)?;
-        let mut object = self.read_object(body).await?;
+        let mut object = self.read_object(body, &options).await?;
         let kind = self.kind();
         object::prepare_create(kind, self.target.namespace.as_deref(), &mut object, &now_rfc3339())?;
         let generate_from = object.meta_str("generateName").to_string();
@@ -350,7 +387,7 @@ impl Request<'_> {
 
     async fn update(&self, body: Body) -> ApiResult {
         let options = WriteOptions::parse(&self.query, "UpdateOptions", false)?;
-        let mut object = self.read_object(body).await?;
+        let mut object = self.read_object(body, &options).await?;
         let stored = self.load().await?;
         let current = self.parse_stored(&stored)?;
         object::prepare_update(
@@ -409,7 +446,7 @@ impl Request<'_> {
         let body_type = negotiate::patch_body_type(header_str(self.headers, header::CONTENT_TYPE))?;
         let options = WriteOptions::parse(&self.query, "PatchOptions", false)?;
         let bytes = self.read_body(body).await?;
-        let patch = decode_body(&bytes, BodyType::Json)?;
+        let (patch, duplicates) = negotiate::decode_body_with_duplicates(&bytes, body_type)?;
         let kind = self.kind();
         for _ in 0..WRITE_ATTEMPTS {
             let stored = self.load().await?;
@@ -419,6 +456,15 @@ impl Request<'_> {
             if !patched.is_object() {
                 return Err(ApiError::bad_request("the patched object is not a JSON object").into());
             }
+            let unknown = kind.validator.prune(&mut patched);
+            let strict = options.field_validation == FieldValidation::Strict;
+            if strict && !(unknown.is_empty() && duplicates.is_empty()) {
+                // The strict error quotes the patched object before pruning; rebuild it only then.
+                let mut unpruned = current.clone();
+                apply_patch(&mut unpruned, &patch, body_type)?;
+                self.field_validation(&duplicates, &unknown, &options, WriteVerb::Patch(&unpruned))?;
+            }
+            self.field_validation(&duplicates, &unknown, &options, WriteVerb::Patch(&Value::Null))?;
             // A patch that names a resourceVersion is a precondition; otherwise it applies to
             // whatever is current, retrying if another writer gets in between.
             let pinned = patched.meta_str("resourceVersion").to_string();

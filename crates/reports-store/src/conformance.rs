@@ -108,6 +108,46 @@ pub async fn delete_batch_skips_conflicts(store: DynStore) {
         .unwrap();
     assert!(out[0].is_some() && out[1].is_none() && out[2].is_none());
     assert!(store.get(POLR, "ns", "b").await.unwrap().is_some());
+    // A larger batch, given out of order and with a key twice, after one of its objects was
+    // updated: each object is deleted once, each with its own RV in its final body.
+    let mut expected = Vec::new();
+    for name in ["d", "e", "f", "g"] {
+        let created = store.create(POLR, report("ns", name, json!({}))).await.unwrap();
+        expected.push((name.to_string(), created.rv));
+    }
+    let updated = store.update(POLR, report("ns", "e", json!({"x": "y"})), expected[1].1).await.unwrap();
+    expected[1].1 = updated.rv;
+    let before = store.current_rv().await.unwrap();
+    let keys = |i: usize| ("ns".to_string(), expected[i].0.clone(), expected[i].1);
+    let out = store.delete_batch(POLR, vec![keys(2), keys(0), keys(3), keys(1), keys(0)]).await.unwrap();
+    assert_eq!(out.len(), 5);
+    let mut rvs: Vec<u64> = out.iter().take(4).map(|o| o.as_ref().expect("deleted").rv).collect();
+    for object in out.iter().flatten() {
+        let body: Value = serde_json::from_str(&object.body).unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], object.rv.to_string());
+        assert_eq!(body["metadata"]["name"], object.name);
+    }
+    rvs.sort();
+    rvs.dedup();
+    assert_eq!(rvs, (before + 1..=before + 4).collect::<Vec<_>>(), "one RV per deleted object");
+    let changes = store.changes_since(Some(POLR), before, 10).await.unwrap();
+    let mut logged: Vec<(ChangeType, String)> =
+        changes.iter().map(|c| (c.change_type, c.object.name.clone())).collect();
+    logged.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        logged,
+        ["d", "e", "f", "g"].map(|n| (ChangeType::Deleted, n.to_string())).to_vec(),
+        "one DELETED per object"
+    );
+    assert_eq!(out[4], None, "a key given twice is deleted once");
+    let e = changes.iter().find(|c| c.object.name == "e").unwrap();
+    assert_eq!(e.labels, vec![("x".to_string(), "y".to_string())], "the final state's labels");
+    // The version the update replaced is still replayed as it was.
+    let replaced = store.changes_since(Some(POLR), expected[1].1 - 1, 1).await.unwrap();
+    assert_eq!(replaced[0].change_type, ChangeType::Modified);
+    for name in ["d", "e", "f", "g"] {
+        assert!(store.get(POLR, "ns", name).await.unwrap().is_none());
+    }
 }
 
 /// Lists filter by namespace and selectors in the store, page by key and report the snapshot RV.
@@ -242,6 +282,13 @@ pub async fn change_log_replays_every_version(store: DynStore) {
     assert_eq!(changes[3].object.body, deleted.body);
 }
 
+/// An empty store never reports RV 0, which clients would send back meaning "any version".
+pub async fn an_empty_store_is_past_rv_zero(store: DynStore) {
+    assert!(store.current_rv().await.unwrap() >= 1);
+    let stream = store.list(ListQuery { resource: POLR.into(), ..Default::default() }).await.unwrap();
+    assert!(stream.snapshot_rv >= 1);
+}
+
 /// Runs every check, each on a fresh store from `factory`.
 pub async fn run_all<F, Fut>(factory: F)
 where
@@ -256,4 +303,5 @@ where
     concurrent_writers_get_ordered_unique_rvs(factory().await).await;
     compaction_moves_the_watermark(factory().await).await;
     change_log_replays_every_version(factory().await).await;
+    an_empty_store_is_past_rv_zero(factory().await).await;
 }

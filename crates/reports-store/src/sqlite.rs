@@ -27,7 +27,8 @@ use crate::{
 };
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE counter (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     rv INTEGER NOT NULL
@@ -57,7 +58,12 @@ CREATE TABLE changes (
 );
 CREATE INDEX changes_by_resource ON changes (resource, rv);
 INSERT INTO meta (key, value) VALUES ('compacted_rv', '0');
-"#];
+"#,
+    // An empty database must not report resourceVersion "0": clients that list and then watch from
+    // the list's RV would send "0", which means "any version, with the current state first" rather
+    // than "changes after this point" (etcd's revisions likewise start at 1).
+    "UPDATE counter SET rv = 1 WHERE rv = 0;",
+];
 
 /// Rows per list chunk, and the byte budget that closes a chunk early (large reports).
 const CHUNK_ROWS: usize = 256;

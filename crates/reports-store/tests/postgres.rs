@@ -4,10 +4,7 @@
 //! One throwaway cluster serves the whole binary; every test gets its own database copied from a
 //! template that was migrated once.
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc, OnceLock,
-};
+use std::sync::Arc;
 
 use reports_store::{
     conformance,
@@ -16,31 +13,24 @@ use reports_store::{
 };
 use reports_test_support::PgCluster;
 use serde_json::{json, Value};
-use tokio::sync::OnceCell;
-
-static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-static TEMPLATE: OnceCell<()> = OnceCell::const_new();
-static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
 
 fn cluster() -> &'static PgCluster {
-    CLUSTER.get_or_init(|| PgCluster::start().expect("start a throwaway PostgreSQL cluster"))
+    PgCluster::shared()
 }
 
 /// A new, migrated, empty database; returns its URL.
 async fn fresh_database() -> String {
-    let pg = cluster();
-    TEMPLATE
-        .get_or_init(|| async {
-            pg.create_database("migrated_template", None).unwrap();
-            let store = PgStore::connect(&pg.url("migrated_template"), &PgSettings::default()).await.unwrap();
-            drop(store);
-            // Cluster rows are per test database: keep the template free of them.
-            pg.psql("migrated_template", "DELETE FROM report_counters; DELETE FROM clusters;").unwrap();
-        })
-        .await;
-    let name = format!("t{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
-    pg.create_database(&name, Some("migrated_template")).unwrap();
-    pg.url(&name)
+    PgCluster::fresh_database(|url| async move {
+        drop(PgStore::connect(&url, &PgSettings::default()).await.expect("migrate the template"));
+        // Cluster rows are per test database: keep the template free of them.
+        cluster()
+            .psql(
+                reports_test_support::TEMPLATE_DATABASE,
+                "DELETE FROM report_counters; DELETE FROM clusters;",
+            )
+            .unwrap();
+    })
+    .await
 }
 
 async fn store_on(url: &str, settings: &PgSettings) -> Arc<PgStore> {
@@ -113,8 +103,8 @@ async fn clusters_in_one_database_are_isolated() {
         .await
         .expect("the same key in another cluster is free");
     assert!(b.get("policyreports", "ns", "x").await.unwrap().is_none());
-    assert_eq!(a.current_rv().await.unwrap(), 1);
-    assert_eq!(b.current_rv().await.unwrap(), 1, "each cluster has its own RV sequence");
+    assert_eq!(a.current_rv().await.unwrap(), 2);
+    assert_eq!(b.current_rv().await.unwrap(), 2, "each cluster has its own RV sequence");
     // With two clusters recorded and no id given, the server refuses to guess.
     let err = PgStore::connect(&url, &PgSettings::default()).await.err().unwrap();
     assert!(err.to_string().contains("--cluster-id"), "{err}");
@@ -129,12 +119,279 @@ async fn errors_never_carry_the_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_for_a_database_that_comes_up_later() {
+    let pg = PgCluster::start().unwrap();
+    pg.create_database("reports", None).unwrap();
+    pg.stop().unwrap();
+    let url = pg.url("reports");
+    let connecting = tokio::spawn(async move { PgStore::connect(&url, &PgSettings::default()).await });
+    // Start-up retries until the database is back (well within the default 60 s).
+    pg.resume().unwrap();
+    let store = connecting.await.unwrap().expect("connects once the database is up");
+    store.create("policyreports", report("ns", "late")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_database_fails_fast_as_unavailable() {
     // Nothing listens on this port.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/x");
-    match PgStore::connect(&url, &PgSettings::default()).await {
+    let impatient = PgSettings { startup_timeout: std::time::Duration::ZERO, ..Default::default() };
+    match PgStore::connect(&url, &impatient).await {
         Err(StoreError::Unavailable(_)) => {}
         other => panic!("expected Unavailable, got {:?}", other.err()),
     }
+}
+
+const UPSTREAM_FIXTURE: &str = include_str!("fixtures/upstream_v11.sql");
+const PROD_EU: &str = "6f1d2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b";
+const PROD_US: &str = "9e8d7c6b-5a49-4382-a1b0-c9d8e7f6a5b4";
+
+/// A database holding exactly what upstream leaves behind (no reports-server tables yet).
+fn upstream_database() -> String {
+    let pg = cluster();
+    let name = PgCluster::unique_name("upstream");
+    pg.create_database(&name, None).unwrap();
+    pg.psql(&name, UPSTREAM_FIXTURE).unwrap();
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_database_is_adopted_in_place_keeping_every_report() {
+    let pg = cluster();
+    let db = upstream_database();
+    let eu = PgSettings { cluster_id: Some(PROD_EU.into()), ..Default::default() };
+    let store = store_on(&pg.url(&db), &eu).await;
+    let expected = [
+        ("policyreports", "default", "legacy", "PolicyReport", "wgpolicyk8s.io/v1alpha2"),
+        ("policyreports", "web", "pod-nginx", "PolicyReport", "wgpolicyk8s.io/v1alpha2"),
+        ("clusterpolicyreports", "", "ns-checks", "ClusterPolicyReport", "wgpolicyk8s.io/v1alpha2"),
+        ("ephemeralreports", "web", "e-1", "EphemeralReport", "reports.kyverno.io/v1"),
+        ("clusterephemeralreports", "", "ce-1", "ClusterEphemeralReport", "reports.kyverno.io/v1"),
+        ("reports", "web", "trivy-vulns", "Report", "openreports.io/v1alpha1"),
+        ("clusterreports", "", "kube-bench", "ClusterReport", "openreports.io/v1alpha1"),
+    ];
+    let mut rvs = Vec::new();
+    for (resource, ns, name, kind, api_version) in expected {
+        let stored =
+            store.get(resource, ns, name).await.unwrap().unwrap_or_else(|| panic!("{resource} {ns}/{name}"));
+        let body: Value = serde_json::from_str(&stored.body).unwrap();
+        assert_eq!(body["kind"], kind, "{name}: kind from the CRD");
+        assert_eq!(body["apiVersion"], api_version);
+        assert_eq!(body["metadata"]["name"], name);
+        assert_eq!(
+            body["metadata"]["resourceVersion"],
+            stored.rv.to_string(),
+            "{name}: a fresh RV in the body"
+        );
+        assert_eq!(body["metadata"].get("namespace").and_then(Value::as_str).unwrap_or(""), ns);
+        assert!(!stored.uid.is_empty() && body["metadata"]["uid"] == stored.uid.as_str(), "{name}: uid");
+        assert!(body["metadata"]["creationTimestamp"].is_string(), "{name}: creationTimestamp");
+        rvs.push(stored.rv);
+    }
+    // Upstream's own fields survive: uid, creationTimestamp, owner references, results.
+    let nginx: Value =
+        serde_json::from_str(&store.get("policyreports", "web", "pod-nginx").await.unwrap().unwrap().body)
+            .unwrap();
+    assert_eq!(nginx["metadata"]["uid"], "0b7c1f52-1111-4a44-9a0e-7d1c2b3a4f50");
+    assert_eq!(nginx["metadata"]["creationTimestamp"], "2024-06-01T12:00:00Z");
+    assert_eq!(nginx["metadata"]["ownerReferences"][0]["name"], "nginx");
+    assert_eq!(nginx["results"][0]["policy"], "disallow-latest-tag");
+    rvs.sort();
+    rvs.dedup();
+    assert_eq!(rvs.len(), 7, "every adopted report has its own RV");
+    assert_eq!(store.current_rv().await.unwrap(), *rvs.last().unwrap(), "the counter continues after them");
+    // Labels are queryable like any other report's.
+    let mut query = reports_store::ListQuery { resource: "policyreports".into(), ..Default::default() };
+    query.labels =
+        reports_core::selector::LabelSelector::parse("app.kubernetes.io/managed-by=kyverno").unwrap();
+    let (_, items, _) = conformance::collect(&(store.clone() as DynStore), query).await;
+    assert_eq!(items.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["legacy", "pod-nginx"]);
+    // New writes work as usual and continue the sequence.
+    let created = store.create("policyreports", report("web", "new")).await.unwrap();
+    assert_eq!(created.rv, rvs.last().unwrap() + 1);
+    // Upstream's tables are kept, renamed, so nothing is imported twice.
+    let tables = pg
+        .psql(&db, "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE '%upstream_backup'")
+        .unwrap();
+    assert_eq!(
+        tables.trim(),
+        "clusterephemeralreports_upstream_backup,clusterpolicyreports_upstream_backup,clusterreports_upstream_backup,\
+         ephemeralreports_upstream_backup,policyreports_upstream_backup,reports_upstream_backup,schema_migrations_upstream_backup"
+    );
+    drop(store);
+    let again = store_on(&pg.url(&db), &eu).await;
+    assert_eq!(again.current_rv().await.unwrap(), created.rv, "a second start imports nothing");
+    // The other cluster's report went to that cluster, with its own sequence.
+    let us =
+        store_on(&pg.url(&db), &PgSettings { cluster_id: Some(PROD_US.into()), ..Default::default() }).await;
+    let theirs = us.get("policyreports", "web", "pod-nginx").await.unwrap().unwrap();
+    assert_eq!(theirs.uid, "aa7c1f52-8888-4a44-9a0e-7d1c2b3a4f57");
+    assert_eq!(us.current_rv().await.unwrap(), 2);
+    // Picking the cluster by upstream's --clustername works too.
+    let by_name =
+        store_on(&pg.url(&db), &PgSettings { cluster_name: Some("prod-us".into()), ..Default::default() })
+            .await;
+    assert_eq!(by_name.cluster_id().to_string(), PROD_US);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dirty_upstream_schema_is_refused_and_left_untouched() {
+    let pg = cluster();
+    let db = upstream_database();
+    pg.psql(&db, "UPDATE schema_migrations SET dirty = true").unwrap();
+    let eu = PgSettings { cluster_id: Some(PROD_EU.into()), ..Default::default() };
+    let err = PgStore::connect(&pg.url(&db), &eu).await.err().expect("refused");
+    assert!(err.to_string().contains("dirty"), "{err}");
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM policyreports").unwrap().trim(),
+        "3",
+        "upstream data untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_abandoned_midway_frees_its_connection_for_later_statements() {
+    let url = fresh_database().await;
+    // Two connections: later statements must reuse the one the abandoned list had.
+    let store = store_on(&url, &PgSettings { pool_size: 2, ..Default::default() }).await;
+    for i in 0..700 {
+        store.create("policyreports", report("ns", &format!("r{i:04}"))).await.unwrap();
+    }
+    for _ in 0..3 {
+        let mut stream = store
+            .list(reports_store::ListQuery { resource: "policyreports".into(), ..Default::default() })
+            .await
+            .unwrap();
+        match stream.chunks.recv().await.unwrap().unwrap() {
+            reports_store::ListChunk::Items(items) => assert!(!items.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        drop(stream); // the client hung up after the first chunk
+    }
+    for i in 0..20 {
+        store.get("policyreports", "ns", "r0001").await.unwrap().expect("reads work");
+        store.create("policyreports", report("ns", &format!("after{i}"))).await.expect("writes work");
+    }
+    let (_, items, _) = conformance::collect(
+        &(store.clone() as DynStore),
+        reports_store::ListQuery { resource: "policyreports".into(), ..Default::default() },
+    )
+    .await;
+    assert_eq!(items.len(), 720, "a complete list still returns everything");
+}
+
+/// A CA and a server certificate signed by it, valid for `names` only.
+fn tls_material(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_verify_what_libpq_verifies() {
+    use reports_store::postgres::SslMode;
+    let (ca, cert, key) = tls_material(&["127.0.0.1"]);
+    let (other_ca, _, _) = tls_material(&["127.0.0.1"]);
+    let pg = PgCluster::start_with(
+        &["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"],
+        &[("server.crt", cert.as_bytes()), ("server.key", key.as_bytes())],
+    )
+    .unwrap();
+    pg.create_database("reports", None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (root, wrong_root) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&root, &ca).unwrap();
+    std::fs::write(&wrong_root, &other_ca).unwrap();
+    let by_ip = format!("postgres://postgres@127.0.0.1:{}/reports", pg.port());
+    let by_name = format!("postgres://postgres@localhost:{}/reports", pg.port());
+    let settings = |mode, root: Option<&std::path::Path>| PgSettings {
+        ssl_mode: Some(mode),
+        ssl_root_cert: root.map(|r| r.to_path_buf()),
+        ..Default::default()
+    };
+    let encrypted_sessions = || {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'reports-server' AND s.ssl",
+        )
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    // verify-full: chain and name both checked.
+    let store = store_on(&by_ip, &settings(SslMode::VerifyFull, Some(&root))).await;
+    store.create("policyreports", report("ns", "over-tls")).await.unwrap();
+    assert!(encrypted_sessions() > 0, "the connections are encrypted");
+    drop(store);
+    assert!(
+        PgStore::connect(&by_name, &settings(SslMode::VerifyFull, Some(&root))).await.is_err(),
+        "wrong name"
+    );
+    assert!(
+        PgStore::connect(&by_ip, &settings(SslMode::VerifyFull, Some(&wrong_root))).await.is_err(),
+        "wrong CA"
+    );
+    // verify-ca: the chain, not the name; require with a root certificate behaves the same.
+    store_on(&by_name, &settings(SslMode::VerifyCa, Some(&root))).await;
+    store_on(&by_name, &settings(SslMode::Require, Some(&root))).await;
+    assert!(PgStore::connect(&by_ip, &settings(SslMode::Require, Some(&wrong_root))).await.is_err());
+    // require without a root certificate encrypts without verifying; verify-* without one is refused.
+    store_on(&by_name, &settings(SslMode::Require, None)).await;
+    let err = PgStore::connect(&by_ip, &settings(SslMode::VerifyFull, None)).await.err().unwrap();
+    assert!(err.to_string().contains("dbsslrootcert"), "{err}");
+    // The URL's own sslmode works too, including the modes tokio-postgres itself does not know.
+    let url = format!("{by_ip}?sslmode=verify-full");
+    store_on(&url, &PgSettings { ssl_root_cert: Some(root.clone()), ..Default::default() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_are_combined_without_changing_any_answer() {
+    let url = fresh_database().await;
+    let store = store_on(&url, &PgSettings::default()).await;
+    store.create("policyreports", report("ns", "n0")).await.unwrap();
+    let start = store.current_rv().await.unwrap();
+    // 96 creates at once over 40 names (n0 exists already): batches form, and some of them hit
+    // taken names.
+    let tasks: Vec<_> = (0..96)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                (i % 40, store.create("policyreports", report("ns", &format!("n{}", i % 40))).await)
+            })
+        })
+        .collect();
+    let mut created = std::collections::BTreeMap::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (n, Ok(object)) => {
+                assert!(created.insert(n, object).is_none(), "n{n} created twice");
+            }
+            (_, Err(StoreError::AlreadyExists)) => refused += 1,
+            (_, Err(e)) => panic!("{e}"),
+        }
+    }
+    assert_eq!(created.len(), 39, "every free name is created exactly once");
+    assert_eq!(refused, 96 - 39);
+    let mut rvs: Vec<u64> = created.values().map(|o| o.rv).collect();
+    rvs.sort();
+    assert_eq!(rvs, (start + 1..=start + 39).collect::<Vec<_>>(), "successful creates take dense RVs");
+    for object in created.values() {
+        let stored = store.get("policyreports", "ns", &object.name).await.unwrap().unwrap();
+        assert_eq!(&stored, object, "what was answered is what is stored");
+        let body: Value = serde_json::from_str(&stored.body).unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], stored.rv.to_string());
+    }
+    let logged: Vec<u64> =
+        store.changes_since(None, start, 1000).await.unwrap().iter().map(|c| c.rv).collect();
+    assert_eq!(logged, rvs, "one ADDED change per create");
+    assert_eq!(*store.subscribe().borrow(), *rvs.last().unwrap());
 }

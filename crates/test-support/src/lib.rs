@@ -19,10 +19,24 @@
 //! stops the server and removes its directory once the process that started it has exited.
 
 use std::{
+    future::Future,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        OnceLock,
+    },
 };
+
+/// The cluster shared by every test of one binary (see [`PgCluster::shared`]).
+static SHARED: OnceLock<PgCluster> = OnceLock::new();
+/// Set once the shared cluster's migrated template exists.
+static TEMPLATE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+/// Makes database names unique within the process.
+static NEXT_DATABASE: AtomicUsize = AtomicUsize::new(0);
+/// The template every test database is copied from.
+pub const TEMPLATE_DATABASE: &str = "migrated_template";
 
 /// A PostgreSQL server running from a temporary directory on a loopback port.
 pub struct PgCluster {
@@ -92,12 +106,12 @@ fn free_port() -> Result<u16, PgError> {
 impl PgCluster {
     /// Creates and starts a new cluster; returns when it accepts connections.
     pub fn start() -> Result<Self, PgError> {
-        Self::start_with(&[])
+        Self::start_with(&[], &[])
     }
 
-    /// Like [`start`](Self::start), with `postgresql.conf` lines appended after the test defaults
-    /// (later lines win), e.g. `fsync = on` for a benchmark that must be durable.
-    pub fn start_with(extra_settings: &[&str]) -> Result<Self, PgError> {
+    /// Like [`start`](Self::start), with extra `postgresql.conf` lines and files written into the
+    /// data directory before the server starts (e.g. a TLS certificate and `ssl = on`).
+    pub fn start_with(settings: &[&str], files: &[(&str, &[u8])]) -> Result<Self, PgError> {
         let bin = find_pg_bin()?;
         let as_postgres_user = running_as_root();
         let root = tempfile::Builder::new()
@@ -132,7 +146,7 @@ impl PgCluster {
                 "--no-sync",
             ],
         )?;
-        let mut settings = vec![
+        let base_settings = [
             "listen_addresses = '127.0.0.1'".to_string(),
             format!("port = {}", cluster.port),
             format!("unix_socket_directories = '{}'", path_str(&cluster.root)?),
@@ -142,16 +156,64 @@ impl PgCluster {
             "shared_buffers = 128MB".into(),
             "log_min_messages = warning".into(),
         ];
-        settings.extend(extra_settings.iter().map(|line| line.to_string()));
         let conf = cluster.data.join("postgresql.conf");
         let mut text =
             std::fs::read_to_string(&conf).map_err(|e| PgError(format!("reading {conf:?}: {e}")))?;
         text.push('\n');
+        text.push_str(&base_settings.join("\n"));
+        text.push('\n');
         text.push_str(&settings.join("\n"));
         text.push('\n');
         std::fs::write(&conf, text).map_err(|e| PgError(format!("writing {conf:?}: {e}")))?;
+        for (name, content) in files {
+            let path = cluster.data.join(name);
+            std::fs::write(&path, content).map_err(|e| PgError(format!("writing {path:?}: {e}")))?;
+            // PostgreSQL insists that a private key is private to its owner.
+            let mode = if name.ends_with(".key") { "0600" } else { "0644" };
+            let mut chmod = Command::new("chmod");
+            chmod.arg(mode).arg(&path);
+            let mut chown = Command::new("chown");
+            chown.arg("postgres:postgres").arg(&path);
+            for command in
+                [&mut chmod, &mut chown].into_iter().take(if cluster.as_postgres_user { 2 } else { 1 })
+            {
+                let status = command.status().map_err(|e| PgError(format!("{command:?}: {e}")))?;
+                if !status.success() {
+                    return Err(PgError(format!("{command:?} failed")));
+                }
+            }
+        }
         cluster.resume()?;
         Ok(cluster)
+    }
+
+    /// The cluster shared by every test of this process, started on first use.
+    pub fn shared() -> &'static PgCluster {
+        SHARED.get_or_init(|| PgCluster::start().expect("start a throwaway PostgreSQL cluster"))
+    }
+
+    /// A fresh database on the shared cluster, copied from a template that `migrate` prepared
+    /// once (it gets the template's URL); returns the new database's URL.
+    pub async fn fresh_database<F, Fut>(migrate: F) -> String
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let pg = Self::shared();
+        TEMPLATE
+            .get_or_init(|| async {
+                pg.create_database(TEMPLATE_DATABASE, None).expect("create the template database");
+                migrate(pg.url(TEMPLATE_DATABASE)).await;
+            })
+            .await;
+        let name = Self::unique_name("t");
+        pg.create_database(&name, Some(TEMPLATE_DATABASE)).expect("copy the template database");
+        pg.url(&name)
+    }
+
+    /// A database name no other caller in this process gets.
+    pub fn unique_name(prefix: &str) -> String {
+        format!("{prefix}{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst))
     }
 
     /// Stops the server (fast shutdown: sessions are cut, committed data stays).

@@ -177,4 +177,68 @@ async fn openapi_v3_documents_are_hashed_cached_and_redirected() {
     assert_eq!(stale.headers()["location"], url.as_str());
     let missing = http.get(t.url("/openapi/v3/apis/reports.kyverno.io/v9")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    let protobuf = http
+        .get(t.url(&url))
+        .header("Accept", "application/com.github.proto-openapi.spec.v3@v1.0+protobuf")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(protobuf.status(), 406);
+}
+
+#[tokio::test]
+async fn openapi_v2_is_json_with_etag_and_every_kind() {
+    let t = TestServer::start().await;
+    let http = t.http();
+    let response = http.get(t.url("/openapi/v2")).header("Accept", "application/json").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(response.headers().contains_key("last-modified"));
+    let etag = response.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let doc: Value = response.json().await.unwrap();
+    assert_eq!(doc["swagger"], "2.0");
+    for (group, version, kind, plural, namespaced) in crate::harness::KINDS {
+        let scope = if namespaced { "/namespaces/{namespace}" } else { "" };
+        let item = &doc["paths"][format!("/apis/{group}/{version}{scope}/{plural}/{{name}}")];
+        let patch = &item["patch"];
+        assert_eq!(patch["x-kubernetes-action"], "patch", "{kind}");
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], kind);
+        assert_eq!(
+            patch["consumes"],
+            serde_json::json!(["application/json-patch+json", "application/merge-patch+json"]),
+            "{kind}: exactly the patch types we accept"
+        );
+        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        let collection = &doc["paths"][format!("/apis/{group}/{version}{scope}/{plural}")];
+        assert_eq!(collection["get"]["x-kubernetes-action"], "list");
+        let watch = collection["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "watch");
+        assert_eq!(watch.unwrap()["type"], "boolean");
+        let reversed: Vec<&str> = group.split('.').rev().collect();
+        let name = format!("{}.{version}.{kind}", reversed.join("."));
+        assert_eq!(doc["definitions"][&name]["x-kubernetes-group-version-kind"][0]["kind"], kind);
+        assert_eq!(doc["definitions"][format!("{name}List")]["required"][0], "items");
+    }
+    for meta in ["ObjectMeta", "ListMeta", "Status", "DeleteOptions", "Patch", "WatchEvent"] {
+        assert!(
+            doc["definitions"][format!("io.k8s.apimachinery.pkg.apis.meta.v1.{meta}")].is_object(),
+            "{meta}"
+        );
+    }
+    let cached = http.get(t.url("/openapi/v2")).header("If-None-Match", &etag).send().await.unwrap();
+    assert_eq!(cached.status(), 304);
+    let protobuf_only = http
+        .get(t.url("/openapi/v2"))
+        .header("Accept", "application/com.github.proto-openapi.spec.v2@v1.0+protobuf")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(protobuf_only.status(), 406);
+    let either = http
+        .get(t.url("/openapi/v2"))
+        .header("Accept", "application/com.github.proto-openapi.spec.v2@v1.0+protobuf, application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(either.status(), 200);
 }

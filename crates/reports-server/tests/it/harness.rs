@@ -70,12 +70,17 @@ impl TestServer {
             max_body_bytes: 3 * 1024 * 1024,
             change_log_retention_seconds: 900,
             postgres: Default::default(),
-            postgres: Default::default(),
         };
         adjust(&mut config);
         let server = Server::start(config).await.expect("server starts");
         let base = format!("https://127.0.0.1:{}", server.local_addr.port());
         Self { server: Some(server), base, pki, dir }
+    }
+
+    /// A server on a fresh PostgreSQL database of the shared throwaway cluster.
+    pub async fn start_postgres() -> Self {
+        let url = postgres_database().await;
+        Self::start_with(|config| config.storage = url).await
     }
 
     pub fn store(&self) -> &reports_store::DynStore {
@@ -153,6 +158,19 @@ impl Drop for TestServer {
         // The server task ends with the runtime; nothing else to release.
         let _ = self.server.take();
     }
+}
+
+/// A fresh, migrated PostgreSQL database on the shared throwaway cluster; returns its URL.
+pub async fn postgres_database() -> String {
+    use reports_store::postgres::{PgSettings, PgStore};
+    use reports_test_support::{PgCluster, TEMPLATE_DATABASE};
+    PgCluster::fresh_database(|url| async move {
+        drop(PgStore::connect(&url, &PgSettings::default()).await.expect("migrate the template"));
+        PgCluster::shared()
+            .psql(TEMPLATE_DATABASE, "DELETE FROM report_counters; DELETE FROM clusters;")
+            .unwrap();
+    })
+    .await
 }
 
 pub fn pem_to_der(pem: &str) -> Vec<u8> {

@@ -201,3 +201,68 @@ async fn explain_and_waiting_for_deletion() {
     let out = tokio::task::block_in_place(|| waiter.wait_with_output().unwrap());
     assert!(out.status.success(), "kubectl wait: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_reports_unknown_fields_like_for_a_crd() {
+    let t = TestServer::start().await;
+    let mut object = sample_object(0, "strict", Some("default"));
+    object["spec"] = serde_json::json!({"foo": 1});
+    let file = write_manifest(&t, "strict.json", &object);
+    // Default --validate=strict: the server refuses the create, naming the field.
+    let (success, _, stderr) = t.kubectl(&["apply", "-f", &file]);
+    assert!(!success, "{stderr}");
+    assert!(
+        stderr.contains(
+            "PolicyReport in version \"v1alpha2\" cannot be handled as a PolicyReport: strict decoding error: \
+             unknown field \"spec\""
+        ),
+        "{stderr}"
+    );
+    let (success, _, _) = t.kubectl(&["get", "polr", "strict"]);
+    assert!(!success, "nothing was created");
+    // --validate=warn: created without the field, and kubectl prints the server's warning.
+    let (success, _, stderr) = t.kubectl(&["apply", "--validate=warn", "-f", &file]);
+    assert!(success, "{stderr}");
+    assert!(stderr.contains("Warning: unknown field \"spec\""), "{stderr}");
+    // On an existing object apply patches: Strict makes the patch a 422 naming the field.
+    let (success, _, stderr) = t.kubectl(&["apply", "-f", &file]);
+    assert!(!success, "{stderr}");
+    assert!(stderr.contains("strict decoding error: unknown field \"spec\""), "{stderr}");
+    let current: Value = serde_json::from_str(&ok(&t, &["get", "polr", "strict", "-o", "json"])).unwrap();
+    assert!(current.get("spec").is_none());
+    // A bad enum is rejected whatever the validation mode, with kubectl's Invalid rendering.
+    let mut bad = sample_object(0, "bad-enum", Some("default"));
+    bad["results"][0]["result"] = "maybe".into();
+    let file = write_manifest(&t, "bad.json", &bad);
+    let (success, _, stderr) = t.kubectl(&["apply", "--validate=false", "-f", &file]);
+    assert!(!success, "{stderr}");
+    assert!(
+        stderr.contains("The PolicyReport \"bad-enum\" is invalid")
+            && stderr.contains("results[0].result: Unsupported value: \"maybe\""),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_is_reported_unavailable() {
+    let t = TestServer::start().await;
+    let file = write_manifest(&t, "ssa.json", &sample_object(0, "ssa", Some("default")));
+    let (success, _, stderr) = t.kubectl(&["apply", "--server-side", "-f", &file]);
+    assert!(!success, "{stderr}");
+    assert!(stderr.contains("Server-side apply not available on the server"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_resolves_meta_types_and_enums() {
+    let t = TestServer::start().await;
+    let metadata = ok(&t, &["explain", "polr.metadata"]);
+    assert!(metadata.contains("ownerReferences") && metadata.contains("resourceVersion"), "{metadata}");
+    let owner = ok(&t, &["explain", "cephr.spec.owner"]);
+    assert!(owner.contains("uid") && owner.contains("-required-"), "{owner}");
+    let result = ok(&t, &["explain", "reps.results.result"]);
+    let listed: Vec<&str> =
+        result.split("ENUM:").nth(1).unwrap_or_default().split_whitespace().take(5).collect();
+    assert_eq!(listed, ["pass", "fail", "warn", "error", "skip"], "{result}");
+    let recursive = ok(&t, &["explain", "cpolr", "--recursive"]);
+    assert!(recursive.contains("managedFields") && recursive.contains("scopeSelector"), "{recursive}");
+}

@@ -3,6 +3,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use serde_json::{json, Value};
@@ -19,26 +20,43 @@ fn run(args: &[&str]) -> (bool, String) {
 /// it has logged that it is ready (the log line is the synchronisation point).
 fn start(db: &std::path::Path) -> (Child, String) {
     let storage = format!("sqlite://{}", db.display());
+    let (child, url, _) = start_binary(&["--storage", &storage], &[]);
+    (child, url)
+}
+
+/// Starts the binary on a free port with extra flags and environment; returns the child, its URL
+/// once it has logged that it is ready, and every log line it writes (collected in the
+/// background, so the server never blocks on a full pipe).
+pub fn start_binary(args: &[&str], env: &[(&str, &str)]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(BINARY)
-        .args(["--secure-port", "0", "--storage", &storage])
+        .args(["--secure-port", "0"])
+        .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let url = loop {
-        let line = lines.next().expect("server exited before it was ready").unwrap();
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("server exited before it was ready: {:?}", log.lock().unwrap()))
+            .unwrap();
+        log.lock().unwrap().push(line.clone());
         if let Some(rest) = line.split("is ready on ").nth(1) {
             break rest.split(';').next().unwrap().to_string();
         }
     };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, url)
+    let collected = log.clone();
+    std::thread::spawn(move || {
+        lines.map_while(Result::ok).for_each(|line| collected.lock().unwrap().push(line))
+    });
+    (child, url, log)
 }
 
-fn insecure_client() -> reqwest::Client {
+pub fn insecure_client() -> reqwest::Client {
     crate::harness::install_crypto();
     reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap()
 }

@@ -66,254 +66,254 @@ async fn raw_watch(t: &TestServer, path_and_query: &str, accept: Option<&str>) -
     Lines { response, buffer: Vec::new() }
 }
 
-#[tokio::test]
-async fn a_watch_from_a_list_rv_sees_every_later_change_in_order() {
-    let t = TestServer::start().await;
-    let api = polr_api(&t.kube(), "ns");
-    for name in ["a", "b", "c"] {
-        create(&api, 0, name, Some("ns")).await;
-    }
-    let rv = list_rv(&api).await;
-    let mut events = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
-    let d = create(&api, 0, "d", Some("ns")).await;
-    let a = label(&api, "a", "x", "1").await;
-    api.delete("b", &DeleteParams::default()).await.unwrap();
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        match events.try_next().await.unwrap().unwrap() {
-            WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.clone().unwrap(), rv_of(&o))),
-            WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.clone().unwrap(), rv_of(&o))),
-            WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.clone().unwrap(), rv_of(&o))),
-            WatchEvent::Bookmark(_) => {}
-            WatchEvent::Error(e) => panic!("unexpected error event {e:?}"),
+on_both_stores! {
+    async fn a_watch_from_a_list_rv_sees_every_later_change_in_order(t) {
+        let api = polr_api(&t.kube(), "ns");
+        for name in ["a", "b", "c"] {
+            create(&api, 0, name, Some("ns")).await;
         }
-    }
-    assert_eq!(seen[0], ("ADDED", "d".to_string(), rv_of(&d)));
-    assert_eq!(seen[1], ("MODIFIED", "a".to_string(), rv_of(&a)));
-    assert_eq!(seen[2].0, "DELETED");
-    assert_eq!(seen[2].1, "b");
-    assert!(seen[2].2 > rv_of(&a), "a DELETED event carries the deletion's RV");
-}
-
-#[tokio::test]
-async fn watches_without_rv_start_with_the_current_state() {
-    let t = TestServer::start().await;
-    let api = polr_api(&t.kube(), "ns");
-    create(&api, 0, "existing", Some("ns")).await;
-    let mut events = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
-    match events.try_next().await.unwrap().unwrap() {
-        WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("existing")),
-        other => panic!("expected a synthetic ADDED first, got {other:?}"),
-    }
-    create(&api, 0, "new", Some("ns")).await;
-    loop {
-        match events.try_next().await.unwrap().unwrap() {
-            WatchEvent::Added(o) => {
-                assert_eq!(o.metadata.name.as_deref(), Some("new"));
-                break;
+        let rv = list_rv(&api).await;
+        let mut events = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+        let d = create(&api, 0, "d", Some("ns")).await;
+        let a = label(&api, "a", "x", "1").await;
+        api.delete("b", &DeleteParams::default()).await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            match events.try_next().await.unwrap().unwrap() {
+                WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.clone().unwrap(), rv_of(&o))),
+                WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.clone().unwrap(), rv_of(&o))),
+                WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.clone().unwrap(), rv_of(&o))),
+                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(e) => panic!("unexpected error event {e:?}"),
             }
-            WatchEvent::Bookmark(_) => {}
-            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(seen[0], ("ADDED", "d".to_string(), rv_of(&d)));
+        assert_eq!(seen[1], ("MODIFIED", "a".to_string(), rv_of(&a)));
+        assert_eq!(seen[2].0, "DELETED");
+        assert_eq!(seen[2].1, "b");
+        assert!(seen[2].2 > rv_of(&a), "a DELETED event carries the deletion's RV");
+    }
+}
+
+on_both_stores! {
+    async fn watches_without_rv_start_with_the_current_state(t) {
+        let api = polr_api(&t.kube(), "ns");
+        create(&api, 0, "existing", Some("ns")).await;
+        let mut events = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("existing")),
+            other => panic!("expected a synthetic ADDED first, got {other:?}"),
+        }
+        create(&api, 0, "new", Some("ns")).await;
+        loop {
+            match events.try_next().await.unwrap().unwrap() {
+                WatchEvent::Added(o) => {
+                    assert_eq!(o.metadata.name.as_deref(), Some("new"));
+                    break;
+                }
+                WatchEvent::Bookmark(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
         }
     }
 }
 
-#[tokio::test]
-async fn streaming_lists_end_with_the_initial_events_bookmark() {
-    let t = TestServer::start().await;
-    let api = polr_api(&t.kube(), "ns");
-    for name in ["a", "b"] {
-        create(&api, 0, name, Some("ns")).await;
-    }
-    let snapshot = list_rv(&api).await;
-    let path = "/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=true&sendInitialEvents=true\
-                &resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=60";
-    let mut lines = raw_watch(&t, path, None).await;
-    for name in ["a", "b"] {
-        let event = lines.next().await.unwrap();
+on_both_stores! {
+    async fn streaming_lists_end_with_the_initial_events_bookmark(t) {
+        let api = polr_api(&t.kube(), "ns");
+        for name in ["a", "b"] {
+            create(&api, 0, name, Some("ns")).await;
+        }
+        let snapshot = list_rv(&api).await;
+        let path = "/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=true&sendInitialEvents=true\
+                    &resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=60";
+        let mut lines = raw_watch(&t, path, None).await;
+        for name in ["a", "b"] {
+            let event = lines.next().await.unwrap();
+            assert_eq!(
+                (event["type"].as_str(), event["object"]["metadata"]["name"].as_str()),
+                (Some("ADDED"), Some(name))
+            );
+        }
+        let bookmark = lines.next().await.unwrap();
+        assert_eq!(bookmark["type"], "BOOKMARK");
+        assert_eq!(bookmark["object"]["kind"], "PolicyReport");
+        assert_eq!(bookmark["object"]["apiVersion"], "wgpolicyk8s.io/v1alpha2");
+        assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], snapshot.as_str());
+        assert_eq!(bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+        create(&api, 0, "c", Some("ns")).await;
+        let live = lines.next().await.unwrap();
         assert_eq!(
-            (event["type"].as_str(), event["object"]["metadata"]["name"].as_str()),
-            (Some("ADDED"), Some(name))
+            (live["type"].as_str(), live["object"]["metadata"]["name"].as_str()),
+            (Some("ADDED"), Some("c"))
+        );
+
+        // kube-rs in streaming-list mode has no fallback: it must see the end bookmark to sync.
+        let config = watcher::Config::default().streaming_lists();
+        let mut stream = watcher(api.clone(), config).boxed();
+        let mut initial = Vec::new();
+        loop {
+            match stream.try_next().await.unwrap().unwrap() {
+                watcher::Event::Init => {}
+                watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap()),
+                watcher::Event::InitDone => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        initial.sort();
+        assert_eq!(initial, ["a", "b", "c"]);
+    }
+}
+
+on_both_stores! {
+    async fn a_reflector_follows_creates_updates_and_deletes(t) {
+        let (api, resource) = dynamic_api(&t.kube(), 3, None);
+        create(&api, 3, "one", None).await;
+        let writer = reflector::store::Writer::new(resource);
+        let reader = writer.as_reader();
+        let mut stream = reflector(writer, watcher(api.clone(), watcher::Config::default().page_size(1)))
+            .applied_objects()
+            .boxed();
+        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("one"));
+        create(&api, 3, "two", None).await;
+        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("two"));
+        label(&api, "one", "k", "v").await;
+        let updated = stream.try_next().await.unwrap().unwrap();
+        assert_eq!(updated.metadata.labels.unwrap()["k"], "v");
+        api.delete("two", &DeleteParams::default()).await.unwrap();
+        create(&api, 3, "three", None).await;
+        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("three"));
+        let mut names: Vec<String> = reader.state().iter().map(|o| o.metadata.name.clone().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["one", "three"], "the delete reached the cache before the later create");
+    }
+}
+
+on_both_stores! {
+    async fn an_rv_older_than_the_change_log_is_a_410_error_event(t) {
+        let api = polr_api(&t.kube(), "ns");
+        let first = create(&api, 0, "a", Some("ns")).await;
+        label(&api, "a", "k", "v").await;
+        t.store().compact(0).await.unwrap();
+        let mut events = api.watch(&WatchParams::default(), &rv_of(&first).to_string()).await.unwrap().boxed();
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Error(status) => {
+                assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+                assert!(status.message.starts_with("too old resource version"), "{}", status.message);
+            }
+            other => panic!("expected a 410 ERROR event, got {other:?}"),
+        }
+        assert!(events.try_next().await.unwrap().is_none(), "the stream ends after the error");
+    }
+}
+
+on_both_stores! {
+    async fn an_rv_from_the_future_is_a_504_error_event(t) {
+        let api = polr_api(&t.kube(), "ns");
+        let current: u64 = list_rv(&api).await.parse().unwrap();
+        let mut events = api.watch(&WatchParams::default(), &(current + 1000).to_string()).await.unwrap().boxed();
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Error(status) => {
+                assert_eq!((status.code, status.reason.as_str()), (504, "Timeout"));
+                assert!(status.message.contains("Too large resource version"), "{}", status.message);
+            }
+            other => panic!("expected a 504 ERROR event, got {other:?}"),
+        }
+    }
+}
+
+on_both_stores! {
+    async fn selectors_filter_every_event_and_report_transitions(t) {
+        let client = t.kube();
+        let api = polr_api(&client, "a");
+        let other_ns = polr_api(&client, "b");
+        let rv = list_rv(&api).await;
+        let params = WatchParams::default().labels("team=red").disable_bookmarks();
+        let mut events = api.watch(&params, &rv).await.unwrap().boxed();
+
+        create(&api, 0, "x", Some("a")).await; // app=demo, no team: not selected
+        let mut in_b = sample_object(0, "x", Some("b"));
+        in_b["metadata"]["labels"]["team"] = json!("red");
+        other_ns.create(&PostParams::default(), &to_dynamic(in_b)).await.unwrap(); // other namespace
+        label(&api, "x", "team", "red").await; // starts matching
+        label(&api, "x", "tier", "1").await; // still matching
+        label(&api, "x", "team", "blue").await; // stops matching
+        api.delete("x", &DeleteParams::default()).await.unwrap(); // already not matching
+        let mut sentinel = sample_object(0, "sentinel", Some("a"));
+        sentinel["metadata"]["labels"]["team"] = json!("red");
+        api.create(&PostParams::default(), &to_dynamic(sentinel)).await.unwrap();
+
+        let mut seen = Vec::new();
+        while seen.last().map(|(_, n): &(&str, String)| n.as_str()) != Some("sentinel") {
+            let (kind, object) = match events.try_next().await.unwrap().unwrap() {
+                WatchEvent::Added(o) => ("ADDED", o),
+                WatchEvent::Modified(o) => ("MODIFIED", o),
+                WatchEvent::Deleted(o) => ("DELETED", o),
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(object.metadata.namespace.as_deref(), Some("a"), "namespace isolation");
+            seen.push((kind, object.metadata.name.unwrap()));
+        }
+        let kinds: Vec<&str> = seen.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED", "ADDED"], "{seen:?}");
+    }
+}
+
+on_both_stores! {
+    async fn a_single_object_watch_by_name_and_the_legacy_watch_path(t) {
+        let api = polr_api(&t.kube(), "ns");
+        create(&api, 0, "one", Some("ns")).await;
+        create(&api, 0, "two", Some("ns")).await;
+        let path = "/apis/wgpolicyk8s.io/v1alpha2/watch/namespaces/ns/policyreports/two?timeoutSeconds=60";
+        let mut lines = raw_watch(&t, path, None).await;
+        let first = lines.next().await.unwrap();
+        assert_eq!(
+            (first["type"].as_str(), first["object"]["metadata"]["name"].as_str()),
+            (Some("ADDED"), Some("two"))
+        );
+        label(&api, "one", "k", "v").await;
+        label(&api, "two", "k", "v").await;
+        let next = lines.next().await.unwrap();
+        assert_eq!(
+            (next["type"].as_str(), next["object"]["metadata"]["name"].as_str()),
+            (Some("MODIFIED"), Some("two"))
         );
     }
-    let bookmark = lines.next().await.unwrap();
-    assert_eq!(bookmark["type"], "BOOKMARK");
-    assert_eq!(bookmark["object"]["kind"], "PolicyReport");
-    assert_eq!(bookmark["object"]["apiVersion"], "wgpolicyk8s.io/v1alpha2");
-    assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], snapshot.as_str());
-    assert_eq!(bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
-    create(&api, 0, "c", Some("ns")).await;
-    let live = lines.next().await.unwrap();
-    assert_eq!(
-        (live["type"].as_str(), live["object"]["metadata"]["name"].as_str()),
-        (Some("ADDED"), Some("c"))
-    );
+}
 
-    // kube-rs in streaming-list mode has no fallback: it must see the end bookmark to sync.
-    let config = watcher::Config::default().streaming_lists();
-    let mut stream = watcher(api.clone(), config).boxed();
-    let mut initial = Vec::new();
-    loop {
-        match stream.try_next().await.unwrap().unwrap() {
-            watcher::Event::Init => {}
-            watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap()),
-            watcher::Event::InitDone => break,
-            other => panic!("unexpected {other:?}"),
-        }
+on_both_stores! {
+    async fn metadata_and_table_watches_transform_every_event(t) {
+        let api = polr_api(&t.kube(), "ns");
+        create(&api, 0, "a", Some("ns")).await;
+        let path = "/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1&allowWatchBookmarks=true\
+                    &sendInitialEvents=true&resourceVersionMatch=NotOlderThan";
+        let accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+        let mut lines = raw_watch(&t, path, Some(accept)).await;
+        let added = lines.next().await.unwrap();
+        assert_eq!(added["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(added["object"]["apiVersion"], "meta.k8s.io/v1");
+        assert_eq!(added["object"]["metadata"]["name"], "a");
+        assert!(added["object"].get("results").is_none(), "metadata only");
+        let bookmark = lines.next().await.unwrap();
+        assert_eq!(
+            (bookmark["type"].as_str(), bookmark["object"]["kind"].as_str()),
+            (Some("BOOKMARK"), Some("PartialObjectMetadata"))
+        );
+
+        let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+        let mut table =
+            raw_watch(&t, "/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1", Some(accept))
+                .await;
+        let first = table.next().await.unwrap();
+        assert_eq!(first["object"]["kind"], "Table");
+        assert_eq!(first["object"]["columnDefinitions"][0]["name"], "Name");
+        assert_eq!(first["object"]["rows"][0]["cells"][0], "a");
+        create(&api, 0, "b", Some("ns")).await;
+        let second = table.next().await.unwrap();
+        assert!(second["object"]["columnDefinitions"].is_null(), "only the first Table has columns");
+        assert_eq!(second["object"]["rows"][0]["cells"][0], "b");
+        assert_eq!(second["object"]["rows"][0]["object"]["kind"], "PartialObjectMetadata");
     }
-    initial.sort();
-    assert_eq!(initial, ["a", "b", "c"]);
-}
-
-#[tokio::test]
-async fn a_reflector_follows_creates_updates_and_deletes() {
-    let t = TestServer::start().await;
-    let (api, resource) = dynamic_api(&t.kube(), 3, None);
-    create(&api, 3, "one", None).await;
-    let writer = reflector::store::Writer::new(resource);
-    let reader = writer.as_reader();
-    let mut stream = reflector(writer, watcher(api.clone(), watcher::Config::default().page_size(1)))
-        .applied_objects()
-        .boxed();
-    assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("one"));
-    create(&api, 3, "two", None).await;
-    assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("two"));
-    label(&api, "one", "k", "v").await;
-    let updated = stream.try_next().await.unwrap().unwrap();
-    assert_eq!(updated.metadata.labels.unwrap()["k"], "v");
-    api.delete("two", &DeleteParams::default()).await.unwrap();
-    create(&api, 3, "three", None).await;
-    assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("three"));
-    let mut names: Vec<String> = reader.state().iter().map(|o| o.metadata.name.clone().unwrap()).collect();
-    names.sort();
-    assert_eq!(names, ["one", "three"], "the delete reached the cache before the later create");
-}
-
-#[tokio::test]
-async fn an_rv_older_than_the_change_log_is_a_410_error_event() {
-    let t = TestServer::start().await;
-    let api = polr_api(&t.kube(), "ns");
-    let first = create(&api, 0, "a", Some("ns")).await;
-    label(&api, "a", "k", "v").await;
-    t.store().compact(0).await.unwrap();
-    let mut events = api.watch(&WatchParams::default(), &rv_of(&first).to_string()).await.unwrap().boxed();
-    match events.try_next().await.unwrap().unwrap() {
-        WatchEvent::Error(status) => {
-            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
-            assert!(status.message.starts_with("too old resource version"), "{}", status.message);
-        }
-        other => panic!("expected a 410 ERROR event, got {other:?}"),
-    }
-    assert!(events.try_next().await.unwrap().is_none(), "the stream ends after the error");
-}
-
-#[tokio::test]
-async fn an_rv_from_the_future_is_a_504_error_event() {
-    let t = TestServer::start().await;
-    let api = polr_api(&t.kube(), "ns");
-    let current: u64 = list_rv(&api).await.parse().unwrap();
-    let mut events = api.watch(&WatchParams::default(), &(current + 1000).to_string()).await.unwrap().boxed();
-    match events.try_next().await.unwrap().unwrap() {
-        WatchEvent::Error(status) => {
-            assert_eq!((status.code, status.reason.as_str()), (504, "Timeout"));
-            assert!(status.message.contains("Too large resource version"), "{}", status.message);
-        }
-        other => panic!("expected a 504 ERROR event, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn selectors_filter_every_event_and_report_transitions() {
-    let t = TestServer::start().await;
-    let client = t.kube();
-    let api = polr_api(&client, "a");
-    let other_ns = polr_api(&client, "b");
-    let rv = list_rv(&api).await;
-    let params = WatchParams::default().labels("team=red").disable_bookmarks();
-    let mut events = api.watch(&params, &rv).await.unwrap().boxed();
-
-    create(&api, 0, "x", Some("a")).await; // app=demo, no team: not selected
-    let mut in_b = sample_object(0, "x", Some("b"));
-    in_b["metadata"]["labels"]["team"] = json!("red");
-    other_ns.create(&PostParams::default(), &to_dynamic(in_b)).await.unwrap(); // other namespace
-    label(&api, "x", "team", "red").await; // starts matching
-    label(&api, "x", "tier", "1").await; // still matching
-    label(&api, "x", "team", "blue").await; // stops matching
-    api.delete("x", &DeleteParams::default()).await.unwrap(); // already not matching
-    let mut sentinel = sample_object(0, "sentinel", Some("a"));
-    sentinel["metadata"]["labels"]["team"] = json!("red");
-    api.create(&PostParams::default(), &to_dynamic(sentinel)).await.unwrap();
-
-    let mut seen = Vec::new();
-    while seen.last().map(|(_, n): &(&str, String)| n.as_str()) != Some("sentinel") {
-        let (kind, object) = match events.try_next().await.unwrap().unwrap() {
-            WatchEvent::Added(o) => ("ADDED", o),
-            WatchEvent::Modified(o) => ("MODIFIED", o),
-            WatchEvent::Deleted(o) => ("DELETED", o),
-            other => panic!("unexpected {other:?}"),
-        };
-        assert_eq!(object.metadata.namespace.as_deref(), Some("a"), "namespace isolation");
-        seen.push((kind, object.metadata.name.unwrap()));
-    }
-    let kinds: Vec<&str> = seen.iter().map(|(k, _)| *k).collect();
-    assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED", "ADDED"], "{seen:?}");
-}
-
-#[tokio::test]
-async fn a_single_object_watch_by_name_and_the_legacy_watch_path() {
-    let t = TestServer::start().await;
-    let api = polr_api(&t.kube(), "ns");
-    create(&api, 0, "one", Some("ns")).await;
-    create(&api, 0, "two", Some("ns")).await;
-    let path = "/apis/wgpolicyk8s.io/v1alpha2/watch/namespaces/ns/policyreports/two?timeoutSeconds=60";
-    let mut lines = raw_watch(&t, path, None).await;
-    let first = lines.next().await.unwrap();
-    assert_eq!(
-        (first["type"].as_str(), first["object"]["metadata"]["name"].as_str()),
-        (Some("ADDED"), Some("two"))
-    );
-    label(&api, "one", "k", "v").await;
-    label(&api, "two", "k", "v").await;
-    let next = lines.next().await.unwrap();
-    assert_eq!(
-        (next["type"].as_str(), next["object"]["metadata"]["name"].as_str()),
-        (Some("MODIFIED"), Some("two"))
-    );
-}
-
-#[tokio::test]
-async fn metadata_and_table_watches_transform_every_event() {
-    let t = TestServer::start().await;
-    let api = polr_api(&t.kube(), "ns");
-    create(&api, 0, "a", Some("ns")).await;
-    let path = "/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1&allowWatchBookmarks=true\
-                &sendInitialEvents=true&resourceVersionMatch=NotOlderThan";
-    let accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
-    let mut lines = raw_watch(&t, path, Some(accept)).await;
-    let added = lines.next().await.unwrap();
-    assert_eq!(added["object"]["kind"], "PartialObjectMetadata");
-    assert_eq!(added["object"]["apiVersion"], "meta.k8s.io/v1");
-    assert_eq!(added["object"]["metadata"]["name"], "a");
-    assert!(added["object"].get("results").is_none(), "metadata only");
-    let bookmark = lines.next().await.unwrap();
-    assert_eq!(
-        (bookmark["type"].as_str(), bookmark["object"]["kind"].as_str()),
-        (Some("BOOKMARK"), Some("PartialObjectMetadata"))
-    );
-
-    let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
-    let mut table =
-        raw_watch(&t, "/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1", Some(accept))
-            .await;
-    let first = table.next().await.unwrap();
-    assert_eq!(first["object"]["kind"], "Table");
-    assert_eq!(first["object"]["columnDefinitions"][0]["name"], "Name");
-    assert_eq!(first["object"]["rows"][0]["cells"][0], "a");
-    create(&api, 0, "b", Some("ns")).await;
-    let second = table.next().await.unwrap();
-    assert!(second["object"]["columnDefinitions"].is_null(), "only the first Table has columns");
-    assert_eq!(second["object"]["rows"][0]["cells"][0], "b");
-    assert_eq!(second["object"]["rows"][0]["object"]["kind"], "PartialObjectMetadata");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,44 +343,44 @@ async fn kubectl_get_watch_prints_new_rows() {
     child.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_never_cause_a_gap_or_reordering() {
-    let t = TestServer::start().await;
-    let client = t.kube();
-    let api = polr_api(&client, "load");
-    let start: u64 = list_rv(&api).await.parse().unwrap();
-    let mut watchers = Vec::new();
-    for _ in 0..3 {
-        watchers.push(api.watch(&WatchParams::default(), &start.to_string()).await.unwrap().boxed());
-    }
-    const WRITERS: usize = 4;
-    const WRITES: usize = 40;
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let api = api.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..WRITES / 2 {
-                let name = format!("w{w}-{i}");
-                create(&api, 0, &name, Some("load")).await;
-                label(&api, &name, "step", "2").await;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let last: u64 = list_rv(&api).await.parse().unwrap();
-    assert_eq!(last - start, (WRITERS * WRITES) as u64, "one RV per write");
-    for mut events in watchers {
-        let mut expected = start + 1;
-        while expected <= last {
-            match events.try_next().await.unwrap().unwrap() {
-                WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                    assert_eq!(rv_of(&o), expected, "every RV, in order, once");
-                    expected += 1;
+on_both_stores! {
+    async fn concurrent_writers_never_cause_a_gap_or_reordering(t) {
+        let client = t.kube();
+        let api = polr_api(&client, "load");
+        let start: u64 = list_rv(&api).await.parse().unwrap();
+        let mut watchers = Vec::new();
+        for _ in 0..3 {
+            watchers.push(api.watch(&WatchParams::default(), &start.to_string()).await.unwrap().boxed());
+        }
+        const WRITERS: usize = 4;
+        const WRITES: usize = 40;
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let api = api.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..WRITES / 2 {
+                    let name = format!("w{w}-{i}");
+                    create(&api, 0, &name, Some("load")).await;
+                    label(&api, &name, "step", "2").await;
                 }
-                WatchEvent::Bookmark(_) => {}
-                other => panic!("unexpected {other:?}"),
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let last: u64 = list_rv(&api).await.parse().unwrap();
+        assert_eq!(last - start, (WRITERS * WRITES) as u64, "one RV per write");
+        for mut events in watchers {
+            let mut expected = start + 1;
+            while expected <= last {
+                match events.try_next().await.unwrap().unwrap() {
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                        assert_eq!(rv_of(&o), expected, "every RV, in order, once");
+                        expected += 1;
+                    }
+                    WatchEvent::Bookmark(_) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
             }
         }
     }

@@ -49,7 +49,7 @@
 
 use std::{
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -69,57 +69,13 @@ use crate::{
     StoreResult, StoredObject,
 };
 
-/// Schema migrations, applied in order under an advisory lock; the index + 1 is the version.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE IF NOT EXISTS clusters (id UUID NOT NULL PRIMARY KEY, name VARCHAR);
-CREATE TABLE report_counters (
-    cluster_id   UUID PRIMARY KEY,
-    rv           BIGINT NOT NULL,
-    compacted_rv BIGINT NOT NULL DEFAULT 0
-);
-CREATE TABLE report_objects (
-    cluster_id UUID NOT NULL,
-    resource   TEXT COLLATE "C" NOT NULL,
-    namespace  TEXT COLLATE "C" NOT NULL,
-    name       TEXT COLLATE "C" NOT NULL,
-    uid        TEXT NOT NULL,
-    rv         BIGINT NOT NULL,
-    labels     JSONB NOT NULL,
-    body       TEXT NOT NULL,
-    PRIMARY KEY (cluster_id, resource, namespace, name)
-);
-CREATE TABLE report_changes (
-    cluster_id  UUID NOT NULL,
-    rv          BIGINT NOT NULL,
-    resource    TEXT COLLATE "C" NOT NULL,
-    namespace   TEXT COLLATE "C" NOT NULL,
-    name        TEXT COLLATE "C" NOT NULL,
-    uid         TEXT NOT NULL,
-    type        TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
-    labels      JSONB NOT NULL,
-    prev_labels JSONB,
-    body        TEXT,
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (cluster_id, rv)
-);
-CREATE INDEX report_changes_by_resource ON report_changes (cluster_id, resource, rv);
-DO $$ BEGIN
-    -- lz4 is faster and smaller than pglz on report JSON; servers built without it keep pglz.
-    ALTER TABLE report_objects ALTER COLUMN body SET COMPRESSION lz4;
-    ALTER TABLE report_changes ALTER COLUMN body SET COMPRESSION lz4;
-EXCEPTION WHEN OTHERS THEN NULL;
-END $$;
-"#];
-
-/// Advisory lock key that serializes schema work between replicas starting together.
-const MIGRATION_LOCK: i64 = 0x7265_706f_7274_7331; // "reports1"
 /// Rows per list chunk, and the byte budget that closes a chunk early.
 const CHUNK_ROWS: usize = 256;
 const CHUNK_BYTES: usize = 1 << 20;
 /// How often the listener re-reads the counter even without notifications.
 const SAFETY_POLL: Duration = Duration::from_secs(5);
 /// Attempts of a write that lost a deadlock or serialization race.
-const WRITE_ATTEMPTS: usize = 3;
+pub(super) const WRITE_ATTEMPTS: usize = 3;
 /// Rows dropped per compaction statement, so one pass never holds locks for long.
 const COMPACTION_BATCH: i64 = 10_000;
 /// The upstream (kyverno/reports-server) schema version this store adopts in place.
@@ -179,6 +135,9 @@ pub struct PgSettings {
     pub acquire_timeout: Duration,
     /// Server-side limit on one statement (a list streams in one statement).
     pub statement_timeout: Duration,
+    /// How long start-up keeps retrying while the database cannot be reached (a server often
+    /// starts before its database does); zero fails at once.
+    pub startup_timeout: Duration,
     /// The cluster whose reports this server serves (a UUID: the kube-system namespace UID in a
     /// cluster). None: the only cluster recorded in the database, or a new one.
     pub cluster_id: Option<String>,
@@ -197,6 +156,7 @@ impl Default for PgSettings {
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(60),
             cluster_id: None,
             cluster_name: None,
         }
@@ -213,6 +173,10 @@ pub struct PgStore {
     channel: Arc<str>,
     /// Newest committed RV known here (own commits and notifications); wakes the watch feed.
     committed: Arc<watch::Sender<u64>>,
+    /// TLS for side connections (query cancellation), as configured for the pool.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// Creates go through one combining task that writes whatever is waiting in one statement.
+    creates: creates::CreateQueue,
     /// Dropped with the store, which ends the listener task.
     _stop_listener: watch::Sender<()>,
 }
@@ -306,7 +270,7 @@ const KEEP_OLD_BODY: &str = "keep AS (
       AND o.cluster_id = $1 AND o.resource = $2 AND o.namespace = $3 AND o.name = $4)";
 
 /// The statement of a create: counter, object row, change row, notification.
-const CREATE_SQL: &str = "WITH c AS (
+pub(super) const CREATE_SQL: &str = "WITH c AS (
     UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 o AS (
     INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
@@ -321,9 +285,16 @@ SELECT o.rv FROM o, n";
 const LOCK_SQL: &str = "SELECT rv, labels::text, body FROM report_objects
     WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 FOR UPDATE";
 
-fn update_sql() -> String {
-    format!(
-        "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+/// The statements of an update and a delete, which take the same parameters: `$1` cluster,
+/// `$2..$4` key, `$5` the RV being replaced, `$6` uid, `$7` labels after the write, `$8`/`$9` the
+/// body halves, `$10` labels before the write, `$11` the notification channel.
+fn locked_write_sql(kind: &WriteKind) -> &'static str {
+    static UPDATE: OnceLock<String> = OnceLock::new();
+    static DELETE: OnceLock<String> = OnceLock::new();
+    match kind {
+        WriteKind::Update { .. } => UPDATE.get_or_init(|| {
+            format!(
+                "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 {KEEP_OLD_BODY},
 o AS (
     UPDATE report_objects SET uid = $6, rv = c.rv, labels = $7::text::jsonb, body = $8 || c.rv::text || $9
@@ -333,20 +304,21 @@ ch AS (
     SELECT $1, o.rv, $2, $3, $4, $6, 'MODIFIED', $7::text::jsonb, $10::text::jsonb FROM o),
 n AS (SELECT pg_notify($11, o.rv::text) AS sent FROM o)
 SELECT o.rv FROM o, n"
-    )
-}
-
-fn delete_sql() -> String {
-    format!(
-        "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+            )
+        }),
+        WriteKind::Delete => DELETE.get_or_init(|| {
+            format!(
+                "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 {KEEP_OLD_BODY},
 d AS (DELETE FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4),
 ch AS (
     INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
-    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $7::text::jsonb, $8 || c.rv::text || $9 FROM c),
-n AS (SELECT pg_notify($10, c.rv::text) AS sent FROM c)
+    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $10::text::jsonb, $8 || c.rv::text || $9 FROM c),
+n AS (SELECT pg_notify($11, c.rv::text) AS sent FROM c)
 SELECT c.rv FROM c, n"
-    )
+            )
+        }),
+    }
 }
 
 /// Appends the WHERE conditions of the selectors; `params` grows with their values.
@@ -450,6 +422,8 @@ impl PgStore {
             _ => tokio_postgres::config::SslMode::Require,
         });
         config.connect_timeout(settings.connect_timeout);
+        // Notice a silently dead connection (a partition) in about a minute rather than hours.
+        config.keepalives_idle(Duration::from_secs(30));
         config.application_name("reports-server");
         config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
         if config.get_dbname().is_none() {
@@ -470,8 +444,8 @@ impl PgStore {
             .build()
             .map_err(backend)?;
         let cluster = {
-            let mut client = pool.get().await.map_err(pool_error)?;
-            setup(&mut client, settings).await?
+            let mut client = first_connection(&pool, settings.startup_timeout).await?;
+            schema::setup(&mut client, settings).await?
         };
         let rv: i64 = {
             let client = pool.get().await.map_err(pool_error)?;
@@ -485,8 +459,22 @@ impl PgStore {
         let (committed, _) = watch::channel(rv as u64);
         let committed = Arc::new(committed);
         let (stop, stopped) = watch::channel(());
-        tokio::spawn(listen(config, tls, pool.clone(), cluster, channel.clone(), committed.clone(), stopped));
-        Ok(Self { pool, cluster, channel, committed, _stop_listener: stop })
+        tokio::spawn(listen(
+            config,
+            tls.clone(),
+            pool.clone(),
+            cluster,
+            channel.clone(),
+            committed.clone(),
+            stopped,
+        ));
+        let creates = creates::CreateQueue::start(creates::Combiner {
+            pool: pool.clone(),
+            cluster,
+            channel: channel.clone(),
+            committed: committed.clone(),
+        });
+        Ok(Self { pool, cluster, channel, committed, tls, creates, _stop_listener: stop })
     }
 
     /// The cluster this store serves.
@@ -529,118 +517,190 @@ impl PgStore {
             return Ok(Err(StoreError::Conflict));
         }
         let prev_labels: String = row.get(1);
-        match &write.kind {
-            WriteKind::Update { body, uid, labels } => {
-                let stmt = client.prepare_cached(&update_sql()).await?;
-                let rv: i64 = client
-                    .query_one(
-                        &stmt,
-                        &[
-                            &write.cluster,
-                            &write.resource,
-                            &write.namespace,
-                            &write.name,
-                            &current_rv,
-                            uid,
-                            labels,
-                            &body.prefix,
-                            &body.suffix,
-                            &prev_labels,
-                            &write.channel.as_ref(),
-                        ],
-                    )
-                    .await?
-                    .get(0);
-                Ok(Ok(StoredObject {
-                    namespace: write.namespace.clone(),
-                    name: write.name.clone(),
-                    uid: uid.clone(),
-                    rv: rv as u64,
-                    body: body.join(rv as u64),
-                }))
-            }
+        // A delete's final state is the stored object at the deletion's RV.
+        let deleted: (SplitBody, String);
+        let (body, uid, labels) = match &write.kind {
+            WriteKind::Update { body, uid, labels } => (body, uid, labels),
             WriteKind::Delete => {
-                let mut final_state: Value = match serde_json::from_str(row.get::<_, &str>(2)) {
-                    Ok(v) => v,
-                    Err(e) => return Ok(Err(backend(format!("stored JSON is corrupt: {e}")))),
-                };
-                let body = match SplitBody::new(&mut final_state) {
-                    Ok(b) => b,
+                let final_state = serde_json::from_str(row.get::<_, &str>(2))
+                    .map_err(|e| backend(format!("stored JSON is corrupt: {e}")))
+                    .and_then(|mut object: Value| {
+                        let body = SplitBody::new(&mut object)?;
+                        Ok((body, meta_text(&object, "uid").to_string()))
+                    });
+                deleted = match final_state {
+                    Ok(state) => state,
                     Err(e) => return Ok(Err(e)),
                 };
-                let uid = meta_text(&final_state, "uid").to_string();
-                let stmt = client.prepare_cached(&delete_sql()).await?;
-                let rv: i64 = client
-                    .query_one(
-                        &stmt,
-                        &[
-                            &write.cluster,
-                            &write.resource,
-                            &write.namespace,
-                            &write.name,
-                            &current_rv,
-                            &uid,
-                            &prev_labels,
-                            &body.prefix,
-                            &body.suffix,
-                            &write.channel.as_ref(),
-                        ],
-                    )
-                    .await?
-                    .get(0);
-                Ok(Ok(StoredObject {
-                    namespace: write.namespace.clone(),
-                    name: write.name.clone(),
-                    uid,
-                    rv: rv as u64,
-                    body: body.join(rv as u64),
-                }))
+                (&deleted.0, &deleted.1, &prev_labels)
             }
-        }
+        };
+        let stmt = client.prepare_cached(locked_write_sql(&write.kind)).await?;
+        let rv: i64 = client
+            .query_one(
+                &stmt,
+                &[
+                    &write.cluster,
+                    &write.resource,
+                    &write.namespace,
+                    &write.name,
+                    &current_rv,
+                    uid,
+                    labels,
+                    &body.prefix,
+                    &body.suffix,
+                    &prev_labels,
+                    &write.channel.as_ref(),
+                ],
+            )
+            .await?
+            .get(0);
+        Ok(Ok(StoredObject {
+            namespace: write.namespace.clone(),
+            name: write.name.clone(),
+            uid: uid.clone(),
+            rv: rv as u64,
+            body: body.join(rv as u64),
+        }))
     }
 
-    /// Runs locked writes in one transaction, retrying the whole transaction on deadlock or
-    /// serialization failure. `skip_missing` turns NotFound and Conflict into `None` (batch delete).
-    async fn write_locked(
-        &self,
-        writes: Vec<LockedWrite>,
-        skip_missing: bool,
-    ) -> StoreResult<Vec<Option<StoredObject>>> {
+    /// Deletes every key whose stored RV still matches, in one transaction of three round trips
+    /// whatever the number of keys: lock the rows, then one statement that takes a block of RVs,
+    /// logs the final states, deletes the rows and notifies. Keys that moved or vanished are
+    /// `None`, in the order given.
+    async fn delete_set(
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &BatchDelete,
+    ) -> Result<StoreResult<Vec<Option<StoredObject>>>, tokio_postgres::Error> {
+        let namespaces: Vec<&str> = batch.keys.iter().map(|(ns, _, _)| ns.as_str()).collect();
+        let names: Vec<&str> = batch.keys.iter().map(|(_, name, _)| name.as_str()).collect();
+        let rvs: Vec<i64> = batch.keys.iter().map(|(_, _, rv)| *rv as i64).collect();
+        let lock = tx
+            .prepare_cached(
+                "SELECT o.namespace, o.name, o.rv, o.labels::text, o.body FROM report_objects o
+                 JOIN unnest($3::text[], $4::text[], $5::bigint[]) AS k(namespace, name, rv)
+                   ON o.namespace = k.namespace AND o.name = k.name AND o.rv = k.rv
+                 WHERE o.cluster_id = $1 AND o.resource = $2
+                 ORDER BY o.namespace, o.name FOR UPDATE OF o",
+            )
+            .await?;
+        let rows = tx.query(&lock, &[&batch.cluster, &batch.resource, &namespaces, &names, &rvs]).await?;
+        let mut found: Vec<DoomedRow> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // A key given twice joins twice; it is deleted once.
+            if found
+                .last()
+                .is_some_and(|f| f.namespace == row.get::<_, &str>(0) && f.name == row.get::<_, &str>(1))
+            {
+                continue;
+            }
+            let final_state = serde_json::from_str(row.get::<_, &str>(4))
+                .map_err(|e| backend(format!("stored JSON is corrupt: {e}")))
+                .and_then(|mut object: Value| {
+                    let body = SplitBody::new(&mut object)?;
+                    Ok((body, meta_text(&object, "uid").to_string()))
+                });
+            let (body, uid) = match final_state {
+                Ok(state) => state,
+                Err(e) => return Ok(Err(e)),
+            };
+            found.push(DoomedRow {
+                namespace: row.get(0),
+                name: row.get(1),
+                old_rv: row.get(2),
+                labels: row.get(3),
+                body,
+                uid,
+            });
+        }
+        let mut objects: std::collections::HashMap<(String, String), StoredObject> = Default::default();
+        if !found.is_empty() {
+            let column = |f: fn(&DoomedRow) -> &str| -> Vec<&str> { found.iter().map(f).collect() };
+            let (ns, name) = (column(|f| &f.namespace), column(|f| &f.name));
+            let (labels, uid) = (column(|f| &f.labels), column(|f| &f.uid));
+            let (prefix, suffix) = (column(|f| &f.body.prefix), column(|f| &f.body.suffix));
+            let old_rv: Vec<i64> = found.iter().map(|f| f.old_rv).collect();
+            let count = found.len() as i64;
+            let stmt = tx
+                .prepare_cached(
+                    "WITH c AS (UPDATE report_counters SET rv = rv + $3 WHERE cluster_id = $1 RETURNING rv - $3 AS base),
+                    d AS (SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])
+                          WITH ORDINALITY AS d(namespace, name, old_rv, uid, labels, prefix, suffix, i)),
+                    keep AS (
+                        UPDATE report_changes ch SET body = o.body FROM report_objects o, d
+                        WHERE ch.cluster_id = $1 AND ch.rv = d.old_rv AND ch.body IS NULL
+                          AND o.cluster_id = $1 AND o.resource = $2 AND o.namespace = d.namespace AND o.name = d.name),
+                    del AS (
+                        DELETE FROM report_objects o USING d
+                        WHERE o.cluster_id = $1 AND o.resource = $2 AND o.namespace = d.namespace AND o.name = d.name),
+                    ch AS (
+                        INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
+                        SELECT $1, c.base + d.i, $2, d.namespace, d.name, d.uid, 'DELETED', d.labels::jsonb, d.labels::jsonb,
+                               d.prefix || (c.base + d.i)::text || d.suffix
+                        FROM c, d),
+                    n AS (SELECT pg_notify($11, (c.base + $3)::text) AS sent FROM c)
+                    SELECT c.base FROM c, n",
+                )
+                .await?;
+            let base: i64 = tx
+                .query_one(
+                    &stmt,
+                    &[
+                        &batch.cluster,
+                        &batch.resource,
+                        &count,
+                        &ns,
+                        &name,
+                        &old_rv,
+                        &uid,
+                        &labels,
+                        &prefix,
+                        &suffix,
+                        &batch.channel.as_ref(),
+                    ],
+                )
+                .await?
+                .get(0);
+            for (i, row) in found.into_iter().enumerate() {
+                let rv = (base + i as i64 + 1) as u64;
+                let object = StoredObject {
+                    namespace: row.namespace.clone(),
+                    name: row.name.clone(),
+                    uid: row.uid,
+                    rv,
+                    body: row.body.join(rv),
+                };
+                objects.insert((row.namespace, row.name), object);
+            }
+        }
+        Ok(Ok(batch.keys.iter().map(|(ns, name, _)| objects.remove(&(ns.clone(), name.clone()))).collect()))
+    }
+
+    /// Runs one transaction of work, retrying it whole on deadlock or serialization failure.
+    async fn write_locked(&self, work: TxWork) -> StoreResult<Vec<Option<StoredObject>>> {
         let results = self
             .run(move |mut client| async move {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
                     let tx = client.transaction().await.map_err(db_error)?;
-                    let mut out = Vec::with_capacity(writes.len());
-                    let mut failure = None;
-                    for write in &writes {
-                        match Self::locked_write(&tx, write).await {
-                            Ok(Ok(object)) => out.push(Some(object)),
-                            Ok(Err(StoreError::NotFound | StoreError::Conflict)) if skip_missing => {
-                                out.push(None)
-                            }
-                            Ok(Err(e)) => {
-                                failure = Some(Ok(e));
-                                break;
-                            }
-                            Err(e) => {
-                                failure = Some(Err(e));
-                                break;
-                            }
+                    let outcome = match &work {
+                        TxWork::One(write) => {
+                            Self::locked_write(&tx, write).await.map(|r| r.map(|object| vec![Some(object)]))
                         }
-                    }
-                    match failure {
-                        None => match tx.commit().await {
+                        TxWork::DeleteMany(batch) => Self::delete_set(&tx, batch).await,
+                    };
+                    match outcome {
+                        Ok(Ok(out)) => match tx.commit().await {
                             Ok(()) => return Ok(out),
                             Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
                             Err(e) => return Err(db_error(e)),
                         },
-                        Some(Ok(store_error)) => {
+                        Ok(Err(store_error)) => {
                             tx.rollback().await.map_err(db_error)?;
                             return Err(store_error);
                         }
-                        Some(Err(e)) => {
+                        Err(e) => {
                             let _ = tx.rollback().await;
                             if is_retryable(&e) && attempt < WRITE_ATTEMPTS {
                                 continue;
@@ -688,6 +748,32 @@ struct LockedWrite {
     kind: WriteKind,
 }
 
+/// A row locked for deletion with what its DELETED change needs.
+struct DoomedRow {
+    namespace: String,
+    name: String,
+    old_rv: i64,
+    labels: String,
+    body: SplitBody,
+    uid: String,
+}
+
+/// Several deletes of one resource, checked against their expected RVs as a set.
+struct BatchDelete {
+    cluster: Uuid,
+    channel: Arc<str>,
+    resource: String,
+    keys: Vec<(String, String, u64)>,
+}
+
+/// What one write transaction does.
+enum TxWork {
+    /// One update or delete.
+    One(LockedWrite),
+    /// Many deletes (deletecollection).
+    DeleteMany(BatchDelete),
+}
+
 enum WriteKind {
     Update { body: SplitBody, uid: String, labels: String },
     Delete,
@@ -704,92 +790,54 @@ fn publish(committed: &watch::Sender<u64>, rv: u64) {
     });
 }
 
-/// Migrations, cluster identity and upstream adoption, on one connection holding the advisory lock.
-async fn setup(client: &mut deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
-    let result = setup_locked(client, settings).await;
-    // Unlock even after a failure; a lost connection releases the lock anyway.
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
-    result
-}
-
-async fn setup_locked(client: &mut deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS reports_server_migrations (
-                version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-        )
-        .await
-        .map_err(db_error)?;
-    let applied: i32 = client
-        .query_one("SELECT coalesce(max(version), 0) FROM reports_server_migrations", &[])
-        .await
-        .map_err(db_error)?
-        .get(0);
-    let applied = applied as usize;
-    if applied > MIGRATIONS.len() {
-        return Err(backend(format!(
-            "database schema version {applied} is newer than this binary understands ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let tx = client.transaction().await.map_err(db_error)?;
-        tx.batch_execute(migration).await.map_err(db_error)?;
-        tx.execute("INSERT INTO reports_server_migrations (version) VALUES ($1)", &[&(index as i32 + 1)])
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        tracing::info!(version = index + 1, "applied PostgreSQL schema migration");
-    }
-    let cluster = resolve_cluster(client, settings).await?;
-    client
-        .execute(
-            "INSERT INTO report_counters (cluster_id, rv) VALUES ($1, 0) ON CONFLICT (cluster_id) DO NOTHING",
-            &[&cluster],
-        )
-        .await
-        .map_err(db_error)?;
-    upstream::adopt(client, cluster).await?;
-    Ok(cluster)
-}
-
-/// The cluster id: the configured one, else the only one recorded, else a new one.
-async fn resolve_cluster(client: &deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
-    let name = settings.cluster_name.clone();
-    if let Some(id) = &settings.cluster_id {
-        let id = Uuid::parse_str(id).map_err(|e| backend(format!("cluster id {id:?} is not a UUID: {e}")))?;
-        client
-            .execute(
-                "INSERT INTO clusters (id, name) VALUES ($1, $2)
-                 ON CONFLICT (id) DO UPDATE SET name = coalesce(excluded.name, clusters.name)",
-                &[&id, &name],
-            )
-            .await
-            .map_err(db_error)?;
-        return Ok(id);
-    }
-    let rows = match &name {
-        Some(name) => client.query("SELECT id FROM clusters WHERE name = $1", &[name]).await,
-        None => client.query("SELECT id FROM clusters", &[]).await,
-    }
-    .map_err(db_error)?;
-    match rows.len() {
-        1 => Ok(rows[0].get(0)),
-        0 => {
-            let id = Uuid::new_v4();
-            client
-                .execute("INSERT INTO clusters (id, name) VALUES ($1, $2)", &[&id, &name])
-                .await
-                .map_err(db_error)?;
-            tracing::info!(cluster_id = %id, "recorded a new cluster in the database");
-            Ok(id)
+/// The first connection, retried with back-off for up to `patience` while the database is
+/// unreachable; configuration errors (bad password, unknown database) fail at once.
+async fn first_connection(pool: &Pool, patience: Duration) -> StoreResult<deadpool_postgres::Object> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let error = match pool.get().await {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        let unreachable = match &error {
+            deadpool_postgres::PoolError::Backend(e) => is_unreachable(e),
+            deadpool_postgres::PoolError::Timeout(_) => true,
+            _ => false,
+        };
+        let error = pool_error(error);
+        if !unreachable || started.elapsed() + pause > patience {
+            return Err(error);
         }
-        n => Err(backend(format!(
-            "the database holds {n} clusters{}: choose one with --cluster-id",
-            name.map(|n| format!(" named {n:?}")).unwrap_or_default()
-        ))),
+        tracing::warn!(error = %error, "PostgreSQL is not reachable yet; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
+}
+
+/// True when a connection attempt failed because the server is not there (yet): refused or
+/// broken connections, "the database system is starting up". Authentication, TLS verification
+/// and unknown databases are configuration errors that waiting does not cure.
+fn is_unreachable(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return code.code().starts_with("08") || *code == SqlState::CANNOT_CONNECT_NOW;
+    }
+    let mut source = std::error::Error::source(e);
+    let mut io = false;
+    while let Some(inner) = source {
+        if inner.is::<rustls::Error>() {
+            return false;
+        }
+        if let Some(io_error) = inner.downcast_ref::<std::io::Error>() {
+            // tokio-rustls reports handshake failures as I/O errors wrapping the rustls error.
+            if io_error.get_ref().is_some_and(|wrapped| wrapped.is::<rustls::Error>()) {
+                return false;
+            }
+            io = true;
+        }
+        source = inner.source();
+    }
+    io
 }
 
 /// Keeps `committed` up to date with commits made by any replica: LISTEN on a dedicated
@@ -895,6 +943,7 @@ async fn stream_list(
     query: ListQuery,
     snapshot: oneshot::Sender<StoreResult<u64>>,
     chunks: mpsc::Sender<StoreResult<ListChunk>>,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 ) {
     let tx = match client
         .build_transaction()
@@ -958,7 +1007,12 @@ async fn stream_list(
             sent += 1;
             if batch.len() >= CHUNK_ROWS || batch_bytes >= CHUNK_BYTES {
                 if chunks.send(Ok(ListChunk::Items(std::mem::take(&mut batch)))).await.is_err() {
-                    return Ok(()); // the client went away
+                    // The client went away: stop PostgreSQL from sending the rest of a possibly
+                    // huge result, and wait for the statement to end so the cancel cannot hit a
+                    // later statement on this pooled connection.
+                    let _ = tx.cancel_token().cancel_query(tls).await;
+                    while let Ok(Some(_)) = rows.try_next().await {}
+                    return Ok(());
                 }
                 batch_bytes = 0;
             }
@@ -999,51 +1053,19 @@ impl Store for PgStore {
         let namespace = meta_text(&object, "namespace").to_string();
         let name = meta_text(&object, "name").to_string();
         let uid = meta_text(&object, "uid").to_string();
-        let labels = labels_json(&object);
-        let body = SplitBody::new(&mut object)?;
-        let (cluster, channel, resource) = (self.cluster, self.channel.clone(), resource.to_string());
-        let (ns, nm) = (namespace.clone(), name.clone());
-        let (rv, body) = self
-            .run(move |client| async move {
-                let stmt = client.prepare_cached(CREATE_SQL).await.map_err(db_error)?;
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let result = client
-                        .query_one(
-                            &stmt,
-                            &[
-                                &cluster,
-                                &resource,
-                                &ns,
-                                &nm,
-                                &uid,
-                                &labels,
-                                &body.prefix,
-                                &body.suffix,
-                                &channel.as_ref(),
-                            ],
-                        )
-                        .await;
-                    match result {
-                        Ok(row) => return Ok((row.get::<_, i64>(0) as u64, body)),
-                        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                            return Err(StoreError::AlreadyExists)
-                        }
-                        Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
-                        Err(e) => return Err(db_error(e)),
-                    }
-                }
-            })
-            .await?;
-        self.publish(rv);
-        Ok(StoredObject {
-            uid: meta_text(&object, "uid").to_string(),
-            body: body.join(rv),
-            namespace,
-            name,
-            rv,
-        })
+        let body = Arc::new(SplitBody::new(&mut object)?);
+        let (reply, answer) = oneshot::channel();
+        let pending = creates::PendingCreate {
+            resource: resource.to_string(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: uid.clone(),
+            labels: labels_json(&object),
+            body: body.clone(),
+            reply,
+        };
+        let rv = self.creates.create(pending, answer).await?;
+        Ok(StoredObject { uid, body: body.join(rv), namespace, name, rv })
     }
 
     async fn update(&self, resource: &str, mut object: Value, expected_rv: u64) -> StoreResult<StoredObject> {
@@ -1054,7 +1076,7 @@ impl Store for PgStore {
         let body = SplitBody::new(&mut object)?;
         let write =
             self.locked(resource, &namespace, &name, expected_rv, WriteKind::Update { body, uid, labels });
-        let mut out = self.write_locked(vec![write], false).await?;
+        let mut out = self.write_locked(TxWork::One(write)).await?;
         out.pop().flatten().ok_or_else(|| backend("update returned nothing"))
     }
 
@@ -1066,7 +1088,7 @@ impl Store for PgStore {
         expected_rv: u64,
     ) -> StoreResult<StoredObject> {
         let write = self.locked(resource, namespace, name, expected_rv, WriteKind::Delete);
-        let mut out = self.write_locked(vec![write], false).await?;
+        let mut out = self.write_locked(TxWork::One(write)).await?;
         out.pop().flatten().ok_or_else(|| backend("delete returned nothing"))
     }
 
@@ -1075,21 +1097,22 @@ impl Store for PgStore {
         resource: &str,
         keys: Vec<(String, String, u64)>,
     ) -> StoreResult<Vec<Option<StoredObject>>> {
-        let writes = keys
-            .iter()
-            .map(|(ns, name, rv)| self.locked(resource, ns, name, *rv, WriteKind::Delete))
-            .collect();
-        self.write_locked(writes, true).await
+        let batch = BatchDelete {
+            cluster: self.cluster,
+            channel: self.channel.clone(),
+            resource: resource.to_string(),
+            keys,
+        };
+        self.write_locked(TxWork::DeleteMany(batch)).await
     }
 
     async fn list(&self, query: ListQuery) -> StoreResult<ListStream> {
         let (snapshot_tx, snapshot_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(2);
-        let pool = self.pool.clone();
-        let cluster = self.cluster;
+        let (pool, cluster, tls) = (self.pool.clone(), self.cluster, self.tls.clone());
         tokio::spawn(async move {
             match pool.get().await {
-                Ok(client) => stream_list(client, cluster, query, snapshot_tx, chunk_tx).await,
+                Ok(client) => stream_list(client, cluster, query, snapshot_tx, chunk_tx, tls).await,
                 Err(e) => {
                     let _ = snapshot_tx.send(Err(pool_error(e)));
                 }
@@ -1251,293 +1274,8 @@ impl Store for PgStore {
     }
 }
 
-mod tls {
-    //! TLS to PostgreSQL with libpq's `sslmode` semantics, on rustls (ring).
+mod creates;
+mod schema;
+mod tls;
 
-    use std::sync::Arc;
-
-    use rustls::{
-        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
-        pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
-        ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    };
-
-    use super::{backend, PgSettings, SslMode};
-    use crate::StoreResult;
-
-    /// Encrypts without checking who answers (libpq's prefer/require without a root certificate).
-    #[derive(Debug)]
-    struct Unverified(Arc<CryptoProvider>);
-
-    /// Checks the chain against the roots but accepts any host name (libpq's verify-ca).
-    #[derive(Debug)]
-    struct ChainOnly(Arc<dyn ServerCertVerifier>);
-
-    fn signature_schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
-        provider.signature_verification_algorithms.supported_schemes()
-    }
-
-    impl ServerCertVerifier for Unverified {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            signature_schemes(&self.0)
-        }
-    }
-
-    impl ServerCertVerifier for ChainOnly {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            ocsp_response: &[u8],
-            now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForName
-                    | rustls::CertificateError::NotValidForNameContext { .. },
-                )) => Ok(ServerCertVerified::assertion()),
-                other => other,
-            }
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.0.verify_tls12_signature(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.0.verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.supported_verify_schemes()
-        }
-    }
-
-    /// The rustls client configuration for `mode`.
-    pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<ClientConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(backend)?;
-        let roots = match &settings.ssl_root_cert {
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(path)
-                    .map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?
-                {
-                    let cert = cert
-                        .map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| backend(format!("--dbsslrootcert {}: {e}", path.display())))?;
-                }
-                Some(Arc::new(roots))
-            }
-            None => None,
-        };
-        let verify = match (mode, roots) {
-            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
-                return Err(backend("sslmode verify-ca and verify-full need --dbsslrootcert"))
-            }
-            (SslMode::VerifyFull, Some(roots)) => Some((roots, true)),
-            // libpq: require with a root certificate behaves as verify-ca.
-            (SslMode::VerifyCa | SslMode::Require, Some(roots)) => Some((roots, false)),
-            _ => None,
-        };
-        let builder = match verify {
-            None => builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider))),
-            Some((roots, check_name)) => {
-                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(backend)?;
-                if check_name {
-                    builder.with_webpki_verifier(webpki)
-                } else {
-                    builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
-                }
-            }
-        };
-        match (&settings.ssl_cert, &settings.ssl_key) {
-            (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| backend(format!("reading --dbsslcert {}: {e}", cert.display())))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| backend(format!("reading --dbsslkey {}: {e}", key.display())))?;
-                builder.with_client_auth_cert(chain, key).map_err(backend)
-            }
-            (None, None) => Ok(builder.with_no_client_auth()),
-            _ => Err(backend("--dbsslcert and --dbsslkey go together")),
-        }
-    }
-}
-
-mod upstream {
-    //! Adopting a database written by kyverno/reports-server: one table per kind with the report
-    //! as JSONB, golang-migrate's `schema_migrations` at version 11. Every report is copied into
-    //! `report_objects` in one transaction (so a crash leaves nothing half done), with a fresh RV
-    //! from its cluster's counter, its apiVersion and kind from the embedded CRDs, and a uid and
-    //! creationTimestamp where upstream left them empty. The upstream tables are then renamed
-    //! with an `_upstream_backup` suffix rather than dropped: nothing is destroyed, and a second
-    //! start does not import again. Rows that upstream never assigned to a cluster (the all-zero
-    //! UUID) belong to this server's cluster, as upstream itself would have decided.
-
-    use deadpool_postgres::GenericClient;
-    use uuid::Uuid;
-
-    use super::{backend, db_error, Catalogue, UPSTREAM_SCHEMA_VERSION};
-    use crate::StoreResult;
-
-    /// Suffix given to adopted upstream tables.
-    pub const BACKUP_SUFFIX: &str = "_upstream_backup";
-
-    async fn table_columns<C: GenericClient>(client: &C, table: &str) -> StoreResult<Vec<String>> {
-        Ok(client
-            .query(
-                "SELECT column_name::text FROM information_schema.columns
-                 WHERE table_schema = current_schema() AND table_name = $1",
-                &[&table],
-            )
-            .await
-            .map_err(db_error)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    /// Imports an upstream database found here, once.
-    pub async fn adopt(client: &mut deadpool_postgres::Object, cluster: Uuid) -> StoreResult<()> {
-        let marker = table_columns(client, "schema_migrations").await?;
-        if !(marker.iter().any(|c| c == "version") && marker.iter().any(|c| c == "dirty")) {
-            return Ok(());
-        }
-        let row =
-            client.query_one("SELECT version, dirty FROM schema_migrations", &[]).await.map_err(db_error)?;
-        let (version, dirty): (i64, bool) = (row.get(0), row.get(1));
-        if dirty || version != UPSTREAM_SCHEMA_VERSION {
-            return Err(backend(format!(
-                "found an upstream reports-server schema at version {version}{}; only version \
-                 {UPSTREAM_SCHEMA_VERSION} (clean) can be adopted: run upstream's migrations to completion first",
-                if dirty { " (dirty)" } else { "" }
-            )));
-        }
-        let catalogue = Catalogue::embedded().map_err(|e| backend(e.to_string()))?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        let mut sources = Vec::new();
-        let mut tables = Vec::new();
-        for kind in catalogue.kinds() {
-            let table = kind.storage_key();
-            let columns = table_columns(&tx, table).await?;
-            if columns.is_empty() {
-                continue;
-            }
-            let namespace = if columns.iter().any(|c| c == "namespace") { "namespace::text" } else { "''" };
-            let cluster_id =
-                if columns.iter().any(|c| c == "cluster_id") { "cluster_id" } else { "NULL::uuid" };
-            sources.push(format!(
-                "SELECT coalesce(nullif({cluster_id}, '00000000-0000-0000-0000-000000000000'::uuid), $1) AS cluster_id,
-                        '{table}'::text AS resource, '{api_version}'::text AS api_version, '{kind}'::text AS kind,
-                        {namespace} AS namespace, name::text AS name, report FROM \"{table}\"",
-                api_version = kind.api_version(),
-                kind = kind.kind,
-            ));
-            tables.push(table.to_string());
-        }
-        if sources.is_empty() {
-            return Ok(());
-        }
-        let import = format!(
-            "WITH src AS ({sources}),
-            numbered AS (
-                SELECT s.*, coalesce(c.rv, 0)
-                         + row_number() OVER (PARTITION BY s.cluster_id ORDER BY s.resource, s.namespace, s.name) AS new_rv,
-                       coalesce(nullif(s.report -> 'metadata' ->> 'uid', ''), gen_random_uuid()::text) AS uid,
-                       coalesce(s.report -> 'metadata', '{{}}'::jsonb) AS meta
-                FROM src s LEFT JOIN report_counters c ON c.cluster_id = s.cluster_id),
-            fixed AS (
-                SELECT n.*, n.report || jsonb_build_object(
-                    'apiVersion', n.api_version, 'kind', n.kind,
-                    'metadata', (CASE WHEN n.namespace = '' THEN n.meta - 'namespace'
-                                      ELSE n.meta || jsonb_build_object('namespace', n.namespace) END)
-                        || jsonb_build_object(
-                            'name', n.name, 'uid', n.uid, 'resourceVersion', n.new_rv::text,
-                            'creationTimestamp', coalesce(n.meta -> 'creationTimestamp',
-                                to_jsonb(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))))) AS doc
-                FROM numbered n)
-            INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
-            SELECT cluster_id, resource, namespace, name, uid, new_rv,
-                   CASE WHEN jsonb_typeof(meta -> 'labels') = 'object' THEN meta -> 'labels' ELSE '{{}}'::jsonb END,
-                   doc::text
-            FROM fixed",
-            sources = sources.join("\n UNION ALL "),
-        );
-        let imported = tx.execute(&import, &[&cluster]).await.map_err(db_error)?;
-        tx.execute(
-            "INSERT INTO report_counters (cluster_id, rv)
-             SELECT cluster_id, max(rv) FROM report_objects GROUP BY cluster_id
-             ON CONFLICT (cluster_id) DO UPDATE SET rv = GREATEST(report_counters.rv, excluded.rv)",
-            &[],
-        )
-        .await
-        .map_err(db_error)?;
-        tx.execute(
-            "INSERT INTO clusters (id) SELECT DISTINCT cluster_id FROM report_objects ON CONFLICT (id) DO NOTHING",
-            &[],
-        )
-        .await
-        .map_err(db_error)?;
-        for table in tables.iter().chain(std::iter::once(&"schema_migrations".to_string())) {
-            tx.batch_execute(&format!("ALTER TABLE \"{table}\" RENAME TO \"{table}{BACKUP_SUFFIX}\""))
-                .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        tracing::info!(
-            reports = imported,
-            tables = ?tables,
-            "adopted an upstream reports-server database; its tables were kept with the suffix {BACKUP_SUFFIX}"
-        );
-        Ok(())
-    }
-}
+mod upstream;

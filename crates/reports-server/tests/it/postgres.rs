@@ -1,0 +1,199 @@
+//! What only the PostgreSQL store has: several replicas on one database, upstream's `DB_*`
+//! configuration, and surviving a database outage. (Every behaviour shared with the embedded
+//! store is tested on both stores by `on_both_stores!` in the other modules.)
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use reports_test_support::PgCluster;
+use serde_json::{json, Value};
+
+use crate::{
+    harness::{polr_api, postgres_database, sample_object, to_dynamic, TestServer},
+    process::{insecure_client, start_binary},
+};
+
+fn rv(object: &kube::api::DynamicObject) -> String {
+    object.metadata.resource_version.clone().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_one_replica_sees_every_write_made_through_another() {
+    let url = postgres_database().await;
+    let a = TestServer::start_with(|c| c.storage = url.clone()).await;
+    let b = TestServer::start_with(|c| c.storage = url.clone()).await;
+    let on_a = polr_api(&a.kube(), "ns");
+    let on_b = polr_api(&b.kube(), "ns");
+    let start = on_b.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut events = on_b.watch(&WatchParams::default(), &start).await.unwrap().boxed();
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let created = on_a
+            .create(&PostParams::default(), &to_dynamic(sample_object(0, &format!("r{i}"), Some("ns"))))
+            .await
+            .unwrap();
+        expected.push(("ADDED", format!("r{i}"), rv(&created)));
+    }
+    let patch = json!({"metadata": {"labels": {"rescanned": "yes"}}});
+    let patched = on_a.patch("r3", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    expected.push(("MODIFIED", "r3".into(), rv(&patched)));
+    on_a.delete("r4", &DeleteParams::default()).await.unwrap();
+    // Writes through B interleave with A's in one sequence.
+    let created_on_b = on_b
+        .create(&PostParams::default(), &to_dynamic(sample_object(0, "from-b", Some("ns"))))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() + 2 {
+        match events.try_next().await.unwrap().expect("stream stays open") {
+            WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.clone().unwrap(), rv(&o))),
+            WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.clone().unwrap(), rv(&o))),
+            WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.clone().unwrap(), rv(&o))),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(&seen[..expected.len()], &expected[..], "B streams A's writes in commit order");
+    assert_eq!((seen[11].0, seen[11].1.as_str()), ("DELETED", "r4"));
+    assert_eq!(seen[12], ("ADDED", "from-b".to_string(), rv(&created_on_b)));
+    let rvs: Vec<u64> = seen.iter().map(|(_, _, rv)| rv.parse().unwrap()).collect();
+    assert!(rvs.windows(2).all(|w| w[0] < w[1]), "one increasing RV sequence across replicas: {rvs:?}");
+    // A list on either replica agrees.
+    let names = |list: kube::core::ObjectList<kube::api::DynamicObject>| {
+        list.items.into_iter().map(|o| o.metadata.name.unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(on_a.list(&ListParams::default()).await.unwrap()),
+        names(on_b.list(&ListParams::default()).await.unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_upstream_db_environment_and_never_logs_the_password() {
+    let url = postgres_database().await;
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let database = config.get_dbname().unwrap().to_string();
+    let port = PgCluster::shared().port().to_string();
+    let env = [
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_PORT", port.as_str()),
+        ("DB_USER", "postgres"),
+        // Trust authentication ignores it; what matters is that it never reaches a log line.
+        ("DB_PASSWORD", "pa ss'word-never-logged"),
+        ("DB_DATABASE", database.as_str()),
+    ];
+    let (mut first, first_url, first_log) =
+        start_binary(&["--clustername", "dev", "--dbsslmode", "disable"], &env);
+    let (mut second, second_url, second_log) = start_binary(&[], &env);
+    let http = insecure_client();
+    let body = json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport", "metadata": {"name": "shared"}});
+    let path = "/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports";
+    let created = http.post(format!("{first_url}{path}")).json(&body).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let read: Value =
+        http.get(format!("{second_url}{path}/shared")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(read["metadata"]["name"], "shared", "the second process serves what the first wrote");
+    let ready = http.get(format!("{second_url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    first.kill().unwrap();
+    second.kill().unwrap();
+    first.wait().unwrap();
+    second.wait().unwrap();
+    let logs = format!("{:?}{:?}", first_log.lock().unwrap(), second_log.lock().unwrap());
+    assert!(logs.contains("is ready on"), "{logs}");
+    assert!(!logs.contains("never-logged"), "a password reached the log: {logs}");
+    let names = PgCluster::shared().psql(&database, "SELECT name FROM clusters").unwrap();
+    assert_eq!(names.trim(), "dev", "--clustername is recorded with the cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_a_503_and_loses_no_acknowledged_write() {
+    // A cluster of its own: this test stops it.
+    let pg = PgCluster::start().unwrap();
+    pg.create_database("reports", None).unwrap();
+    let t = TestServer::start_with(|c| c.storage = pg.url("reports")).await;
+    let http = t.http();
+    let collection = t.url("/apis/reports.kyverno.io/v1/namespaces/ns/ephemeralreports");
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let (http, collection, acked_tx, stop_rx) =
+            (http.clone(), collection.clone(), acked_tx.clone(), stop_rx.clone());
+        writers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..2000 {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                let name = format!("w{w}-{i}");
+                let body = sample_object(2, &name, Some("ns"));
+                match http.post(&collection).json(&body).send().await {
+                    Ok(response) => {
+                        statuses.push(response.status().as_u16());
+                        if response.status() == 201 {
+                            acked_tx.send(name).unwrap();
+                        }
+                    }
+                    Err(_) => statuses.push(0),
+                }
+            }
+            statuses
+        }));
+    }
+    drop(acked_tx);
+    let mut acked = Vec::new();
+    while acked.len() < 30 {
+        acked.push(acked_rx.recv().await.unwrap());
+    }
+    pg.stop().unwrap();
+    // While the database is down: a Status 503 with Retry-After, and readiness fails.
+    let down =
+        http.post(&collection).json(&sample_object(2, "during-outage", Some("ns"))).send().await.unwrap();
+    assert_eq!(down.status(), 503);
+    assert!(down.headers().contains_key("retry-after"));
+    let status: Value = down.json().await.unwrap();
+    assert_eq!(
+        (status["kind"].as_str(), status["reason"].as_str()),
+        (Some("Status"), Some("ServiceUnavailable"))
+    );
+    assert!(!status["message"].as_str().unwrap().contains("127.0.0.1"), "no driver detail leaks: {status}");
+    let get = http.get(format!("{collection}/w0-0")).send().await.unwrap();
+    assert_eq!(get.status(), 503);
+    let ready = http.get(t.url("/readyz?verbose")).send().await.unwrap();
+    assert_eq!(ready.status(), 500);
+    assert!(ready.text().await.unwrap().contains("[-]storage failed"));
+    // Back up: the server recovers by itself.
+    pg.resume().unwrap();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if http.get(t.url("/readyz")).send().await.unwrap().status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "readiness comes back once the database is back");
+    let after =
+        http.post(&collection).json(&sample_object(2, "after-outage", Some("ns"))).send().await.unwrap();
+    assert_eq!(after.status(), 201);
+    stop_tx.send(true).unwrap();
+    let mut statuses = Vec::new();
+    for writer in writers {
+        statuses.extend(writer.await.unwrap());
+    }
+    while let Some(name) = acked_rx.recv().await {
+        acked.push(name);
+    }
+    assert!(statuses.contains(&201), "writes succeeded before the outage");
+    assert!(
+        statuses.iter().all(|s| matches!(s, 201 | 503 | 504)),
+        "writers only ever see success or a retryable Status: {:?}",
+        statuses.iter().filter(|s| !matches!(s, 201 | 503 | 504)).collect::<Vec<_>>()
+    );
+    let list: Value = http.get(&collection).send().await.unwrap().json().await.unwrap();
+    let stored: std::collections::HashSet<&str> =
+        list["items"].as_array().unwrap().iter().map(|o| o["metadata"]["name"].as_str().unwrap()).collect();
+    let lost: Vec<&String> = acked.iter().filter(|name| !stored.contains(name.as_str())).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(stored.contains("after-outage"));
+}

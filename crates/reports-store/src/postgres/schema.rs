@@ -1,0 +1,154 @@
+//! The schema and the start-up work done under the migration lock: embedded migrations, the
+//! cluster this server serves, and adopting an upstream database.
+
+use uuid::Uuid;
+
+use super::{backend, db_error, upstream};
+use crate::StoreResult;
+
+/// Schema migrations, applied in order under an advisory lock; the index + 1 is the version.
+pub(super) const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE IF NOT EXISTS clusters (id UUID NOT NULL PRIMARY KEY, name VARCHAR);
+CREATE TABLE report_counters (
+    cluster_id   UUID PRIMARY KEY,
+    rv           BIGINT NOT NULL,
+    compacted_rv BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE report_objects (
+    cluster_id UUID NOT NULL,
+    resource   TEXT COLLATE "C" NOT NULL,
+    namespace  TEXT COLLATE "C" NOT NULL,
+    name       TEXT COLLATE "C" NOT NULL,
+    uid        TEXT NOT NULL,
+    rv         BIGINT NOT NULL,
+    labels     JSONB NOT NULL,
+    body       TEXT NOT NULL,
+    PRIMARY KEY (cluster_id, resource, namespace, name)
+);
+CREATE TABLE report_changes (
+    cluster_id  UUID NOT NULL,
+    rv          BIGINT NOT NULL,
+    resource    TEXT COLLATE "C" NOT NULL,
+    namespace   TEXT COLLATE "C" NOT NULL,
+    name        TEXT COLLATE "C" NOT NULL,
+    uid         TEXT NOT NULL,
+    type        TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
+    labels      JSONB NOT NULL,
+    prev_labels JSONB,
+    body        TEXT,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (cluster_id, rv)
+);
+CREATE INDEX report_changes_by_resource ON report_changes (cluster_id, resource, rv);
+DO $$ BEGIN
+    -- lz4 is faster and smaller than pglz on report JSON; servers built without it keep pglz.
+    ALTER TABLE report_objects ALTER COLUMN body SET COMPRESSION lz4;
+    ALTER TABLE report_changes ALTER COLUMN body SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
+"#];
+
+/// Advisory lock key that serializes schema work between replicas starting together.
+pub(super) const MIGRATION_LOCK: i64 = 0x7265_706f_7274_7331; // "reports1"
+/// Migrations, cluster identity and upstream adoption, on one connection holding the advisory lock.
+pub(super) async fn setup(
+    client: &mut deadpool_postgres::Object,
+    settings: &super::PgSettings,
+) -> StoreResult<Uuid> {
+    // Waiting for another replica's migration, or adopting a large upstream database, may take
+    // longer than the request statement timeout.
+    client.batch_execute("SET statement_timeout = 0").await.map_err(db_error)?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
+    let result = setup_locked(client, settings).await;
+    // Unlock even after a failure; a lost connection releases the lock anyway.
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let _ = client.batch_execute("RESET statement_timeout").await;
+    result
+}
+
+async fn setup_locked(
+    client: &mut deadpool_postgres::Object,
+    settings: &super::PgSettings,
+) -> StoreResult<Uuid> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS reports_server_migrations (
+                version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(db_error)?;
+    let applied: i32 = client
+        .query_one("SELECT coalesce(max(version), 0) FROM reports_server_migrations", &[])
+        .await
+        .map_err(db_error)?
+        .get(0);
+    let applied = applied as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(backend(format!(
+            "database schema version {applied} is newer than this binary understands ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = client.transaction().await.map_err(db_error)?;
+        tx.batch_execute(migration).await.map_err(db_error)?;
+        tx.execute("INSERT INTO reports_server_migrations (version) VALUES ($1)", &[&(index as i32 + 1)])
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        tracing::info!(version = index + 1, "applied PostgreSQL schema migration");
+    }
+    let cluster = resolve_cluster(client, settings).await?;
+    client
+        .execute(
+            // Starts at 1, never 0: a list at RV "0" followed by a watch from "0" would ask for
+            // the current state again instead of the changes after the list.
+            "INSERT INTO report_counters (cluster_id, rv) VALUES ($1, 1) ON CONFLICT (cluster_id) DO NOTHING",
+            &[&cluster],
+        )
+        .await
+        .map_err(db_error)?;
+    upstream::adopt(client, cluster).await?;
+    Ok(cluster)
+}
+
+/// The cluster id: the configured one, else the only one recorded, else a new one.
+async fn resolve_cluster(
+    client: &deadpool_postgres::Object,
+    settings: &super::PgSettings,
+) -> StoreResult<Uuid> {
+    let name = settings.cluster_name.clone();
+    if let Some(id) = &settings.cluster_id {
+        let id = Uuid::parse_str(id).map_err(|e| backend(format!("cluster id {id:?} is not a UUID: {e}")))?;
+        client
+            .execute(
+                "INSERT INTO clusters (id, name) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET name = coalesce(excluded.name, clusters.name)",
+                &[&id, &name],
+            )
+            .await
+            .map_err(db_error)?;
+        return Ok(id);
+    }
+    let rows = match &name {
+        Some(name) => client.query("SELECT id FROM clusters WHERE name = $1", &[name]).await,
+        None => client.query("SELECT id FROM clusters", &[]).await,
+    }
+    .map_err(db_error)?;
+    match rows.len() {
+        1 => Ok(rows[0].get(0)),
+        0 => {
+            let id = Uuid::new_v4();
+            client
+                .execute("INSERT INTO clusters (id, name) VALUES ($1, $2)", &[&id, &name])
+                .await
+                .map_err(db_error)?;
+            tracing::info!(cluster_id = %id, "recorded a new cluster in the database");
+            Ok(id)
+        }
+        n => Err(backend(format!(
+            "the database holds {n} clusters{}: choose one with --cluster-id",
+            name.map(|n| format!(" named {n:?}")).unwrap_or_default()
+        ))),
+    }
+}

@@ -1,0 +1,157 @@
+//! TLS to PostgreSQL with libpq's `sslmode` semantics, on rustls (ring).
+
+use std::sync::Arc;
+
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+    pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+use super::{backend, PgSettings, SslMode};
+use crate::StoreResult;
+
+/// Encrypts without checking who answers (libpq's prefer/require without a root certificate).
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+/// Checks the chain against the roots but accepts any host name (libpq's verify-ca).
+#[derive(Debug)]
+struct ChainOnly(Arc<dyn ServerCertVerifier>);
+
+fn signature_schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
+    provider.signature_verification_algorithms.supported_schemes()
+}
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        signature_schemes(&self.0)
+    }
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The rustls client configuration for `mode`.
+pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(backend)?;
+    let roots = match &settings.ssl_root_cert {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?
+            {
+                let cert =
+                    cert.map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| backend(format!("--dbsslrootcert {}: {e}", path.display())))?;
+            }
+            Some(Arc::new(roots))
+        }
+        None => None,
+    };
+    let verify = match (mode, roots) {
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            return Err(backend("sslmode verify-ca and verify-full need --dbsslrootcert"))
+        }
+        (SslMode::VerifyFull, Some(roots)) => Some((roots, true)),
+        // libpq: require with a root certificate behaves as verify-ca.
+        (SslMode::VerifyCa | SslMode::Require, Some(roots)) => Some((roots, false)),
+        _ => None,
+    };
+    let builder = match verify {
+        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider))),
+        Some((roots, check_name)) => {
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(backend)?;
+            if check_name {
+                builder.with_webpki_verifier(webpki)
+            } else {
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+            }
+        }
+    };
+    match (&settings.ssl_cert, &settings.ssl_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| backend(format!("reading --dbsslcert {}: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| backend(format!("reading --dbsslkey {}: {e}", key.display())))?;
+            builder.with_client_auth_cert(chain, key).map_err(backend)
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(backend("--dbsslcert and --dbsslkey go together")),
+    }
+}

@@ -1,0 +1,125 @@
+//! Adopting a database written by kyverno/reports-server: one table per kind with the report
+//! as JSONB, golang-migrate's `schema_migrations` at version 11. Every report is copied into
+//! `report_objects` in one transaction (so a crash leaves nothing half done), with a fresh RV
+//! from its cluster's counter, its apiVersion and kind from the embedded CRDs, and a uid and
+//! creationTimestamp where upstream left them empty. The upstream tables are then renamed
+//! with an `_upstream_backup` suffix rather than dropped: nothing is destroyed, and a second
+//! start does not import again. Rows that upstream never assigned to a cluster (the all-zero
+//! UUID) belong to this server's cluster, as upstream itself would have decided.
+
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::{backend, db_error, Catalogue, UPSTREAM_SCHEMA_VERSION};
+use crate::StoreResult;
+
+/// Suffix given to adopted upstream tables.
+pub const BACKUP_SUFFIX: &str = "_upstream_backup";
+
+async fn table_columns<C: GenericClient>(client: &C, table: &str) -> StoreResult<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1",
+            &[&table],
+        )
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Imports an upstream database found here, once.
+pub async fn adopt(client: &mut deadpool_postgres::Object, cluster: Uuid) -> StoreResult<()> {
+    let marker = table_columns(client, "schema_migrations").await?;
+    if !(marker.iter().any(|c| c == "version") && marker.iter().any(|c| c == "dirty")) {
+        return Ok(());
+    }
+    let row =
+        client.query_one("SELECT version, dirty FROM schema_migrations", &[]).await.map_err(db_error)?;
+    let (version, dirty): (i64, bool) = (row.get(0), row.get(1));
+    if dirty || version != UPSTREAM_SCHEMA_VERSION {
+        return Err(backend(format!(
+            "found an upstream reports-server schema at version {version}{}; only version \
+             {UPSTREAM_SCHEMA_VERSION} (clean) can be adopted: run upstream's migrations to completion first",
+            if dirty { " (dirty)" } else { "" }
+        )));
+    }
+    let catalogue = Catalogue::embedded().map_err(|e| backend(e.to_string()))?;
+    let tx = client.transaction().await.map_err(db_error)?;
+    let mut sources = Vec::new();
+    let mut tables = Vec::new();
+    for kind in catalogue.kinds() {
+        let table = kind.storage_key();
+        let columns = table_columns(&tx, table).await?;
+        if columns.is_empty() {
+            continue;
+        }
+        let namespace = if columns.iter().any(|c| c == "namespace") { "namespace::text" } else { "''" };
+        let cluster_id = if columns.iter().any(|c| c == "cluster_id") { "cluster_id" } else { "NULL::uuid" };
+        sources.push(format!(
+            "SELECT coalesce(nullif({cluster_id}, '00000000-0000-0000-0000-000000000000'::uuid), $1) AS cluster_id,
+                    '{table}'::text AS resource, '{api_version}'::text AS api_version, '{kind}'::text AS kind,
+                    {namespace} AS namespace, name::text AS name, report FROM \"{table}\"",
+            api_version = kind.api_version(),
+            kind = kind.kind,
+        ));
+        tables.push(table.to_string());
+    }
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let import = format!(
+        "WITH src AS ({sources}),
+        numbered AS (
+            SELECT s.*, coalesce(c.rv, 1)
+                     + row_number() OVER (PARTITION BY s.cluster_id ORDER BY s.resource, s.namespace, s.name) AS new_rv,
+                   coalesce(nullif(s.report -> 'metadata' ->> 'uid', ''), gen_random_uuid()::text) AS uid,
+                   coalesce(s.report -> 'metadata', '{{}}'::jsonb) AS meta
+            FROM src s LEFT JOIN report_counters c ON c.cluster_id = s.cluster_id),
+        fixed AS (
+            SELECT n.*, n.report || jsonb_build_object(
+                'apiVersion', n.api_version, 'kind', n.kind,
+                'metadata', (CASE WHEN n.namespace = '' THEN n.meta - 'namespace'
+                                  ELSE n.meta || jsonb_build_object('namespace', n.namespace) END)
+                    || jsonb_build_object(
+                        'name', n.name, 'uid', n.uid, 'resourceVersion', n.new_rv::text,
+                        'creationTimestamp', coalesce(n.meta -> 'creationTimestamp',
+                            to_jsonb(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))))) AS doc
+            FROM numbered n)
+        INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
+        SELECT cluster_id, resource, namespace, name, uid, new_rv,
+               CASE WHEN jsonb_typeof(meta -> 'labels') = 'object' THEN meta -> 'labels' ELSE '{{}}'::jsonb END,
+               doc::text
+        FROM fixed",
+        sources = sources.join("\n UNION ALL "),
+    );
+    let imported = tx.execute(&import, &[&cluster]).await.map_err(db_error)?;
+    tx.execute(
+        "INSERT INTO report_counters (cluster_id, rv)
+         SELECT cluster_id, max(rv) FROM report_objects GROUP BY cluster_id
+         ON CONFLICT (cluster_id) DO UPDATE SET rv = GREATEST(report_counters.rv, excluded.rv)",
+        &[],
+    )
+    .await
+    .map_err(db_error)?;
+    tx.execute(
+        "INSERT INTO clusters (id) SELECT DISTINCT cluster_id FROM report_objects ON CONFLICT (id) DO NOTHING",
+        &[],
+    )
+    .await
+    .map_err(db_error)?;
+    for table in tables.iter().chain(std::iter::once(&"schema_migrations".to_string())) {
+        tx.batch_execute(&format!("ALTER TABLE \"{table}\" RENAME TO \"{table}{BACKUP_SUFFIX}\""))
+            .await
+            .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    tracing::info!(
+        reports = imported,
+        tables = ?tables,
+        "adopted an upstream reports-server database; its tables were kept with the suffix {BACKUP_SUFFIX}"
+    );
+    Ok(())
+}

@@ -240,10 +240,11 @@ pub async fn compaction_moves_the_watermark(store: DynStore) {
     assert_eq!(store.compacted_rv().await.unwrap(), 0);
     // Nothing is older than an hour yet.
     assert_eq!(store.compact(3600).await.unwrap(), 0);
-    // An age of zero drops everything committed so far.
+    // An age of zero drops everything committed so far, and nothing serves it any more.
     assert_eq!(store.compact(0).await.unwrap(), 1);
     assert_eq!(store.compacted_rv().await.unwrap(), a.rv);
     assert!(store.changes_since(None, 0, 10).await.unwrap().is_empty());
+    assert!(store.changes_since(None, a.rv - 1, 10).await.unwrap().is_empty());
     store.ping().await.unwrap();
 }
 

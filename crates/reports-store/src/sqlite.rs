@@ -71,6 +71,62 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Reader connections kept idle for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
+/// Changes kept in memory after commit (about 1,000, the feed's working set).
+const RECENT_CHANGES: usize = 1024;
+
+/// A window over the newest committed changes. Every change enters it in RV order under the
+/// writer lock, and RVs are consecutive in this store (each write takes exactly one RV and
+/// appends exactly one change, and a rolled-back write takes none), so the window holds
+/// *every* change from its first RV on: a read after an RV inside it needs no database.
+#[derive(Default)]
+struct RecentChanges {
+    window: Mutex<std::collections::VecDeque<Change>>,
+}
+
+impl RecentChanges {
+    fn record(&self, changes: Vec<Change>) {
+        let Ok(mut window) = self.window.lock() else { return };
+        for change in changes {
+            // A gap (a write before this process, or a failed read) restarts the window.
+            if window.back().is_some_and(|last| last.rv + 1 != change.rv) {
+                window.clear();
+            }
+            window.push_back(change);
+        }
+        while window.len() > RECENT_CHANGES {
+            window.pop_front();
+        }
+    }
+
+    /// Drops what compaction removed from the log, so the window never serves it.
+    fn forget_through(&self, rv: u64) {
+        if let Ok(mut window) = self.window.lock() {
+            while window.front().is_some_and(|c| c.rv <= rv) {
+                window.pop_front();
+            }
+        }
+    }
+
+    /// Changes after `after` (of `resource`, or all), if the window reaches back that far.
+    fn since(&self, resource: Option<&str>, after: u64, limit: usize) -> Option<Vec<Change>> {
+        let window = self.window.lock().ok()?;
+        let first = window.front()?.rv;
+        let next = after.saturating_add(1);
+        if next < first {
+            return None;
+        }
+        Some(
+            window
+                .iter()
+                .skip(usize::try_from(next - first).unwrap_or(usize::MAX))
+                .filter(|c| resource.is_none_or(|r| c.resource == r))
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
 /// The SQLite-backed [`Store`].
 pub struct SqliteStore {
     /// The only connection that writes. Holding its lock for a whole transaction serializes
@@ -82,6 +138,9 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Newest committed RV; watchers wait on it instead of polling the file.
     committed: Arc<watch::Sender<u64>>,
+    /// The newest changes, in RV order, so the watch feed reads what was just committed from
+    /// memory instead of the file. Filled under the writer lock, so it never has a hole.
+    recent: Arc<RecentChanges>,
     /// Keeps the directory of a `sqlite::memory:` store alive until the store is dropped.
     _temporary_dir: Option<tempfile::TempDir>,
 }
@@ -171,7 +230,22 @@ struct ChangeRecord<'a> {
     prev_labels: Option<&'a str>,
 }
 
-fn append_change(tx: &Transaction<'_>, change: ChangeRecord<'_>) -> StoreResult<()> {
+/// A write transaction plus the changes it appended, handed to the recent-changes window after
+/// commit (so the watch feed need not read back what was just written).
+struct WriteTx<'c> {
+    tx: Transaction<'c>,
+    appended: std::cell::RefCell<Vec<Change>>,
+}
+
+impl<'c> std::ops::Deref for WriteTx<'c> {
+    type Target = Transaction<'c>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+fn append_change(tx: &WriteTx<'_>, change: ChangeRecord<'_>) -> StoreResult<()> {
     tx.prepare_cached("INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
         .map_err(sqlite_error)?
@@ -189,6 +263,14 @@ fn append_change(tx: &Transaction<'_>, change: ChangeRecord<'_>) -> StoreResult<
         ],
     )
     .map_err(sqlite_error)?;
+    tx.appended.borrow_mut().push(Change {
+        rv: change.object.rv,
+        resource: change.resource.to_string(),
+        change_type: change.change_type,
+        object: change.object.clone(),
+        labels: parse_labels(change.labels),
+        prev_labels: change.prev_labels.map(parse_labels),
+    });
     Ok(())
 }
 
@@ -210,7 +292,7 @@ fn current_row(
 
 /// Deletes one object inside `tx` after checking its RV; returns its final state.
 fn delete_in(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     resource: &str,
     namespace: &str,
     name: &str,
@@ -345,6 +427,7 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
             committed: Arc::new(committed),
+            recent: Arc::new(RecentChanges::default()),
             _temporary_dir: temporary_dir,
         })
     }
@@ -353,21 +436,26 @@ impl SqliteStore {
     async fn write<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&WriteTx<'_>) -> StoreResult<T> + Send + 'static,
     {
         let writer = self.writer.clone();
         let committed = self.committed.clone();
+        let recent = self.recent.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().map_err(|_| backend("writer lock poisoned"))?;
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(sqlite_error)?;
+            let tx = WriteTx { tx, appended: Default::default() };
             let out = work(&tx)?;
             let rv: i64 = tx
                 .prepare_cached("SELECT rv FROM counter")
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(sqlite_error)?;
+            let WriteTx { tx, appended } = tx;
             tx.commit().map_err(sqlite_error)?;
+            // Before the commit is announced, so whoever hears of it finds it here.
+            recent.record(appended.into_inner());
             // Still under the writer lock, so published RVs never go backwards.
             committed.send_if_modified(|current| {
                 let changed = *current != rv as u64;
@@ -682,6 +770,9 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<Change>> {
+        if let Some(changes) = self.recent.since(resource, after, limit) {
+            return Ok(changes);
+        }
         let resource = resource.map(str::to_string);
         self.read(move |conn| {
             let mut stmt = conn
@@ -727,6 +818,7 @@ impl Store for SqliteStore {
 
     async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64> {
         let cutoff = now_seconds() - max_age_seconds as i64;
+        let recent = self.recent.clone();
         self.write(move |tx| {
             let newest_old: Option<i64> = tx
                 .query_row("SELECT max(rv) FROM changes WHERE created_at <= ?1", params![cutoff], |r| {
@@ -741,6 +833,8 @@ impl Store for SqliteStore {
                 params![upto.to_string(), upto],
             )
             .map_err(sqlite_error)?;
+            // Under the writer lock: nothing is recorded into the window meanwhile.
+            recent.forget_through(upto as u64);
             Ok(dropped as u64)
         })
         .await

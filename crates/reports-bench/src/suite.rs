@@ -288,6 +288,21 @@ impl Run {
     }
 
     /// Records one measurement and prints it.
+    /// GETs by name: a closed-loop run with `concurrency` clients, then an open-loop run at the
+    /// configured rate, both recorded (the same for our server and the raw baseline).
+    async fn gets_closed_then_open(&mut self, system: &str, probe: &CpuProbe, concurrency: usize, get: Op) {
+        let count = self.settings.get_count;
+        let before = probe.read();
+        let measured = closed_loop(concurrency, count, get.clone()).await;
+        let cpu = probe.per_1k_ops(&before, measured.ok);
+        self.record(system, "get", &format!("closed c={concurrency}"), &measured, cpu, json!({}));
+        let rate = self.settings.get_rate;
+        let before = probe.read();
+        let measured = open_loop(rate, count, get).await;
+        let cpu = probe.per_1k_ops(&before, measured.ok);
+        self.record(system, "get", &format!("open {rate}/s"), &measured, cpu, json!({}));
+    }
+
     fn record(
         &mut self,
         system: &str,
@@ -475,28 +490,7 @@ impl Run {
                 }
             })
         };
-        let count = self.settings.get_count;
-        let before = probe.read();
-        let measured = closed_loop(concurrency, count, get.clone()).await;
-        self.record(
-            system,
-            "get",
-            &format!("closed c={concurrency}"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
-        let rate = self.settings.get_rate;
-        let before = probe.read();
-        let measured = open_loop(rate, count, get).await;
-        self.record(
-            system,
-            "get",
-            &format!("open {rate}/s"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
+        self.gets_closed_then_open(system, &probe, concurrency, get).await;
 
         // Consumers listing everything.
         let url = api.collection("policyreports", None);
@@ -828,28 +822,7 @@ impl Run {
                 }
             })
         };
-        let count = self.settings.get_count;
-        let before = probe.read();
-        let measured = closed_loop(concurrency, count, get.clone()).await;
-        self.record(
-            system,
-            "get",
-            &format!("closed c={concurrency}"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
-        let rate = self.settings.get_rate;
-        let before = probe.read();
-        let measured = open_loop(rate, count, get).await;
-        self.record(
-            system,
-            "get",
-            &format!("open {rate}/s"),
-            &measured,
-            probe.per_1k_ops(&before, measured.ok),
-            json!({}),
-        );
+        self.gets_closed_then_open(system, &probe, concurrency, get).await;
         let before = probe.read();
         let started = Instant::now();
         let (items, bytes) = raw.list_all(500).await?;

@@ -78,75 +78,75 @@ async fn get_prints_crd_columns_across_namespaces() {
     assert!(!success && stderr.contains("unable to parse requirement"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_paginates_with_chunk_size() {
-    let t = TestServer::start().await;
-    for i in 0..7 {
-        let file =
-            write_manifest(&t, &format!("r{i}.json"), &sample_object(4, &format!("r{i}"), Some("paged")));
-        ok(&t, &["create", "-f", &file]);
+on_both_stores! {
+    async fn get_paginates_with_chunk_size(t) {
+        for i in 0..7 {
+            let file =
+                write_manifest(&t, &format!("r{i}.json"), &sample_object(4, &format!("r{i}"), Some("paged")));
+            ok(&t, &["create", "-f", &file]);
+        }
+        let out = ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=2", "-o", "name"]);
+        assert_eq!(out.lines().count(), 7, "{out}");
+        let json: Value =
+            serde_json::from_str(&ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=3", "-o", "json"]))
+                .unwrap();
+        assert_eq!(json["items"].as_array().unwrap().len(), 7);
     }
-    let out = ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=2", "-o", "name"]);
-    assert_eq!(out.lines().count(), 7, "{out}");
-    let json: Value =
-        serde_json::from_str(&ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=3", "-o", "json"]))
-            .unwrap();
-    assert_eq!(json["items"].as_array().unwrap().len(), 7);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_patch_edit_describe_and_delete() {
-    let t = TestServer::start().await;
-    let mut object = sample_object(2, "ephr-1", Some("default"));
-    let file = write_manifest(&t, "ephr.json", &object);
-    let created = ok(&t, &["apply", "-f", &file]);
-    assert!(created.contains("ephemeralreport.reports.kyverno.io/ephr-1 created"), "{created}");
-    object["spec"]["summary"]["fail"] = 3.into();
-    let file = write_manifest(&t, "ephr.json", &object);
-    let configured = ok(&t, &["apply", "-f", &file]);
-    assert!(configured.contains("configured"), "{configured}");
-    let unchanged = ok(&t, &["apply", "-f", &file]);
-    assert!(unchanged.contains("unchanged"), "{unchanged}");
+on_both_stores! {
+    async fn apply_patch_edit_describe_and_delete(t) {
+        let mut object = sample_object(2, "ephr-1", Some("default"));
+        let file = write_manifest(&t, "ephr.json", &object);
+        let created = ok(&t, &["apply", "-f", &file]);
+        assert!(created.contains("ephemeralreport.reports.kyverno.io/ephr-1 created"), "{created}");
+        object["spec"]["summary"]["fail"] = 3.into();
+        let file = write_manifest(&t, "ephr.json", &object);
+        let configured = ok(&t, &["apply", "-f", &file]);
+        assert!(configured.contains("configured"), "{configured}");
+        let unchanged = ok(&t, &["apply", "-f", &file]);
+        assert!(unchanged.contains("unchanged"), "{unchanged}");
 
-    ok(&t, &["patch", "ephr", "ephr-1", "--type=merge", "-p", r#"{"metadata":{"labels":{"team":"a"}}}"#]);
-    ok(
-        &t,
-        &[
-            "patch",
-            "ephr",
-            "ephr-1",
-            "--type=json",
-            "-p",
-            r#"[{"op":"replace","path":"/spec/summary/pass","value":9}]"#,
-        ],
-    );
-    ok(&t, &["label", "ephr", "ephr-1", "edit-me=yes"]);
-    ok(&t, &["annotate", "ephr", "ephr-1", "note=hello"]);
-    let (success, _, stderr) = t.kubectl(&["patch", "ephr", "ephr-1", "--type=strategic", "-p", "{}"]);
-    assert!(!success && stderr.contains("is not supported"), "{stderr}");
+        ok(&t, &["patch", "ephr", "ephr-1", "--type=merge", "-p", r#"{"metadata":{"labels":{"team":"a"}}}"#]);
+        ok(
+            &t,
+            &[
+                "patch",
+                "ephr",
+                "ephr-1",
+                "--type=json",
+                "-p",
+                r#"[{"op":"replace","path":"/spec/summary/pass","value":9}]"#,
+            ],
+        );
+        ok(&t, &["label", "ephr", "ephr-1", "edit-me=yes"]);
+        ok(&t, &["annotate", "ephr", "ephr-1", "note=hello"]);
+        let (success, _, stderr) = t.kubectl(&["patch", "ephr", "ephr-1", "--type=strategic", "-p", "{}"]);
+        assert!(!success && stderr.contains("is not supported"), "{stderr}");
 
-    // Quotes make kubectl run the editor through a shell, with the file path appended.
-    let editor = "sed -i 's/edit-me: .yes./edit-me: edited/'";
-    let (success, _, stderr) = t.kubectl_env(&["edit", "ephr", "ephr-1"], &[("KUBE_EDITOR", editor)]);
-    assert!(success, "kubectl edit: {stderr}");
+        // Quotes make kubectl run the editor through a shell, with the file path appended.
+        let editor = "sed -i 's/edit-me: .yes./edit-me: edited/'";
+        let (success, _, stderr) = t.kubectl_env(&["edit", "ephr", "ephr-1"], &[("KUBE_EDITOR", editor)]);
+        assert!(success, "kubectl edit: {stderr}");
 
-    let current: Value = serde_json::from_str(&ok(&t, &["get", "ephr", "ephr-1", "-o", "json"])).unwrap();
-    assert_eq!(current["spec"]["summary"]["fail"], 3);
-    assert_eq!(current["spec"]["summary"]["pass"], 9);
-    assert_eq!(current["metadata"]["labels"]["team"], "a");
-    assert_eq!(current["metadata"]["labels"]["edit-me"], "edited");
-    assert_eq!(current["metadata"]["annotations"]["note"], "hello");
-    assert_eq!(current["metadata"]["generation"], 3, "only spec changes bump the generation");
+        let current: Value = serde_json::from_str(&ok(&t, &["get", "ephr", "ephr-1", "-o", "json"])).unwrap();
+        assert_eq!(current["spec"]["summary"]["fail"], 3);
+        assert_eq!(current["spec"]["summary"]["pass"], 9);
+        assert_eq!(current["metadata"]["labels"]["team"], "a");
+        assert_eq!(current["metadata"]["labels"]["edit-me"], "edited");
+        assert_eq!(current["metadata"]["annotations"]["note"], "hello");
+        assert_eq!(current["metadata"]["generation"], 3, "only spec changes bump the generation");
 
-    let described = ok(&t, &["describe", "ephr", "ephr-1"]);
-    assert!(described.contains("Name:         ephr-1") && described.contains("team=a"), "{described}");
-    let yaml = ok(&t, &["get", "kyverno", "-o", "yaml"]);
-    assert!(yaml.contains("name: ephr-1") && yaml.contains("kind: EphemeralReport"), "{yaml}");
+        let described = ok(&t, &["describe", "ephr", "ephr-1"]);
+        assert!(described.contains("Name:         ephr-1") && described.contains("team=a"), "{described}");
+        let yaml = ok(&t, &["get", "kyverno", "-o", "yaml"]);
+        assert!(yaml.contains("name: ephr-1") && yaml.contains("kind: EphemeralReport"), "{yaml}");
 
-    let deleted = ok(&t, &["delete", "ephr", "ephr-1"]);
-    assert!(deleted.contains("deleted"), "{deleted}");
-    let (success, _, stderr) = t.kubectl(&["get", "ephr", "ephr-1"]);
-    assert!(!success && stderr.contains("NotFound"), "{stderr}");
+        let deleted = ok(&t, &["delete", "ephr", "ephr-1"]);
+        assert!(deleted.contains("deleted"), "{deleted}");
+        let (success, _, stderr) = t.kubectl(&["get", "ephr", "ephr-1"]);
+        assert!(!success && stderr.contains("NotFound"), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

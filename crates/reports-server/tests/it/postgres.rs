@@ -113,6 +113,10 @@ async fn a_database_outage_is_a_503_and_loses_no_acknowledged_write() {
     let t = TestServer::start_with(|c| c.storage = pg.url("reports")).await;
     let http = t.http();
     let collection = t.url("/apis/reports.kyverno.io/v1/namespaces/ns/ephemeralreports");
+    // A watch open across the whole outage.
+    let ephr = crate::harness::dynamic_api(&t.kube(), 2, Some("ns")).0;
+    let start = ephr.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut events = ephr.watch(&WatchParams::default(), &start).await.unwrap().boxed();
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut writers = Vec::new();
@@ -196,4 +200,25 @@ async fn a_database_outage_is_a_503_and_loses_no_acknowledged_write() {
     let lost: Vec<&String> = acked.iter().filter(|name| !stored.contains(name.as_str())).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert!(stored.contains("after-outage"));
+    // The watch stayed open through the outage and delivers every create once, in RV order,
+    // including those committed after the database came back.
+    let newest: u64 = list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let mut seen = Vec::new();
+    let mut last_rv = 0u64;
+    while last_rv < newest {
+        match events.try_next().await.unwrap().expect("the watch stays open") {
+            WatchEvent::Added(o) => {
+                let rv: u64 = rv(&o).parse().unwrap();
+                assert!(rv > last_rv, "events in RV order");
+                last_rv = rv;
+                seen.push(o.metadata.name.unwrap());
+            }
+            WatchEvent::Bookmark(b) => last_rv = last_rv.max(b.metadata.resource_version.parse().unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let seen: std::collections::HashSet<&str> = seen.iter().map(String::as_str).collect();
+    assert!(seen.contains("after-outage"));
+    let unseen: Vec<&String> = acked.iter().filter(|name| !seen.contains(name.as_str())).collect();
+    assert!(unseen.is_empty(), "acknowledged creates the watch never delivered: {unseen:?}");
 }

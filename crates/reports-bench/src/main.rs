@@ -151,6 +151,12 @@ enum Command {
         /// Storage URL for the server (a fresh temporary SQLite file when absent).
         #[arg(long)]
         storage: Option<String>,
+        /// Keep reports in a throwaway PostgreSQL started for the run (instead of --storage).
+        #[arg(long, conflicts_with = "storage")]
+        postgres: bool,
+        /// Watch through a second server process on the same PostgreSQL (cross-replica lag).
+        #[arg(long)]
+        replica: bool,
     },
     /// Regenerate a Markdown section from a result file.
     Render {
@@ -180,9 +186,19 @@ fn main() -> anyhow::Result<()> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
         Command::Serve { storage } => runtime.block_on(serve(storage)),
-        Command::WatchLag { watchers, rate, seconds, storage } => {
-            for count in watchers {
-                runtime.block_on(watch::watch_lag(count, rate, seconds, storage.clone()))?;
+        Command::WatchLag { watchers, rate, seconds, storage, postgres, replica } => {
+            let cluster = postgres.then(reports_test_support::PgCluster::start).transpose()?;
+            for (run, count) in watchers.into_iter().enumerate() {
+                // Each run starts from an empty database, as it does from a fresh SQLite file.
+                let storage = match &cluster {
+                    Some(pg) => {
+                        let database = format!("reports{run}");
+                        pg.create_database(&database, None)?;
+                        Some(pg.url(&database))
+                    }
+                    None => storage.clone(),
+                };
+                runtime.block_on(watch::watch_lag(count, rate, seconds, storage, replica))?;
             }
             Ok(())
         }

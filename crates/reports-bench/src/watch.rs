@@ -45,16 +45,28 @@ fn event_rv(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-/// Runs one watch fan-out measurement on a fresh server; prints and returns the result.
+/// Runs one watch fan-out measurement on a fresh server; prints and returns the result. With
+/// `replica`, the watchers read from a second server process on the same storage (PostgreSQL),
+/// so the lag includes the way from one replica's commit to the other's watch.
 pub async fn watch_lag(
     watchers: usize,
     rate: u64,
     seconds: u64,
     storage: Option<String>,
+    replica: bool,
 ) -> anyhow::Result<Value> {
     let server = ServerProcess::start(storage.as_deref())?;
+    let watched = if replica {
+        anyhow::ensure!(storage.is_some(), "--replica needs shared storage: --storage or --postgres");
+        Some(ServerProcess::start(storage.as_deref())?)
+    } else {
+        None
+    };
+    let watched_base = watched.as_ref().map_or(&server.base, |w| &w.base).clone();
     let http = client()?;
     let collection = format!("{}/apis/reports.kyverno.io/v1/namespaces/bench/ephemeralreports", server.base);
+    let watched_collection =
+        format!("{watched_base}/apis/reports.kyverno.io/v1/namespaces/bench/ephemeralreports");
     // Warm the connection and the database before measuring memory.
     http.post(&collection).json(&ephemeral_report("warm-up")).send().await?.error_for_status()?;
     let rss_before = server.rss_bytes();
@@ -64,7 +76,7 @@ pub async fn watch_lag(
     let total = (rate * seconds) as usize;
     let mut readers = Vec::new();
     for _ in 0..watchers {
-        let url = format!("{collection}?watch=1&resourceVersion={start_rv}&allowWatchBookmarks=true");
+        let url = format!("{watched_collection}?watch=1&resourceVersion={start_rv}&allowWatchBookmarks=true");
         // One connection per watcher, as separate informers would have.
         let response = client()?.get(&url).send().await?.error_for_status()?;
         readers.push(tokio::spawn(async move {

@@ -394,4 +394,21 @@ async fn concurrent_creates_are_combined_without_changing_any_answer() {
         store.changes_since(None, start, 1000).await.unwrap().iter().map(|c| c.rv).collect();
     assert_eq!(logged, rvs, "one ADDED change per create");
     assert_eq!(*store.subscribe().borrow(), *rvs.last().unwrap());
+    // Batches that met a taken name were replayed one by one; free names go in together.
+    let before = store.current_rv().await.unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.create("policyreports", report("free", &format!("f{i}"))).await.unwrap().rv
+            })
+        })
+        .collect();
+    let mut rvs = Vec::new();
+    for task in tasks {
+        rvs.push(task.await.unwrap());
+    }
+    rvs.sort();
+    assert_eq!(rvs, (before + 1..=before + 64).collect::<Vec<_>>());
+    assert!(store.combined_creates() > 0, "creates sent together were written together");
 }

@@ -68,6 +68,8 @@ pub(super) struct PendingCreate {
 pub(super) struct CreateQueue {
     /// Closing it (dropping the store) ends the task once the queue is empty.
     sender: mpsc::Sender<PendingCreate>,
+    /// How many creates were written together with others (observability, tests).
+    combined: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What the combining task needs from the store.
@@ -80,14 +82,22 @@ pub(super) struct Combiner {
     pub channel: Arc<str>,
     /// Where commits are published to this process's watch feed.
     pub committed: Arc<watch::Sender<u64>>,
+    /// Counts creates written in a batch of more than one.
+    pub combined: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CreateQueue {
     /// Starts the combining task.
     pub fn start(combiner: Combiner) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
+        let combined = combiner.combined.clone();
         tokio::spawn(combiner.run(receiver));
-        Self { sender }
+        Self { sender, combined }
+    }
+
+    /// How many creates so far were written in one statement with others.
+    pub fn combined(&self) -> u64 {
+        self.combined.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues one create and waits for its RV.
@@ -134,6 +144,7 @@ impl Combiner {
             match self.write_together(&client, &batch).await {
                 Ok(base) => {
                     publish(&self.committed, base + batch.len() as u64);
+                    self.combined.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     for (i, pending) in batch.into_iter().enumerate() {
                         let _ = pending.reply.send(Ok(base + i as u64 + 1));
                     }

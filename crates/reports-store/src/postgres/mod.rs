@@ -473,6 +473,7 @@ impl PgStore {
             cluster,
             channel: channel.clone(),
             committed: committed.clone(),
+            combined: Default::default(),
         });
         Ok(Self { pool, cluster, channel, committed, tls, creates, _stop_listener: stop })
     }
@@ -480,6 +481,11 @@ impl PgStore {
     /// The cluster this store serves.
     pub fn cluster_id(&self) -> Uuid {
         self.cluster
+    }
+
+    /// How many creates so far were written in one statement together with others.
+    pub fn combined_creates(&self) -> u64 {
+        self.creates.combined()
     }
 
     fn publish(&self, rv: u64) {

@@ -288,6 +288,37 @@ impl Run {
     }
 
     /// Records one measurement and prints it.
+    /// Records a baseline's full paginated read (pages of 500), timed from `started`, as one
+    /// operation; `extra` adds fields to the row.
+    #[allow(clippy::too_many_arguments)]
+    fn record_full_list(
+        &mut self,
+        system: &str,
+        probe: &CpuProbe,
+        before: &[f64],
+        started: Instant,
+        documents: usize,
+        (items, bytes): (usize, usize),
+        extra: Value,
+    ) {
+        let measured = Measured {
+            ok: 1,
+            seconds: started.elapsed().as_secs_f64(),
+            latencies: vec![started.elapsed()],
+            ..Default::default()
+        };
+        let mut fields = json!({
+            "dataset": format!("{documents} reports"),
+            "items": items,
+            "mb": round3(bytes as f64 / 1e6),
+            "total_s": round3(measured.seconds),
+        });
+        if let (Some(fields), Value::Object(extra)) = (fields.as_object_mut(), extra) {
+            fields.extend(extra);
+        }
+        self.record(system, "list", "limit=500", &measured, probe.per_1k_ops(before, 1), fields);
+    }
+
     /// GETs by name: a closed-loop run with `concurrency` clients, then an open-loop run at the
     /// configured rate, both recorded (the same for our server and the raw baseline).
     async fn gets_closed_then_open(&mut self, system: &str, probe: &CpuProbe, concurrency: usize, get: Op) {
@@ -826,25 +857,7 @@ impl Run {
         let before = probe.read();
         let started = Instant::now();
         let (items, bytes) = raw.list_all(500).await?;
-        let measured = Measured {
-            ok: 1,
-            seconds: started.elapsed().as_secs_f64(),
-            latencies: vec![started.elapsed()],
-            ..Default::default()
-        };
-        self.record(
-            system,
-            "list",
-            "limit=500",
-            &measured,
-            probe.per_1k_ops(&before, 1),
-            json!({
-                "dataset": format!("{} reports", docs.len()),
-                "items": items,
-                "mb": round3(bytes as f64 / 1e6),
-                "total_s": round3(measured.seconds),
-            }),
-        );
+        self.record_full_list(system, &probe, &before, started, docs.len(), (items, bytes), json!({}));
         let (per_row, rows) = raw.bytes_per_row().await?;
         self.record_value(
             system,
@@ -925,26 +938,8 @@ impl Run {
         let before = probe.read();
         let started = Instant::now();
         let (items, bytes) = etcd.range_all("/registry/wgpolicyk8s.io/policyreports/", 500).await?;
-        let measured = Measured {
-            ok: 1,
-            seconds: started.elapsed().as_secs_f64(),
-            latencies: vec![started.elapsed()],
-            ..Default::default()
-        };
-        self.record(
-            system,
-            "list",
-            "limit=500",
-            &measured,
-            probe.per_1k_ops(&before, 1),
-            json!({
-                "dataset": format!("{} reports", docs.len()),
-                "items": items,
-                "mb": round3(bytes as f64 / 1e6),
-                "total_s": round3(measured.seconds),
-                "api": "paginated range",
-            }),
-        );
+        let api = json!({"api": "paginated range"});
+        self.record_full_list(system, &probe, &before, started, docs.len(), (items, bytes), api);
         let (db, directory) = etcd.compacted_size().await?;
         self.record_value(system, "storage", json!({
             "objects": docs.len(),

@@ -23,6 +23,11 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder().danger_accept_invalid_certs(true).build()?)
 }
 
+/// An HTTPS client that speaks only HTTP/1.1, as kube-rs does.
+pub fn http1_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().danger_accept_invalid_certs(true).http1_only().build()?)
+}
+
 impl Api {
     /// `connections` clients to the server at `base`.
     pub fn new(base: &str, connections: usize) -> anyhow::Result<Self> {

@@ -736,7 +736,7 @@ impl Run {
         // Watch fan-out on its own fresh store.
         let (watchers, rate, seconds) = self.settings.watch;
         let storage = self.storage(store, "watch")?;
-        let result = crate::watch::watch_lag(watchers, rate, seconds, Some(storage), false).await?;
+        let result = crate::watch::watch_lag(watchers, rate, seconds, Some(storage), false, false).await?;
         let mut result = result;
         result["system"] = json!(system);
         result["workload"] = json!("watch fan-out");

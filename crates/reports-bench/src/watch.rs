@@ -35,25 +35,26 @@ fn ephemeral_report(name: &str) -> Value {
 }
 
 /// The `metadata.resourceVersion` of a watch event line, found without parsing the whole event.
-fn event_rv(line: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"resourceVersion\":\"";
-    // metadata comes first in stored objects; scanning the whole 6 KB line would make the load
-    // generator, not the server, the bottleneck.
+fn event_rv(finder: &memchr::memmem::Finder<'_>, line: &[u8]) -> Option<u64> {
+    // metadata comes first in stored objects; scanning or parsing the whole 6 KB line would make
+    // the load generator, which shares the machine's two cores, the bottleneck.
     let head = &line[..line.len().min(2048)];
-    let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let at = finder.find(head)? + finder.needle().len();
     let digits: Vec<u8> = line[at..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
 /// Runs one watch fan-out measurement on a fresh server; prints and returns the result. With
 /// `replica`, the watchers read from a second server process on the same storage (PostgreSQL),
-/// so the lag includes the way from one replica's commit to the other's watch.
+/// so the lag includes the way from one replica's commit to the other's watch. With `http1`, the
+/// watchers speak HTTP/1.1 (kube-rs) instead of HTTP/2 (client-go).
 pub async fn watch_lag(
     watchers: usize,
     rate: u64,
     seconds: u64,
     storage: Option<String>,
     replica: bool,
+    http1: bool,
 ) -> anyhow::Result<Value> {
     let server = ServerProcess::start(storage.as_deref())?;
     let watched = if replica {
@@ -78,11 +79,13 @@ pub async fn watch_lag(
     for _ in 0..watchers {
         let url = format!("{watched_collection}?watch=1&resourceVersion={start_rv}&allowWatchBookmarks=true");
         // One connection per watcher, as separate informers would have.
-        let response = client()?.get(&url).send().await?.error_for_status()?;
+        let watch_client = if http1 { crate::api::http1_client()? } else { client()? };
+        let response = watch_client.get(&url).send().await?.error_for_status()?;
         readers.push(tokio::spawn(async move {
             let mut received: Vec<(u64, Instant)> = Vec::with_capacity(total);
             let mut stream = response.bytes_stream();
             let mut buffer: Vec<u8> = Vec::new();
+            let rv_key = memchr::memmem::Finder::new(br#""resourceVersion":""#);
             while received.len() < total {
                 let Some(Ok(chunk)) = stream.next().await else { break };
                 let scanned = buffer.len();
@@ -90,11 +93,11 @@ pub async fn watch_lag(
                 let now = Instant::now();
                 let mut start = 0;
                 let mut from = scanned;
-                while let Some(offset) = buffer[from..].iter().position(|b| *b == b'\n') {
+                while let Some(offset) = memchr::memchr(b'\n', &buffer[from..]) {
                     let end = from + offset;
                     let line = &buffer[start..end];
                     if line.starts_with(br#"{"type":"ADDED""#) {
-                        if let Some(rv) = event_rv(line) {
+                        if let Some(rv) = event_rv(&rv_key, line) {
                             received.push((rv, now));
                         }
                     }
@@ -150,6 +153,7 @@ pub async fn watch_lag(
     let result = json!({
         "scenario": "watch-lag",
         "watchers": watchers,
+        "watch_protocol": if http1 { "HTTP/1.1" } else { "HTTP/2" },
         "target_writes_per_s": rate,
         "achieved_writes_per_s": (write_latencies.len() as f64 / write_seconds).round(),
         "events_delivered": lags.len(),
@@ -165,8 +169,9 @@ pub async fn watch_lag(
         "load_generator_cpu_s": bench_cpu,
     });
     println!(
-        "watch-lag  watchers={watchers:<4} writes/s={:<5} delivered={}/{}  lag p50={:.1}ms p99={:.1}ms max={:.1}ms  \
+        "watch-lag  watchers={watchers:<4} {} writes/s={:<5} delivered={}/{}  lag p50={:.1}ms p99={:.1}ms max={:.1}ms  \
          write p50={:.1}ms p99={:.1}ms  rss/watcher={:.0}KiB  cpu server={:.1}s client={:.1}s",
+        if http1 { "http/1.1" } else { "h2" },
         result["achieved_writes_per_s"],
         result["events_delivered"],
         result["events_expected"],

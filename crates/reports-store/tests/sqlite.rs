@@ -35,3 +35,29 @@ async fn refuses_an_unknown_storage_url() {
     let err = reports_store::open("mysql://x", &Default::default()).await.err().unwrap();
     assert!(err.to_string().contains("unsupported storage URL"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_copied_into_the_database_file_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reports.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let file_size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    let empty = file_size();
+    // About 2 MB of reports: the commits land in the WAL; with automatic checkpoints off on the
+    // writer, only the checkpoint thread brings them into the database file.
+    let padding = "x".repeat(8 * 1024);
+    for i in 0..256 {
+        let body = json!({"metadata":{"name":format!("r{i}"),"namespace":"ns","uid":format!("u{i}")},
+            "results":[{"message":padding}]});
+        store.create("policyreports", body).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while file_size() < empty + 1024 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint copied the WAL into the file within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.get("policyreports", "ns", "r255").await.unwrap().map(|o| o.name), Some("r255".into()));
+}

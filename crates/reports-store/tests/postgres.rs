@@ -412,3 +412,56 @@ async fn concurrent_creates_are_combined_without_changing_any_answer() {
     assert_eq!(rvs, (before + 1..=before + 64).collect::<Vec<_>>());
     assert!(store.combined_creates() > 0, "creates sent together were written together");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_label_hash_is_the_servers_label_hash() {
+    let pg = cluster();
+    let db = fresh_database().await;
+    let labels =
+        [("app", "web"), ("app.kubernetes.io/managed-by", "kyverno"), ("empty", ""), ("k", "ünïcode")];
+    for (key, value) in labels {
+        let sql = pg.psql(&db, &format!("SELECT reports_label_hash('{key}', '{value}')")).unwrap();
+        assert_eq!(
+            sql.trim().parse::<i32>().unwrap(),
+            reports_store::postgres::labels::label_hash(key, value),
+            "{key}={value}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_version_1_is_migrated_keeping_labels_selectable() {
+    let pg = cluster();
+    let db = PgCluster::unique_name("schema_v1");
+    pg.create_database(&db, None).unwrap();
+    pg.psql(&db, include_str!("fixtures/schema_v1.sql")).unwrap();
+    let store = store_on(&pg.url(&db), &PgSettings::default()).await as DynStore;
+    let select = |selector: &str| reports_store::ListQuery {
+        resource: "policyreports".into(),
+        labels: reports_core::selector::LabelSelector::parse(selector).unwrap(),
+        ..Default::default()
+    };
+    for (selector, want) in [
+        ("app.kubernetes.io/managed-by=kyverno", vec!["kept"]),
+        ("app.kubernetes.io/managed-by in (kyverno,trivy)", vec!["kept", "other"]),
+        ("cpol.kyverno.io/require-labels", vec!["kept"]),
+        ("app.kubernetes.io/managed-by!=kyverno", vec!["other"]),
+    ] {
+        let (_, items, _) = conformance::collect(&store, select(selector)).await;
+        assert_eq!(items.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), want, "{selector}");
+    }
+    // The update of a migrated row logs the labels it had before.
+    let kept = store.get("policyreports", "web", "kept").await.unwrap().unwrap();
+    let mut body: Value = serde_json::from_str(&kept.body).unwrap();
+    body["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "kyverno"});
+    let updated = store.update("policyreports", body, kept.rv).await.unwrap();
+    let changes = store.changes_since(Some("policyreports"), kept.rv, 10).await.unwrap();
+    let change = changes.iter().find(|c| c.rv == updated.rv).unwrap();
+    assert_eq!(
+        change.prev_labels.as_ref().map(Vec::len),
+        Some(2),
+        "the labels before the update, read from the migrated body"
+    );
+    assert_eq!(change.labels.len(), 1);
+    assert_eq!(pg.psql(&db, "SELECT max(version) FROM reports_server_migrations").unwrap().trim(), "2");
+}

@@ -30,14 +30,15 @@ const QUEUE: usize = 1024;
 
 /// Writes a batch: one counter increment for all, then the object and change rows. Parameters:
 /// `$1` cluster, `$2..$8` arrays (resource, namespace, name, uid, labels, body prefix, body
-/// suffix), `$9` count, `$10` notification channel. Returns the RV before the block.
+/// suffix), `$9` count, `$10` notification channel, `$11` label hashes (array literals, one text
+/// per row: arrays of arrays do not unnest per row). Returns the RV before the block.
 const BATCH_SQL: &str = "WITH t AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
-    WITH ORDINALITY AS t(resource, namespace, name, uid, labels, prefix, suffix, i)),
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $11::text[])
+    WITH ORDINALITY AS t(resource, namespace, name, uid, labels, prefix, suffix, label_hashes, i)),
 c AS (UPDATE report_counters SET rv = rv + $9 WHERE cluster_id = $1 RETURNING rv - $9 AS base),
 o AS (
-    INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
-    SELECT $1, t.resource, t.namespace, t.name, t.uid, c.base + t.i, t.labels::jsonb,
+    INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, label_hashes, body)
+    SELECT $1, t.resource, t.namespace, t.name, t.uid, c.base + t.i, t.label_hashes::integer[],
            t.prefix || (c.base + t.i)::text || t.suffix
     FROM t, c),
 ch AS (
@@ -58,6 +59,8 @@ pub(super) struct PendingCreate {
     pub uid: String,
     /// Labels as a JSON object text.
     pub labels: String,
+    /// The label hashes as an array literal (see [`super::labels`]).
+    pub label_hashes: String,
     /// The body split around its RV.
     pub body: Arc<SplitBody>,
     /// Where the assigned RV (or the failure) goes.
@@ -179,6 +182,7 @@ impl Combiner {
         let (resources, namespaces, names) =
             (column(|p| &p.resource), column(|p| &p.namespace), column(|p| &p.name));
         let (uids, labels) = (column(|p| &p.uid), column(|p| &p.labels));
+        let label_hashes = column(|p| &p.label_hashes);
         let (prefixes, suffixes) = (column(|p| &p.body.prefix), column(|p| &p.body.suffix));
         let count = batch.len() as i64;
         let stmt = client.prepare_cached(BATCH_SQL).await?;
@@ -199,6 +203,7 @@ impl Combiner {
                         &suffixes,
                         &count,
                         &self.channel.as_ref(),
+                        &label_hashes,
                     ],
                 )
                 .await;
@@ -232,6 +237,7 @@ impl Combiner {
                         &pending.body.prefix,
                         &pending.body.suffix,
                         &self.channel.as_ref(),
+                        &pending.label_hashes,
                     ],
                 )
                 .await;

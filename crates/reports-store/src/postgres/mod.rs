@@ -4,8 +4,9 @@
 //!
 //! - `report_objects`: the current state, one row per object, keyed by
 //!   `(cluster_id, resource, namespace, name)`. The JSON is kept as `text` exactly as served
-//!   (`jsonb` would reorder keys and cost a conversion on every read), compressed with lz4 where
-//!   the server has it; labels are a small `jsonb` column so label selectors run in SQL.
+//!   (`jsonb` would reorder keys and cost a conversion on every read), compressed (pglz) and out
+//!   of line; labels are there only as 4-byte hashes that label selectors are pushed down to, see
+//!   [`labels`].
 //! - `report_changes`: the change log, keyed by `(cluster_id, rv)`. To keep a flood of creates
 //!   from writing every report twice, a change row leaves `body` NULL while its object row still
 //!   holds that very version; the write that replaces or deletes the object first copies the old
@@ -56,7 +57,7 @@ use std::{
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::{StreamExt as _, TryStreamExt as _};
 use reports_core::{
-    selector::{Field, FieldOp, FieldSelector, LabelSelector, Operator},
+    selector::{Field, FieldOp, FieldSelector, LabelSelector},
     Catalogue,
 };
 use serde_json::Value;
@@ -69,6 +70,8 @@ use crate::{
     StoreResult, StoredObject,
 };
 
+/// Rows per read of a list's portal.
+const FETCH_ROWS: i32 = 1000;
 /// Rows per list chunk, and the byte budget that closes a chunk early.
 const CHUNK_ROWS: usize = 256;
 const CHUNK_BYTES: usize = 1 << 20;
@@ -173,8 +176,6 @@ pub struct PgStore {
     channel: Arc<str>,
     /// Newest committed RV known here (own commits and notifications); wakes the watch feed.
     committed: Arc<watch::Sender<u64>>,
-    /// TLS for side connections (query cancellation), as configured for the pool.
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// Creates go through one combining task that writes whatever is waiting in one statement.
     creates: creates::CreateQueue,
     /// Dropped with the store, which ends the listener task.
@@ -273,8 +274,8 @@ const KEEP_OLD_BODY: &str = "keep AS (
 pub(super) const CREATE_SQL: &str = "WITH c AS (
     UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 o AS (
-    INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
-    SELECT $1, $2, $3, $4, $5, c.rv, $6::text::jsonb, $7 || c.rv::text || $8 FROM c RETURNING rv),
+    INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, label_hashes, body)
+    SELECT $1, $2, $3, $4, $5, c.rv, $10::text::integer[], $7 || c.rv::text || $8 FROM c RETURNING rv),
 ch AS (
     INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels)
     SELECT $1, o.rv, $2, $3, $4, $5, 'ADDED', $6::text::jsonb FROM o),
@@ -282,12 +283,13 @@ n AS (SELECT pg_notify($9, o.rv::text) AS sent FROM o)
 SELECT o.rv FROM o, n";
 
 /// Locks an object row for an update or delete and returns what the write needs.
-const LOCK_SQL: &str = "SELECT rv, labels::text, body FROM report_objects
+const LOCK_SQL: &str = "SELECT rv, body FROM report_objects
     WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 FOR UPDATE";
 
 /// The statements of an update and a delete, which take the same parameters: `$1` cluster,
 /// `$2..$4` key, `$5` the RV being replaced, `$6` uid, `$7` labels after the write, `$8`/`$9` the
-/// body halves, `$10` labels before the write, `$11` the notification channel.
+/// body halves, `$10` labels before the write, `$11` the notification channel, `$12` the label
+/// hashes after the write.
 fn locked_write_sql(kind: &WriteKind) -> &'static str {
     static UPDATE: OnceLock<String> = OnceLock::new();
     static DELETE: OnceLock<String> = OnceLock::new();
@@ -297,7 +299,7 @@ fn locked_write_sql(kind: &WriteKind) -> &'static str {
                 "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 {KEEP_OLD_BODY},
 o AS (
-    UPDATE report_objects SET uid = $6, rv = c.rv, labels = $7::text::jsonb, body = $8 || c.rv::text || $9
+    UPDATE report_objects SET uid = $6, rv = c.rv, label_hashes = $12, body = $8 || c.rv::text || $9
     FROM c WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 RETURNING report_objects.rv),
 ch AS (
     INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels)
@@ -313,7 +315,8 @@ SELECT o.rv FROM o, n"
 d AS (DELETE FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4),
 ch AS (
     INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
-    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $10::text::jsonb, $8 || c.rv::text || $9 FROM c),
+    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $10::text::jsonb, $8 || c.rv::text || $9 FROM c
+    WHERE cardinality($12::integer[]) >= 0),
 n AS (SELECT pg_notify($11, c.rv::text) AS sent FROM c)
 SELECT c.rv FROM c, n"
             )
@@ -321,9 +324,11 @@ SELECT c.rv FROM c, n"
     }
 }
 
-/// Appends the WHERE conditions of the selectors; `params` grows with their values.
+/// Appends the WHERE conditions of the selectors; `params` grows with their values. Label
+/// requirements are only prefiltered (see [`labels`]): the rows must still pass
+/// [`labels::body_matches`].
 fn push_selectors(
-    labels: &LabelSelector,
+    label_selector: &LabelSelector,
     fields: &FieldSelector,
     sql: &mut String,
     params: &mut Vec<Box<dyn ToSql + Send + Sync>>,
@@ -332,41 +337,7 @@ fn push_selectors(
         params.push(value);
         format!("${}", params.len())
     };
-    for req in &labels.requirements {
-        let key = next(params, Box::new(req.key.clone()));
-        let value = format!("(labels ->> {key}::text)");
-        match req.op {
-            Operator::Exists => sql.push_str(&format!(" AND labels ? {key}::text")),
-            Operator::DoesNotExist => sql.push_str(&format!(" AND NOT (labels ? {key}::text)")),
-            Operator::Equals => {
-                let v = next(params, Box::new(req.values[0].clone()));
-                sql.push_str(&format!(" AND {value} = {v}::text"));
-            }
-            Operator::NotEquals => {
-                let v = next(params, Box::new(req.values[0].clone()));
-                sql.push_str(&format!(" AND {value} IS DISTINCT FROM {v}::text"));
-            }
-            Operator::In => {
-                let v = next(params, Box::new(req.values.clone()));
-                sql.push_str(&format!(" AND {value} = ANY({v}::text[])"));
-            }
-            Operator::NotIn => {
-                let v = next(params, Box::new(req.values.clone()));
-                sql.push_str(&format!(" AND NOT coalesce({value} = ANY({v}::text[]), false)"));
-            }
-            Operator::GreaterThan | Operator::LessThan => {
-                // Only values that parse as a non-negative int64 can match (label values carry
-                // no sign), as kube's selector does.
-                let cmp = if req.op == Operator::GreaterThan { ">" } else { "<" };
-                let bound: i64 = req.values[0].parse().unwrap_or(0);
-                let b = next(params, Box::new(bound));
-                sql.push_str(&format!(
-                    " AND CASE WHEN {value} ~ '^[0-9]{{1,19}}$' AND {value}::numeric <= 9223372036854775807 \
-                     THEN {value}::numeric {cmp} {b}::bigint ELSE false END"
-                ));
-            }
-        }
-    }
+    labels::push_label_prefilter(label_selector, sql, params);
     for req in &fields.requirements {
         let column = match req.field {
             Field::Name => "name",
@@ -475,7 +446,7 @@ impl PgStore {
             committed: committed.clone(),
             combined: Default::default(),
         });
-        Ok(Self { pool, cluster, channel, committed, tls, creates, _stop_listener: stop })
+        Ok(Self { pool, cluster, channel, committed, creates, _stop_listener: stop })
     }
 
     /// The cluster this store serves.
@@ -522,13 +493,15 @@ impl PgStore {
         if current_rv as u64 != write.expected_rv {
             return Ok(Err(StoreError::Conflict));
         }
-        let prev_labels: String = row.get(1);
+        let old_body: &str = row.get(1);
+        let prev_labels = labels::body_labels_json(old_body);
         // A delete's final state is the stored object at the deletion's RV.
         let deleted: (SplitBody, String);
-        let (body, uid, labels) = match &write.kind {
-            WriteKind::Update { body, uid, labels } => (body, uid, labels),
+        let no_hashes = Vec::new();
+        let (body, uid, labels, hashes) = match &write.kind {
+            WriteKind::Update { body, uid, labels, hashes } => (body, uid, labels, hashes),
             WriteKind::Delete => {
-                let final_state = serde_json::from_str(row.get::<_, &str>(2))
+                let final_state = serde_json::from_str(old_body)
                     .map_err(|e| backend(format!("stored JSON is corrupt: {e}")))
                     .and_then(|mut object: Value| {
                         let body = SplitBody::new(&mut object)?;
@@ -538,7 +511,7 @@ impl PgStore {
                     Ok(state) => state,
                     Err(e) => return Ok(Err(e)),
                 };
-                (&deleted.0, &deleted.1, &prev_labels)
+                (&deleted.0, &deleted.1, &prev_labels, &no_hashes)
             }
         };
         let stmt = client.prepare_cached(locked_write_sql(&write.kind)).await?;
@@ -557,6 +530,7 @@ impl PgStore {
                     &body.suffix,
                     &prev_labels,
                     &write.channel.as_ref(),
+                    hashes,
                 ],
             )
             .await?
@@ -583,7 +557,7 @@ impl PgStore {
         let rvs: Vec<i64> = batch.keys.iter().map(|(_, _, rv)| *rv as i64).collect();
         let lock = tx
             .prepare_cached(
-                "SELECT o.namespace, o.name, o.rv, o.labels::text, o.body FROM report_objects o
+                "SELECT o.namespace, o.name, o.rv, o.body FROM report_objects o
                  JOIN unnest($3::text[], $4::text[], $5::bigint[]) AS k(namespace, name, rv)
                    ON o.namespace = k.namespace AND o.name = k.name AND o.rv = k.rv
                  WHERE o.cluster_id = $1 AND o.resource = $2
@@ -600,13 +574,14 @@ impl PgStore {
             {
                 continue;
             }
-            let final_state = serde_json::from_str(row.get::<_, &str>(4))
+            let final_state = serde_json::from_str(row.get::<_, &str>(3))
                 .map_err(|e| backend(format!("stored JSON is corrupt: {e}")))
                 .and_then(|mut object: Value| {
+                    let labels = labels_json(&object);
                     let body = SplitBody::new(&mut object)?;
-                    Ok((body, meta_text(&object, "uid").to_string()))
+                    Ok((body, meta_text(&object, "uid").to_string(), labels))
                 });
-            let (body, uid) = match final_state {
+            let (body, uid, labels) = match final_state {
                 Ok(state) => state,
                 Err(e) => return Ok(Err(e)),
             };
@@ -614,7 +589,7 @@ impl PgStore {
                 namespace: row.get(0),
                 name: row.get(1),
                 old_rv: row.get(2),
-                labels: row.get(3),
+                labels,
                 body,
                 uid,
             });
@@ -781,7 +756,7 @@ enum TxWork {
 }
 
 enum WriteKind {
-    Update { body: SplitBody, uid: String, labels: String },
+    Update { body: SplitBody, uid: String, labels: String, hashes: Vec<i32> },
     Delete,
 }
 
@@ -949,7 +924,6 @@ async fn stream_list(
     query: ListQuery,
     snapshot: oneshot::Sender<StoreResult<u64>>,
     chunks: mpsc::Sender<StoreResult<ListChunk>>,
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
 ) {
     let tx = match client
         .build_transaction()
@@ -990,37 +964,48 @@ async fn stream_list(
     }
     push_selectors(&query.labels, &query.fields, &mut sql, &mut params);
     sql.push_str(" ORDER BY namespace, name");
-    if let Some(limit) = query.limit {
+    // With a label selector some rows fail the exact check, so how many rows fill a page is not
+    // known in advance: no LIMIT then, the portal is read until the page is full.
+    let exact_check = !query.labels.is_empty();
+    if let Some(limit) = query.limit.filter(|_| !exact_check) {
         params.push(Box::new(limit.saturating_add(1).min(i64::MAX as u64) as i64));
         sql.push_str(&format!(" LIMIT ${}", params.len()));
     }
     let result = async {
-        let rows = tx.query_raw(sql.as_str(), as_params(&params)).await.map_err(db_error)?;
-        futures::pin_mut!(rows);
+        // A portal read in batches: memory stays bounded, and a client that goes away or a
+        // full page simply stops the reading; the rollback below closes the portal.
+        let portal = tx.bind_raw(sql.as_str(), as_params(&params)).await.map_err(db_error)?;
         let limit = query.limit.unwrap_or(u64::MAX);
         let mut sent: u64 = 0;
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         let mut more = false;
-        while let Some(row) = rows.try_next().await.map_err(db_error)? {
-            if sent == limit {
-                more = true;
-                break;
-            }
-            let object = stored_from_row(&row);
-            batch_bytes += object.body.len();
-            batch.push(object);
-            sent += 1;
-            if batch.len() >= CHUNK_ROWS || batch_bytes >= CHUNK_BYTES {
-                if chunks.send(Ok(ListChunk::Items(std::mem::take(&mut batch)))).await.is_err() {
-                    // The client went away: stop PostgreSQL from sending the rest of a possibly
-                    // huge result, and wait for the statement to end so the cancel cannot hit a
-                    // later statement on this pooled connection.
-                    let _ = tx.cancel_token().cancel_query(tls).await;
-                    while let Ok(Some(_)) = rows.try_next().await {}
-                    return Ok(());
+        'portal: loop {
+            let rows = tx.query_portal_raw(&portal, FETCH_ROWS).await.map_err(db_error)?;
+            futures::pin_mut!(rows);
+            let mut fetched = 0;
+            while let Some(row) = rows.try_next().await.map_err(db_error)? {
+                fetched += 1;
+                let object = stored_from_row(&row);
+                if exact_check && !labels::body_matches(&query.labels, &object.body) {
+                    continue;
                 }
-                batch_bytes = 0;
+                if sent == limit {
+                    more = true;
+                    break 'portal;
+                }
+                batch_bytes += object.body.len();
+                batch.push(object);
+                sent += 1;
+                if batch.len() >= CHUNK_ROWS || batch_bytes >= CHUNK_BYTES {
+                    if chunks.send(Ok(ListChunk::Items(std::mem::take(&mut batch)))).await.is_err() {
+                        return Ok(()); // the client went away
+                    }
+                    batch_bytes = 0;
+                }
+            }
+            if fetched < FETCH_ROWS {
+                break;
             }
         }
         if !batch.is_empty() && chunks.send(Ok(ListChunk::Items(batch))).await.is_err() {
@@ -1067,6 +1052,7 @@ impl Store for PgStore {
             name: name.clone(),
             uid: uid.clone(),
             labels: labels_json(&object),
+            label_hashes: labels::label_hashes_literal(&object),
             body: body.clone(),
             reply,
         };
@@ -1079,9 +1065,15 @@ impl Store for PgStore {
         let name = meta_text(&object, "name").to_string();
         let uid = meta_text(&object, "uid").to_string();
         let labels = labels_json(&object);
+        let hashes = labels::label_hashes(&object);
         let body = SplitBody::new(&mut object)?;
-        let write =
-            self.locked(resource, &namespace, &name, expected_rv, WriteKind::Update { body, uid, labels });
+        let write = self.locked(
+            resource,
+            &namespace,
+            &name,
+            expected_rv,
+            WriteKind::Update { body, uid, labels, hashes },
+        );
         let mut out = self.write_locked(TxWork::One(write)).await?;
         out.pop().flatten().ok_or_else(|| backend("update returned nothing"))
     }
@@ -1115,10 +1107,10 @@ impl Store for PgStore {
     async fn list(&self, query: ListQuery) -> StoreResult<ListStream> {
         let (snapshot_tx, snapshot_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(2);
-        let (pool, cluster, tls) = (self.pool.clone(), self.cluster, self.tls.clone());
+        let (pool, cluster) = (self.pool.clone(), self.cluster);
         tokio::spawn(async move {
             match pool.get().await {
-                Ok(client) => stream_list(client, cluster, query, snapshot_tx, chunk_tx, tls).await,
+                Ok(client) => stream_list(client, cluster, query, snapshot_tx, chunk_tx).await,
                 Err(e) => {
                     let _ = snapshot_tx.send(Err(pool_error(e)));
                 }
@@ -1281,6 +1273,7 @@ impl Store for PgStore {
 }
 
 mod creates;
+pub mod labels;
 mod schema;
 mod tls;
 

@@ -88,9 +88,12 @@ pub async fn adopt(client: &mut deadpool_postgres::Object, cluster: Uuid) -> Sto
                         'creationTimestamp', coalesce(n.meta -> 'creationTimestamp',
                             to_jsonb(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))))) AS doc
             FROM numbered n)
-        INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, labels, body)
+        INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, label_hashes, body)
         SELECT cluster_id, resource, namespace, name, uid, new_rv,
-               CASE WHEN jsonb_typeof(meta -> 'labels') = 'object' THEN meta -> 'labels' ELSE '{{}}'::jsonb END,
+               ARRAY(SELECT reports_label_hash(l.key, l.value)
+                     FROM jsonb_each_text(CASE WHEN jsonb_typeof(meta -> 'labels') = 'object'
+                                               THEN meta -> 'labels' ELSE '{{}}'::jsonb END) AS l
+                     ORDER BY 1),
                doc::text
         FROM fixed",
         sources = sources.join("\n UNION ALL "),

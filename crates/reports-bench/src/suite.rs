@@ -179,13 +179,13 @@ struct Prepared {
     labels: String,
 }
 
-fn prepare_core(count: usize) -> Arc<Vec<Prepared>> {
+fn prepare_core(count: usize, results: usize) -> Arc<Vec<Prepared>> {
     Arc::new(
         (0..count)
             .map(|i| {
                 let namespace = shapes::namespace_of(i as u64);
                 let name = format!("pod-{i:07}");
-                let document = shapes::kyverno_policy_report(Some(&namespace), &name, i as u64, 19);
+                let document = shapes::kyverno_policy_report(Some(&namespace), &name, i as u64, results);
                 let labels = document["metadata"]["labels"].to_string();
                 Prepared { body: api::to_bytes(&document), namespace, name, labels }
             })
@@ -202,6 +202,11 @@ struct Run {
     notes: Vec<String>,
 }
 
+/// Results per core report: 19 make about 7 KB of stored JSON.
+const CORE_RESULTS: usize = 19;
+/// Results per report of the storage measurement at the targets' reference size (6 KB).
+const REFERENCE_RESULTS: usize = 16;
+
 /// Runs the suite and returns the result document (machine, settings, results, notes).
 pub async fn run(settings: Settings) -> anyhow::Result<Value> {
     let needs_pg = settings.stores.contains(&StoreKind::Postgres) || settings.raw_postgres;
@@ -211,11 +216,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<Value> {
     // pg_test_fsync takes about 15 s; the smoke run does without it.
     let fsync = if run.settings.name == "quick" { None } else { crate::procs::fsync_rate() };
     let started = Instant::now();
-    let docs = prepare_core(run.settings.core_reports);
+    let docs = prepare_core(run.settings.core_reports, CORE_RESULTS);
     let size = docs.first().map_or(0, |d| d.body.len());
-    println!("core documents: {} Kyverno PolicyReports of {size} bytes (19 results)", docs.len());
+    println!("core documents: {} Kyverno PolicyReports of {size} bytes ({CORE_RESULTS} results)", docs.len());
     for store in run.settings.stores.clone() {
         run.server_core(store, &docs).await.with_context(|| format!("{store:?} core"))?;
+        run.storage_at_reference_size(store).await.with_context(|| format!("{store:?} 6 KB storage"))?;
         run.churn_flood_watch(store).await.with_context(|| format!("{store:?} churn"))?;
         for tier in run.settings.tiers.clone() {
             run.tier(store, tier).await.with_context(|| format!("{store:?} tier {tier}"))?;
@@ -437,6 +443,32 @@ impl Run {
             );
             next += steps;
         }
+    }
+
+    /// Bytes per report at the size the storage target names (6 KB of JSON): a fifth of the core
+    /// count of 16-result reports, created through the API into a fresh database.
+    async fn storage_at_reference_size(&mut self, store: StoreKind) -> anyhow::Result<()> {
+        let count = (self.settings.core_reports / 5).max(10);
+        let docs = prepare_core(count, REFERENCE_RESULTS);
+        let storage = self.storage(store, "reference")?;
+        let server = ServerProcess::start(Some(&storage))?;
+        let api = Api::new(&server.base, self.settings.concurrency)?;
+        let create = {
+            let (api, docs) = (api.clone(), docs.clone());
+            op(move |i| {
+                let (api, docs) = (api.clone(), docs.clone());
+                async move {
+                    let doc = &docs[i];
+                    api.create(i, &api.collection("policyreports", Some(&doc.namespace)), doc.body.clone())
+                        .await?;
+                    Ok(())
+                }
+            })
+        };
+        let measured = closed_loop(self.settings.concurrency, count, create).await;
+        let size = docs.first().map_or(0, |d| d.body.len());
+        let stage = format!("{size}-byte reports ({REFERENCE_RESULTS} results)");
+        self.storage_per_report(store, store.label(), &storage, &stage, measured.ok, false).await
     }
 
     async fn server_core(&mut self, store: StoreKind, docs: &Arc<Vec<Prepared>>) -> anyhow::Result<()> {

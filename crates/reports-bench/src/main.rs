@@ -157,9 +157,9 @@ enum Command {
         /// Watch through a second server process on the same PostgreSQL (cross-replica lag).
         #[arg(long)]
         replica: bool,
-        /// Watchers speak HTTP/1.1, as kube-rs does, instead of HTTP/2, as client-go does.
-        #[arg(long)]
-        http1: bool,
+        /// How the watchers connect.
+        #[arg(long, value_enum, default_value = "h2-each")]
+        connections: watch::Connections,
     },
     /// Regenerate a Markdown section from a result file.
     Render {
@@ -189,7 +189,7 @@ fn main() -> anyhow::Result<()> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
         Command::Serve { storage } => runtime.block_on(serve(storage)),
-        Command::WatchLag { watchers, rate, seconds, storage, postgres, replica, http1 } => {
+        Command::WatchLag { watchers, rate, seconds, storage, postgres, replica, connections } => {
             let cluster = postgres.then(reports_test_support::PgCluster::start).transpose()?;
             for (run, count) in watchers.into_iter().enumerate() {
                 // Each run starts from an empty database, as it does from a fresh SQLite file.
@@ -201,7 +201,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     None => storage.clone(),
                 };
-                runtime.block_on(watch::watch_lag(count, rate, seconds, storage, replica, http1))?;
+                runtime.block_on(watch::watch_lag(count, rate, seconds, storage, replica, connections))?;
             }
             Ok(())
         }

@@ -768,7 +768,9 @@ impl Run {
         // Watch fan-out on its own fresh store.
         let (watchers, rate, seconds) = self.settings.watch;
         let storage = self.storage(store, "watch")?;
-        let result = crate::watch::watch_lag(watchers, rate, seconds, Some(storage), false, false).await?;
+        let result =
+            crate::watch::watch_lag(watchers, rate, seconds, Some(storage), false, Default::default())
+                .await?;
         let mut result = result;
         result["system"] = json!(system);
         result["workload"] = json!("watch fan-out");

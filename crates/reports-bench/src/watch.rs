@@ -19,6 +19,30 @@ use crate::{
     procs::{cpu_seconds, ServerProcess},
 };
 
+/// How the watchers reach the server.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum Connections {
+    /// One HTTP/2 connection per watcher, as separate client-go processes talking to the server
+    /// directly.
+    #[default]
+    H2Each,
+    /// One HTTP/1.1 connection per watcher, as separate kube-rs processes.
+    Http1Each,
+    /// Every watcher a stream of one HTTP/2 connection, as kube-apiserver's aggregator proxies
+    /// every client's watch to an aggregated API server.
+    H2Shared,
+}
+
+impl Connections {
+    fn describe(self) -> &'static str {
+        match self {
+            Connections::H2Each => "h2 each",
+            Connections::Http1Each => "http/1.1 each",
+            Connections::H2Shared => "h2 shared",
+        }
+    }
+}
+
 /// A Kyverno-shaped ephemeral report: 19 PSS results, about 6 KB of JSON.
 fn ephemeral_report(name: &str) -> Value {
     let mut report = crate::shapes::kyverno_policy_report(Some("bench"), name, 0, 19);
@@ -46,15 +70,14 @@ fn event_rv(finder: &memchr::memmem::Finder<'_>, line: &[u8]) -> Option<u64> {
 
 /// Runs one watch fan-out measurement on a fresh server; prints and returns the result. With
 /// `replica`, the watchers read from a second server process on the same storage (PostgreSQL),
-/// so the lag includes the way from one replica's commit to the other's watch. With `http1`, the
-/// watchers speak HTTP/1.1 (kube-rs) instead of HTTP/2 (client-go).
+/// so the lag includes the way from one replica's commit to the other's watch.
 pub async fn watch_lag(
     watchers: usize,
     rate: u64,
     seconds: u64,
     storage: Option<String>,
     replica: bool,
-    http1: bool,
+    connections: Connections,
 ) -> anyhow::Result<Value> {
     let server = ServerProcess::start(storage.as_deref())?;
     let watched = if replica {
@@ -76,10 +99,16 @@ pub async fn watch_lag(
     let start_rv = list["metadata"]["resourceVersion"].as_str().context("list rv")?.to_string();
     let total = (rate * seconds) as usize;
     let mut readers = Vec::new();
+    // One client keeps one connection: every watch is a stream on it.
+    let shared = client()?;
     for _ in 0..watchers {
         let url = format!("{watched_collection}?watch=1&resourceVersion={start_rv}&allowWatchBookmarks=true");
         // One connection per watcher, as separate informers would have.
-        let watch_client = if http1 { crate::api::http1_client()? } else { client()? };
+        let watch_client = match connections {
+            Connections::H2Each => client()?,
+            Connections::Http1Each => crate::api::http1_client()?,
+            Connections::H2Shared => shared.clone(),
+        };
         let response = watch_client.get(&url).send().await?.error_for_status()?;
         readers.push(tokio::spawn(async move {
             let mut received: Vec<(u64, Instant)> = Vec::with_capacity(total);
@@ -153,7 +182,7 @@ pub async fn watch_lag(
     let result = json!({
         "scenario": "watch-lag",
         "watchers": watchers,
-        "watch_protocol": if http1 { "HTTP/1.1" } else { "HTTP/2" },
+        "watch_connections": connections.describe(),
         "target_writes_per_s": rate,
         "achieved_writes_per_s": (write_latencies.len() as f64 / write_seconds).round(),
         "events_delivered": lags.len(),
@@ -171,7 +200,7 @@ pub async fn watch_lag(
     println!(
         "watch-lag  watchers={watchers:<4} {} writes/s={:<5} delivered={}/{}  lag p50={:.1}ms p99={:.1}ms max={:.1}ms  \
          write p50={:.1}ms p99={:.1}ms  rss/watcher={:.0}KiB  cpu server={:.1}s client={:.1}s",
-        if http1 { "http/1.1" } else { "h2" },
+        connections.describe(),
         result["achieved_writes_per_s"],
         result["events_delivered"],
         result["events_expected"],

@@ -70,8 +70,8 @@ use crate::{
     StoreResult, StoredObject,
 };
 
-/// Rows per read of a list's portal.
-const FETCH_ROWS: i32 = 1000;
+/// Most rows one statement of a list reads.
+const READ_ROWS: u64 = 1000;
 /// Rows per list chunk, and the byte budget that closes a chunk early.
 const CHUNK_ROWS: usize = 256;
 const CHUNK_BYTES: usize = 1 << 20;
@@ -948,51 +948,61 @@ async fn stream_list(
     if snapshot.send(Ok(rv)).is_err() {
         return;
     }
+    // Every statement reads at most READ_ROWS rows after the last key read, in key order, so the
+    // planner walks the primary key and stops early (a statement without LIMIT is planned as a
+    // scan and sort of the whole range). Rows that fail the exact label check are skipped and the
+    // reading goes on until the page is full; all statements see the transaction's one snapshot.
+    // $3, $4: the key to read after; $5: how many rows.
     let mut sql = String::from(
-        "SELECT namespace, name, uid, rv, body FROM report_objects WHERE cluster_id = $1 AND resource = $2",
+        "SELECT namespace, name, uid, rv, body FROM report_objects
+         WHERE cluster_id = $1 AND resource = $2 AND (namespace, name) > ($3, $4)",
     );
-    let mut params: Vec<Box<dyn ToSql + Send + Sync>> =
-        vec![Box::new(cluster), Box::new(query.resource.clone())];
+    let (mut after_namespace, mut after_name) = query.after.clone().unwrap_or_default();
+    let mut params: Vec<Box<dyn ToSql + Send + Sync>> = vec![
+        Box::new(cluster),
+        Box::new(query.resource.clone()),
+        Box::new(String::new()),
+        Box::new(String::new()),
+        Box::new(0i64),
+    ];
     if let Some(ns) = &query.namespace {
         params.push(Box::new(ns.clone()));
         sql.push_str(&format!(" AND namespace = ${}", params.len()));
     }
-    if let Some((ns, name)) = &query.after {
-        params.push(Box::new(ns.clone()));
-        params.push(Box::new(name.clone()));
-        sql.push_str(&format!(" AND (namespace, name) > (${}, ${})", params.len() - 1, params.len()));
-    }
     push_selectors(&query.labels, &query.fields, &mut sql, &mut params);
-    sql.push_str(" ORDER BY namespace, name");
-    // With a label selector some rows fail the exact check, so how many rows fill a page is not
-    // known in advance: no LIMIT then, the portal is read until the page is full.
+    sql.push_str(" ORDER BY namespace, name LIMIT $5");
     let exact_check = !query.labels.is_empty();
-    if let Some(limit) = query.limit.filter(|_| !exact_check) {
-        params.push(Box::new(limit.saturating_add(1).min(i64::MAX as u64) as i64));
-        sql.push_str(&format!(" LIMIT ${}", params.len()));
-    }
     let result = async {
-        // A portal read in batches: memory stays bounded, and a client that goes away or a
-        // full page simply stops the reading; the rollback below closes the portal.
-        let portal = tx.bind_raw(sql.as_str(), as_params(&params)).await.map_err(db_error)?;
+        let statement = tx.prepare(&sql).await.map_err(db_error)?;
         let limit = query.limit.unwrap_or(u64::MAX);
         let mut sent: u64 = 0;
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         let mut more = false;
-        'portal: loop {
-            let rows = tx.query_portal_raw(&portal, FETCH_ROWS).await.map_err(db_error)?;
+        'statements: loop {
+            // Without the exact check, one row past the page tells whether there is more.
+            let want = if exact_check {
+                READ_ROWS
+            } else {
+                limit.saturating_sub(sent).saturating_add(1).min(READ_ROWS)
+            };
+            params[2] = Box::new(std::mem::take(&mut after_namespace));
+            params[3] = Box::new(std::mem::take(&mut after_name));
+            params[4] = Box::new(want as i64);
+            let rows = tx.query_raw(&statement, as_params(&params)).await.map_err(db_error)?;
             futures::pin_mut!(rows);
-            let mut fetched = 0;
+            let mut read: u64 = 0;
             while let Some(row) = rows.try_next().await.map_err(db_error)? {
-                fetched += 1;
+                read += 1;
                 let object = stored_from_row(&row);
+                after_namespace.clone_from(&object.namespace);
+                after_name.clone_from(&object.name);
                 if exact_check && !labels::body_matches(&query.labels, &object.body) {
                     continue;
                 }
                 if sent == limit {
                     more = true;
-                    break 'portal;
+                    break 'statements;
                 }
                 batch_bytes += object.body.len();
                 batch.push(object);
@@ -1004,8 +1014,8 @@ async fn stream_list(
                     batch_bytes = 0;
                 }
             }
-            if fetched < FETCH_ROWS {
-                break;
+            if read < want {
+                break; // the range is exhausted
             }
         }
         if !batch.is_empty() && chunks.send(Ok(ListChunk::Items(batch))).await.is_err() {
@@ -1018,7 +1028,7 @@ async fn stream_list(
     if let Err(e) = result {
         let _ = chunks.send(Err(e)).await;
     }
-    // Read-only: ending it either way is the same; rollback also discards a half-read portal.
+    // Read-only: ending it either way is the same.
     let _ = tx.rollback().await;
 }
 

@@ -305,17 +305,33 @@ fn append_change(tx: &WriteTx<'_>, change: ChangeRecord<'_>) -> StoreResult<()> 
 }
 
 /// The stored row of a key: (rv, labels, body).
-fn current_row(
+/// The RV and labels of a stored object. The body is left alone: a 6 KB body lives in overflow
+/// pages, and only a delete needs it ([`current_body`]).
+fn current_version(
+    tx: &Transaction<'_>,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> StoreResult<Option<(u64, String)>> {
+    tx.prepare_cached("SELECT rv, labels FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
+        .map_err(sqlite_error)?
+        .query_row(params![resource, namespace, name], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .optional()
+        .map_err(sqlite_error)
+}
+
+/// The RV, labels and body of a stored object.
+fn current_body(
     tx: &Transaction<'_>,
     resource: &str,
     namespace: &str,
     name: &str,
 ) -> StoreResult<Option<(u64, String, String)>> {
-    tx.query_row(
+    tx.prepare_cached(
         "SELECT rv, labels, body FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-        params![resource, namespace, name],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
     )
+    .map_err(sqlite_error)?
+    .query_row(params![resource, namespace, name], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))
     .optional()
     .map_err(sqlite_error)
 }
@@ -328,7 +344,7 @@ fn delete_in(
     name: &str,
     expected_rv: u64,
 ) -> StoreResult<StoredObject> {
-    let (rv, labels, body) = current_row(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
+    let (rv, labels, body) = current_body(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
     if rv != expected_rv {
         return Err(StoreError::Conflict);
     }
@@ -617,12 +633,10 @@ impl Store for SqliteStore {
     async fn get(&self, resource: &str, namespace: &str, name: &str) -> StoreResult<Option<StoredObject>> {
         let key = (resource.to_string(), namespace.to_string(), name.to_string());
         self.read(move |conn| {
-            conn.query_row(
+            conn.prepare_cached(
                 "SELECT namespace, name, uid, rv, body FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-                params![key.0, key.1, key.2],
-                stored_from_row,
             )
-            .optional()
+            .and_then(|mut s| s.query_row(params![key.0, key.1, key.2], stored_from_row).optional())
             .map_err(sqlite_error)
         })
         .await
@@ -633,7 +647,7 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let namespace = meta_text(&object, "namespace").to_string();
             let name = meta_text(&object, "name").to_string();
-            if current_row(tx, &resource, &namespace, &name)?.is_some() {
+            if current_version(tx, &resource, &namespace, &name)?.is_some() {
                 return Err(StoreError::AlreadyExists);
             }
             let rv = next_rv(tx)?;
@@ -671,8 +685,8 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let namespace = meta_text(&object, "namespace").to_string();
             let name = meta_text(&object, "name").to_string();
-            let (rv, prev_labels, _) =
-                current_row(tx, &resource, &namespace, &name)?.ok_or(StoreError::NotFound)?;
+            let (rv, prev_labels) =
+                current_version(tx, &resource, &namespace, &name)?.ok_or(StoreError::NotFound)?;
             if rv != expected_rv {
                 return Err(StoreError::Conflict);
             }
@@ -769,7 +783,8 @@ impl Store for SqliteStore {
 
     async fn current_rv(&self) -> StoreResult<u64> {
         self.read(|conn| {
-            conn.query_row("SELECT rv FROM counter", [], |r| r.get::<_, i64>(0))
+            conn.prepare_cached("SELECT rv FROM counter")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
                 .map(|v| v as u64)
                 .map_err(sqlite_error)
         })

@@ -288,8 +288,8 @@ const LOCK_SQL: &str = "SELECT rv, body FROM report_objects
 
 /// The statements of an update and a delete, which take the same parameters: `$1` cluster,
 /// `$2..$4` key, `$5` the RV being replaced, `$6` uid, `$7` labels after the write, `$8`/`$9` the
-/// body halves, `$10` labels before the write, `$11` the notification channel, `$12` the label
-/// hashes after the write.
+/// body halves, `$10` labels before the write, `$11` the notification channel; an update also
+/// takes `$12`, the label hashes after the write.
 fn locked_write_sql(kind: &WriteKind) -> &'static str {
     static UPDATE: OnceLock<String> = OnceLock::new();
     static DELETE: OnceLock<String> = OnceLock::new();
@@ -315,8 +315,7 @@ SELECT o.rv FROM o, n"
 d AS (DELETE FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4),
 ch AS (
     INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
-    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $10::text::jsonb, $8 || c.rv::text || $9 FROM c
-    WHERE cardinality($12::integer[]) >= 0),
+    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $10::text::jsonb, $8 || c.rv::text || $9 FROM c),
 n AS (SELECT pg_notify($11, c.rv::text) AS sent FROM c)
 SELECT c.rv FROM c, n"
             )
@@ -497,9 +496,8 @@ impl PgStore {
         let prev_labels = labels::body_labels_json(old_body);
         // A delete's final state is the stored object at the deletion's RV.
         let deleted: (SplitBody, String);
-        let no_hashes = Vec::new();
         let (body, uid, labels, hashes) = match &write.kind {
-            WriteKind::Update { body, uid, labels, hashes } => (body, uid, labels, hashes),
+            WriteKind::Update { body, uid, labels, hashes } => (body, uid, labels, Some(hashes)),
             WriteKind::Delete => {
                 let final_state = serde_json::from_str(old_body)
                     .map_err(|e| backend(format!("stored JSON is corrupt: {e}")))
@@ -511,30 +509,28 @@ impl PgStore {
                     Ok(state) => state,
                     Err(e) => return Ok(Err(e)),
                 };
-                (&deleted.0, &deleted.1, &prev_labels, &no_hashes)
+                (&deleted.0, &deleted.1, &prev_labels, None)
             }
         };
         let stmt = client.prepare_cached(locked_write_sql(&write.kind)).await?;
-        let rv: i64 = client
-            .query_one(
-                &stmt,
-                &[
-                    &write.cluster,
-                    &write.resource,
-                    &write.namespace,
-                    &write.name,
-                    &current_rv,
-                    uid,
-                    labels,
-                    &body.prefix,
-                    &body.suffix,
-                    &prev_labels,
-                    &write.channel.as_ref(),
-                    hashes,
-                ],
-            )
-            .await?
-            .get(0);
+        let channel: &str = &write.channel;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &write.cluster,
+            &write.resource,
+            &write.namespace,
+            &write.name,
+            &current_rv,
+            uid,
+            labels,
+            &body.prefix,
+            &body.suffix,
+            &prev_labels,
+            &channel,
+        ];
+        if let Some(hashes) = hashes {
+            params.push(hashes);
+        }
+        let rv: i64 = client.query_one(&stmt, &params).await?.get(0);
         Ok(Ok(StoredObject {
             namespace: write.namespace.clone(),
             name: write.name.clone(),

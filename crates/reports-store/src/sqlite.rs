@@ -304,7 +304,6 @@ fn append_change(tx: &WriteTx<'_>, change: ChangeRecord<'_>) -> StoreResult<()> 
     Ok(())
 }
 
-/// The stored row of a key: (rv, labels, body).
 /// The RV and labels of a stored object. The body is left alone: a 6 KB body lives in overflow
 /// pages, and only a delete needs it ([`current_body`]).
 fn current_version(

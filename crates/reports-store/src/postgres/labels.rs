@@ -60,23 +60,7 @@ pub(super) fn label_hashes_literal(object: &Value) -> String {
 
 /// The labels of a stored object's JSON, read without building the rest of the document.
 pub(super) fn body_labels(body: &str) -> Vec<(String, String)> {
-    #[derive(Deserialize)]
-    struct Object {
-        #[serde(default)]
-        metadata: Metadata,
-    }
-    #[derive(Deserialize, Default)]
-    struct Metadata {
-        #[serde(default)]
-        labels: Option<serde_json::Map<String, Value>>,
-    }
-    serde_json::from_str::<Object>(body)
-        .ok()
-        .and_then(|o| o.metadata.labels)
-        .map(|labels| {
-            labels.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))).collect()
-        })
-        .unwrap_or_default()
+    crate::parse_labels(&body_labels_json(body))
 }
 
 /// The labels object of a stored object's JSON as text (`{}` when it has none), for the change

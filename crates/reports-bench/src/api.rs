@@ -29,9 +29,15 @@ pub fn http1_client() -> anyhow::Result<reqwest::Client> {
 }
 
 impl Api {
-    /// `connections` clients to the server at `base`.
-    pub fn new(base: &str, connections: usize) -> anyhow::Result<Self> {
-        let clients = (0..connections.max(1)).map(|_| client()).collect::<anyhow::Result<_>>()?;
+    /// `connections` clients to the server at `base`, each connected before it returns: the
+    /// TLS handshakes of the first requests would otherwise be timed as part of the first
+    /// workload (a client of a running server has its connection already).
+    pub async fn connect(base: &str, connections: usize) -> anyhow::Result<Self> {
+        let clients: Vec<reqwest::Client> =
+            (0..connections.max(1)).map(|_| client()).collect::<anyhow::Result<_>>()?;
+        for client in &clients {
+            client.get(format!("{base}/version")).send().await?.error_for_status()?;
+        }
         Ok(Self { clients, base: base.to_string() })
     }
 

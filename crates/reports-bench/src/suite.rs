@@ -380,10 +380,22 @@ impl Run {
         self.results.push(result);
     }
 
-    /// Creates objects `0..total`: one open-loop step per configured rate, then the rest from
-    /// N concurrent clients (closed loop).
+    /// Creates objects `0..total`: a warm-up second at the first rate (recorded, but apart), one
+    /// open-loop step per configured rate, then the rest from N concurrent clients (closed loop).
+    ///
+    /// The warm-up keeps a process's first moments out of the first step: a fresh server or
+    /// database pays one-off costs on its first writes (caches, plans, first pages of empty tables)
+    /// that queue a few hundred requests at 1,500/s, which alone decides a step's p99.
     async fn create_sweep(&mut self, system: &str, probe: &CpuProbe, create: Op, total: usize, extra: Value) {
         let mut next = 0;
+        if let Some(&rate) = self.settings.create_rates.first() {
+            let count = (rate as usize).min(total / 10);
+            let before = probe.read();
+            let measured = open_loop(rate, count, create.clone()).await;
+            let cpu = probe.per_1k_ops(&before, measured.ok);
+            self.record(system, "create", &format!("warm-up {rate}/s"), &measured, cpu, extra.clone());
+            next = count;
+        }
         for rate in self.settings.create_rates.clone() {
             let count = ((rate * self.settings.open_seconds) as usize).min(total - next);
             let offset = next;
@@ -452,7 +464,7 @@ impl Run {
         let docs = prepare_core(count, REFERENCE_RESULTS);
         let storage = self.storage(store, "reference")?;
         let server = ServerProcess::start(Some(&storage))?;
-        let api = Api::new(&server.base, self.settings.concurrency)?;
+        let api = Api::connect(&server.base, self.settings.concurrency).await?;
         let create = {
             let (api, docs) = (api.clone(), docs.clone());
             op(move |i| {
@@ -476,7 +488,7 @@ impl Run {
         let storage = self.storage(store, "core")?;
         let server = ServerProcess::start(Some(&storage))?;
         let probe = self.probe(Some(&server));
-        let api = Api::new(&server.base, self.settings.concurrency)?;
+        let api = Api::connect(&server.base, self.settings.concurrency).await?;
         let rvs: Arc<Vec<AtomicU64>> = Arc::new((0..docs.len()).map(|_| AtomicU64::new(0)).collect());
         let create = {
             let (api, docs, rvs) = (api.clone(), docs.clone(), rvs.clone());
@@ -663,7 +675,7 @@ impl Run {
         let storage = self.storage(store, "churn")?;
         let server = ServerProcess::start(Some(&storage))?;
         let probe = self.probe(Some(&server));
-        let api = Api::new(&server.base, self.settings.concurrency)?;
+        let api = Api::connect(&server.base, self.settings.concurrency).await?;
         // Admission churn: create an EphemeralReport, patch a label, delete it; per event.
         let churn = {
             let api = api.clone();
@@ -783,7 +795,7 @@ impl Run {
         let storage = self.storage(store, &format!("tier_{results}"))?;
         let server = ServerProcess::start(Some(&storage))?;
         let probe = self.probe(Some(&server));
-        let api = Api::new(&server.base, self.settings.concurrency)?;
+        let api = Api::connect(&server.base, self.settings.concurrency).await?;
         let mut total_results = 0;
         let items: Arc<Vec<(String, Bytes)>> = Arc::new(
             shapes::mixed_dataset(results)

@@ -575,13 +575,26 @@ impl<'de> serde::de::Visitor<'de> for YamlVisitor {
 /// Parses a JSON body like [`serde_json::from_slice`], also returning the path of every key
 /// that appears twice in one object (the last value wins, as in kube's decoder). kube's strict
 /// decoder reports these as `duplicate field "<path>"` strict errors, before unknown fields.
+///
+/// Duplicates are rare, and keeping every value's path costs about a tenth of a create's CPU, so
+/// the body is first parsed noting only whether some key repeats; only then is it parsed again
+/// keeping paths.
 pub fn parse_json_with_duplicates(bytes: &[u8]) -> Result<(Value, Vec<DecodeIssue>), serde_json::Error> {
+    let (value, tracker) = parse_tracking(bytes, false)?;
+    if !tracker.repeated {
+        return Ok((value, Vec::new()));
+    }
+    let (value, tracker) = parse_tracking(bytes, true)?;
+    Ok((value, tracker.duplicates.into_iter().map(DecodeIssue::DuplicateField).collect()))
+}
+
+fn parse_tracking(bytes: &[u8], keep_paths: bool) -> Result<(Value, DuplicateTracker), serde_json::Error> {
     use serde::de::DeserializeSeed as _;
-    let mut tracker = DuplicateTracker::default();
+    let mut tracker = DuplicateTracker { keep_paths, ..Default::default() };
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = TrackedValue(&mut tracker).deserialize(&mut deserializer)?;
     deserializer.end()?;
-    Ok((value, tracker.duplicates.into_iter().map(DecodeIssue::DuplicateField).collect()))
+    Ok((value, tracker))
 }
 
 fn push_key(path: &mut String, key: &str) {
@@ -598,7 +611,13 @@ fn push_index(path: &mut String, index: usize) {
 
 #[derive(Default)]
 struct DuplicateTracker {
+    /// Whether `path` is kept (the second parse) or only `repeated` is noted (the first).
+    keep_paths: bool,
+    /// Some object had a key twice.
+    repeated: bool,
+    /// The path of the value being parsed (only when `keep_paths`).
     path: String,
+    /// The paths of repeated keys (only when `keep_paths`).
     duplicates: Vec<String>,
 }
 
@@ -656,7 +675,9 @@ impl<'de> serde::de::Visitor<'de> for TrackedValue<'_> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         let len = self.0.path.len();
         loop {
-            push_index(&mut self.0.path, items.len());
+            if self.0.keep_paths {
+                push_index(&mut self.0.path, items.len());
+            }
             let item = seq.next_element_seed(TrackedValue(&mut *self.0))?;
             self.0.path.truncate(len);
             match item {
@@ -670,10 +691,15 @@ impl<'de> serde::de::Visitor<'de> for TrackedValue<'_> {
         let mut map = Map::new();
         let len = self.0.path.len();
         while let Some(key) = access.next_key::<String>()? {
-            push_key(&mut self.0.path, &key);
+            if self.0.keep_paths {
+                push_key(&mut self.0.path, &key);
+            }
             let value = access.next_value_seed(TrackedValue(&mut *self.0))?;
             if map.insert(key, value).is_some() {
-                self.0.duplicates.push(self.0.path.clone());
+                self.0.repeated = true;
+                if self.0.keep_paths {
+                    self.0.duplicates.push(self.0.path.clone());
+                }
             }
             self.0.path.truncate(len);
         }

@@ -31,7 +31,7 @@ pub struct Renderer {
     kind: String,
     /// List kind, e.g. `PolicyReportList`.
     list_kind: String,
-    /// Column definitions (Table only).
+    /// Column definitions (Table only; `Null` otherwise, as building them costs a few µs a request).
     columns: Value,
     /// Whether a Table watch already sent the column definitions (only the first event has them).
     columns_sent: bool,
@@ -66,13 +66,17 @@ impl Renderer {
             }
             _ => None,
         };
+        let columns = match table {
+            Some(_) => reports_core::table::column_definitions(&kind.printer_columns),
+            None => Value::Null,
+        };
         Ok(Self {
             negotiated,
             table,
             api_version: kind.api_version(),
             kind: kind.kind.clone(),
             list_kind: kind.list_kind.clone(),
-            columns: reports_core::table::column_definitions(&kind.printer_columns),
+            columns,
             columns_sent: false,
         })
     }

@@ -335,7 +335,7 @@ impl Request<'_> {
         let fixed_name = object.meta_str("name").to_string();
         let attempts = if fixed_name.is_empty() { GENERATE_NAME_ATTEMPTS } else { 1 };
         let mut name = fixed_name.clone();
-        for _ in 0..attempts {
+        for attempt in 1..=attempts {
             if fixed_name.is_empty() {
                 name = generate_name(&generate_from);
                 object::meta_mut(&mut object).insert("name".into(), Value::String(name.clone()));
@@ -353,7 +353,9 @@ impl Request<'_> {
                     None => return Ok(self.renderer.object(StatusCode::CREATED, &object.to_string())?),
                 }
             }
-            match self.state.store.create(kind.storage_key(), object.clone()).await {
+            // Only a generated name can need another attempt, which needs the object again.
+            let candidate = if attempt < attempts { object.clone() } else { std::mem::take(&mut object) };
+            match self.state.store.create(kind.storage_key(), candidate).await {
                 Ok(stored) => return Ok(self.renderer.object(StatusCode::CREATED, &stored.body)?),
                 Err(StoreError::AlreadyExists) if fixed_name.is_empty() => continue,
                 Err(StoreError::AlreadyExists) => {

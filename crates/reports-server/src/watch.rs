@@ -150,6 +150,19 @@ async fn tail(
 ) {
     let mut commits = store.subscribe();
     loop {
+        // With nobody subscribed there is no one to publish to: skip to the newest commit
+        // instead of reading every change (and its body) back from the database. The newest
+        // commit is taken before the check, so a watcher that subscribes after the check reads
+        // the database after it and finds everything skipped there (the subscribe-then-read rule).
+        let newest = *commits.borrow_and_update();
+        if sender.receiver_count() == 0 {
+            published = published.max(newest);
+            tokio::select! {
+                changed = commits.changed() => if changed.is_err() { return },
+                _ = shutting_down.changed() => return,
+            }
+            continue;
+        }
         match store.changes_since(None, published, CATCH_UP_BATCH).await {
             Ok(batch) => {
                 let full = batch.len() == CATCH_UP_BATCH;

@@ -281,6 +281,25 @@ async fn a_list_abandoned_midway_frees_its_connection_for_later_statements() {
     assert_eq!(items.len(), 720, "a complete list still returns everything");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_is_open_before_the_first_request() {
+    let url = fresh_database().await;
+    let database = url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+    let store = store_on(&url, &PgSettings { pool_size: 6, ..Default::default() }).await;
+    assert_eq!(store.open_connections(), 6, "every pooled connection is open after connect");
+    let sessions = cluster()
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' \
+                 AND application_name = 'reports-server'"
+            ),
+        )
+        .unwrap();
+    // The six pooled connections and the notification listener.
+    assert!(sessions.trim().parse::<usize>().unwrap() >= 6, "PostgreSQL sees them: {sessions}");
+}
+
 /// A CA and a server certificate signed by it, valid for `names` only.
 fn tls_material(names: &[&str]) -> (String, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();

@@ -32,7 +32,7 @@ const QUEUE: usize = 1024;
 /// `$1` cluster, `$2..$8` arrays (resource, namespace, name, uid, labels, body prefix, body
 /// suffix), `$9` count, `$10` notification channel, `$11` label hashes (array literals, one text
 /// per row: arrays of arrays do not unnest per row). Returns the RV before the block.
-const BATCH_SQL: &str = "WITH t AS (
+pub(super) const BATCH_SQL: &str = "WITH t AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $11::text[])
     WITH ORDINALITY AS t(resource, namespace, name, uid, labels, prefix, suffix, label_hashes, i)),
 c AS (UPDATE report_counters SET rv = rv + $9 WHERE cluster_id = $1 RETURNING rv - $9 AS base),

@@ -786,7 +786,8 @@ async fn fill_pool(pool: &Pool) {
         Ok::<_, tokio_postgres::Error>(())
     }))
     .await;
-    let failed = opened.iter().filter(|c| c.is_err()).count() + prepared.iter().filter(|p| p.is_err()).count();
+    let failed =
+        opened.iter().filter(|c| c.is_err()).count() + prepared.iter().filter(|p| p.is_err()).count();
     if failed > 0 {
         tracing::debug!(failed, "some pooled connections could not be opened or prepared at start");
     }

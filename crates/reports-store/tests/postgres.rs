@@ -433,6 +433,76 @@ async fn concurrent_creates_are_combined_without_changing_any_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_are_combined_without_changing_any_answer() {
+    let url = fresh_database().await;
+    let store = store_on(&url, &PgSettings::default()).await;
+    let mut rvs = std::collections::BTreeMap::new();
+    for i in 0..60 {
+        let name = format!("u{i:02}");
+        rvs.insert(name.clone(), store.create("policyreports", report("ns", &name)).await.unwrap().rv);
+    }
+    let start = store.current_rv().await.unwrap();
+    let updated = |name: &str| {
+        let mut object = report("ns", name);
+        object["metadata"]["labels"]["app"] = json!("v2");
+        object
+    };
+    // All at once: one good update per object; a second update with the same RV for u00..u09
+    // (one of each pair must lose); a wrong RV for u50..u54; and objects that do not exist.
+    let mut requests: Vec<(String, u64)> = rvs.iter().map(|(name, rv)| (name.clone(), *rv)).collect();
+    requests.extend(rvs.iter().take(10).map(|(name, rv)| (name.clone(), *rv)));
+    requests.extend(rvs.iter().skip(50).take(5).map(|(name, rv)| (name.clone(), rv + 1000)));
+    requests.extend((0..5).map(|i| (format!("missing{i}"), 1)));
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(name, rv)| {
+            let (store, object) = (store.clone(), updated(&name));
+            tokio::spawn(async move { (name, store.update("policyreports", object, rv).await) })
+        })
+        .collect();
+    let mut succeeded = std::collections::BTreeMap::new();
+    let (mut conflicts, mut missing) = (Vec::new(), Vec::new());
+    for task in tasks {
+        match task.await.unwrap() {
+            (name, Ok(object)) => {
+                assert!(succeeded.insert(name.clone(), object).is_none(), "{name} updated twice from one RV")
+            }
+            (name, Err(StoreError::Conflict)) => conflicts.push(name),
+            (name, Err(StoreError::NotFound)) => missing.push(name),
+            (name, Err(e)) => panic!("{name}: {e}"),
+        }
+    }
+    assert_eq!(succeeded.len(), 60, "every object updated exactly once");
+    conflicts.sort();
+    let mut expected_conflicts: Vec<String> = (0..10).chain(50..55).map(|i| format!("u{i:02}")).collect();
+    expected_conflicts.sort();
+    assert_eq!(conflicts, expected_conflicts, "a repeat and a wrong RV are conflicts");
+    missing.sort();
+    assert_eq!(missing, (0..5).map(|i| format!("missing{i}")).collect::<Vec<_>>());
+    // The RVs are the 60 after the start, each answer matches what is stored, and the log holds
+    // one MODIFIED per update with the labels before and after.
+    let mut new_rvs: Vec<u64> = succeeded.values().map(|o| o.rv).collect();
+    new_rvs.sort();
+    assert_eq!(new_rvs, (start + 1..=start + 60).collect::<Vec<_>>());
+    for (name, object) in &succeeded {
+        let stored = store.get("policyreports", "ns", name).await.unwrap().unwrap();
+        assert_eq!((stored.rv, &stored.body), (object.rv, &object.body));
+        let body: Value = serde_json::from_str(&stored.body).unwrap();
+        assert_eq!(body["metadata"]["labels"]["app"], "v2");
+        assert_eq!(body["metadata"]["resourceVersion"], object.rv.to_string());
+    }
+    let changes = store.changes_since(Some("policyreports"), start, 1000).await.unwrap();
+    assert_eq!(changes.iter().map(|c| c.rv).collect::<Vec<_>>(), new_rvs);
+    for change in &changes {
+        assert_eq!(change.change_type, reports_store::ChangeType::Modified);
+        let name = &change.object.name;
+        assert_eq!(change.labels, vec![("app".to_string(), "v2".to_string())]);
+        assert_eq!(change.prev_labels, Some(vec![("app".to_string(), name.clone())]), "{name}");
+    }
+    assert!(store.combined_updates() > 0, "updates sent together were written together");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sql_label_hash_is_the_servers_label_hash() {
     let pg = cluster();
     let db = fresh_database().await;

@@ -117,16 +117,22 @@ impl CreateQueue {
     }
 }
 
+/// Waits for one queued item, then takes whatever else is already waiting, up to `max` in all
+/// (nothing waits on purpose). None when the queue is closed and empty.
+pub(super) async fn next_batch<T>(queue: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut batch = vec![queue.recv().await?];
+    while batch.len() < max {
+        match queue.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 impl Combiner {
     async fn run(self, mut queue: mpsc::Receiver<PendingCreate>) {
-        while let Some(first) = queue.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = next_batch(&mut queue, MAX_BATCH).await {
             self.write(batch).await;
         }
     }

@@ -54,7 +54,12 @@ pub(super) fn label_hashes(object: &Value) -> Vec<i32> {
 
 /// [`label_hashes`] as a PostgreSQL array literal, for statements that take one text per row.
 pub(super) fn label_hashes_literal(object: &Value) -> String {
-    let hashes: Vec<String> = label_hashes(object).iter().map(i32::to_string).collect();
+    hashes_literal(&label_hashes(object))
+}
+
+/// Label hashes as a PostgreSQL array literal.
+pub(super) fn hashes_literal(hashes: &[i32]) -> String {
+    let hashes: Vec<String> = hashes.iter().map(i32::to_string).collect();
     format!("{{{}}}", hashes.join(","))
 }
 

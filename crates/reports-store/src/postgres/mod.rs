@@ -178,6 +178,8 @@ pub struct PgStore {
     committed: Arc<watch::Sender<u64>>,
     /// Creates go through one combining task that writes whatever is waiting in one statement.
     creates: creates::CreateQueue,
+    /// Updates go through one combining task that writes whatever is waiting in one transaction.
+    updates: updates::UpdateQueue,
     /// Dropped with the store, which ends the listener task.
     _stop_listener: watch::Sender<()>,
 }
@@ -445,7 +447,14 @@ impl PgStore {
             committed: committed.clone(),
             combined: Default::default(),
         });
-        Ok(Self { pool, cluster, channel, committed, creates, _stop_listener: stop })
+        let updates = updates::UpdateQueue::start(updates::Combiner {
+            pool: pool.clone(),
+            cluster,
+            channel: channel.clone(),
+            committed: committed.clone(),
+            combined: Default::default(),
+        });
+        Ok(Self { pool, cluster, channel, committed, creates, updates, _stop_listener: stop })
     }
 
     /// The cluster this store serves.
@@ -458,13 +467,14 @@ impl PgStore {
         self.creates.combined()
     }
 
+    /// How many updates so far were written in one transaction together with others.
+    pub fn combined_updates(&self) -> u64 {
+        self.updates.combined()
+    }
+
     /// Connections currently open in the request pool (idle or in use).
     pub fn open_connections(&self) -> usize {
         self.pool.status().size
-    }
-
-    fn publish(&self, rv: u64) {
-        publish(&self.committed, rv);
     }
 
     /// Runs `work` with a pooled connection in its own task (see the module notes on failure).
@@ -474,13 +484,7 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = StoreResult<T>> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            work(client).await
-        })
-        .await
-        .map_err(backend)?
+        run_on(&self.pool, work).await
     }
 
     /// Locks, checks and rewrites or deletes one object in an open transaction.
@@ -658,45 +662,9 @@ impl PgStore {
         Ok(Ok(batch.keys.iter().map(|(ns, name, _)| objects.remove(&(ns.clone(), name.clone()))).collect()))
     }
 
-    /// Runs one transaction of work, retrying it whole on deadlock or serialization failure.
+    /// Runs one transaction of work (see [`write_locked`]).
     async fn write_locked(&self, work: TxWork) -> StoreResult<Vec<Option<StoredObject>>> {
-        let results = self
-            .run(move |mut client| async move {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let tx = client.transaction().await.map_err(db_error)?;
-                    let outcome = match &work {
-                        TxWork::One(write) => {
-                            Self::locked_write(&tx, write).await.map(|r| r.map(|object| vec![Some(object)]))
-                        }
-                        TxWork::DeleteMany(batch) => Self::delete_set(&tx, batch).await,
-                    };
-                    match outcome {
-                        Ok(Ok(out)) => match tx.commit().await {
-                            Ok(()) => return Ok(out),
-                            Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
-                            Err(e) => return Err(db_error(e)),
-                        },
-                        Ok(Err(store_error)) => {
-                            tx.rollback().await.map_err(db_error)?;
-                            return Err(store_error);
-                        }
-                        Err(e) => {
-                            let _ = tx.rollback().await;
-                            if is_retryable(&e) && attempt < WRITE_ATTEMPTS {
-                                continue;
-                            }
-                            return Err(db_error(e));
-                        }
-                    }
-                }
-            })
-            .await?;
-        if let Some(rv) = results.iter().flatten().map(|o| o.rv).max() {
-            self.publish(rv);
-        }
-        Ok(results)
+        write_locked(&self.pool, &self.committed, work).await
     }
 
     fn locked(
@@ -717,6 +685,69 @@ impl PgStore {
             kind,
         }
     }
+}
+
+/// Runs one transaction of work, retrying it whole on deadlock or serialization failure, and
+/// publishes its newest RV.
+async fn write_locked(
+    pool: &Pool,
+    committed: &watch::Sender<u64>,
+    work: TxWork,
+) -> StoreResult<Vec<Option<StoredObject>>> {
+    let results = run_on(pool, move |mut client| async move {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let tx = client.transaction().await.map_err(db_error)?;
+            let outcome = match &work {
+                TxWork::One(write) => {
+                    PgStore::locked_write(&tx, write).await.map(|r| r.map(|object| vec![Some(object)]))
+                }
+                TxWork::DeleteMany(batch) => PgStore::delete_set(&tx, batch).await,
+                TxWork::UpdateMany(batch) => updates::update_set(&tx, batch).await,
+            };
+            match outcome {
+                Ok(Ok(out)) => match tx.commit().await {
+                    Ok(()) => return Ok(out),
+                    Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
+                    Err(e) => return Err(db_error(e)),
+                },
+                Ok(Err(store_error)) => {
+                    tx.rollback().await.map_err(db_error)?;
+                    return Err(store_error);
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    if is_retryable(&e) && attempt < WRITE_ATTEMPTS {
+                        continue;
+                    }
+                    return Err(db_error(e));
+                }
+            }
+        }
+    })
+    .await?;
+    if let Some(rv) = results.iter().flatten().map(|o| o.rv).max() {
+        publish(committed, rv);
+    }
+    Ok(results)
+}
+
+/// Runs `work` with a connection from `pool` in its own task, so an abandoned request never
+/// returns a connection in the middle of a transaction.
+async fn run_on<T, F, Fut>(pool: &Pool, work: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = StoreResult<T>> + Send + 'static,
+{
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let client = pool.get().await.map_err(pool_error)?;
+        work(client).await
+    })
+    .await
+    .map_err(backend)?
 }
 
 /// One update or delete, checked against the locked row.
@@ -751,9 +782,11 @@ struct BatchDelete {
 /// What one write transaction does.
 enum TxWork {
     /// One update or delete.
-    One(LockedWrite),
+    One(Arc<LockedWrite>),
     /// Many deletes (deletecollection).
     DeleteMany(BatchDelete),
+    /// Many updates (combined by [`updates`]).
+    UpdateMany(updates::BatchUpdate),
 }
 
 enum WriteKind {
@@ -1106,8 +1139,7 @@ impl Store for PgStore {
             expected_rv,
             WriteKind::Update { body, uid, labels, hashes },
         );
-        let mut out = self.write_locked(TxWork::One(write)).await?;
-        out.pop().flatten().ok_or_else(|| backend("update returned nothing"))
+        self.updates.update(write).await
     }
 
     async fn delete(
@@ -1118,7 +1150,7 @@ impl Store for PgStore {
         expected_rv: u64,
     ) -> StoreResult<StoredObject> {
         let write = self.locked(resource, namespace, name, expected_rv, WriteKind::Delete);
-        let mut out = self.write_locked(TxWork::One(write)).await?;
+        let mut out = self.write_locked(TxWork::One(Arc::new(write))).await?;
         out.pop().flatten().ok_or_else(|| backend("delete returned nothing"))
     }
 
@@ -1308,5 +1340,6 @@ mod creates;
 pub mod labels;
 mod schema;
 mod tls;
+mod updates;
 
 mod upstream;

@@ -20,13 +20,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{db_error, is_retryable, pool_error, publish, SplitBody, CREATE_SQL, WRITE_ATTEMPTS};
+use super::{
+    combine::{next_batch, Queue},
+    db_error, is_retryable, pool_error, publish, SplitBody, CREATE_SQL, WRITE_ATTEMPTS,
+};
 use crate::{StoreError, StoreResult};
 
 /// Most creates written by one statement.
 const MAX_BATCH: usize = 128;
-/// Creates waiting for the combiner before callers wait for room.
-const QUEUE: usize = 1024;
 
 /// Writes a batch: one counter increment for all, then the object and change rows. Parameters:
 /// `$1` cluster, `$2..$8` arrays (resource, namespace, name, uid, labels, body prefix, body
@@ -68,12 +69,7 @@ pub(super) struct PendingCreate {
 }
 
 /// The queue in front of the combining task.
-pub(super) struct CreateQueue {
-    /// Closing it (dropping the store) ends the task once the queue is empty.
-    sender: mpsc::Sender<PendingCreate>,
-    /// How many creates were written together with others (observability, tests).
-    combined: Arc<std::sync::atomic::AtomicU64>,
-}
+pub(super) type CreateQueue = Queue<PendingCreate>;
 
 /// What the combining task needs from the store.
 pub(super) struct Combiner {
@@ -91,16 +87,8 @@ pub(super) struct Combiner {
 
 impl CreateQueue {
     /// Starts the combining task.
-    pub fn start(combiner: Combiner) -> Self {
-        let (sender, receiver) = mpsc::channel(QUEUE);
-        let combined = combiner.combined.clone();
-        tokio::spawn(combiner.run(receiver));
-        Self { sender, combined }
-    }
-
-    /// How many creates so far were written in one statement with others.
-    pub fn combined(&self) -> u64 {
-        self.combined.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn start_creates(combiner: Combiner) -> Self {
+        Queue::start(combiner.combined.clone(), |receiver| combiner.run(receiver))
     }
 
     /// Queues one create and waits for its RV.
@@ -109,25 +97,9 @@ impl CreateQueue {
         pending: PendingCreate,
         answer: oneshot::Receiver<StoreResult<u64>>,
     ) -> StoreResult<u64> {
-        self.sender
-            .send(pending)
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        self.push(pending).await?;
         answer.await.map_err(|_| StoreError::Backend("the create combiner stopped".into()))?
     }
-}
-
-/// Waits for one queued item, then takes whatever else is already waiting, up to `max` in all
-/// (nothing waits on purpose). None when the queue is closed and empty.
-pub(super) async fn next_batch<T>(queue: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
-    let mut batch = vec![queue.recv().await?];
-    while batch.len() < max {
-        match queue.try_recv() {
-            Ok(next) => batch.push(next),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
 }
 
 impl Combiner {

@@ -440,14 +440,14 @@ impl PgStore {
             committed.clone(),
             stopped,
         ));
-        let creates = creates::CreateQueue::start(creates::Combiner {
+        let creates = creates::CreateQueue::start_creates(creates::Combiner {
             pool: pool.clone(),
             cluster,
             channel: channel.clone(),
             committed: committed.clone(),
             combined: Default::default(),
         });
-        let updates = updates::UpdateQueue::start(updates::Combiner {
+        let updates = updates::UpdateQueue::start_updates(updates::Combiner {
             pool: pool.clone(),
             cluster,
             channel: channel.clone(),
@@ -1336,6 +1336,7 @@ impl Store for PgStore {
     }
 }
 
+mod combine;
 mod creates;
 pub mod labels;
 mod schema;

@@ -26,13 +26,14 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::{labels, write_locked, LockedWrite, SplitBody, TxWork, WriteKind};
+use super::{
+    combine::{next_batch, Queue},
+    labels, write_locked, LockedWrite, SplitBody, TxWork, WriteKind,
+};
 use crate::{StoreError, StoreResult, StoredObject};
 
 /// Most updates written by one transaction.
 const MAX_BATCH: usize = 128;
-/// Updates waiting for the combiner before callers wait for room.
-const QUEUE: usize = 1024;
 
 /// Locks the rows of a batch whose RV still matches. `$1` cluster, `$2..$5` resource, namespace,
 /// name and expected RV per update.
@@ -68,7 +69,7 @@ n AS (SELECT pg_notify($13, (c.base + $2)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
 
 /// One update waiting to be written.
-struct PendingUpdate {
+pub(super) struct PendingUpdate {
     /// The update (always [`WriteKind::Update`]).
     write: Arc<LockedWrite>,
     /// Where the answer goes.
@@ -76,12 +77,7 @@ struct PendingUpdate {
 }
 
 /// The queue in front of the combining task.
-pub(super) struct UpdateQueue {
-    /// Closing it (dropping the store) ends the task once the queue is empty.
-    sender: mpsc::Sender<PendingUpdate>,
-    /// How many updates were written together with others (observability, tests).
-    combined: Arc<AtomicU64>,
-}
+pub(super) type UpdateQueue = Queue<PendingUpdate>;
 
 /// What the combining task needs from the store.
 pub(super) struct Combiner {
@@ -99,32 +95,21 @@ pub(super) struct Combiner {
 
 impl UpdateQueue {
     /// Starts the combining task.
-    pub fn start(combiner: Combiner) -> Self {
-        let (sender, receiver) = mpsc::channel(QUEUE);
-        let combined = combiner.combined.clone();
-        tokio::spawn(combiner.run(receiver));
-        Self { sender, combined }
-    }
-
-    /// How many updates so far were written in one transaction with others.
-    pub fn combined(&self) -> u64 {
-        self.combined.load(Ordering::Relaxed)
+    pub fn start_updates(combiner: Combiner) -> Self {
+        Queue::start(combiner.combined.clone(), |receiver| combiner.run(receiver))
     }
 
     /// Queues one update and waits for its answer.
     pub async fn update(&self, write: LockedWrite) -> StoreResult<StoredObject> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(PendingUpdate { write: Arc::new(write), reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        self.push(PendingUpdate { write: Arc::new(write), reply }).await?;
         answer.await.map_err(|_| StoreError::Backend("the update combiner stopped".into()))?
     }
 }
 
 impl Combiner {
     async fn run(self, mut queue: mpsc::Receiver<PendingUpdate>) {
-        while let Some(batch) = super::creates::next_batch(&mut queue, MAX_BATCH).await {
+        while let Some(batch) = next_batch(&mut queue, MAX_BATCH).await {
             self.write(batch).await;
         }
     }

@@ -123,6 +123,8 @@ impl Postgres {
             "shared_buffers = 1GB".to_string(),
             "max_wal_size = 4GB".into(),
             "max_connections = 300".into(),
+            // Autovacuum runs land in the middle of workloads; their timing is in postgres.log.
+            "log_autovacuum_min_duration = 0".into(),
         ];
         match durability {
             Durability::Durable => settings.extend(

@@ -183,6 +183,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before anything else, as the server binary does; the servers and databases it starts
+    // inherit the setting, so every system measured runs with the same memcpy.
+    reports_server::glibc::avoid_aliased_rep_movsb();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

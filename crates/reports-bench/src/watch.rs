@@ -117,23 +117,34 @@ pub async fn watch_lag(
             let rv_key = memchr::memmem::Finder::new(br#""resourceVersion":""#);
             while received.len() < total {
                 let Some(Ok(chunk)) = stream.next().await else { break };
-                let scanned = buffer.len();
-                buffer.extend_from_slice(&chunk);
                 let now = Instant::now();
-                let mut start = 0;
-                let mut from = scanned;
-                while let Some(offset) = memchr::memchr(b'\n', &buffer[from..]) {
-                    let end = from + offset;
-                    let line = &buffer[start..end];
-                    if line.starts_with(br#"{"type":"ADDED""#) {
-                        if let Some(rv) = event_rv(&rv_key, line) {
-                            received.push((rv, now));
+                // Complete lines are scanned where they lie; only a line cut by the chunk's end
+                // is copied, to be completed by the next chunk.
+                let Some(last_newline) = memchr::memrchr(b'\n', &chunk) else {
+                    buffer.extend_from_slice(&chunk);
+                    continue;
+                };
+                let complete = &chunk[..=last_newline];
+                let mut record = |lines: &[u8]| {
+                    let mut start = 0;
+                    for end in memchr::memchr_iter(b'\n', lines) {
+                        let line = &lines[start..end];
+                        start = end + 1;
+                        if line.starts_with(br#"{"type":"ADDED""#) {
+                            if let Some(rv) = event_rv(&rv_key, line) {
+                                received.push((rv, now));
+                            }
                         }
                     }
-                    start = end + 1;
-                    from = start;
+                };
+                if buffer.is_empty() {
+                    record(complete);
+                } else {
+                    buffer.extend_from_slice(complete);
+                    record(&buffer);
+                    buffer.clear();
                 }
-                buffer.drain(..start);
+                buffer.extend_from_slice(&chunk[last_newline + 1..]);
             }
             received
         }));

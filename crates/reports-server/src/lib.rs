@@ -18,6 +18,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 pub mod app;
 pub mod cli;
+pub mod glibc;
 pub mod render;
 pub mod resource;
 pub mod response;

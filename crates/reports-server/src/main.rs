@@ -11,8 +11,14 @@ use reports_server::{cli::Args, tls::CertificatePem, Server, ServerConfig};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn main() -> anyhow::Result<()> {
+    // First, before the runtime starts threads: it may replace this process.
+    reports_server::glibc::avoid_aliased_rep_movsb();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
     if args.etcd == Some(true) {

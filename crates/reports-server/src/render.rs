@@ -92,14 +92,7 @@ impl Renderer {
     fn item_json(&self, body: &str, out: &mut Vec<u8>) -> Result<(), ApiError> {
         match self.negotiated.shape {
             Shape::Object => out.extend_from_slice(body.as_bytes()),
-            Shape::Metadata(v) | Shape::MetadataList(v) => {
-                let meta: MetadataOnly<'_> = serde_json::from_str(body).map_err(corrupt)?;
-                out.extend_from_slice(br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/"#);
-                out.extend_from_slice(v.as_bytes());
-                out.extend_from_slice(br#"","metadata":"#);
-                out.extend_from_slice(meta.metadata.get().as_bytes());
-                out.push(b'}');
-            }
+            Shape::Metadata(v) | Shape::MetadataList(v) => append_partial_metadata(v, body, out)?,
             Shape::Table(_) => {
                 let (renderer, include) = self.table.as_ref().expect("table renderer exists for table shape");
                 let object: Value = serde_json::from_str(body).map_err(corrupt)?;
@@ -243,34 +236,38 @@ impl Renderer {
         Ok(text)
     }
 
-    /// True when events are the stored JSON as is (no transform), so one rendered line can be
-    /// shared by every such watcher.
-    pub fn is_plain_object(&self) -> bool {
-        self.negotiated.shape == Shape::Object
-            && self.negotiated.encoding == Encoding::Json
-            && !self.negotiated.pretty
+    /// The shape of this stream's watch events when they depend on nothing but the stored object
+    /// and the event type (the object itself, or PartialObjectMetadata): then one rendering of a
+    /// change serves every watcher asking for that shape. `None` for Tables, which carry
+    /// per-stream state (column definitions only in the first event).
+    pub fn shared_event_shape(&self) -> Option<Shape> {
+        match self.negotiated.shape {
+            Shape::Object | Shape::Metadata(_) => Some(self.negotiated.shape),
+            Shape::Table(_) | Shape::MetadataList(_) => None,
+        }
     }
 
-    /// One watch event line, `{"type":T,"object":…}` and a newline, for a stored object in the
-    /// negotiated shape. Stored JSON is compact, so the line never contains another newline.
-    pub fn watch_event(&mut self, event_type: &str, body: &str) -> Result<Vec<u8>, ApiError> {
-        let mut line = Vec::with_capacity(body.len() + 40);
-        line.extend_from_slice(br#"{"type":""#);
-        line.extend_from_slice(event_type.as_bytes());
-        line.extend_from_slice(br#"","object":"#);
-        match self.negotiated.shape {
-            Shape::Table(_) => {
-                if let Some((renderer, _)) = self.table.as_mut() {
-                    renderer.set_now(jiff::Timestamp::now());
-                }
-                let first = !self.columns_sent;
-                self.columns_sent = true;
-                line.extend_from_slice(&self.single_row_table(body, first)?);
+    /// Appends one watch event line, `{"type":T,"object":…}` and a newline, for a stored object in
+    /// the negotiated shape. Stored JSON is compact, so the line never contains another newline.
+    pub fn append_watch_event(
+        &mut self,
+        event_type: &str,
+        body: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ApiError> {
+        if let Shape::Table(_) = self.negotiated.shape {
+            if let Some((renderer, _)) = self.table.as_mut() {
+                renderer.set_now(jiff::Timestamp::now());
             }
-            _ => self.item_json(body, &mut line)?,
+            let first = !self.columns_sent;
+            self.columns_sent = true;
+            let row = self.single_row_table(body, first)?;
+            event_line_start(event_type, out);
+            out.extend_from_slice(&row);
+            out.extend_from_slice(b"}\n");
+            return Ok(());
         }
-        line.extend_from_slice(b"}\n");
-        Ok(line)
+        append_shared_event(self.negotiated.shape, event_type, body, out)
     }
 
     /// A BOOKMARK event line at `rv`, in the negotiated shape; `initial_events_end` adds the
@@ -294,6 +291,50 @@ impl Renderer {
         };
         event_line("BOOKMARK", &object)
     }
+}
+
+fn event_line_start(event_type: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(br#"{"type":""#);
+    out.extend_from_slice(event_type.as_bytes());
+    out.extend_from_slice(br#"","object":"#);
+}
+
+/// Appends the watch event line of a stored object in a shape that needs no per-stream state
+/// (see [`Renderer::shared_event_shape`]).
+pub fn append_shared_event(
+    shape: Shape,
+    event_type: &str,
+    body: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    let mark = out.len();
+    event_line_start(event_type, out);
+    let appended = match shape {
+        Shape::Object => {
+            out.extend_from_slice(body.as_bytes());
+            Ok(())
+        }
+        Shape::Metadata(v) | Shape::MetadataList(v) => append_partial_metadata(v, body, out),
+        Shape::Table(_) => Err(ApiError::internal("a Table watch event needs its stream's renderer")),
+    };
+    if let Err(e) = appended {
+        out.truncate(mark);
+        return Err(e);
+    }
+    out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// `{"kind":"PartialObjectMetadata",…,"metadata":…}` of a stored object, its metadata borrowed
+/// from the stored text.
+fn append_partial_metadata(version: &str, body: &str, out: &mut Vec<u8>) -> Result<(), ApiError> {
+    let meta: MetadataOnly<'_> = serde_json::from_str(body).map_err(corrupt)?;
+    out.extend_from_slice(br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/"#);
+    out.extend_from_slice(version.as_bytes());
+    out.extend_from_slice(br#"","metadata":"#);
+    out.extend_from_slice(meta.metadata.get().as_bytes());
+    out.push(b'}');
+    Ok(())
 }
 
 /// One watch event line for a JSON value (bookmarks, ERROR events carrying a Status).

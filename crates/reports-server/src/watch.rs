@@ -9,22 +9,31 @@
 //!
 //! Reading the database once per watcher per write would not scale to hundreds of watchers, so
 //! one [`ChangeFeed`] task per process tails the log (woken by the store after each commit, which
-//! for PostgreSQL includes commits made by other replicas) and broadcasts each change once to
-//! every watcher in memory. A watcher therefore has two sources, and the rule that joins them
-//! without a gap is: **subscribe to the broadcast first, then read the database**. Anything
-//! committed before the read is in the read; anything committed after it is published after the
-//! subscription, so it arrives on the broadcast. Duplicates from the overlap are dropped by RV
-//! (`rv <= cursor`). Each broadcast entry renders its plain-JSON event line once, on first use,
-//! and every plain-JSON watcher sends that same buffer.
+//! for PostgreSQL includes commits made by other replicas) and keeps the most recent changes in
+//! memory, in a window bounded by bytes. The window's one invariant is that it holds **every**
+//! change above its floor RV up to its newest RV. A watcher whose cursor (the highest RV it has
+//! accounted for) is at or above the floor takes the rest from the window; one below it (it
+//! started from an older RV, or fell behind while its client was slow) reads the database up to
+//! the window's newest RV, which is committed and therefore in that read, and returns to the
+//! window. Neither source can skip a change, and the cursor drops duplicates from the overlap.
+//!
+//! # Batches, rendered once
+//!
+//! Under load the feed publishes at most once per [`PUBLISH_INTERVAL`]: commits that land in the
+//! meantime leave together as one batch (one timer for the whole process; a lone write is
+//! published at once). Each batch renders, per resource and event shape (object or
+//! PartialObjectMetadata), the event lines of all its changes into one buffer, once; every watcher
+//! that takes all of them (no selector excludes one) sends that same buffer. So a write watched by
+//! 100 clients is rendered once, and a client costs one queue item and one body frame per batch,
+//! not per event: the per-event wake-ups and frames, not the bytes, are what saturated the server.
 //!
 //! # Slow watchers
 //!
-//! The broadcast is a bounded ring shared by all watchers; the feed never waits for anyone, so
-//! writers and fast watchers are never slowed by a slow one. A watcher that falls off the ring
-//! (`Lagged`) resubscribes and catches up from the database, which is exactly the start-up path
-//! again. A client that stops reading altogether fills its bounded response channel; after
-//! [`STALLED_CLIENT_GRACE`] without progress its stream is closed and it re-watches from its last
-//! resourceVersion, as informers do after any disconnect.
+//! The feed never waits for anyone, so writers and fast watchers are never slowed by a slow one.
+//! A watcher whose client stops reading fills its bounded response queue; after
+//! [`STALLED_CLIENT_GRACE`] without progress its stream is closed and the client re-watches from
+//! its last resourceVersion, as informers do after any disconnect. A watcher that is merely behind
+//! finds its changes in the window, or in the database once the window has moved past it.
 //!
 //! # Start points
 //!
@@ -43,7 +52,8 @@
 //! matching as DELETED, so filtered informers never keep ghosts.
 
 use std::{
-    sync::{Arc, OnceLock},
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -51,25 +61,34 @@ use axum::{body::Body, http::StatusCode, response::Response};
 use bytes::Bytes;
 use rand::Rng as _;
 use reports_core::{
+    negotiate::Shape,
     options::{ListOptions, RvParam},
     selector::{FieldSelector, LabelSelector},
     ApiError, ResourceKind,
 };
 use reports_store::{Change, ChangeType, DynStore, ListChunk, ListQuery, StoreError};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::{
-    render::{event_line, Renderer},
+    render::{append_shared_event, event_line, Renderer},
     response::bytes_response,
 };
 
-/// How many changes the in-memory broadcast keeps for watchers that are briefly behind; beyond
-/// it they catch up from the database. Small, because entries hold whole objects.
-const FEED_CAPACITY: usize = 256;
+/// Most bytes of recent changes the feed keeps in memory (stored bodies plus their rendered
+/// lines, estimated as twice the bodies). About 5 s of 500 writes/s of 6 KB reports: enough for a
+/// watcher that is briefly behind to catch up without the database, small next to the server.
+const WINDOW_BYTES: usize = 32 * 1024 * 1024;
+/// Most changes the window keeps, whatever their size.
+const WINDOW_CHANGES: usize = 16 * 1024;
+/// How often, at most, the feed publishes a batch. A write that follows a quiet moment is
+/// published at once; under sustained writes the commits of each interval share one batch.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(5);
 /// How many changes one database read returns (feed tailing and watcher catch-up).
 const CATCH_UP_BATCH: usize = 500;
 /// Response chunks buffered per watcher before it waits for its client.
 const CLIENT_BUFFER: usize = 64;
+/// How many bytes a watcher gathers before it queues them (catch-up and initial events).
+const SEND_CHUNK: usize = 64 * 1024;
 /// How long a client may not read at all before its watch is closed.
 pub const STALLED_CLIENT_GRACE: Duration = Duration::from_secs(30);
 /// Bookmark cadence when bookmarks are allowed (kube's cacher: about every minute).
@@ -80,46 +99,140 @@ const TOO_LARGE_WAIT: Duration = Duration::from_secs(3);
 /// kube-apiserver's `--min-request-timeout`, so clients spread their reconnects.
 const DEFAULT_MIN_REQUEST_TIMEOUT: u64 = 1800;
 
-/// One change as broadcast to watchers, with its event lines for plain JSON watchers rendered
-/// at most once and shared (100 watchers of a 6 KB report would otherwise make 100 copies).
-pub struct FeedEntry {
-    /// The change.
-    change: Change,
-    /// `{"type":T,"object":<stored JSON>}\n` for ADDED, MODIFIED and DELETED, built on first use.
-    object_lines: [OnceLock<Bytes>; 3],
+/// Consecutive changes published together, with their event lines rendered at most once per
+/// resource and shape, on first use, and shared by every watcher that takes them all.
+pub struct FeedBatch {
+    /// The changes, in RV order; never empty.
+    changes: Vec<Change>,
+    /// Rendered lines: (resource, namespace or all, shape) -> every change of that scope in the
+    /// batch, each with the event type a watcher without selectors sees (ADDED, MODIFIED,
+    /// DELETED). A handful of entries at most, so a list beats a map.
+    rendered: Mutex<Vec<RenderedLines>>,
 }
 
-impl FeedEntry {
-    fn new(change: Change) -> Self {
-        Self { change, object_lines: Default::default() }
+/// One entry of [`FeedBatch::rendered`].
+struct RenderedLines {
+    resource: String,
+    namespace: Option<String>,
+    shape: Shape,
+    lines: Bytes,
+}
+
+impl FeedBatch {
+    fn new(changes: Vec<Change>) -> Self {
+        Self { changes, rendered: Mutex::new(Vec::new()) }
     }
 
-    /// The shared event line of the plain-object shape for this event type.
-    fn object_line(&self, event_type: &'static str) -> Bytes {
-        let slot = match event_type {
-            "ADDED" => 0,
-            "MODIFIED" => 1,
-            _ => 2,
-        };
-        self.object_lines[slot]
-            .get_or_init(|| {
-                let body = &self.change.object.body;
-                let mut line = Vec::with_capacity(body.len() + 40);
-                line.extend_from_slice(br#"{"type":""#);
-                line.extend_from_slice(event_type.as_bytes());
-                line.extend_from_slice(br#"","object":"#);
-                line.extend_from_slice(body.as_bytes());
-                line.extend_from_slice(b"}\n");
-                Bytes::from(line)
-            })
-            .clone()
+    fn last_rv(&self) -> u64 {
+        self.changes.last().map_or(0, |c| c.rv)
+    }
+
+    /// Memory the batch holds: bodies, and about as much again once rendered.
+    fn weight(&self) -> usize {
+        self.changes.iter().map(|c| 2 * c.object.body.len() + 256).sum()
+    }
+
+    /// The shared event lines of every change of `scope` in this batch, in `shape`.
+    fn lines(&self, scope: Scope<'_>, shape: Shape) -> Result<Bytes, ApiError> {
+        // Rendering under the lock is deliberate: every other watcher asking meanwhile wants
+        // exactly this result, and waiting for it is cheaper than rendering it again.
+        let mut rendered = self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = rendered.iter().find(|r| {
+            r.shape == shape && r.resource == scope.resource && r.namespace.as_deref() == scope.namespace
+        });
+        if let Some(entry) = found {
+            return Ok(entry.lines.clone());
+        }
+        let mut out = Vec::new();
+        for change in self.changes.iter().filter(|c| scope.contains(c)) {
+            append_shared_event(shape, natural_event_type(change), &change.object.body, &mut out)?;
+        }
+        let lines = Bytes::from(out);
+        rendered.push(RenderedLines {
+            resource: scope.resource.to_string(),
+            namespace: scope.namespace.map(str::to_string),
+            shape,
+            lines: lines.clone(),
+        });
+        Ok(lines)
     }
 }
 
-/// The process-wide tail of the change log, broadcast to every watcher.
+/// The event type of a change for a watcher without selectors.
+fn natural_event_type(change: &Change) -> &'static str {
+    match change.change_type {
+        ChangeType::Added => "ADDED",
+        ChangeType::Modified => "MODIFIED",
+        ChangeType::Deleted => "DELETED",
+    }
+}
+
+/// The window of recent changes. Invariant: it holds every change with an RV in
+/// `(floor, newest]`, in order.
+struct Window {
+    batches: VecDeque<Arc<FeedBatch>>,
+    floor: u64,
+    newest: u64,
+    /// Sum of the batches' weights.
+    bytes: usize,
+    /// Changes in the batches.
+    changes: usize,
+}
+
+/// What the window can tell a watcher whose cursor is at some RV.
+enum Since {
+    /// The batches holding every change after the cursor (some may hold older ones too), and
+    /// the RV they reach.
+    Batches(Vec<Arc<FeedBatch>>, u64),
+    /// The window starts above the cursor: read the database up to at least this RV.
+    Behind(u64),
+}
+
+impl Window {
+    fn new(rv: u64) -> Self {
+        Self { batches: VecDeque::new(), floor: rv, newest: rv, bytes: 0, changes: 0 }
+    }
+
+    fn push(&mut self, batch: Arc<FeedBatch>, max_bytes: usize, max_changes: usize) {
+        self.newest = batch.last_rv();
+        self.bytes += batch.weight();
+        self.changes += batch.changes.len();
+        self.batches.push_back(batch);
+        // The newest batch always stays, whatever its size: watchers need it.
+        while self.batches.len() > 1 && (self.bytes > max_bytes || self.changes > max_changes) {
+            if let Some(old) = self.batches.pop_front() {
+                self.floor = old.last_rv();
+                self.bytes -= old.weight();
+                self.changes -= old.changes.len();
+            }
+        }
+    }
+
+    /// Forgets everything up to `rv` (nobody is watching; see the tailing loop).
+    fn skip_to(&mut self, rv: u64) {
+        self.batches.clear();
+        self.bytes = 0;
+        self.changes = 0;
+        self.floor = self.floor.max(rv);
+        self.newest = self.newest.max(rv);
+    }
+
+    fn since(&self, cursor: u64) -> Since {
+        if cursor < self.floor {
+            return Since::Behind(self.newest);
+        }
+        let first = self.batches.partition_point(|b| b.last_rv() <= cursor);
+        Since::Batches(self.batches.range(first..).cloned().collect(), self.newest)
+    }
+}
+
+/// The process-wide tail of the change log: a window of recent changes that every watcher reads.
 pub struct ChangeFeed {
-    /// Where tailed changes are published; watchers subscribe here.
-    sender: broadcast::Sender<Arc<FeedEntry>>,
+    /// Recent changes. A std mutex: it is held only to push a batch or clone a few `Arc`s.
+    window: Mutex<Window>,
+    /// The window's newest RV; watchers wait on it, and its receiver count tells the tailing
+    /// loop whether anyone is watching.
+    newest: watch::Sender<u64>,
 }
 
 impl ChangeFeed {
@@ -128,58 +241,80 @@ impl ChangeFeed {
         store: DynStore,
         shutting_down: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, StoreError> {
-        let (sender, _) = broadcast::channel(FEED_CAPACITY);
         let start = store.current_rv().await?;
-        let feed = Arc::new(Self { sender: sender.clone() });
-        tokio::spawn(tail(store, sender, start, shutting_down));
+        let feed = Arc::new(Self { window: Mutex::new(Window::new(start)), newest: watch::channel(start).0 });
+        tokio::spawn(tail(store, feed.clone(), start, shutting_down));
         Ok(feed)
     }
 
-    /// A receiver of every change published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedEntry>> {
-        self.sender.subscribe()
+    /// A receiver of the window's newest RV. Holding one is what makes the feed read the log.
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.newest.subscribe()
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, batch: FeedBatch) {
+        let newest = batch.last_rv();
+        self.window().push(Arc::new(batch), WINDOW_BYTES, WINDOW_CHANGES);
+        self.newest.send_replace(newest);
+    }
+
+    fn since(&self, cursor: u64) -> Since {
+        self.window().since(cursor)
     }
 }
 
 /// The tailing loop: after each commit notification, publish every new change in RV order.
 async fn tail(
     store: DynStore,
-    sender: broadcast::Sender<Arc<FeedEntry>>,
+    feed: Arc<ChangeFeed>,
     mut published: u64,
     mut shutting_down: watch::Receiver<bool>,
 ) {
     let mut commits = store.subscribe();
+    let mut last_publish = tokio::time::Instant::now();
     loop {
         // With nobody subscribed there is no one to publish to: skip to the newest commit
         // instead of reading every change (and its body) back from the database. The newest
-        // commit is taken before the check, so a watcher that subscribes after the check reads
-        // the database after it and finds everything skipped there (the subscribe-then-read rule).
+        // commit is taken before the check, so a watcher that subscribes after the check finds
+        // the window's floor at or below a committed RV and reads the rest from the database.
         let newest = *commits.borrow_and_update();
-        if sender.receiver_count() == 0 {
-            published = published.max(newest);
-            tokio::select! {
-                changed = commits.changed() => if changed.is_err() { return },
-                _ = shutting_down.changed() => return,
+        if feed.newest.receiver_count() == 0 {
+            if newest > published {
+                published = newest;
+                feed.window().skip_to(newest);
+                feed.newest.send_replace(newest);
             }
-            continue;
-        }
-        match store.changes_since(None, published, CATCH_UP_BATCH).await {
-            Ok(batch) => {
-                let full = batch.len() == CATCH_UP_BATCH;
-                for change in batch {
-                    published = change.rv;
-                    // No receivers is fine: nobody is watching right now.
-                    let _ = sender.send(Arc::new(FeedEntry::new(change)));
-                }
-                if full {
-                    continue;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the change log failed; retrying");
+        } else if newest > published {
+            // Under sustained writes, let the commits of one interval leave as one batch.
+            let wait = PUBLISH_INTERVAL.saturating_sub(last_publish.elapsed());
+            if !wait.is_zero() {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutting_down.changed() => return,
+                }
+            }
+            match store.changes_since(None, published, CATCH_UP_BATCH).await {
+                Ok(changes) => {
+                    let full = changes.len() == CATCH_UP_BATCH;
+                    if let Some(last) = changes.last() {
+                        published = last.rv;
+                        feed.publish(FeedBatch::new(changes));
+                    }
+                    last_publish = tokio::time::Instant::now();
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the change log failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutting_down.changed() => return,
+                    }
                 }
             }
         }
@@ -207,11 +342,11 @@ pub struct WatchRequest {
 pub fn serve(
     request: WatchRequest,
     store: DynStore,
-    feed: &ChangeFeed,
+    feed: &Arc<ChangeFeed>,
     shutting_down: watch::Receiver<bool>,
 ) -> Response {
-    // Subscribe before anything is read from the database (see the module notes).
-    let live = feed.subscribe();
+    // Held for the watch's life: while anyone holds one, the feed keeps the window filled.
+    let newest = feed.subscribe();
     let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
     let timeout = match request.options.timeout_seconds {
         Some(seconds) => Duration::from_secs(seconds),
@@ -222,25 +357,29 @@ pub fn serve(
     let watcher = Watcher {
         filter: Filter::new(&request),
         allow_bookmarks: request.options.allow_bookmarks,
+        shared_shape: request.renderer.shared_event_shape(),
         renderer: request.renderer,
         store,
+        feed: feed.clone(),
         tx,
         cursor: 0,
     };
-    tokio::spawn(watcher.run(request.options, live, timeout, shutting_down));
-    let body = Body::from_stream(CoalescingBody { events: rx });
+    tokio::spawn(watcher.run(request.options, newest, timeout, shutting_down));
+    let body = Body::from_stream(CoalescingBody { events: rx, held: None });
     bytes_response(StatusCode::OK, "application/json", body)
 }
 
-/// Most bytes one body frame gathers from queued events.
-const COALESCE_LIMIT: usize = 256 * 1024;
+/// Most bytes one body frame gathers from queued items: one HTTP/2 DATA frame of the default
+/// size and one TLS record. Beyond it joining saves no frame or write; it would only copy.
+const COALESCE_LIMIT: usize = 16 * 1024;
 
-/// The watch response body. When a client falls behind, several events wait in its queue;
-/// handing them to hyper as one frame costs one TLS record batch and one write instead of one
-/// per event, which is what keeps a saturated server from spending itself on per-event overhead.
-/// An event that is alone in the queue is passed on as it is (no copy).
+/// The watch response body. When a client falls behind, several small items wait in its queue;
+/// handing them to hyper as one frame costs one TLS record and one write instead of one each.
+/// An item that is alone in the queue, or large, is passed on as it is (no copy).
 struct CoalescingBody {
     events: mpsc::Receiver<Bytes>,
+    /// An item taken from the queue that did not fit in the previous frame.
+    held: Option<Bytes>,
 }
 
 impl futures::Stream for CoalescingBody {
@@ -250,24 +389,46 @@ impl futures::Stream for CoalescingBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        let Some(first) = std::task::ready!(self.events.poll_recv(cx)) else {
-            return std::task::Poll::Ready(None);
+        let first = match self.held.take() {
+            Some(held) => held,
+            None => match std::task::ready!(self.events.poll_recv(cx)) {
+                Some(first) => first,
+                None => return std::task::Poll::Ready(None),
+            },
         };
         let mut joined: Option<bytes::BytesMut> = None;
-        while joined.as_ref().map_or(first.len(), |j| j.len()) < COALESCE_LIMIT {
+        while first.len() < COALESCE_LIMIT {
+            let gathered = joined.as_ref().map_or(first.len(), |j| j.len());
             match self.events.try_recv() {
-                Ok(next) => joined
+                Ok(next) if gathered + next.len() <= COALESCE_LIMIT => joined
                     .get_or_insert_with(|| {
-                        let mut buffer = bytes::BytesMut::with_capacity(first.len() + next.len());
+                        let mut buffer = bytes::BytesMut::with_capacity(COALESCE_LIMIT);
                         buffer.extend_from_slice(&first);
                         buffer
                     })
                     .extend_from_slice(&next),
+                Ok(next) => {
+                    self.held = Some(next);
+                    break;
+                }
                 // Empty or closed: deliver what is gathered; the next poll sees the end.
                 Err(_) => break,
             }
         }
         std::task::Poll::Ready(Some(Ok(joined.map_or(first, bytes::BytesMut::freeze))))
+    }
+}
+
+/// A resource, in one namespace or all: what watchers without selectors can share lines for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Scope<'a> {
+    resource: &'a str,
+    namespace: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    fn contains(&self, change: &Change) -> bool {
+        change.resource == self.resource && self.namespace.is_none_or(|ns| ns == change.object.namespace)
     }
 }
 
@@ -298,6 +459,11 @@ impl Filter {
             after: None,
             limit: None,
         }
+    }
+
+    /// The resource and namespace this watcher follows, before selectors.
+    fn scope(&self) -> Scope<'_> {
+        Scope { resource: &self.resource, namespace: self.namespace.as_deref() }
     }
 
     fn labels_match(&self, labels: &[(String, String)]) -> bool {
@@ -349,7 +515,10 @@ struct Watcher {
     filter: Filter,
     allow_bookmarks: bool,
     renderer: Renderer,
+    /// The renderer's shape when its event lines can be shared with other watchers.
+    shared_shape: Option<Shape>,
     store: DynStore,
+    feed: Arc<ChangeFeed>,
     /// The response body.
     tx: mpsc::Sender<Bytes>,
     /// Highest RV this watcher has accounted for (sent or filtered out).
@@ -360,7 +529,7 @@ impl Watcher {
     async fn run(
         mut self,
         options: ListOptions,
-        live: broadcast::Receiver<Arc<FeedEntry>>,
+        newest: watch::Receiver<u64>,
         timeout: Duration,
         mut shutting_down: watch::Receiver<bool>,
     ) {
@@ -369,7 +538,7 @@ impl Watcher {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let outcome = tokio::select! {
-            outcome = self.stream(options, live, deadline) => outcome,
+            outcome = self.stream(options, newest, deadline) => outcome,
             _ = tokio::time::sleep_until(deadline) => Ok(()),
             _ = shutting_down.wait_for(|down| *down) => Ok(()),
         };
@@ -384,7 +553,7 @@ impl Watcher {
     async fn stream(
         &mut self,
         options: ListOptions,
-        mut live: broadcast::Receiver<Arc<FeedEntry>>,
+        mut newest: watch::Receiver<u64>,
         deadline: tokio::time::Instant,
     ) -> Result<(), End> {
         let initial = match (options.send_initial_events, options.resource_version) {
@@ -406,7 +575,6 @@ impl Watcher {
                 Some(rv) => rv,
                 None => self.store.current_rv().await?,
             };
-            self.catch_up().await?;
         }
         let mut bookmarks =
             tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
@@ -416,15 +584,11 @@ impl Watcher {
         tokio::pin!(final_bookmark);
         let mut final_sent = false;
         loop {
+            // Marked seen before reading, so a batch published during the read wakes us again.
+            newest.borrow_and_update();
+            self.follow().await?;
             tokio::select! {
-                received = live.recv() => match received {
-                    Ok(entry) => self.deliver(&entry.change, Some(&entry)).await?,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        live = live.resubscribe();
-                        self.catch_up().await?;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                },
+                changed = newest.changed() => if changed.is_err() { return Ok(()) },
                 _ = bookmarks.tick(), if self.allow_bookmarks => self.bookmark(false).await?,
                 _ = &mut final_bookmark, if self.allow_bookmarks && !final_sent => {
                     final_sent = true;
@@ -455,28 +619,53 @@ impl Watcher {
     async fn send_initial_state(&mut self) -> Result<(), End> {
         let mut stream = self.store.list(self.filter.list_query()).await?;
         self.cursor = stream.snapshot_rv;
+        let mut out = Vec::new();
         while let Some(chunk) = stream.chunks.recv().await {
             match chunk? {
                 ListChunk::Items(items) => {
-                    let mut out = Vec::new();
                     for item in &items {
-                        out.extend_from_slice(
-                            &self.renderer.watch_event("ADDED", &item.body).map_err(End::Error)?,
-                        );
+                        self.renderer
+                            .append_watch_event("ADDED", &item.body, &mut out)
+                            .map_err(End::Error)?;
+                        if out.len() >= SEND_CHUNK {
+                            self.send(std::mem::take(&mut out)).await?;
+                        }
                     }
-                    self.send(out).await?;
                 }
                 ListChunk::End { .. } => break,
             }
         }
+        self.send(out).await?;
         if self.allow_bookmarks {
             self.bookmark(true).await?;
         }
         Ok(())
     }
 
+    /// Sends every change after the cursor that the window (or, below its floor, the database)
+    /// holds now.
+    async fn follow(&mut self) -> Result<(), End> {
+        loop {
+            match self.feed.since(self.cursor) {
+                Since::Batches(batches, newest) => {
+                    for batch in batches {
+                        self.deliver_batch(&batch).await?;
+                    }
+                    self.cursor = self.cursor.max(newest);
+                    return Ok(());
+                }
+                // Each round reaches at least the window's newest RV at its start, so this ends
+                // unless the window keeps outrunning the database reads, which need no bound:
+                // every round sends what it read.
+                Since::Behind(newest) => self.catch_up(newest).await?,
+            }
+        }
+    }
+
     /// Reads the log from the cursor until it is exhausted; 410 if it no longer reaches back.
-    async fn catch_up(&mut self) -> Result<(), End> {
+    /// `committed` is an RV known to be committed before the first read, so the exhausted log
+    /// holds every change up to it and the cursor moves there.
+    async fn catch_up(&mut self, committed: u64) -> Result<(), End> {
         loop {
             let batch =
                 self.store.changes_since(Some(&self.filter.resource), self.cursor, CATCH_UP_BATCH).await?;
@@ -491,31 +680,68 @@ impl Watcher {
                 ))));
             }
             let full = batch.len() == CATCH_UP_BATCH;
-            for change in &batch {
-                self.deliver(change, None).await?;
-            }
+            self.deliver_each(&batch).await?;
             if !full {
+                self.cursor = self.cursor.max(committed);
                 return Ok(());
             }
         }
     }
 
-    /// Sends one change if this watcher wants it, and moves the cursor past it either way.
-    async fn deliver(&mut self, change: &Change, shared: Option<&FeedEntry>) -> Result<(), End> {
-        if change.rv <= self.cursor {
+    /// Sends a published batch: its shared lines when this watcher takes every change of its
+    /// resource (and namespace) in it, else the events it wants, rendered for it alone.
+    async fn deliver_batch(&mut self, batch: &FeedBatch) -> Result<(), End> {
+        let last = batch.last_rv();
+        if last <= self.cursor {
             return Ok(());
         }
-        self.cursor = change.rv;
-        if let Some(event_type) = self.filter.event_for(change) {
-            let line = match shared {
-                Some(entry) if self.renderer.is_plain_object() => entry.object_line(event_type),
-                _ => Bytes::from(
-                    self.renderer.watch_event(event_type, &change.object.body).map_err(End::Error)?,
-                ),
-            };
-            self.send_bytes(line).await?;
+        match self.shared_lines(batch) {
+            Some(lines) => {
+                let lines = lines.map_err(End::Error)?;
+                self.cursor = last;
+                self.send_bytes(lines).await
+            }
+            None => self.deliver_each(&batch.changes).await,
         }
-        Ok(())
+    }
+
+    /// The batch's shared lines for this watcher (possibly empty), or `None` when it needs
+    /// lines of its own: a Table, a selector that leaves something out, or a batch it has
+    /// partly seen already.
+    fn shared_lines(&self, batch: &FeedBatch) -> Option<Result<Bytes, ApiError>> {
+        let shape = self.shared_shape?;
+        if batch.changes.first().is_none_or(|c| c.rv <= self.cursor) {
+            return None;
+        }
+        let scope = self.filter.scope();
+        let mut in_scope = batch.changes.iter().filter(|c| scope.contains(c)).peekable();
+        if in_scope.peek().is_none() {
+            return Some(Ok(Bytes::new()));
+        }
+        if !in_scope.all(|c| self.filter.event_for(c) == Some(natural_event_type(c))) {
+            return None;
+        }
+        Some(batch.lines(scope, shape))
+    }
+
+    /// Sends the events this watcher wants of `changes`, rendered for it, in chunks.
+    async fn deliver_each(&mut self, changes: &[Change]) -> Result<(), End> {
+        let mut out = Vec::new();
+        for change in changes {
+            if change.rv <= self.cursor {
+                continue;
+            }
+            self.cursor = change.rv;
+            if let Some(event_type) = self.filter.event_for(change) {
+                self.renderer
+                    .append_watch_event(event_type, &change.object.body, &mut out)
+                    .map_err(End::Error)?;
+                if out.len() >= SEND_CHUNK {
+                    self.send(std::mem::take(&mut out)).await?;
+                }
+            }
+        }
+        self.send(out).await
     }
 
     async fn bookmark(&mut self, initial_events_end: bool) -> Result<(), End> {
@@ -551,24 +777,128 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use bytes::Bytes;
     use futures::StreamExt as _;
+    use reports_core::negotiate::Shape;
+    use reports_store::{Change, ChangeType, StoredObject};
     use tokio::sync::mpsc;
 
-    use super::CoalescingBody;
+    use super::{CoalescingBody, FeedBatch, Scope, Since, Window, COALESCE_LIMIT};
+
+    fn change(rv: u64, namespace: &str, change_type: ChangeType) -> Change {
+        Change {
+            rv,
+            resource: "policyreports".into(),
+            change_type,
+            object: StoredObject {
+                namespace: namespace.into(),
+                name: format!("r{rv}"),
+                uid: format!("u{rv}"),
+                rv,
+                body: format!(r#"{{"metadata":{{"name":"r{rv}","resourceVersion":"{rv}"}},"x":1}}"#),
+            },
+            labels: Vec::new(),
+            prev_labels: None,
+        }
+    }
+
+    fn batch(rvs: std::ops::RangeInclusive<u64>) -> Arc<FeedBatch> {
+        Arc::new(FeedBatch::new(rvs.map(|rv| change(rv, "a", ChangeType::Added)).collect()))
+    }
+
+    fn rvs(since: Since) -> Vec<u64> {
+        match since {
+            Since::Batches(batches, _) => {
+                batches.iter().flat_map(|b| b.changes.iter().map(|c| c.rv)).collect()
+            }
+            Since::Behind(_) => panic!("expected batches"),
+        }
+    }
+
+    #[test]
+    fn the_window_answers_from_its_floor_and_sends_older_cursors_to_the_database() {
+        let mut window = Window::new(10);
+        assert!(matches!(window.since(10), Since::Batches(b, 10) if b.is_empty()));
+        assert!(matches!(window.since(9), Since::Behind(10)), "below the floor");
+        window.push(batch(11..=12), usize::MAX, usize::MAX);
+        window.push(batch(13..=15), usize::MAX, usize::MAX);
+        assert_eq!(rvs(window.since(10)), vec![11, 12, 13, 14, 15]);
+        assert_eq!(rvs(window.since(12)), vec![13, 14, 15], "batches wholly seen are left out");
+        assert_eq!(rvs(window.since(13)), vec![13, 14, 15], "a partly seen batch is included");
+        assert!(matches!(window.since(15), Since::Batches(b, 15) if b.is_empty()));
+        assert!(matches!(window.since(20), Since::Batches(b, 15) if b.is_empty()), "ahead of the window");
+    }
+
+    #[test]
+    fn eviction_moves_the_floor_past_what_it_forgets_and_keeps_the_newest_batch() {
+        let mut window = Window::new(0);
+        let max_changes = 4;
+        window.push(batch(1..=2), usize::MAX, max_changes);
+        window.push(batch(3..=4), usize::MAX, max_changes);
+        window.push(batch(5..=6), usize::MAX, max_changes);
+        assert_eq!(window.floor, 2);
+        assert!(matches!(window.since(1), Since::Behind(6)));
+        assert_eq!(rvs(window.since(2)), vec![3, 4, 5, 6]);
+        window.push(batch(7..=20), usize::MAX, max_changes);
+        assert_eq!(window.floor, 6, "an oversized batch stays alone");
+        assert_eq!(rvs(window.since(6)), (7..=20).collect::<Vec<_>>());
+        window.skip_to(30);
+        assert!(matches!(window.since(20), Since::Behind(30)));
+        assert!(matches!(window.since(30), Since::Batches(b, 30) if b.is_empty()));
+    }
+
+    #[test]
+    fn shared_lines_hold_each_change_of_the_scope_once_with_its_own_type() {
+        let batch = FeedBatch::new(vec![
+            change(1, "a", ChangeType::Added),
+            change(2, "b", ChangeType::Modified),
+            change(3, "a", ChangeType::Deleted),
+        ]);
+        let all = Scope { resource: "policyreports", namespace: None };
+        let lines = batch.lines(all, Shape::Object).unwrap();
+        let types: Vec<String> = lines
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice::<serde_json::Value>(l).unwrap()["type"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(types, ["ADDED", "MODIFIED", "DELETED"]);
+        let again = batch.lines(all, Shape::Object).unwrap();
+        assert_eq!(again.as_ptr(), lines.as_ptr(), "rendered once, then shared");
+        let in_a =
+            batch.lines(Scope { resource: "policyreports", namespace: Some("a") }, Shape::Metadata("v1"));
+        let in_a = String::from_utf8(in_a.unwrap().to_vec()).unwrap();
+        assert_eq!(in_a.lines().count(), 2, "{in_a}");
+        assert!(in_a
+            .lines()
+            .all(|l| l.contains(r#""kind":"PartialObjectMetadata""#) && !l.contains(r#""x":1"#)));
+    }
 
     #[tokio::test]
-    async fn queued_events_leave_as_one_frame_and_a_lone_event_is_not_copied() {
+    async fn queued_items_leave_as_one_frame_up_to_the_limit_and_a_lone_item_is_not_copied() {
         let (tx, rx) = mpsc::channel(8);
-        let mut body = CoalescingBody { events: rx };
+        let mut body = CoalescingBody { events: rx, held: None };
         let lone = Bytes::from_static(b"{\"type\":\"ADDED\"}\n");
         tx.send(lone.clone()).await.unwrap();
         let frame = body.next().await.unwrap().unwrap();
-        assert_eq!(frame.as_ptr(), lone.as_ptr(), "a lone event is passed on as it is");
+        assert_eq!(frame.as_ptr(), lone.as_ptr(), "a lone item is passed on as it is");
         for line in ["a\n", "b\n", "c\n"] {
             tx.send(Bytes::from_static(line.as_bytes())).await.unwrap();
         }
         assert_eq!(body.next().await.unwrap().unwrap(), Bytes::from_static(b"a\nb\nc\n"));
+        let big = Bytes::from(vec![b'x'; COALESCE_LIMIT - 1]);
+        tx.send(Bytes::from_static(b"d\n")).await.unwrap();
+        tx.send(big.clone()).await.unwrap();
+        assert_eq!(
+            body.next().await.unwrap().unwrap(),
+            Bytes::from_static(b"d\n"),
+            "what does not fit waits"
+        );
+        let frame = body.next().await.unwrap().unwrap();
+        assert_eq!(frame.as_ptr(), big.as_ptr(), "and then leaves uncopied");
         drop(tx);
         assert!(body.next().await.is_none(), "the body ends when the watcher does");
     }

@@ -111,3 +111,53 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The environment the running server process (same PID as the child) ended up with.
+fn environment_of(child: &Child) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+    raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+}
+
+#[test]
+fn on_amd_cpus_the_binary_restarts_itself_once_without_aliased_rep_movsb() {
+    let amd = cfg!(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))
+        && std::fs::read_to_string("/proc/cpuinfo").unwrap().contains("AuthenticAMD");
+    let tunable = "glibc.cpu.x86_rep_movsb_threshold=1073741824";
+    let storage = ["--storage", "sqlite::memory:"];
+
+    // Started plainly: the flags still apply (it became ready on the port it was given).
+    let (mut child, _, _) = start_binary(&storage, &[]);
+    let env = environment_of(&child);
+    let expected = format!("GLIBC_TUNABLES={tunable}");
+    assert_eq!(env.contains(&expected), amd, "{env:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Other tunables are kept; the setting is added after them.
+    let (mut child, _, _) = start_binary(&storage, &[("GLIBC_TUNABLES", "glibc.malloc.check=0")]);
+    // glibc splits the variable in place while parsing it, so it is read back joined.
+    let env = environment_of(&child).join(":");
+    let expected = if amd {
+        format!("GLIBC_TUNABLES=glibc.malloc.check=0:{tunable}")
+    } else {
+        "GLIBC_TUNABLES=glibc.malloc.check=0:".to_string()
+    };
+    assert!(env.contains(&expected), "{env}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The operator's opt-out, and a threshold the operator chose, are left alone.
+    for setting in
+        [("REPORTS_SERVER_KEEP_MEMCPY", "1"), ("GLIBC_TUNABLES", "glibc.cpu.x86_rep_movsb_threshold=4096")]
+    {
+        let (mut child, _, _) = start_binary(&storage, &[setting]);
+        let env = environment_of(&child);
+        assert!(!env.iter().any(|v| v.contains(tunable)), "{setting:?}: {env:?}");
+        assert!(
+            !env.iter().any(|v| v.starts_with("REPORTS_SERVER_MEMCPY_REEXECUTED")),
+            "{setting:?}: {env:?}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -255,6 +255,7 @@ async fn serve(storage: String) -> anyhow::Result<()> {
         storage,
         max_body_bytes: 3 * 1024 * 1024,
         change_log_retention_seconds: 900,
+        watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
         postgres: Default::default(),
     };
     let server = reports_server::Server::start(config).await?;

@@ -75,6 +75,12 @@ pub struct Args {
     #[arg(long, default_value_t = 900, help_heading = "Storage")]
     pub change_log_retention_seconds: u64,
 
+    /// Bytes of recent changes kept in memory for watches. A watcher that falls further behind
+    /// (a slow client) reads the change log from the database instead, so this trades memory for
+    /// database reads, never correctness.
+    #[arg(long, default_value_t = crate::watch::DEFAULT_WINDOW_BYTES, help_heading = "Storage")]
+    pub watch_window_bytes: usize,
+
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], help_heading = "Logging")]
     pub log_format: String,

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Change-log retention in seconds.
     pub change_log_retention_seconds: u64,
+    /// Bytes of recent changes kept in memory for watchers (see [`watch`]).
+    pub watch_window_bytes: usize,
 }
 
 /// A running server.
@@ -67,9 +69,10 @@ impl Server {
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
-        let changes = watch::ChangeFeed::start(store.clone(), shutting_down.clone())
-            .await
-            .context("reading the change log")?;
+        let changes =
+            watch::ChangeFeed::start(store.clone(), shutting_down.clone(), config.watch_window_bytes)
+                .await
+                .context("reading the change log")?;
         let state = app::AppState::new(
             catalogue,
             store.clone(),

@@ -53,7 +53,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::Duration,
 };
 
@@ -74,10 +77,11 @@ use crate::{
     response::bytes_response,
 };
 
-/// Most bytes of recent changes the feed keeps in memory (stored bodies plus their rendered
-/// lines, estimated as twice the bodies). About 5 s of 500 writes/s of 6 KB reports: enough for a
-/// watcher that is briefly behind to catch up without the database, small next to the server.
-const WINDOW_BYTES: usize = 32 * 1024 * 1024;
+/// The default of `--watch-window-bytes`: most bytes of recent changes the feed keeps in memory
+/// (stored bodies plus their rendered lines, estimated as twice the bodies). About 5 s of 500
+/// writes/s of 6 KB reports: enough for a watcher that is briefly behind to catch up without the
+/// database, small next to the server.
+pub const DEFAULT_WINDOW_BYTES: usize = 32 * 1024 * 1024;
 /// Most changes the window keeps, whatever their size.
 const WINDOW_CHANGES: usize = 16 * 1024;
 /// How often, at most, the feed publishes a batch. A write that follows a quiet moment is
@@ -230,21 +234,38 @@ impl Window {
 pub struct ChangeFeed {
     /// Recent changes. A std mutex: it is held only to push a batch or clone a few `Arc`s.
     window: Mutex<Window>,
+    /// The window's byte budget (`--watch-window-bytes`).
+    window_bytes: usize,
     /// The window's newest RV; watchers wait on it, and its receiver count tells the tailing
     /// loop whether anyone is watching.
     newest: watch::Sender<u64>,
+    /// How many times a watcher was behind the window and read the database: the sign that the
+    /// window is too small for the clients' pace (or that a client is stuck).
+    database_catch_ups: AtomicU64,
 }
 
 impl ChangeFeed {
-    /// Starts tailing the log after the current RV; stops when `shutting_down` flips.
+    /// Starts tailing the log after the current RV, keeping up to `window_bytes` of recent
+    /// changes in memory; stops when `shutting_down` flips.
     pub async fn start(
         store: DynStore,
         shutting_down: watch::Receiver<bool>,
+        window_bytes: usize,
     ) -> Result<Arc<Self>, StoreError> {
         let start = store.current_rv().await?;
-        let feed = Arc::new(Self { window: Mutex::new(Window::new(start)), newest: watch::channel(start).0 });
+        let feed = Arc::new(Self {
+            window: Mutex::new(Window::new(start)),
+            window_bytes,
+            newest: watch::channel(start).0,
+            database_catch_ups: AtomicU64::new(0),
+        });
         tokio::spawn(tail(store, feed.clone(), start, shutting_down));
         Ok(feed)
+    }
+
+    /// How many times a watcher that was behind the window caught up from the database.
+    pub fn database_catch_ups(&self) -> u64 {
+        self.database_catch_ups.load(Ordering::Relaxed)
     }
 
     /// A receiver of the window's newest RV. Holding one is what makes the feed read the log.
@@ -258,7 +279,7 @@ impl ChangeFeed {
 
     fn publish(&self, batch: FeedBatch) {
         let newest = batch.last_rv();
-        self.window().push(Arc::new(batch), WINDOW_BYTES, WINDOW_CHANGES);
+        self.window().push(Arc::new(batch), self.window_bytes, WINDOW_CHANGES);
         self.newest.send_replace(newest);
     }
 
@@ -657,7 +678,10 @@ impl Watcher {
                 // Each round reaches at least the window's newest RV at its start, so this ends
                 // unless the window keeps outrunning the database reads, which need no bound:
                 // every round sends what it read.
-                Since::Behind(newest) => self.catch_up(newest).await?,
+                Since::Behind(newest) => {
+                    self.feed.database_catch_ups.fetch_add(1, Ordering::Relaxed);
+                    self.catch_up(newest).await?;
+                }
             }
         }
     }
@@ -781,7 +805,10 @@ mod tests {
 
     use bytes::Bytes;
     use futures::StreamExt as _;
-    use reports_core::negotiate::Shape;
+    use reports_core::{
+        negotiate::{Encoding, Shape},
+        options::ListOptions,
+    };
     use reports_store::{Change, ChangeType, StoredObject};
     use tokio::sync::mpsc;
 
@@ -875,6 +902,66 @@ mod tests {
         assert!(in_a
             .lines()
             .all(|l| l.contains(r#""kind":"PartialObjectMetadata""#) && !l.contains(r#""x":1"#)));
+    }
+
+    /// A client that stops reading while the window moves on: its watcher waits on the full
+    /// queue, writers carry on, and once the client reads again the watcher finds itself below
+    /// the window's floor and takes the missed changes from the database, every one, in order.
+    #[tokio::test]
+    async fn a_watcher_left_behind_by_the_window_catches_up_from_the_database_without_a_gap() {
+        use reports_core::{negotiate::Negotiated, options::Query, Catalogue};
+
+        let store = reports_store::open("sqlite::memory:", &Default::default()).await.unwrap();
+        let (_shutdown, shutting_down) = tokio::sync::watch::channel(false);
+        // One byte: the window keeps only the newest batch.
+        let feed = super::ChangeFeed::start(store.clone(), shutting_down.clone(), 1).await.unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        let kind = catalogue.find("wgpolicyk8s.io", "v1alpha2", "policyreports").unwrap().clone();
+        let start = store.current_rv().await.unwrap();
+        let query = Query::parse(Some(&format!("watch=1&resourceVersion={start}")));
+        let negotiated = Negotiated { encoding: Encoding::Json, shape: Shape::Object, pretty: false };
+        let request = super::WatchRequest {
+            options: ListOptions::parse(&query, &kind).unwrap(),
+            renderer: crate::render::Renderer::new(&kind, negotiated, None).unwrap(),
+            kind,
+            namespace: Some("ns".into()),
+        };
+        let response = super::serve(request, store.clone(), &feed, shutting_down);
+
+        // More batches than the watcher's queue holds, each published alone.
+        let mut published = feed.subscribe();
+        let mut written = Vec::new();
+        for i in 0..super::CLIENT_BUFFER + 20 {
+            let report = serde_json::json!({
+                "apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
+                "metadata": {"name": format!("r{i}"), "namespace": "ns", "uid": format!("u{i}")},
+            });
+            let rv = store.create("policyreports", report).await.unwrap().rv;
+            published.wait_for(|newest| *newest >= rv).await.unwrap();
+            written.push(rv);
+        }
+
+        let mut body = response.into_body().into_data_stream();
+        let mut text = Vec::new();
+        let mut seen = Vec::new();
+        while seen.len() < written.len() {
+            // A guard, not a synchronisation: a missing event must fail the test, not hang it.
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(20), body.next())
+                .await
+                .unwrap_or_else(|_| panic!("events missing: saw {seen:?} of {written:?}"));
+            text.extend_from_slice(&frame.unwrap().unwrap());
+            let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+            for line in text[..complete].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let event: serde_json::Value = serde_json::from_slice(line).unwrap();
+                assert_eq!(event["type"], "ADDED", "{event}");
+                seen.push(
+                    event["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap(),
+                );
+            }
+            text.drain(..complete);
+        }
+        assert_eq!(seen, written, "every change once, in order");
+        assert!(feed.database_catch_ups() >= 1, "the watcher fell behind the window and read the database");
     }
 
     #[tokio::test]

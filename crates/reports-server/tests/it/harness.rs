@@ -69,6 +69,7 @@ impl TestServer {
             storage: format!("sqlite://{}", dir.path().join("reports.db").display()),
             max_body_bytes: 3 * 1024 * 1024,
             change_log_retention_seconds: 900,
+            watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
             postgres: Default::default(),
         };
         adjust(&mut config);

@@ -19,13 +19,13 @@
 //!
 //! # Batches, rendered once
 //!
-//! Under load the feed publishes at most once per [`PUBLISH_INTERVAL`]: commits that land in the
-//! meantime leave together as one batch (one timer for the whole process; a lone write is
-//! published at once). Each batch renders, per resource and event shape (object or
+//! Under load the feed pauses between publications, 50 µs per watcher up to
+//! [`MAX_PUBLISH_PAUSE`]: commits that land in the meantime leave together as one batch (one timer
+//! for the whole process; a write after a quiet moment is published at once). Each batch renders, per resource and event shape (object or
 //! PartialObjectMetadata), the event lines of all its changes into one buffer, once; every watcher
 //! that takes all of them (no selector excludes one) sends that same buffer. So a write watched by
-//! 100 clients is rendered once, and a client costs one queue item and one body frame per batch,
-//! not per event: the per-event wake-ups and frames, not the bytes, are what saturated the server.
+//! 100 clients is rendered once, and a client costs one queue item, one wake-up and one body
+//! frame per batch, not per event.
 //!
 //! # Slow watchers
 //!
@@ -82,11 +82,17 @@ use crate::{
 /// writes/s of 6 KB reports: enough for a watcher that is briefly behind to catch up without the
 /// database, small next to the server.
 pub const DEFAULT_WINDOW_BYTES: usize = 32 * 1024 * 1024;
+/// About how many bytes of batches a watcher takes from the window at a time.
+const FOLLOW_BYTES: usize = 1024 * 1024;
 /// Most changes the window keeps, whatever their size.
 const WINDOW_CHANGES: usize = 16 * 1024;
-/// How often, at most, the feed publishes a batch. A write that follows a quiet moment is
-/// published at once; under sustained writes the commits of each interval share one batch.
-pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(5);
+/// The pause between two publications, per watcher: a publication costs every watcher a wake-up
+/// and a frame, so spacing them in proportion to the watchers bounds the share of the server
+/// that fan-out overhead can take, while one or a few watchers get every commit at once.
+const PUBLISH_PAUSE_PER_WATCHER: Duration = Duration::from_micros(50);
+/// The longest pause between two publications (reached at 100 watchers), bounding the latency
+/// it adds. A write that follows a quiet moment is published at once, whatever the watchers.
+pub const MAX_PUBLISH_PAUSE: Duration = Duration::from_millis(5);
 /// How many changes one database read returns (feed tailing and watcher catch-up).
 const CATCH_UP_BATCH: usize = 500;
 /// Response chunks buffered per watcher before it waits for its client.
@@ -185,8 +191,9 @@ struct Window {
 
 /// What the window can tell a watcher whose cursor is at some RV.
 enum Since {
-    /// The batches holding every change after the cursor (some may hold older ones too), and
-    /// the RV they reach.
+    /// Batches holding every change after the cursor up to the RV given (some may hold older
+    /// ones too); at most about [`FOLLOW_BYTES`] of them, so a watcher stuck on a slow client
+    /// keeps little beyond the window alive. Empty when the cursor is at the window's newest RV.
     Batches(Vec<Arc<FeedBatch>>, u64),
     /// The window starts above the cursor: read the database up to at least this RV.
     Behind(u64),
@@ -221,12 +228,23 @@ impl Window {
         self.newest = self.newest.max(rv);
     }
 
-    fn since(&self, cursor: u64) -> Since {
+    fn since(&self, cursor: u64, max_bytes: usize) -> Since {
         if cursor < self.floor {
             return Since::Behind(self.newest);
         }
         let first = self.batches.partition_point(|b| b.last_rv() <= cursor);
-        Since::Batches(self.batches.range(first..).cloned().collect(), self.newest)
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        for batch in self.batches.range(first..) {
+            if bytes >= max_bytes {
+                // The window is contiguous, so the batches taken reach their own last RV.
+                let reach = taken.last().map_or(cursor, |b: &Arc<FeedBatch>| b.last_rv());
+                return Since::Batches(taken, reach);
+            }
+            bytes += batch.weight();
+            taken.push(batch.clone());
+        }
+        Since::Batches(taken, self.newest.max(cursor))
     }
 }
 
@@ -284,7 +302,7 @@ impl ChangeFeed {
     }
 
     fn since(&self, cursor: u64) -> Since {
-        self.window().since(cursor)
+        self.window().since(cursor, FOLLOW_BYTES)
     }
 }
 
@@ -310,8 +328,10 @@ async fn tail(
                 feed.newest.send_replace(newest);
             }
         } else if newest > published {
-            // Under sustained writes, let the commits of one interval leave as one batch.
-            let wait = PUBLISH_INTERVAL.saturating_sub(last_publish.elapsed());
+            // Under sustained writes, let the commits of one pause leave as one batch.
+            let watchers = u32::try_from(feed.newest.receiver_count()).unwrap_or(u32::MAX);
+            let pause = PUBLISH_PAUSE_PER_WATCHER.saturating_mul(watchers).min(MAX_PUBLISH_PAUSE);
+            let wait = pause.saturating_sub(last_publish.elapsed());
             if !wait.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -668,12 +688,15 @@ impl Watcher {
     async fn follow(&mut self) -> Result<(), End> {
         loop {
             match self.feed.since(self.cursor) {
-                Since::Batches(batches, newest) => {
+                Since::Batches(batches, reach) => {
+                    let caught_up = batches.is_empty();
                     for batch in batches {
                         self.deliver_batch(&batch).await?;
                     }
-                    self.cursor = self.cursor.max(newest);
-                    return Ok(());
+                    self.cursor = self.cursor.max(reach);
+                    if caught_up {
+                        return Ok(());
+                    }
                 }
                 // Each round reaches at least the window's newest RV at its start, so this ends
                 // unless the window keeps outrunning the database reads, which need no bound:
@@ -844,18 +867,41 @@ mod tests {
         }
     }
 
+    impl Window {
+        fn since_all(&self, cursor: u64) -> Since {
+            self.since(cursor, usize::MAX)
+        }
+    }
+
+    #[test]
+    fn a_watcher_takes_a_bounded_share_of_the_window_at_a_time() {
+        let mut window = Window::new(0);
+        for first in (1..=9).step_by(3) {
+            window.push(batch(first..=first + 2), usize::MAX, usize::MAX);
+        }
+        let one_batch = window.batches[0].weight();
+        match window.since(0, one_batch) {
+            Since::Batches(b, reach) => assert_eq!((b.len(), reach), (1, 3), "one batch, reaching its end"),
+            Since::Behind(_) => panic!("expected batches"),
+        }
+        match window.since(3, 2 * one_batch) {
+            Since::Batches(b, reach) => assert_eq!((b.len(), reach), (2, 9), "the rest, to the newest"),
+            Since::Behind(_) => panic!("expected batches"),
+        }
+    }
+
     #[test]
     fn the_window_answers_from_its_floor_and_sends_older_cursors_to_the_database() {
         let mut window = Window::new(10);
-        assert!(matches!(window.since(10), Since::Batches(b, 10) if b.is_empty()));
-        assert!(matches!(window.since(9), Since::Behind(10)), "below the floor");
+        assert!(matches!(window.since_all(10), Since::Batches(b, 10) if b.is_empty()));
+        assert!(matches!(window.since_all(9), Since::Behind(10)), "below the floor");
         window.push(batch(11..=12), usize::MAX, usize::MAX);
         window.push(batch(13..=15), usize::MAX, usize::MAX);
-        assert_eq!(rvs(window.since(10)), vec![11, 12, 13, 14, 15]);
-        assert_eq!(rvs(window.since(12)), vec![13, 14, 15], "batches wholly seen are left out");
-        assert_eq!(rvs(window.since(13)), vec![13, 14, 15], "a partly seen batch is included");
-        assert!(matches!(window.since(15), Since::Batches(b, 15) if b.is_empty()));
-        assert!(matches!(window.since(20), Since::Batches(b, 15) if b.is_empty()), "ahead of the window");
+        assert_eq!(rvs(window.since_all(10)), vec![11, 12, 13, 14, 15]);
+        assert_eq!(rvs(window.since_all(12)), vec![13, 14, 15], "batches wholly seen are left out");
+        assert_eq!(rvs(window.since_all(13)), vec![13, 14, 15], "a partly seen batch is included");
+        assert!(matches!(window.since_all(15), Since::Batches(b, 15) if b.is_empty()));
+        assert!(matches!(window.since_all(20), Since::Batches(b, 20) if b.is_empty()), "ahead of the window");
     }
 
     #[test]
@@ -866,14 +912,14 @@ mod tests {
         window.push(batch(3..=4), usize::MAX, max_changes);
         window.push(batch(5..=6), usize::MAX, max_changes);
         assert_eq!(window.floor, 2);
-        assert!(matches!(window.since(1), Since::Behind(6)));
-        assert_eq!(rvs(window.since(2)), vec![3, 4, 5, 6]);
+        assert!(matches!(window.since_all(1), Since::Behind(6)));
+        assert_eq!(rvs(window.since_all(2)), vec![3, 4, 5, 6]);
         window.push(batch(7..=20), usize::MAX, max_changes);
         assert_eq!(window.floor, 6, "an oversized batch stays alone");
-        assert_eq!(rvs(window.since(6)), (7..=20).collect::<Vec<_>>());
+        assert_eq!(rvs(window.since_all(6)), (7..=20).collect::<Vec<_>>());
         window.skip_to(30);
-        assert!(matches!(window.since(20), Since::Behind(30)));
-        assert!(matches!(window.since(30), Since::Batches(b, 30) if b.is_empty()));
+        assert!(matches!(window.since_all(20), Since::Behind(30)));
+        assert!(matches!(window.since_all(30), Since::Batches(b, 30) if b.is_empty()));
     }
 
     #[test]

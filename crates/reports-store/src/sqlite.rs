@@ -2,7 +2,9 @@
 //!
 //! SQLite allows one writer at a time, so the store keeps exactly one writer connection behind a
 //! mutex and runs every write transaction on it: that lock is what puts RV assignment in commit
-//! order. Readers use their own connections; in WAL mode they read a consistent snapshot beside the
+//! order. Writes queue for it, and the task holding it runs all queued writes in one transaction,
+//! each in its own savepoint (group commit): under load many writes share one commit, and each
+//! is answered only after that commit. Readers use their own connections; in WAL mode they read a consistent snapshot beside the
 //! writer without blocking it, which is what lets a list stream from an open read transaction
 //! (snapshot RV and rows from the same snapshot) with bounded memory.
 //!
@@ -132,6 +134,12 @@ pub struct SqliteStore {
     /// The only connection that writes. Holding its lock for a whole transaction serializes
     /// writers, so RVs are assigned in commit order.
     writer: Arc<Mutex<Connection>>,
+    /// Writes waiting for the writer. Whoever takes the writer lock runs every waiting write in
+    /// one transaction (group commit), so under load many writes share one commit's WAL frames
+    /// and one wake-up of the watch feed instead of paying for them one by one.
+    pending: Arc<Mutex<Vec<Job>>>,
+    /// Writes that shared their transaction with at least one other (tests and diagnostics).
+    grouped_writes: Arc<std::sync::atomic::AtomicU64>,
     /// Idle read connections, reused so a request does not pay for opening the file.
     readers: Arc<Mutex<Vec<Connection>>>,
     /// Database file, to open more readers.
@@ -145,6 +153,18 @@ pub struct SqliteStore {
     _checkpointer: std::sync::mpsc::SyncSender<()>,
     /// Keeps the directory of a `sqlite::memory:` store alive until the store is dropped.
     _temporary_dir: Option<tempfile::TempDir>,
+}
+
+/// A write's result, its type erased so writes of all kinds can wait in one queue.
+type AnyOutput = Box<dyn std::any::Any + Send>;
+/// The work of a write, run inside a shared transaction.
+type WriteWork = Box<dyn FnOnce(&WriteTx<'_>) -> StoreResult<AnyOutput> + Send>;
+
+/// A write waiting for the writer connection: the work, and where its answer goes once the
+/// transaction it ran in has committed (or failed).
+struct Job {
+    run: WriteWork,
+    reply: oneshot::Sender<StoreResult<AnyOutput>>,
 }
 
 /// How often the checkpoint thread copies the WAL back into the database file.
@@ -472,6 +492,8 @@ impl SqliteStore {
         let (committed, _) = watch::channel(rv as u64);
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
+            pending: Arc::new(Mutex::new(Vec::new())),
+            grouped_writes: Default::default(),
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
             committed: Arc::new(committed),
@@ -482,39 +504,39 @@ impl SqliteStore {
     }
 
     /// Runs a write transaction on the writer connection; publishes the new RV after commit.
+    /// Runs `work` in a write transaction and answers once that transaction has committed.
+    /// The write joins the queue of waiting writes; the blocking task that gets the writer lock
+    /// runs them all in one transaction, each inside its own savepoint, so one write's error
+    /// undoes only that write.
     async fn write<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTx<'_>) -> StoreResult<T> + Send + 'static,
     {
-        let writer = self.writer.clone();
-        let committed = self.committed.clone();
-        let recent = self.recent.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = writer.lock().map_err(|_| backend("writer lock poisoned"))?;
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(sqlite_error)?;
-            let tx = WriteTx { tx, appended: Default::default() };
-            let out = work(&tx)?;
-            let rv: i64 = tx
-                .prepare_cached("SELECT rv FROM counter")
-                .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                .map_err(sqlite_error)?;
-            let WriteTx { tx, appended } = tx;
-            tx.commit().map_err(sqlite_error)?;
-            // Before the commit is announced, so whoever hears of it finds it here.
-            recent.record(appended.into_inner());
-            // Still under the writer lock, so published RVs never go backwards.
-            committed.send_if_modified(|current| {
-                let changed = *current != rv as u64;
-                *current = rv as u64;
-                changed
-            });
-            Ok(out)
-        })
-        .await
-        .map_err(backend)?
+        let (reply, answer) = oneshot::channel();
+        let run = Box::new(move |tx: &WriteTx<'_>| work(tx).map(|out| Box::new(out) as AnyOutput));
+        self.pending.lock().map_err(|_| backend("write queue poisoned"))?.push(Job { run, reply });
+        let (writer, pending, grouped) =
+            (self.writer.clone(), self.pending.clone(), self.grouped_writes.clone());
+        let (committed, recent) = (self.committed.clone(), self.recent.clone());
+        // Not awaited: the answer comes from whichever task runs this write, and this task
+        // may find another one already running writes and leave at once.
+        drop(tokio::task::spawn_blocking(move || {
+            let grouped_now = run_pending(&writer, &pending, &committed, &recent);
+            grouped.fetch_add(grouped_now as u64, std::sync::atomic::Ordering::Relaxed);
+        }));
+        let out = answer.await.map_err(|_| backend("the write was abandoned"))??;
+        out.downcast::<T>().map(|out| *out).map_err(|_| backend("write answered with the wrong type"))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many writes shared their transaction with at least one other since the store opened.
+    pub fn grouped_writes(&self) -> u64 {
+        self.grouped_writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn take_reader(readers: &Mutex<Vec<Connection>>, path: &Path) -> StoreResult<Connection> {
@@ -625,6 +647,128 @@ fn stream_list(
     }
     let _ = chunks.blocking_send(Ok(ListChunk::End { more }));
     Ok(())
+}
+
+/// Runs waiting writes, a transaction per round, for as long as writes keep arriving; returns
+/// how many writes shared a transaction with another. Only one task runs writes at a time: a
+/// task that finds the writer busy leaves at once, because the running one looks at the queue
+/// again before it lets go of the writer, and lets go while holding the queue, so a write queued
+/// before that look is run by it and one queued after finds the writer free.
+fn run_pending(
+    writer: &Mutex<Connection>,
+    pending: &Mutex<Vec<Job>>,
+    committed: &watch::Sender<u64>,
+    recent: &RecentChanges,
+) -> usize {
+    let mut conn = match writer.try_lock() {
+        Ok(conn) => conn,
+        Err(std::sync::TryLockError::WouldBlock) => return 0,
+        Err(std::sync::TryLockError::Poisoned(_)) => {
+            let jobs = pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+            for job in jobs {
+                let _ = job.reply.send(Err(backend("writer lock poisoned")));
+            }
+            return 0;
+        }
+    };
+    let mut grouped = 0;
+    loop {
+        let Ok(mut waiting) = pending.lock() else { return grouped };
+        if waiting.is_empty() {
+            drop(conn);
+            drop(waiting);
+            return grouped;
+        }
+        let jobs = std::mem::take(&mut *waiting);
+        drop(waiting);
+        if jobs.len() > 1 {
+            grouped += jobs.len();
+        }
+        run_batch(&mut conn, jobs, committed, recent);
+    }
+}
+
+/// Runs writes in one transaction, each in its own savepoint, and answers them after the commit,
+/// so an acknowledged write is always durable; a failed commit fails every write of the batch.
+fn run_batch(conn: &mut Connection, jobs: Vec<Job>, committed: &watch::Sender<u64>, recent: &RecentChanges) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => WriteTx { tx, appended: Default::default() },
+        Err(e) => {
+            let error = sqlite_error(e);
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    let mut done = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter();
+    while let Some(job) = jobs.next() {
+        match run_in_savepoint(&tx, job.run) {
+            Ok(Ok(out)) => done.push((job.reply, out)),
+            Ok(Err(e)) => {
+                let _ = job.reply.send(Err(e));
+            }
+            Err(broken) => {
+                // Dropping the transaction rolls everything back; nobody's write happened.
+                drop(tx);
+                let replies = done.into_iter().map(|(reply, _)| reply).chain(std::iter::once(job.reply));
+                for reply in replies.chain(jobs.map(|job| job.reply)) {
+                    let _ = reply.send(Err(broken.clone()));
+                }
+                return;
+            }
+        }
+    }
+    let finished = tx
+        .prepare_cached("SELECT rv FROM counter")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map_err(sqlite_error)
+        .and_then(|rv| {
+            let WriteTx { tx, appended } = tx;
+            tx.commit().map_err(sqlite_error)?;
+            Ok((rv, appended.into_inner()))
+        });
+    match finished {
+        Ok((rv, appended)) => {
+            // Before the commit is announced, so whoever hears of it finds it here.
+            recent.record(appended);
+            // Still under the writer lock, so published RVs never go backwards.
+            committed.send_if_modified(|current| {
+                let changed = *current != rv as u64;
+                *current = rv as u64;
+                changed
+            });
+            for (reply, out) in done {
+                let _ = reply.send(Ok(out));
+            }
+        }
+        Err(error) => {
+            for (reply, _) in done {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Runs one write of a batch inside a savepoint: on error, only its own statements and the
+/// changes it appended are undone. The outer error means the transaction itself is broken (a
+/// savepoint could not be set, released or rolled back), and the whole batch must be abandoned.
+fn run_in_savepoint(tx: &WriteTx<'_>, run: WriteWork) -> StoreResult<StoreResult<AnyOutput>> {
+    tx.execute_batch("SAVEPOINT write").map_err(sqlite_error)?;
+    let appended_before = tx.appended.borrow().len();
+    // A panicking write must not take the batch, or the writer, down with it.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(tx)))
+        .unwrap_or_else(|_| Err(backend("the write panicked")));
+    if outcome.is_ok() && tx.execute_batch("RELEASE write").is_ok() {
+        return Ok(outcome);
+    }
+    tx.appended.borrow_mut().truncate(appended_before);
+    tx.execute_batch("ROLLBACK TO write; RELEASE write").map_err(sqlite_error)?;
+    Ok(match outcome {
+        Ok(_) => Err(backend("releasing the write's savepoint failed")),
+        Err(e) => Err(e),
+    })
 }
 
 #[async_trait::async_trait]

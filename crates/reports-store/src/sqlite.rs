@@ -4,9 +4,10 @@
 //! mutex and runs every write transaction on it: that lock is what puts RV assignment in commit
 //! order. Writes queue for it, and the task holding it runs all queued writes in one transaction,
 //! each in its own savepoint (group commit): under load many writes share one commit, and each
-//! is answered only after that commit. Readers use their own connections; in WAL mode they read a consistent snapshot beside the
-//! writer without blocking it, which is what lets a list stream from an open read transaction
-//! (snapshot RV and rows from the same snapshot) with bounded memory.
+//! is answered only after that commit. Readers use their own connections; in WAL mode they read a
+//! consistent snapshot beside the writer without blocking it, which is what lets a list stream
+//! from an open read transaction (snapshot RV and rows from the same snapshot) with bounded
+//! memory.
 //!
 //! Durability: WAL with `synchronous=NORMAL` makes a commit durable against a crash of the process
 //! (`kill -9`) as soon as the transaction returns; only an operating-system crash or power loss can
@@ -503,7 +504,6 @@ impl SqliteStore {
         })
     }
 
-    /// Runs a write transaction on the writer connection; publishes the new RV after commit.
     /// Runs `work` in a write transaction and answers once that transaction has committed.
     /// The write joins the queue of waiting writes; the blocking task that gets the writer lock
     /// runs them all in one transaction, each inside its own savepoint, so one write's error

@@ -4,10 +4,11 @@
 //! string moves. On AMD Zen 3 and 4 that instruction runs an order of magnitude slower when the
 //! destination sits less than 64 bytes past the source modulo 4 KiB (glibc bug 30994). That is
 //! exactly the copy at the heart of serving: rustls copies every outgoing plaintext into a fresh
-//! record buffer five bytes past its start, from page-aligned body buffers. Measured here (AMD
-//! EPYC, glibc 2.36): 16 KiB copies at 2.8 GB/s aliased against 52 GB/s otherwise; in the watch
-//! fan-out benchmark that one copy was the largest item of the server's profile (17 %), and the
-//! same run with vector copies used a fifth less CPU with a third of the p99 lag.
+//! record buffer five bytes past its start, often from page-aligned body buffers. Measured here
+//! (AMD EPYC, glibc 2.36): 16 KiB copies at 2.8 GB/s aliased against 52 GB/s otherwise. In the
+//! watch fan-out benchmark (100 watchers) that copy was the largest item of the server's profile
+//! (17 %); with vector copies, alternating runs of the same build went from 11.3-11.9 s to
+//! 10.6-10.8 s of server CPU and from 192-307 ms to 77-112 ms of p99 lag.
 //!
 //! glibc reads its tunables only at process start, so the fix is to start again: on x86-64
 //! glibc Linux with an AMD CPU, unless `GLIBC_TUNABLES` already sets the threshold, the binary

@@ -111,9 +111,12 @@ const DEFAULT_MIN_REQUEST_TIMEOUT: u64 = 1800;
 
 /// Consecutive changes published together, with their event lines rendered at most once per
 /// resource and shape, on first use, and shared by every watcher that takes them all.
-pub struct FeedBatch {
+struct FeedBatch {
     /// The changes, in RV order; never empty.
     changes: Vec<Change>,
+    /// Memory the batch holds: bodies, and about as much again once rendered. Computed once,
+    /// as every watcher's look into the window adds it up.
+    weight: usize,
     /// Rendered lines: (resource, namespace or all, shape) -> every change of that scope in the
     /// batch, each with the event type a watcher without selectors sees (ADDED, MODIFIED,
     /// DELETED). A handful of entries at most, so a list beats a map.
@@ -130,16 +133,12 @@ struct RenderedLines {
 
 impl FeedBatch {
     fn new(changes: Vec<Change>) -> Self {
-        Self { changes, rendered: Mutex::new(Vec::new()) }
+        let weight = changes.iter().map(|c| 2 * c.object.body.len() + 256).sum();
+        Self { changes, weight, rendered: Mutex::new(Vec::new()) }
     }
 
     fn last_rv(&self) -> u64 {
         self.changes.last().map_or(0, |c| c.rv)
-    }
-
-    /// Memory the batch holds: bodies, and about as much again once rendered.
-    fn weight(&self) -> usize {
-        self.changes.iter().map(|c| 2 * c.object.body.len() + 256).sum()
     }
 
     /// The shared event lines of every change of `scope` in this batch, in `shape`.
@@ -206,14 +205,14 @@ impl Window {
 
     fn push(&mut self, batch: Arc<FeedBatch>, max_bytes: usize, max_changes: usize) {
         self.newest = batch.last_rv();
-        self.bytes += batch.weight();
+        self.bytes += batch.weight;
         self.changes += batch.changes.len();
         self.batches.push_back(batch);
         // The newest batch always stays, whatever its size: watchers need it.
         while self.batches.len() > 1 && (self.bytes > max_bytes || self.changes > max_changes) {
             if let Some(old) = self.batches.pop_front() {
                 self.floor = old.last_rv();
-                self.bytes -= old.weight();
+                self.bytes -= old.weight;
                 self.changes -= old.changes.len();
             }
         }
@@ -241,7 +240,7 @@ impl Window {
                 let reach = taken.last().map_or(cursor, |b: &Arc<FeedBatch>| b.last_rv());
                 return Since::Batches(taken, reach);
             }
-            bytes += batch.weight();
+            bytes += batch.weight;
             taken.push(batch.clone());
         }
         Since::Batches(taken, self.newest.max(cursor))
@@ -879,7 +878,7 @@ mod tests {
         for first in (1..=9).step_by(3) {
             window.push(batch(first..=first + 2), usize::MAX, usize::MAX);
         }
-        let one_batch = window.batches[0].weight();
+        let one_batch = window.batches[0].weight;
         match window.since(0, one_batch) {
             Since::Batches(b, reach) => assert_eq!((b.len(), reach), (1, 3), "one batch, reaching its end"),
             Since::Behind(_) => panic!("expected batches"),

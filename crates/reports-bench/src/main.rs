@@ -179,6 +179,9 @@ enum Command {
         /// Storage URL.
         #[arg(long)]
         storage: String,
+        /// Record every commit's instant in this file (see the server's `--commit-trace`).
+        #[arg(long)]
+        commit_trace: Option<PathBuf>,
     },
 }
 
@@ -191,7 +194,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Serve { storage } => runtime.block_on(serve(storage)),
+        Command::Serve { storage, commit_trace } => runtime.block_on(serve(storage, commit_trace)),
         Command::WatchLag { watchers, rate, seconds, storage, postgres, replica, connections } => {
             let cluster = postgres.then(reports_test_support::PgCluster::start).transpose()?;
             for (run, count) in watchers.into_iter().enumerate() {
@@ -248,7 +251,7 @@ fn run_suite(
 }
 
 /// The child side: serve until stdin closes.
-async fn serve(storage: String) -> anyhow::Result<()> {
+async fn serve(storage: String, commit_trace: Option<PathBuf>) -> anyhow::Result<()> {
     let config = reports_server::ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         certificate: reports_server::tls::CertificatePem::self_signed()?,
@@ -256,6 +259,7 @@ async fn serve(storage: String) -> anyhow::Result<()> {
         max_body_bytes: 3 * 1024 * 1024,
         change_log_retention_seconds: 900,
         watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
+        commit_trace,
         postgres: Default::default(),
     };
     let server = reports_server::Server::start(config).await?;

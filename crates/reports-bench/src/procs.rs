@@ -14,26 +14,36 @@ pub struct ServerProcess {
     child: Child,
     /// `https://127.0.0.1:PORT`.
     pub base: String,
+    /// The file the server records its commits' instants in, when asked to.
+    pub commit_trace: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl ServerProcess {
     /// Starts a server on `storage` (a fresh temporary SQLite file when None).
     pub fn start(storage: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(storage, false)
+    }
+
+    /// [`ServerProcess::start`], and with `trace_commits` the server records the instant of
+    /// each of its commits in [`ServerProcess::commit_trace`].
+    pub fn start_with(storage: Option<&str>, trace_commits: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let storage = storage
             .map(str::to_string)
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--storage", &storage])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let commit_trace = trace_commits.then(|| dir.path().join("commits"));
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["serve", "--storage", &storage]);
+        if let Some(path) = &commit_trace {
+            command.arg("--commit-trace").arg(path);
+        }
+        let mut child =
+            command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let mut first = String::new();
         BufReader::new(child.stdout.take().context("child stdout")?).read_line(&mut first)?;
         let port = first.trim().strip_prefix("READY ").context("server did not start")?;
-        Ok(Self { base: format!("https://127.0.0.1:{port}"), child, _dir: dir })
+        Ok(Self { base: format!("https://127.0.0.1:{port}"), child, commit_trace, _dir: dir })
     }
 
     /// The child's process id.

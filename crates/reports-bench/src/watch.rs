@@ -2,15 +2,17 @@
 //! ephemeral reports (19 results, about 6 KB) at a fixed rate; event delivery lag to the moment
 //! each watcher read the event, and the server's resident memory per idle watcher.
 //!
-//! The commit happens somewhere between the write request leaving and its answer arriving, so
-//! the lag is reported from both ends: from the request (an upper bound that includes the whole
-//! write; the headline figure) and from the answer (a lower bound, zero when the event arrived
-//! first).
+//! The lag is measured from the commit: the server records the wall-clock instant of each of its
+//! commits (`--commit-trace`), and each watcher's read is stamped on the same clock. As cross-
+//! checks, the lag is also reported from both ends of the write: from its request (an upper
+//! bound that includes the whole write) and from its answer (a lower bound, zero when the event
+//! arrived first).
 
 use std::{
     collections::HashMap,
+    path::Path,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -72,6 +74,40 @@ fn event_rv(finder: &memchr::memmem::Finder<'_>, line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
+/// When each RV was committed, from a server's commit trace: lines `RV MICROSECONDS`, one per
+/// commit, each covering every RV up to its own that no earlier line covered.
+struct CommitTimes {
+    /// (newest RV of a commit, the earliest instant at which it and every RV below it down to
+    /// the previous entry were committed), sorted by RV.
+    commits: Vec<(u64, u128)>,
+}
+
+impl CommitTimes {
+    fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut commits = text
+            .lines()
+            .map(|line| {
+                let (rv, micros) = line.split_once(' ').context("a commit trace line")?;
+                Ok((rv.parse()?, micros.parse()?))
+            })
+            .collect::<anyhow::Result<Vec<(u64, u128)>>>()?;
+        commits.sort_unstable();
+        // With concurrent committers (PostgreSQL), a later line may carry a lower RV; an RV was
+        // committed no later than the earliest line at or above it.
+        for i in (0..commits.len().saturating_sub(1)).rev() {
+            commits[i].1 = commits[i].1.min(commits[i + 1].1);
+        }
+        Ok(Self { commits })
+    }
+
+    /// Microseconds since the Unix epoch at which `rv` was committed.
+    fn of(&self, rv: u64) -> Option<u128> {
+        let at = self.commits.partition_point(|(committed, _)| *committed < rv);
+        self.commits.get(at).map(|(_, micros)| *micros)
+    }
+}
+
 /// Runs one watch fan-out measurement on a fresh server; prints and returns the result. With
 /// `replica`, the watchers read from a second server process on the same storage (PostgreSQL),
 /// so the lag includes the way from one replica's commit to the other's watch.
@@ -83,7 +119,7 @@ pub async fn watch_lag(
     replica: bool,
     connections: Connections,
 ) -> anyhow::Result<Value> {
-    let server = ServerProcess::start(storage.as_deref())?;
+    let server = ServerProcess::start_with(storage.as_deref(), true)?;
     let watched = if replica {
         anyhow::ensure!(storage.is_some(), "--replica needs shared storage: --storage or --postgres");
         Some(ServerProcess::start(storage.as_deref())?)
@@ -187,14 +223,22 @@ pub async fn watch_lag(
         }
     }
     let write_seconds = began.elapsed().as_secs_f64();
-    let (mut lags, mut lags_after_ack) = (Vec::new(), Vec::new());
+    let (mut lags, mut lags_after_ack, mut lags_from_commit) = (Vec::new(), Vec::new(), Vec::new());
+    let mut readings = Vec::with_capacity(readers.len());
     for reader in readers {
-        let received = tokio::time::timeout(Duration::from_secs(60), reader).await??;
-        let sent = sent.lock().unwrap();
-        for (rv, at) in &received {
-            if let Some((started, acked)) = sent.get(rv) {
-                lags.push(at.saturating_duration_since(*started));
-                lags_after_ack.push(at.saturating_duration_since(*acked));
+        readings.push(tokio::time::timeout(Duration::from_secs(60), reader).await??);
+    }
+    let commit_times = CommitTimes::read(server.commit_trace.as_deref().context("commit trace")?)?;
+    // The watchers' instants on the server's clock (wall-clock microseconds).
+    let (anchor, anchor_micros) = (Instant::now(), SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros());
+    let sent = sent.lock().unwrap();
+    for (rv, at) in readings.iter().flatten() {
+        if let Some((started, acked)) = sent.get(rv) {
+            lags.push(at.saturating_duration_since(*started));
+            lags_after_ack.push(at.saturating_duration_since(*acked));
+            if let Some(committed) = commit_times.of(*rv) {
+                let read = anchor_micros - anchor.duration_since(*at).as_micros();
+                lags_from_commit.push(Duration::from_micros(read.saturating_sub(committed) as u64));
             }
         }
     }
@@ -202,6 +246,7 @@ pub async fn watch_lag(
     let bench_cpu = cpu_seconds(std::process::id()) - bench_cpu_before;
     lags.sort();
     lags_after_ack.sort();
+    lags_from_commit.sort();
     write_latencies.sort();
     let per_watcher = rss_watching.saturating_sub(rss_before) / watchers.max(1) as u64;
     let result = json!({
@@ -212,9 +257,12 @@ pub async fn watch_lag(
         "achieved_writes_per_s": (write_latencies.len() as f64 / write_seconds).round(),
         "events_delivered": lags.len(),
         "events_expected": watchers * write_latencies.len(),
-        "lag_p50_ms": percentile(&lags, 0.50).as_secs_f64() * 1e3,
-        "lag_p99_ms": percentile(&lags, 0.99).as_secs_f64() * 1e3,
-        "lag_max_ms": lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        "events_with_commit_instant": lags_from_commit.len(),
+        "lag_p50_ms": percentile(&lags_from_commit, 0.50).as_secs_f64() * 1e3,
+        "lag_p99_ms": percentile(&lags_from_commit, 0.99).as_secs_f64() * 1e3,
+        "lag_max_ms": lags_from_commit.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        "lag_from_request_p50_ms": percentile(&lags, 0.50).as_secs_f64() * 1e3,
+        "lag_from_request_p99_ms": percentile(&lags, 0.99).as_secs_f64() * 1e3,
         "lag_after_ack_p50_ms": percentile(&lags_after_ack, 0.50).as_secs_f64() * 1e3,
         "lag_after_ack_p99_ms": percentile(&lags_after_ack, 0.99).as_secs_f64() * 1e3,
         "write_p50_ms": percentile(&write_latencies, 0.50).as_secs_f64() * 1e3,
@@ -225,7 +273,8 @@ pub async fn watch_lag(
         "load_generator_cpu_s": bench_cpu,
     });
     println!(
-        "watch-lag  watchers={watchers:<4} {} writes/s={:<5} delivered={}/{}  lag p50={:.1}ms p99={:.1}ms max={:.1}ms (after ack p50={:.1}ms p99={:.1}ms)  \
+        "watch-lag  watchers={watchers:<4} {} writes/s={:<5} delivered={}/{}  lag from commit p50={:.1}ms p99={:.1}ms max={:.1}ms \
+         (from request p50={:.1}ms p99={:.1}ms; from answer p50={:.1}ms p99={:.1}ms)  \
          write p50={:.1}ms p99={:.1}ms  rss/watcher={:.0}KiB  cpu server={:.1}s client={:.1}s",
         connections.describe(),
         result["achieved_writes_per_s"],
@@ -234,6 +283,8 @@ pub async fn watch_lag(
         result["lag_p50_ms"].as_f64().unwrap_or_default(),
         result["lag_p99_ms"].as_f64().unwrap_or_default(),
         result["lag_max_ms"].as_f64().unwrap_or_default(),
+        result["lag_from_request_p50_ms"].as_f64().unwrap_or_default(),
+        result["lag_from_request_p99_ms"].as_f64().unwrap_or_default(),
         result["lag_after_ack_p50_ms"].as_f64().unwrap_or_default(),
         result["lag_after_ack_p99_ms"].as_f64().unwrap_or_default(),
         result["write_p50_ms"].as_f64().unwrap_or_default(),
@@ -244,4 +295,32 @@ pub async fn watch_lag(
     );
     println!("{result}");
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rv_takes_the_instant_of_the_earliest_commit_line_at_or_above_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("commits");
+        // Two committers: RV 7's committer announced after RV 9's; RV 7 was committed first.
+        std::fs::write(&path, "3 100\n9 250\n7 300\n12 400\n").unwrap();
+        let times = CommitTimes::read(&path).unwrap();
+        assert_eq!(times.of(1), Some(100));
+        assert_eq!(times.of(3), Some(100));
+        assert_eq!(times.of(4), Some(250), "a batch's RVs share its line");
+        assert_eq!(times.of(7), Some(250));
+        assert_eq!(times.of(12), Some(400));
+        assert_eq!(times.of(13), None, "never committed");
+    }
+
+    #[test]
+    fn a_malformed_trace_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("commits");
+        std::fs::write(&path, "3 100\nnot a line\n").unwrap();
+        assert!(CommitTimes::read(&path).is_err());
+    }
 }

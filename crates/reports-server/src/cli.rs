@@ -81,6 +81,12 @@ pub struct Args {
     #[arg(long, default_value_t = crate::watch::DEFAULT_WINDOW_BYTES, help_heading = "Storage")]
     pub watch_window_bytes: usize,
 
+    /// Appends a line `RV MICROSECONDS` (the newest RV of a commit and its wall-clock time) to
+    /// this file at every commit this process makes. For benchmarks: the watch benchmark
+    /// measures delivery lag from these instants.
+    #[arg(long, value_name = "FILE", help_heading = "Storage")]
+    pub commit_trace: Option<std::path::PathBuf>,
+
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], help_heading = "Logging")]
     pub log_format: String,

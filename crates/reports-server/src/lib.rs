@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub change_log_retention_seconds: u64,
     /// Bytes of recent changes kept in memory for watchers (see [`watch`]).
     pub watch_window_bytes: usize,
+    /// Appends the instant of every commit to this file (benchmarks measure watch lag from it).
+    pub commit_trace: Option<std::path::PathBuf>,
 }
 
 /// A running server.
@@ -61,7 +63,7 @@ impl Server {
     /// Opens the store, binds the listener and starts serving in the background.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
         let catalogue = Catalogue::embedded().context("embedded CRDs")?;
-        let store = reports_store::open(&config.storage, &config.postgres)
+        let store = reports_store::open(&config.storage, &config.postgres, config.commit_trace.as_deref())
             .await
             .with_context(|| format!("opening storage {}", redact_url(&config.storage)))?;
         let tls = config.certificate.server_config()?;

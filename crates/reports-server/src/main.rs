@@ -58,6 +58,7 @@ async fn run() -> anyhow::Result<()> {
         max_body_bytes: args.max_request_body_bytes,
         change_log_retention_seconds: args.change_log_retention_seconds,
         watch_window_bytes: args.watch_window_bytes,
+        commit_trace: args.commit_trace,
     };
     let config_storage = config.storage.clone();
     let server = Server::start(config).await.context("starting the server")?;

@@ -349,6 +349,52 @@ pub async fn an_empty_store_is_past_rv_zero(store: DynStore) {
     assert!(stream.snapshot_rv >= 1);
 }
 
+/// With a commit trace, the store at `url` (fresh and empty) writes down every commit of every
+/// kind of write: each acknowledged RV is covered by a line at or above it, refused writes add
+/// nothing, and the newest line is the newest committed RV.
+pub async fn the_commit_trace_covers_every_acknowledged_write(url: &str) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let trace = dir.path().join("commits");
+    let store = crate::open(url, &Default::default(), Some(&trace)).await.expect("open with a trace");
+    let creates = (0..12).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.create(POLR, report("ns", &format!("r{i}"), json!({}))).await })
+    });
+    let mut acknowledged = Vec::new();
+    for create in creates.collect::<Vec<_>>() {
+        acknowledged.push(create.await.expect("create task").expect("create").rv);
+    }
+    let read_trace = || std::fs::read_to_string(&trace).expect("the trace file");
+    let before_refusal = read_trace();
+    let refused = store.create(POLR, report("ns", "r0", json!({}))).await;
+    assert_eq!(refused.err(), Some(StoreError::AlreadyExists));
+    assert_eq!(read_trace(), before_refusal, "a refused write commits nothing and traces nothing");
+    let first = store.get(POLR, "ns", "r0").await.unwrap().expect("r0");
+    let mut changed = first.parse().unwrap();
+    changed["summary"] = json!({"fail": 1});
+    acknowledged.push(store.update(POLR, changed, first.rv).await.expect("update").rv);
+    let second = store.get(POLR, "ns", "r1").await.unwrap().expect("r1");
+    acknowledged.push(store.delete(POLR, "ns", "r1", second.rv).await.expect("delete").rv);
+    let newest = store.current_rv().await.unwrap();
+
+    let text = read_trace();
+    let lines: Vec<(u64, u128)> = text
+        .lines()
+        .map(|line| {
+            let (rv, micros) = line.split_once(' ').unwrap_or_else(|| panic!("a trace line: {line:?}"));
+            (rv.parse().expect("an RV"), micros.parse().expect("microseconds"))
+        })
+        .collect();
+    for rv in &acknowledged {
+        assert!(
+            lines.iter().any(|(traced, _)| traced >= rv),
+            "RV {rv} is acknowledged but not traced: {text}"
+        );
+    }
+    assert_eq!(lines.iter().map(|(rv, _)| *rv).max(), Some(newest), "{text}");
+    assert!(lines.len() <= acknowledged.len(), "at most one line per commit: {text}");
+}
+
 /// Runs every check, each on a fresh store from `factory`.
 pub async fn run_all<F, Fut>(factory: F)
 where

@@ -25,6 +25,7 @@ use reports_core::selector::{FieldSelector, LabelSelector};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+pub mod commits;
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
@@ -255,26 +256,48 @@ pub fn is_postgres_url(url: &str) -> bool {
 }
 
 /// Opens the store named by a `--storage` URL: `sqlite://PATH`, `sqlite::memory:`, or a
-/// PostgreSQL URL or key=value string (see [`is_postgres_url`]) with `postgres` settings.
-pub async fn open(url: &str, postgres: &postgres::PgSettings) -> StoreResult<DynStore> {
+/// PostgreSQL URL or key=value string (see [`is_postgres_url`]) with `postgres` settings. With
+/// `commit_trace`, the instant of every commit this process makes is appended to that file
+/// (see [`commits::CommitSignal`]).
+pub async fn open(
+    url: &str,
+    postgres: &postgres::PgSettings,
+    commit_trace: Option<&std::path::Path>,
+) -> StoreResult<DynStore> {
+    let trace =
+        commit_trace
+            .map(|path| {
+                std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                    StoreError::Backend(format!("opening the commit trace {}: {e}", path.display()))
+                })
+            })
+            .transpose()?;
     if is_postgres_url(url) {
-        return Ok(Arc::new(postgres::PgStore::connect(url, postgres).await?));
+        let store = postgres::PgStore::connect(url, postgres).await?;
+        if let Some(file) = trace {
+            store.trace_commits_to(file);
+        }
+        return Ok(Arc::new(store));
     }
     let url = url.to_string();
-    tokio::task::spawn_blocking(move || open_sqlite(&url))
+    tokio::task::spawn_blocking(move || open_sqlite(&url, trace))
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?
 }
 
-fn open_sqlite(url: &str) -> StoreResult<DynStore> {
-    if url == "sqlite::memory:" {
-        return Ok(Arc::new(sqlite::SqliteStore::open_temporary()?));
+fn open_sqlite(url: &str, trace: Option<std::fs::File>) -> StoreResult<DynStore> {
+    let store = if url == "sqlite::memory:" {
+        sqlite::SqliteStore::open_temporary()?
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        sqlite::SqliteStore::open(std::path::Path::new(path))?
+    } else {
+        return Err(StoreError::Backend(format!(
+            "unsupported storage URL scheme in {:?}: use sqlite://PATH, sqlite::memory: or postgres://...",
+            url.split(':').next().unwrap_or_default()
+        )));
+    };
+    if let Some(file) = trace {
+        store.trace_commits_to(file);
     }
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        return Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path))?));
-    }
-    Err(StoreError::Backend(format!(
-        "unsupported storage URL scheme in {:?}: use sqlite://PATH, sqlite::memory: or postgres://...",
-        url.split(':').next().unwrap_or_default()
-    )))
+    Ok(Arc::new(store))
 }

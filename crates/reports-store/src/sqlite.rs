@@ -25,8 +25,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    labels_json, parse_labels, Change, ChangeType, ListChunk, ListQuery, ListStream, Store, StoreError,
-    StoreResult, StoredObject,
+    commits::CommitSignal, labels_json, parse_labels, Change, ChangeType, ListChunk, ListQuery, ListStream,
+    Store, StoreError, StoreResult, StoredObject,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
@@ -146,7 +146,7 @@ pub struct SqliteStore {
     /// Database file, to open more readers.
     path: PathBuf,
     /// Newest committed RV; watchers wait on it instead of polling the file.
-    committed: Arc<watch::Sender<u64>>,
+    committed: Arc<CommitSignal>,
     /// The newest changes, in RV order, so the watch feed reads what was just committed from
     /// memory instead of the file. Filled under the writer lock, so it never has a hole.
     recent: Arc<RecentChanges>,
@@ -490,14 +490,13 @@ impl SqliteStore {
         writer.execute_batch("PRAGMA wal_autocheckpoint = 0").map_err(sqlite_error)?;
         let checkpointer = start_checkpointer(path)?;
         let rv: i64 = writer.query_row("SELECT rv FROM counter", [], |r| r.get(0)).map_err(sqlite_error)?;
-        let (committed, _) = watch::channel(rv as u64);
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             pending: Arc::new(Mutex::new(Vec::new())),
             grouped_writes: Default::default(),
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
-            committed: Arc::new(committed),
+            committed: Arc::new(CommitSignal::new(rv as u64)),
             recent: Arc::new(RecentChanges::default()),
             _checkpointer: checkpointer,
             _temporary_dir: temporary_dir,
@@ -532,6 +531,11 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Records the instant of every commit this process makes in `file` (see [`CommitSignal`]).
+    pub fn trace_commits_to(&self, file: std::fs::File) {
+        self.committed.trace_to(file);
     }
 
     /// How many writes shared their transaction with at least one other since the store opened.
@@ -657,7 +661,7 @@ fn stream_list(
 fn run_pending(
     writer: &Mutex<Connection>,
     pending: &Mutex<Vec<Job>>,
-    committed: &watch::Sender<u64>,
+    committed: &CommitSignal,
     recent: &RecentChanges,
 ) -> usize {
     let mut conn = match writer.try_lock() {
@@ -690,7 +694,7 @@ fn run_pending(
 
 /// Runs writes in one transaction, each in its own savepoint, and answers them after the commit,
 /// so an acknowledged write is always durable; a failed commit fails every write of the batch.
-fn run_batch(conn: &mut Connection, jobs: Vec<Job>, committed: &watch::Sender<u64>, recent: &RecentChanges) {
+fn run_batch(conn: &mut Connection, jobs: Vec<Job>, committed: &CommitSignal, recent: &RecentChanges) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => WriteTx { tx, appended: Default::default() },
         Err(e) => {
@@ -733,12 +737,11 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Job>, committed: &watch::Sender<u6
         Ok((rv, appended)) => {
             // Before the commit is announced, so whoever hears of it finds it here.
             recent.record(appended);
-            // Still under the writer lock, so published RVs never go backwards.
-            committed.send_if_modified(|current| {
-                let changed = *current != rv as u64;
-                *current = rv as u64;
-                changed
-            });
+            // A batch of refused writes took no RV: nothing to announce. Still under the writer
+            // lock, so announced RVs are in commit order.
+            if rv as u64 > committed.newest() {
+                committed.committed(rv as u64);
+            }
             for (reply, out) in done {
                 let _ = reply.send(Ok(out));
             }

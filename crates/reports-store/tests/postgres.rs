@@ -53,6 +53,11 @@ async fn postgres_store_passes_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_trace_covers_every_acknowledged_write() {
+    conformance::the_commit_trace_covers_every_acknowledged_write(&fresh_database().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_rv_sequence_and_see_each_others_commits() {
     let url = fresh_database().await;
     let a = store_on(&url, &PgSettings::default()).await;

@@ -30,9 +30,16 @@ async fn objects_and_resource_versions_survive_reopening_the_file() {
     assert!(next.rv > last_rv, "the counter continues after a restart instead of starting over");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_trace_covers_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("reports.db").display());
+    conformance::the_commit_trace_covers_every_acknowledged_write(&url).await;
+}
+
 #[tokio::test]
 async fn refuses_an_unknown_storage_url() {
-    let err = reports_store::open("mysql://x", &Default::default()).await.err().unwrap();
+    let err = reports_store::open("mysql://x", &Default::default(), None).await.err().unwrap();
     assert!(err.to_string().contains("unsupported storage URL"), "{err}");
 }
 

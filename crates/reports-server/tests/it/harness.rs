@@ -70,6 +70,7 @@ impl TestServer {
             max_body_bytes: 3 * 1024 * 1024,
             change_log_retention_seconds: 900,
             watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
+            commit_trace: None,
             postgres: Default::default(),
         };
         adjust(&mut config);

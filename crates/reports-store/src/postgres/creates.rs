@@ -16,15 +16,15 @@
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::{
     combine::{next_batch, Queue},
-    db_error, is_retryable, pool_error, publish, SplitBody, CREATE_SQL, WRITE_ATTEMPTS,
+    db_error, is_retryable, pool_error, SplitBody, CREATE_SQL, WRITE_ATTEMPTS,
 };
-use crate::{StoreError, StoreResult};
+use crate::{commits::CommitSignal, StoreError, StoreResult};
 
 /// Most creates written by one statement.
 const MAX_BATCH: usize = 128;
@@ -80,7 +80,7 @@ pub(super) struct Combiner {
     /// The NOTIFY channel.
     pub channel: Arc<str>,
     /// Where commits are published to this process's watch feed.
-    pub committed: Arc<watch::Sender<u64>>,
+    pub committed: Arc<CommitSignal>,
     /// Counts creates written in a batch of more than one.
     pub combined: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -124,7 +124,7 @@ impl Combiner {
         if batch.len() > 1 {
             match self.write_together(&client, &batch).await {
                 Ok(base) => {
-                    publish(&self.committed, base + batch.len() as u64);
+                    self.committed.committed(base + batch.len() as u64);
                     self.combined.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     for (i, pending) in batch.into_iter().enumerate() {
                         let _ = pending.reply.send(Ok(base + i as u64 + 1));
@@ -145,7 +145,7 @@ impl Combiner {
         for pending in batch {
             let result = self.write_one(&client, &pending).await;
             if let Ok(rv) = result {
-                publish(&self.committed, rv);
+                self.committed.committed(rv);
             }
             let _ = pending.reply.send(result);
         }

@@ -66,8 +66,8 @@ use tokio_postgres::{error::SqlState, types::ToSql, AsyncMessage};
 use uuid::Uuid;
 
 use crate::{
-    labels_json, parse_labels, Change, ChangeType, ListChunk, ListQuery, ListStream, Store, StoreError,
-    StoreResult, StoredObject,
+    commits::CommitSignal, labels_json, parse_labels, Change, ChangeType, ListChunk, ListQuery, ListStream,
+    Store, StoreError, StoreResult, StoredObject,
 };
 
 /// Most rows one statement of a list reads.
@@ -175,7 +175,7 @@ pub struct PgStore {
     /// The NOTIFY channel of this cluster (`reports_<uuid hex>`).
     channel: Arc<str>,
     /// Newest committed RV known here (own commits and notifications); wakes the watch feed.
-    committed: Arc<watch::Sender<u64>>,
+    committed: Arc<CommitSignal>,
     /// Creates go through one combining task that writes whatever is waiting in one statement.
     creates: creates::CreateQueue,
     /// Updates go through one combining task that writes whatever is waiting in one transaction.
@@ -428,8 +428,7 @@ impl PgStore {
         };
         fill_pool(&pool).await;
         let channel: Arc<str> = format!("reports_{}", cluster.simple()).into();
-        let (committed, _) = watch::channel(rv as u64);
-        let committed = Arc::new(committed);
+        let committed = Arc::new(CommitSignal::new(rv as u64));
         let (stop, stopped) = watch::channel(());
         tokio::spawn(listen(
             config,
@@ -455,6 +454,11 @@ impl PgStore {
             combined: Default::default(),
         });
         Ok(Self { pool, cluster, channel, committed, creates, updates, _stop_listener: stop })
+    }
+
+    /// Records the instant of every commit this process makes in `file` (see [`CommitSignal`]).
+    pub fn trace_commits_to(&self, file: std::fs::File) {
+        self.committed.trace_to(file);
     }
 
     /// The cluster this store serves.
@@ -691,7 +695,7 @@ impl PgStore {
 /// publishes its newest RV.
 async fn write_locked(
     pool: &Pool,
-    committed: &watch::Sender<u64>,
+    committed: &CommitSignal,
     work: TxWork,
 ) -> StoreResult<Vec<Option<StoredObject>>> {
     let results = run_on(pool, move |mut client| async move {
@@ -728,7 +732,7 @@ async fn write_locked(
     })
     .await?;
     if let Some(rv) = results.iter().flatten().map(|o| o.rv).max() {
-        publish(committed, rv);
+        committed.committed(rv);
     }
     Ok(results)
 }
@@ -792,17 +796,6 @@ enum TxWork {
 enum WriteKind {
     Update { body: SplitBody, uid: String, labels: String, hashes: Vec<i32> },
     Delete,
-}
-
-fn publish(committed: &watch::Sender<u64>, rv: u64) {
-    committed.send_if_modified(|current| {
-        if rv > *current {
-            *current = rv;
-            true
-        } else {
-            false
-        }
-    });
 }
 
 /// Opens every connection the pool may hold and prepares the write statements on each. A new
@@ -884,7 +877,7 @@ async fn listen(
     pool: Pool,
     cluster: Uuid,
     channel: Arc<str>,
-    committed: Arc<watch::Sender<u64>>,
+    committed: Arc<CommitSignal>,
     mut stop: watch::Receiver<()>,
 ) {
     let read_counter = |pool: Pool| async move {
@@ -933,17 +926,17 @@ async fn listen(
         }
         // Anything committed before LISTEN took effect is covered by reading the counter now.
         if let Ok(rv) = read_counter(pool.clone()).await {
-            publish(&committed, rv);
+            committed.learned(rv);
         }
         loop {
             tokio::select! {
                 note = notes.recv() => match note {
-                    Some(rv) => publish(&committed, rv),
+                    Some(rv) => committed.learned(rv),
                     None => break, // connection lost: reconnect
                 },
                 _ = tokio::time::sleep(SAFETY_POLL) => {
                     if let Ok(rv) = read_counter(pool.clone()).await {
-                        publish(&committed, rv);
+                        committed.learned(rv);
                     }
                 }
                 _ = stop.changed() => {

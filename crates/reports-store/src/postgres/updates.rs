@@ -23,14 +23,14 @@ use std::{
 };
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
     combine::{next_batch, Queue},
     labels, write_locked, LockedWrite, SplitBody, TxWork, WriteKind,
 };
-use crate::{StoreError, StoreResult, StoredObject};
+use crate::{commits::CommitSignal, StoreError, StoreResult, StoredObject};
 
 /// Most updates written by one transaction.
 const MAX_BATCH: usize = 128;
@@ -88,7 +88,7 @@ pub(super) struct Combiner {
     /// The NOTIFY channel.
     pub channel: Arc<str>,
     /// Where commits are published to this process's watch feed.
-    pub committed: Arc<watch::Sender<u64>>,
+    pub committed: Arc<CommitSignal>,
     /// Counts updates written in a transaction with others.
     pub combined: Arc<AtomicU64>,
 }

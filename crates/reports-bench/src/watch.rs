@@ -85,13 +85,8 @@ struct CommitTimes {
 impl CommitTimes {
     fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut commits = text
-            .lines()
-            .map(|line| {
-                let (rv, micros) = line.split_once(' ').context("a commit trace line")?;
-                Ok((rv.parse()?, micros.parse()?))
-            })
-            .collect::<anyhow::Result<Vec<(u64, u128)>>>()?;
+        let mut commits = reports_store::commits::parse_trace(&text)
+            .with_context(|| format!("malformed commit trace {}", path.display()))?;
         commits.sort_unstable();
         // With concurrent committers (PostgreSQL), a later line may carry a lower RV; an RV was
         // committed no later than the earliest line at or above it.

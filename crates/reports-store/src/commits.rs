@@ -77,6 +77,17 @@ impl CommitSignal {
     }
 }
 
+/// Reads a commit trace written by [`CommitSignal::trace_to`]: `(RV, microseconds since the Unix
+/// epoch)` per line, in the order written. None if a line is not of that form.
+pub fn parse_trace(text: &str) -> Option<Vec<(u64, u128)>> {
+    text.lines()
+        .map(|line| {
+            let (rv, micros) = line.split_once(' ')?;
+            Some((rv.parse().ok()?, micros.parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,11 +113,10 @@ mod tests {
         signal.learned(6);
         signal.committed(8);
         let text = std::fs::read_to_string(&path).unwrap();
-        let rvs: Vec<&str> = text.lines().map(|line| line.split(' ').next().unwrap()).collect();
-        assert_eq!(rvs, ["4", "8"]);
-        for line in text.lines() {
-            let micros: u128 = line.split(' ').nth(1).unwrap().parse().unwrap();
-            assert!(micros > 1_700_000_000_000_000, "wall-clock microseconds: {line}");
+        let lines = parse_trace(&text).expect("well-formed lines");
+        assert_eq!(lines.iter().map(|(rv, _)| *rv).collect::<Vec<_>>(), [4, 8]);
+        for (_, micros) in lines {
+            assert!(micros > 1_700_000_000_000_000, "wall-clock microseconds: {text}");
         }
     }
 }

@@ -372,13 +372,8 @@ pub async fn the_commit_trace_covers_every_acknowledged_write(url: &str) {
     let first = store.get(POLR, "ns", "r0").await.unwrap().expect("r0");
     let mut changed = first.parse().unwrap();
     changed["summary"] = json!({"fail": 1});
-    let parse = |text: &str| -> Vec<(u64, u128)> {
-        text.lines()
-            .map(|line| {
-                let (rv, micros) = line.split_once(' ').unwrap_or_else(|| panic!("a trace line: {line:?}"));
-                (rv.parse().expect("an RV"), micros.parse().expect("microseconds"))
-            })
-            .collect()
+    let parse = |text: &str| {
+        crate::commits::parse_trace(text).unwrap_or_else(|| panic!("malformed commit trace: {text:?}"))
     };
     // The instant is written before the answer: an answered write is already in the trace.
     let traced_by_its_answer = |rv: u64| {

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod options;
 pub mod paging;
 pub mod patch;
+pub mod request_info;
 pub mod selector;
 pub mod table;
 pub mod time;

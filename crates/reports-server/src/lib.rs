@@ -19,6 +19,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 pub mod app;
 pub mod cli;
 pub mod glibc;
+pub mod metrics;
 pub mod render;
 pub mod resource;
 pub mod response;

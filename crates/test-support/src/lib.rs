@@ -18,6 +18,10 @@
 //! dropped, so the cluster cannot be stopped from `Drop`. Instead a small watchdog shell process
 //! stops the server and removes its directory once the process that started it has exited.
 
+pub mod fake_kube;
+pub mod https;
+pub mod pki;
+
 use std::{
     future::Future,
     net::TcpListener,

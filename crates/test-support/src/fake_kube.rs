@@ -3,12 +3,17 @@
 //! for it behind the real kube-rs client the server uses.
 //!
 //! What it serves:
-//! - the ConfigMap `kube-system/extension-apiserver-authentication`: get, list and watch (a test
-//!   changes it with [`FakeKube::set_auth_configmap`] and every watch sees a MODIFIED event);
+//! - any object under `/api/v1/...` and `/apis/{group}/{version}/...` from one in-memory store
+//!   with kube's semantics for what the server uses: get, list (name and namespace field
+//!   selectors, equality label selectors), watch (from a resourceVersion, or with the current
+//!   objects first when none is given), create (409 AlreadyExists), replace (409 Conflict on a
+//!   stale resourceVersion), merge patch and delete. ConfigMaps, Leases, APIServices, Namespaces
+//!   and report CRD objects all live there; a test reads and changes them with
+//!   [`FakeKube::put_object`], [`FakeKube::object`] and [`FakeKube::delete_object`];
 //! - TokenReview (tokens registered with [`FakeKube::add_token`]);
 //! - SubjectAccessReview, decided by a policy the test sets ([`FakeKube::set_access_policy`]).
 //!
-//! Anything else is answered 404 with a Status and logged, so a test can see an unexpected call.
+//! Every request is logged ([`FakeKube::requests`]), so a test can see an unexpected call.
 //! Every call must carry the server's own credential (the bearer token in the kubeconfig that
 //! [`FakeKube::write_kubeconfig`] writes); others get 401, as kube-apiserver would answer.
 
@@ -23,10 +28,10 @@ use std::{
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Query, State},
+    extract::State,
     http::{HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::post,
     Router,
 };
 use base64::Engine as _;
@@ -42,6 +47,27 @@ pub const SERVER_TOKEN: &str = "reports-server-service-account-token";
 /// Decides a SubjectAccessReview from its `spec`: (allowed, reason).
 pub type AccessPolicy = Box<dyn Fn(&Value) -> (bool, String) + Send + Sync>;
 
+/// Where an object lives: API path (`api/v1`, `apis/GROUP/VERSION`), resource plural,
+/// namespace ("" for cluster-scoped) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// `api/v1` or `apis/GROUP/VERSION`.
+    pub api: String,
+    /// Resource plural.
+    pub plural: String,
+    /// Namespace, "" for cluster-scoped objects.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key from its parts.
+    pub fn new(api: &str, plural: &str, namespace: &str, name: &str) -> Self {
+        Self { api: api.into(), plural: plural.into(), namespace: namespace.into(), name: name.into() }
+    }
+}
+
 /// A running fake kube-apiserver.
 pub struct FakeKube {
     /// `https://127.0.0.1:PORT`.
@@ -53,12 +79,10 @@ pub struct FakeKube {
 }
 
 struct FakeState {
-    /// resourceVersion counter of the fake's objects.
-    rv: AtomicUsize,
-    /// The authentication ConfigMap's data (None: the ConfigMap does not exist).
-    auth_configmap: Mutex<Option<(usize, BTreeMap<String, String>)>>,
-    /// Watch events of the ConfigMap, one JSON line each.
-    configmap_events: broadcast::Sender<String>,
+    /// The objects and the resourceVersion counter, changed together.
+    objects: Mutex<Objects>,
+    /// Every change as (key, watch event JSON), for watches.
+    events: broadcast::Sender<(ObjectKey, u64, String)>,
     /// Valid tokens and the `status.user` each reviews to.
     tokens: Mutex<HashMap<String, Value>>,
     /// SubjectAccessReview policy.
@@ -70,17 +94,39 @@ struct FakeState {
     log: Mutex<Vec<String>>,
 }
 
+struct Objects {
+    rv: u64,
+    items: BTreeMap<ObjectKey, Value>,
+}
+
+impl FakeState {
+    /// Stores `object` under `key` with the next resourceVersion and announces it.
+    fn store(&self, key: ObjectKey, mut object: Value, event_type: &str) -> Value {
+        let mut objects = lock(&self.objects);
+        objects.rv += 1;
+        let rv = objects.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if event_type == "DELETED" {
+            objects.items.remove(&key);
+        } else {
+            objects.items.insert(key.clone(), object.clone());
+        }
+        let line = json!({"type": event_type, "object": object}).to_string();
+        let _ = self.events.send((key, rv, line));
+        object
+    }
+}
+
 impl FakeKube {
     /// Starts the fake on a free loopback port. Every access review is denied until a policy is
     /// set.
     pub async fn start() -> Self {
         let serving_ca = TestCa::new("fake kube-apiserver CA");
         let serving = serving_ca.serving(&["127.0.0.1", "localhost"]);
-        let (configmap_events, _) = broadcast::channel(64);
+        let (events, _) = broadcast::channel(4096);
         let state = Arc::new(FakeState {
-            rv: AtomicUsize::new(100),
-            auth_configmap: Mutex::new(None),
-            configmap_events,
+            objects: Mutex::new(Objects { rv: 100, items: BTreeMap::new() }),
+            events,
             tokens: Mutex::new(HashMap::new()),
             access: Mutex::new(Box::new(|_| (false, String::new()))),
             token_reviews: AtomicUsize::new(0),
@@ -88,34 +134,60 @@ impl FakeKube {
             log: Mutex::new(Vec::new()),
         });
         let router = Router::new()
-            .route(
-                "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication",
-                get(get_auth_configmap),
-            )
-            .route("/api/v1/namespaces/kube-system/configmaps", get(list_or_watch_configmaps))
             .route("/apis/authentication.k8s.io/v1/tokenreviews", post(token_review))
             .route("/apis/authorization.k8s.io/v1/subjectaccessreviews", post(access_review))
-            .fallback(not_found)
+            .fallback(objects)
             .layer(axum::middleware::from_fn_with_state(state.clone(), check_credentials))
             .with_state(state.clone());
         let (url, stop) = crate::https::serve_router(router, &serving).await;
         Self { url, serving_ca, state, stop: Some(stop) }
     }
 
-    /// Sets (or replaces) the authentication ConfigMap's data; watchers see the change.
+    /// Creates or replaces an object (metadata.uid and creationTimestamp are added when absent);
+    /// watchers see ADDED or MODIFIED. Returns it as stored.
+    pub fn put_object(&self, key: ObjectKey, mut object: Value) -> Value {
+        let existed = lock(&self.state.objects).items.contains_key(&key);
+        fill_metadata(&mut object, &key);
+        self.state.store(key, object, if existed { "MODIFIED" } else { "ADDED" })
+    }
+
+    /// The object stored under `key`.
+    pub fn object(&self, key: &ObjectKey) -> Option<Value> {
+        lock(&self.state.objects).items.get(key).cloned()
+    }
+
+    /// Every object of a resource (all namespaces), in key order.
+    pub fn objects(&self, api: &str, plural: &str) -> Vec<Value> {
+        lock(&self.state.objects)
+            .items
+            .iter()
+            .filter(|(k, _)| k.api == api && k.plural == plural)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Deletes an object; watchers see DELETED. Returns whether it existed.
+    pub fn delete_object(&self, key: &ObjectKey) -> bool {
+        let existing = lock(&self.state.objects).items.get(key).cloned();
+        match existing {
+            Some(object) => {
+                self.state.store(key.clone(), object, "DELETED");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets (or replaces) the data of `kube-system/extension-apiserver-authentication`.
     pub fn set_auth_configmap(&self, data: BTreeMap<String, String>) {
-        let rv = self.state.rv.fetch_add(1, Ordering::SeqCst) + 1;
-        let existed = {
-            let mut current = lock(&self.state.auth_configmap);
-            let existed = current.is_some();
-            *current = Some((rv, data.clone()));
-            existed
-        };
-        let event = json!({
-            "type": if existed { "MODIFIED" } else { "ADDED" },
-            "object": configmap_json(rv, &data),
+        let key = ObjectKey::new("api/v1", "configmaps", "kube-system", "extension-apiserver-authentication");
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": key.name, "namespace": key.namespace},
+            "data": data,
         });
-        let _ = self.state.configmap_events.send(event.to_string());
+        self.put_object(key, object);
     }
 
     /// Registers a token that reviews to `user` in `groups`.
@@ -172,32 +244,34 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn configmap_json(rv: usize, data: &BTreeMap<String, String>) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": "extension-apiserver-authentication",
-            "namespace": "kube-system",
-            "uid": "5b0c3a5e-0000-4000-8000-00000000a0a0",
-            "resourceVersion": rv.to_string(),
-        },
-        "data": data,
-    })
+/// Adds what kube-apiserver sets on create: name and namespace from the key, uid, creation time.
+fn fill_metadata(object: &mut Value, key: &ObjectKey) {
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    let metadata = &mut object["metadata"];
+    metadata["name"] = json!(key.name);
+    if !key.namespace.is_empty() {
+        metadata["namespace"] = json!(key.namespace);
+    }
+    if metadata.get("uid").and_then(Value::as_str).is_none_or(str::is_empty) {
+        let n = NEXT_UID.fetch_add(1, Ordering::SeqCst);
+        metadata["uid"] = json!(format!("00000000-0000-4000-8000-{n:012x}"));
+    }
+    if metadata.get("creationTimestamp").is_none_or(Value::is_null) {
+        metadata["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
 }
 
-fn json_ok(body: Value) -> Response {
-    ([("content-type", "application/json")], body.to_string()).into_response()
+static NEXT_UID: AtomicUsize = AtomicUsize::new(1);
+
+fn json_response(code: StatusCode, body: &Value) -> Response {
+    (code, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code});
-    (
-        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
 }
 
 /// Logs the request and refuses any caller without the server's token.
@@ -223,51 +297,267 @@ async fn check_credentials(
     next.run(request).await
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
-    status(404, "NotFound", &format!("the fake kube-apiserver does not serve {method} {}", uri.path()))
+/// What a path names: a collection (name None) or an object, in a namespace or cluster-wide.
+struct Target {
+    api: String,
+    plural: String,
+    /// None: every namespace (a collection path without one).
+    namespace: Option<String>,
+    name: Option<String>,
 }
 
-async fn get_auth_configmap(State(state): State<Arc<FakeState>>) -> Response {
-    match lock(&state.auth_configmap).clone() {
-        Some((rv, data)) => json_ok(configmap_json(rv, &data)),
-        None => status(404, "NotFound", "configmaps \"extension-apiserver-authentication\" not found"),
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (api, rest) = match parts.as_slice() {
+        ["api", version, rest @ ..] => (format!("api/{version}"), rest),
+        ["apis", group, version, rest @ ..] => (format!("apis/{group}/{version}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    match rest {
+        [plural] => Some(Target { api, plural: plural.to_string(), namespace, name: None }),
+        [plural, name] => {
+            Some(Target { api, plural: plural.to_string(), namespace, name: Some(name.to_string()) })
+        }
+        _ => None,
     }
 }
 
-async fn list_or_watch_configmaps(
+/// One query parameter, percent-decoded.
+fn param(uri: &Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Field (`metadata.name`, `metadata.namespace`) and equality label selectors.
+struct Filter {
+    fields: Vec<(String, String)>,
+    labels: Vec<(String, String)>,
+}
+
+impl Filter {
+    fn from(uri: &Uri) -> Self {
+        let pairs = |text: Option<String>| -> Vec<(String, String)> {
+            text.unwrap_or_default()
+                .split(',')
+                .filter_map(|term| {
+                    let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+                    Some((k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect()
+        };
+        Self { fields: pairs(param(uri, "fieldSelector")), labels: pairs(param(uri, "labelSelector")) }
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let metadata = &object["metadata"];
+        self.fields.iter().all(|(field, value)| match field.as_str() {
+            "metadata.name" => metadata["name"] == json!(value),
+            "metadata.namespace" => metadata["namespace"].as_str().unwrap_or_default() == value,
+            _ => true,
+        }) && self.labels.iter().all(|(key, value)| metadata["labels"][key] == json!(value))
+    }
+}
+
+fn in_scope(key: &ObjectKey, target: &Target) -> bool {
+    key.api == target.api
+        && key.plural == target.plural
+        && target.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+        && target.name.as_ref().is_none_or(|name| *name == key.name)
+}
+
+/// Every object route: get, list, watch, create, replace, merge patch, delete.
+async fn objects(
     State(state): State<Arc<FakeState>>,
-    Query(query): Query<HashMap<String, String>>,
-    _headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-    if !watch {
-        let current = lock(&state.auth_configmap).clone();
-        let rv = state.rv.load(Ordering::SeqCst);
-        let items: Vec<Value> = current.iter().map(|(rv, data)| configmap_json(*rv, data)).collect();
-        return json_ok(
-            json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
-        );
+    let Some(target) = parse_path(uri.path()) else {
+        return status(404, "NotFound", &format!("the fake kube-apiserver does not serve {}", uri.path()));
+    };
+    let key = |name: &str| ObjectKey {
+        api: target.api.clone(),
+        plural: target.plural.clone(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: name.to_string(),
+    };
+    let not_found = |name: &str| status(404, "NotFound", &format!("{} \"{name}\" not found", target.plural));
+    match (method, target.name.clone()) {
+        (Method::GET, None) if param(&uri, "watch").is_some_and(|w| w == "true" || w == "1") => {
+            watch(state, target, Filter::from(&uri), param(&uri, "resourceVersion"))
+        }
+        (Method::GET, None) => {
+            let filter = Filter::from(&uri);
+            let objects = lock(&state.objects);
+            let items: Vec<Value> = objects
+                .items
+                .iter()
+                .filter(|(k, v)| in_scope(k, &target) && filter.matches(v))
+                .map(|(_, v)| v.clone())
+                .collect();
+            let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": objects.rv.to_string()}, "items": items});
+            json_response(StatusCode::OK, &list)
+        }
+        (Method::GET, Some(name)) => match lock(&state.objects).items.get(&key(&name)) {
+            Some(object) => json_response(StatusCode::OK, object),
+            None => not_found(&name),
+        },
+        (Method::POST, None) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "the body is not a JSON object");
+            };
+            let mut name =
+                object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+            if name.is_empty() {
+                let prefix =
+                    object.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default();
+                if prefix.is_empty() {
+                    return status(422, "Invalid", "name or generateName is required");
+                }
+                name = format!("{prefix}{:05x}", NEXT_UID.fetch_add(1, Ordering::SeqCst));
+            }
+            let key = key(&name);
+            if lock(&state.objects).items.contains_key(&key) {
+                return status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", target.plural));
+            }
+            fill_metadata(&mut object, &key);
+            let stored = state.store(key, object, "ADDED");
+            json_response(StatusCode::CREATED, &stored)
+        }
+        (Method::PUT, Some(name)) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "the body is not a JSON object");
+            };
+            let key = key(&name);
+            let Some(current) = lock(&state.objects).items.get(&key).cloned() else {
+                return not_found(&name);
+            };
+            let wanted =
+                object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+            if !wanted.is_empty()
+                && Some(wanted) != current.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            {
+                return status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", target.plural));
+            }
+            object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            object["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+            fill_metadata(&mut object, &key);
+            json_response(StatusCode::OK, &state.store(key, object, "MODIFIED"))
+        }
+        (Method::PATCH, Some(name)) => {
+            let merge = headers.get("content-type").and_then(|v| v.to_str().ok())
+                == Some("application/merge-patch+json");
+            let Ok(patch) = serde_json::from_slice::<Value>(&body).map_err(|_| ()).and_then(|p| {
+                if merge {
+                    Ok(p)
+                } else {
+                    Err(())
+                }
+            }) else {
+                return status(415, "UnsupportedMediaType", "the fake takes merge patches only");
+            };
+            let key = key(&name);
+            let Some(mut object) = lock(&state.objects).items.get(&key).cloned() else {
+                return not_found(&name);
+            };
+            merge_patch(&mut object, &patch);
+            json_response(StatusCode::OK, &state.store(key, object, "MODIFIED"))
+        }
+        (Method::DELETE, Some(name)) => {
+            let key = key(&name);
+            let Some(object) = lock(&state.objects).items.get(&key).cloned() else { return not_found(&name) };
+            json_response(StatusCode::OK, &state.store(key, object, "DELETED"))
+        }
+        (method, _) => status(405, "MethodNotAllowed", &format!("{method} is not supported here")),
     }
-    let after: usize = query.get("resourceVersion").and_then(|rv| rv.parse().ok()).unwrap_or(0);
-    let events = futures::stream::unfold(state.configmap_events.subscribe(), |mut receiver| async move {
+}
+
+/// RFC 7386 merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (key, value) in patch {
+        if value.is_null() {
+            if let Some(map) = target.as_object_mut() {
+                map.remove(key);
+            }
+        } else {
+            merge_patch(&mut target[key], value);
+        }
+    }
+}
+
+/// A watch: the current objects as ADDED first when no resourceVersion is given, then every
+/// change after it.
+fn watch(state: Arc<FakeState>, target: Target, filter: Filter, from: Option<String>) -> Response {
+    let receiver = state.events.subscribe();
+    let (after, initial) = {
+        let objects = lock(&state.objects);
+        match from.as_deref().and_then(|rv| rv.parse::<u64>().ok()).filter(|rv| *rv > 0) {
+            Some(rv) => (rv, Vec::new()),
+            None => {
+                let initial: Vec<String> = objects
+                    .items
+                    .iter()
+                    .filter(|(k, v)| in_scope(k, &target) && filter.matches(v))
+                    .map(|(_, v)| format!("{}\n", json!({"type": "ADDED", "object": v})))
+                    .collect();
+                (objects.rv, initial)
+            }
+        }
+    };
+    let changes = futures::stream::unfold(receiver, |mut receiver| async move {
         loop {
             match receiver.recv().await {
-                Ok(line) => return Some((line, receiver)),
+                Ok(event) => return Some((event, receiver)),
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    })
+    .filter_map(move |(key, rv, line): (ObjectKey, u64, String)| {
+        let wanted = rv > after
+            && in_scope(&key, &target)
+            && serde_json::from_str::<Value>(&line).is_ok_and(|e| filter.matches(&e["object"]));
+        async move { wanted.then(|| format!("{line}\n")) }
     });
-    let lines = events.filter_map(move |event| async move {
-        let line: String = event;
-        let rv: usize = serde_json::from_str::<Value>(&line)
-            .ok()?
-            .pointer("/object/metadata/resourceVersion")?
-            .as_str()?
-            .parse()
-            .ok()?;
-        (rv > after).then(|| Ok::<_, std::convert::Infallible>(format!("{line}\n")))
-    });
+    let lines = futures::stream::iter(initial).chain(changes).map(Ok::<_, std::convert::Infallible>);
     Response::builder()
         .header("content-type", "application/json")
         .body(Body::from_stream(lines))
@@ -285,9 +575,8 @@ async fn token_review(State(state): State<Arc<FakeState>>, body: Bytes) -> Respo
         Some(user) => json!({"authenticated": true, "user": user}),
         None => json!({"authenticated": false, "error": "token not recognized"}),
     };
-    json_ok(
-        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": review["spec"], "status": status}),
-    )
+    let answer = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": review["spec"], "status": status});
+    json_response(StatusCode::CREATED, &answer)
 }
 
 async fn access_review(State(state): State<Arc<FakeState>>, body: Bytes) -> Response {
@@ -300,7 +589,6 @@ async fn access_review(State(state): State<Arc<FakeState>>, body: Bytes) -> Resp
     if !reason.is_empty() {
         status["reason"] = json!(reason);
     }
-    json_ok(
-        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": review["spec"], "status": status}),
-    )
+    let answer = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": review["spec"], "status": status});
+    json_response(StatusCode::CREATED, &answer)
 }

@@ -18,6 +18,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod glibc;
 pub mod metrics;
 pub mod render;

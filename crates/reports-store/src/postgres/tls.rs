@@ -9,8 +9,8 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use super::{backend, PgSettings, SslMode};
-use crate::StoreResult;
+use super::settings::{PgSettings, SslMode};
+use crate::error::{SettingError, StoreError, StoreResult};
 
 /// Encrypts without checking who answers (libpq's prefer/require without a root certificate).
 #[derive(Debug)]
@@ -105,16 +105,19 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(backend)?;
+        .map_err(|e| StoreError::backend_caused("choosing TLS protocol versions", e))?;
     let roots = match &settings.ssl_root_cert {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?
+                .map_err(|e| SettingError::Tls(format!("reading --dbsslrootcert {}: {e}", path.display())))?
             {
-                let cert =
-                    cert.map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?;
-                roots.add(cert).map_err(|e| backend(format!("--dbsslrootcert {}: {e}", path.display())))?;
+                let cert = cert.map_err(|e| {
+                    SettingError::Tls(format!("reading --dbsslrootcert {}: {e}", path.display()))
+                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| SettingError::Tls(format!("--dbsslrootcert {}: {e}", path.display())))?;
             }
             Some(Arc::new(roots))
         }
@@ -122,7 +125,9 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
     };
     let verify = match (mode, roots) {
         (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
-            return Err(backend("sslmode verify-ca and verify-full need --dbsslrootcert"))
+            return Err(
+                SettingError::Tls("sslmode verify-ca and verify-full need --dbsslrootcert".into()).into()
+            )
         }
         (SslMode::VerifyFull, Some(roots)) => Some((roots, true)),
         // libpq: require with a root certificate behaves as verify-ca.
@@ -134,7 +139,7 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
         Some((roots, check_name)) => {
             let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
-                .map_err(backend)?;
+                .map_err(|e| SettingError::Tls(format!("--dbsslrootcert: {e}")))?;
             if check_name {
                 builder.with_webpki_verifier(webpki)
             } else {
@@ -146,12 +151,14 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| backend(format!("reading --dbsslcert {}: {e}", cert.display())))?;
+                .map_err(|e| SettingError::Tls(format!("reading --dbsslcert {}: {e}", cert.display())))?;
             let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| backend(format!("reading --dbsslkey {}: {e}", key.display())))?;
-            builder.with_client_auth_cert(chain, key).map_err(backend)
+                .map_err(|e| SettingError::Tls(format!("reading --dbsslkey {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| SettingError::Tls(format!("--dbsslcert/--dbsslkey: {e}")).into())
         }
         (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err(backend("--dbsslcert and --dbsslkey go together")),
+        _ => Err(SettingError::Tls("--dbsslcert and --dbsslkey go together".into()).into()),
     }
 }

@@ -1,13 +1,19 @@
-//! The store conformance suite: one set of behavioural checks that every [`Store`] implementation
-//! must pass. Each check takes a fresh, empty store and panics with a message on a violation;
-//! a backend's test file calls [`run_all`] (or the checks one by one) with its own factory.
+//! The store conformance suite: one set of behavioural checks that every [`crate::Store`]
+//! implementation must pass. Each check takes a fresh, empty store and panics with a message on
+//! a violation; a backend's test file calls [`run_all`] (or the checks one by one) with its own
+//! factory. Built only with the `testing` feature: the product does not carry it.
 
 use std::{collections::BTreeSet, sync::Arc};
 
 use reports_core::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Value};
 
-use crate::{commits::CommitTrace, ChangeType, DynStore, ListChunk, ListQuery, StoreError, StoredObject};
+use crate::{
+    commits::CommitTrace,
+    error::StoreError,
+    model::{ChangeType, ListChunk, ListQuery, StoredObject},
+    store::DynStore,
+};
 
 fn report(ns: &str, name: &str, labels: Value) -> Value {
     json!({

@@ -1,7 +1,7 @@
 //! The values the stores hand out and take in: stored objects, list queries and their streamed
 //! chunks, change-log entries, and the label and metadata readers both stores share.
 
-use reports_core::selector::{FieldSelector, LabelSelector};
+use reports_core::selector::{Field, FieldOp, FieldRequirement, FieldSelector, LabelSelector};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -187,4 +187,18 @@ pub(crate) fn meta_text<'a>(object: &'a Value, key: &str) -> &'a str {
 /// Seconds since the Unix epoch, for change-log ages.
 pub(crate) fn now_seconds() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A field selector requirement as SQL: the column it compares and the operator (`=` or `<>`,
+/// which SQLite and PostgreSQL read alike).
+pub(crate) fn field_condition(req: &FieldRequirement) -> (&'static str, &'static str) {
+    let column = match req.field {
+        Field::Name => "name",
+        Field::Namespace => "namespace",
+    };
+    let op = match req.op {
+        FieldOp::Equals => "=",
+        FieldOp::NotEquals => "<>",
+    };
+    (column, op)
 }

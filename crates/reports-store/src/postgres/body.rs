@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::{
     error::{StoreError, StoreResult},
-    model::{labels_json, meta_text, parse_body},
+    model::{labels_json, meta_text, parse_body, StoredObject},
 };
 
 /// The two halves of an object's JSON around its RV.
@@ -42,6 +42,11 @@ impl SplitBody {
             }
         }
         Err(StoreError::backend("could not place the resourceVersion in the stored JSON"))
+    }
+
+    /// The object as stored at `rv`.
+    pub fn stored(&self, namespace: String, name: String, uid: String, rv: u64) -> StoredObject {
+        StoredObject { namespace, name, uid, rv, body: self.join(rv) }
     }
 
     /// The stored JSON at `rv`.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio_postgres::{error::SqlState, types::ToSql};
 
 use super::{
+    blocks::{block_rv, take_block},
     body::SplitBody,
     combine::{fail_all, Combine, Pending},
     errors::{db_error, pool_error},
@@ -95,7 +96,7 @@ impl Combine for Creates {
                     target.committed.committed(base + batch.len() as u64);
                     combined.add(batch.len() as u64);
                     for (i, pending) in batch.into_iter().enumerate() {
-                        pending.answer(Ok(base + i as u64 + 1));
+                        pending.answer(Ok(block_rv(base, i)));
                     }
                     return;
                 }
@@ -141,11 +142,10 @@ async fn write_together(
         &channel,
         &label_hashes,
     ];
-    let stmt = client.prepare_cached(BATCH_SQL).await?;
     let mut retry = Retry::default();
     loop {
-        if let Some(done) = retry.settle(client.query_one(&stmt, &params).await) {
-            return done.map(|row| row.get::<_, i64>(0) as u64);
+        if let Some(done) = retry.settle(take_block(client, BATCH_SQL, &params).await) {
+            return done;
         }
     }
 }

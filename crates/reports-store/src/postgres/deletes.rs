@@ -7,7 +7,12 @@ use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
 
-use super::{body::FinalState, target::Target, writes::TxWork};
+use super::{
+    blocks::{block_rv, take_block},
+    body::FinalState,
+    target::Target,
+    writes::TxWork,
+};
 use crate::{error::StoreResult, model::StoredObject};
 
 /// Locks the rows of a set whose RV still matches. `$1` cluster, `$2` resource, `$3..$5`
@@ -93,36 +98,28 @@ impl TxWork for DeleteSet {
             let (prefix, suffix) = (column(|f| &f.state.body.prefix), column(|f| &f.state.body.suffix));
             let old_rv: Vec<i64> = found.iter().map(|f| f.old_rv).collect();
             let count = found.len() as i64;
-            let stmt = tx.prepare_cached(DELETE_SET_SQL).await?;
-            let base: i64 = tx
-                .query_one(
-                    &stmt,
-                    &[
-                        &target.cluster,
-                        &self.resource,
-                        &count,
-                        &ns,
-                        &name,
-                        &old_rv,
-                        &uid,
-                        &labels,
-                        &prefix,
-                        &suffix,
-                        &target.channel.as_ref(),
-                    ],
-                )
-                .await?
-                .get(0);
+            let base = take_block(
+                tx,
+                DELETE_SET_SQL,
+                &[
+                    &target.cluster,
+                    &self.resource,
+                    &count,
+                    &ns,
+                    &name,
+                    &old_rv,
+                    &uid,
+                    &labels,
+                    &prefix,
+                    &suffix,
+                    &target.channel.as_ref(),
+                ],
+            )
+            .await?;
             for (i, row) in found.into_iter().enumerate() {
-                let rv = (base + i as i64 + 1) as u64;
-                let object = StoredObject {
-                    namespace: row.namespace.clone(),
-                    name: row.name.clone(),
-                    uid: row.state.uid,
-                    rv,
-                    body: row.state.body.join(rv),
-                };
-                objects.insert((row.namespace, row.name), object);
+                let (key, state) = ((row.namespace, row.name), row.state);
+                let object = state.body.stored(key.0.clone(), key.1.clone(), state.uid, block_rv(base, i));
+                objects.insert(key, object);
             }
         }
         Ok(Ok(self.keys.iter().map(|(ns, name, _)| objects.remove(&(ns.clone(), name.clone()))).collect()))

@@ -2,15 +2,19 @@
 //! from one snapshot), keyset statements of bounded size, and the selectors as SQL conditions.
 
 use futures::TryStreamExt as _;
-use reports_core::selector::{Field, FieldOp, FieldSelector, LabelSelector};
+use reports_core::selector::{FieldSelector, LabelSelector};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{errors::db_error, labels, reads::stored_from_row};
+use super::{
+    errors::db_error,
+    labels,
+    reads::{newest_rv, stored_from_row},
+};
 use crate::{
     error::StoreResult,
-    model::{ListChunk, ListQuery},
+    model::{field_condition, ListChunk, ListQuery},
 };
 
 /// Most rows one statement of a list reads.
@@ -42,7 +46,7 @@ pub(super) async fn stream_list(
             return;
         }
     };
-    let rv = match super::reads::newest_rv(&tx, cluster).await {
+    let rv = match newest_rv(&tx, cluster).await {
         Ok(rv) => rv,
         Err(e) => {
             let _ = snapshot.send(Err(e));
@@ -151,14 +155,7 @@ fn push_selectors(
     };
     labels::push_label_prefilter(label_selector, sql, params);
     for req in &fields.requirements {
-        let column = match req.field {
-            Field::Name => "name",
-            Field::Namespace => "namespace",
-        };
-        let op = match req.op {
-            FieldOp::Equals => "=",
-            FieldOp::NotEquals => "<>",
-        };
+        let (column, op) = field_condition(req);
         let v = next(params, Box::new(req.value.clone()));
         sql.push_str(&format!(" AND {column} {op} {v}::text"));
     }

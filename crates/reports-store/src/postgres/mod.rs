@@ -73,6 +73,7 @@ use crate::{
     store::Store,
 };
 
+mod blocks;
 mod body;
 mod changes;
 mod combine;
@@ -182,7 +183,7 @@ impl Store for PgStore {
             body: body.clone(),
         };
         let rv = self.creates.submit(create).await?;
-        Ok(StoredObject { uid, body: body.join(rv), namespace, name, rv })
+        Ok(body.stored(namespace, name, uid, rv))
     }
 
     async fn update(&self, resource: &str, mut object: Value, expected_rv: u64) -> StoreResult<StoredObject> {

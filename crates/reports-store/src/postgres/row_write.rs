@@ -148,12 +148,6 @@ impl TxWork for RowWrite {
             params.push(hashes);
         }
         let rv: i64 = tx.query_one(&stmt, &params).await?.get(0);
-        Ok(Ok(StoredObject {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            uid: uid.clone(),
-            rv: rv as u64,
-            body: body.join(rv as u64),
-        }))
+        Ok(Ok(body.stored(self.namespace.clone(), self.name.clone(), uid.clone(), rv as u64)))
     }
 }

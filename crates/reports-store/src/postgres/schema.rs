@@ -7,7 +7,7 @@ use super::{errors::db_error, settings::PgSettings, upstream};
 use crate::error::{SettingError, StoreError, StoreResult};
 
 /// Schema migrations, applied in order under an advisory lock; the index + 1 is the version.
-pub(super) const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE IF NOT EXISTS clusters (id UUID NOT NULL PRIMARY KEY, name VARCHAR);
 CREATE TABLE report_counters (
@@ -74,7 +74,7 @@ ALTER TABLE report_objects SET (toast_tuple_target = 1624);
 ];
 
 /// Advisory lock key that serializes schema work between replicas starting together.
-pub(super) const MIGRATION_LOCK: i64 = 0x7265_706f_7274_7331; // "reports1"
+const MIGRATION_LOCK: i64 = 0x7265_706f_7274_7331; // "reports1"
 /// Migrations, cluster identity and upstream adoption, on one connection holding the advisory lock.
 pub(super) async fn setup(
     client: &mut deadpool_postgres::Object,

@@ -12,54 +12,17 @@ use rustls::{
 use super::settings::{PgSettings, SslMode};
 use crate::error::{SettingError, StoreError, StoreResult};
 
-/// Encrypts without checking who answers (libpq's prefer/require without a root certificate).
+/// Verifies less than rustls does by default: nothing about who answers (libpq's prefer and
+/// require without a root certificate), or the chain against the roots but not the host name
+/// (libpq's verify-ca). Handshake signatures are always checked.
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-/// Checks the chain against the roots but accepts any host name (libpq's verify-ca).
-#[derive(Debug)]
-struct ChainOnly(Arc<dyn ServerCertVerifier>);
-
-fn signature_schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
-    provider.signature_verification_algorithms.supported_schemes()
+struct Relaxed {
+    provider: Arc<CryptoProvider>,
+    /// The chain verifier (verify-ca); None accepts any certificate.
+    chain: Option<Arc<dyn ServerCertVerifier>>,
 }
 
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        signature_schemes(&self.0)
-    }
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -68,7 +31,8 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -83,7 +47,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -92,11 +56,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -135,15 +99,18 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
         _ => None,
     };
     let builder = match verify {
-        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider))),
+        None => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(Relaxed { provider, chain: None }))
+        }
         Some((roots, check_name)) => {
-            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| SettingError::Tls(format!("--dbsslrootcert: {e}")))?;
             if check_name {
                 builder.with_webpki_verifier(webpki)
             } else {
-                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                let relaxed = Relaxed { provider, chain: Some(webpki) };
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(relaxed))
             }
         }
     };

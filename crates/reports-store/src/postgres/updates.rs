@@ -19,6 +19,7 @@ use std::{
 use deadpool_postgres::Transaction;
 
 use super::{
+    blocks::{block_rv, take_block},
     body::SplitBody,
     combine::{fail_all, Combine, Pending},
     labels,
@@ -168,37 +169,29 @@ impl TxWork for UpdateSet {
         let old_rvs: Vec<i64> = found.iter().map(|f| f.write.expected_rv as i64).collect();
         let hashes: Vec<String> = found.iter().map(|f| labels::hashes_literal(f.hashes)).collect();
         let count = found.len() as i64;
-        let stmt = tx.prepare_cached(UPDATE_SET_SQL).await?;
-        let base: i64 = tx
-            .query_one(
-                &stmt,
-                &[
-                    &target.cluster,
-                    &count,
-                    &resources,
-                    &namespaces,
-                    &names,
-                    &old_rvs,
-                    &uids,
-                    &new_labels,
-                    &prev_labels,
-                    &prefixes,
-                    &suffixes,
-                    &hashes,
-                    &target.channel.as_ref(),
-                ],
-            )
-            .await?
-            .get(0);
-        for (n, f) in found.iter().enumerate() {
-            let rv = (base + n as i64 + 1) as u64;
-            out[f.index] = Some(StoredObject {
-                namespace: f.write.namespace.clone(),
-                name: f.write.name.clone(),
-                uid: f.uid.to_string(),
-                rv,
-                body: f.body.join(rv),
-            });
+        let base = take_block(
+            tx,
+            UPDATE_SET_SQL,
+            &[
+                &target.cluster,
+                &count,
+                &resources,
+                &namespaces,
+                &names,
+                &old_rvs,
+                &uids,
+                &new_labels,
+                &prev_labels,
+                &prefixes,
+                &suffixes,
+                &hashes,
+                &target.channel.as_ref(),
+            ],
+        )
+        .await?;
+        for (i, f) in found.iter().enumerate() {
+            let (namespace, name) = (f.write.namespace.clone(), f.write.name.clone());
+            out[f.index] = Some(f.body.stored(namespace, name, f.uid.to_string(), block_rv(base, i)));
         }
         Ok(Ok(out))
     }

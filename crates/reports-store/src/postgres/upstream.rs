@@ -19,7 +19,7 @@ use crate::error::{StoreError, StoreResult};
 const UPSTREAM_SCHEMA_VERSION: i64 = 11;
 
 /// Suffix given to adopted upstream tables.
-pub const BACKUP_SUFFIX: &str = "_upstream_backup";
+const BACKUP_SUFFIX: &str = "_upstream_backup";
 
 async fn table_columns<C: GenericClient>(client: &C, table: &str) -> StoreResult<Vec<String>> {
     Ok(client

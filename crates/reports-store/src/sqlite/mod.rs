@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file (bundled SQLite, no system library).
 //!
 //! SQLite allows one writer at a time, so the store keeps exactly one writer connection and runs
-//! every write transaction on it, with group commit ([`group_commit`]): that is what puts RV
+//! every write transaction on it, with group commit (`group_commit`): that is what puts RV
 //! assignment in commit order. Readers use their own connections; in WAL mode they read a
 //! consistent snapshot beside the writer without blocking it, which is what lets a list stream
 //! from an open read transaction (snapshot RV and rows from the same snapshot) with bounded

@@ -2,8 +2,10 @@
 //! `json_type`) and the name and namespace columns, including the absent-key rules of `!=` and
 //! `notin` and integer-only `>`/`<`: nothing is filtered after loading.
 
-use reports_core::selector::{Field, FieldOp, FieldSelector, LabelSelector, Operator};
+use reports_core::selector::{FieldSelector, LabelSelector, Operator};
 use rusqlite::types::Value as SqlValue;
+
+use crate::model::field_condition;
 
 /// The JSON path of a label key inside the labels column (keys are validated label keys, which
 /// cannot contain quotes).
@@ -62,14 +64,7 @@ pub(super) fn push_selectors(
         }
     }
     for req in &fields.requirements {
-        let column = match req.field {
-            Field::Name => "name",
-            Field::Namespace => "namespace",
-        };
-        let op = match req.op {
-            FieldOp::Equals => "=",
-            FieldOp::NotEquals => "!=",
-        };
+        let (column, op) = field_condition(req);
         sql.push_str(&format!(" AND {column} {op} ?"));
         args.push(SqlValue::Text(req.value.clone()));
     }

@@ -639,7 +639,7 @@ impl Run {
                     "report_changes_bytes_per_report": (changes_before / rows.max(1) as f64).round(),
                 });
                 if compact {
-                    let store_handle = reports_store::open(storage, &Default::default(), None).await?;
+                    let store_handle = reports_store::open(storage, &Default::default()).await?;
                     let dropped = store_handle.compact(0).await?;
                     client.batch_execute("VACUUM (ANALYZE) report_changes").await?;
                     let row = client.query_one(SIZES_SQL, &[]).await?;

@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let store = runtime.block_on(reports_store::open(&url, &Default::default(), None))?;
+    let store = runtime.block_on(reports_store::open(&url, &Default::default()))?;
     println!(
         "{:>8} {:>10} {:>11} {:>10} {:>11} {:>12} {:>9}",
         "results", "bytes", "decode µs", "prune µs", "validate µs", "db write µs", "val/db"

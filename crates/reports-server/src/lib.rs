@@ -65,9 +65,14 @@ impl Server {
     /// Opens the store, binds the listener and starts serving in the background.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
         let catalogue = Catalogue::embedded().context("embedded CRDs")?;
-        let store = reports_store::open(&config.storage, &config.postgres, config.commit_trace.as_deref())
+        let store = reports_store::open(&config.storage, &config.postgres)
             .await
             .with_context(|| format!("opening storage {}", redact_url(&config.storage)))?;
+        if let Some(path) = &config.commit_trace {
+            let trace = reports_store::commits::CommitTrace::create(path)
+                .with_context(|| format!("opening the commit trace {}", path.display()))?;
+            store.commits().observe(Arc::new(trace));
+        }
         let tls = config.certificate.server_config()?;
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

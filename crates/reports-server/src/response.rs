@@ -71,7 +71,7 @@ pub fn store_error(error: StoreError) -> ApiError {
     match error {
         StoreError::Unavailable(detail) => {
             ApiError::unavailable("the storage backend is unavailable, please try again")
-                .with_internal(detail)
+                .with_internal(detail.to_string())
         }
         other => ApiError::internal(other.to_string()),
     }

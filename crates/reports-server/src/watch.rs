@@ -956,7 +956,7 @@ mod tests {
     async fn a_watcher_left_behind_by_the_window_catches_up_from_the_database_without_a_gap() {
         use reports_core::{negotiate::Negotiated, options::Query, Catalogue};
 
-        let store = reports_store::open("sqlite::memory:", &Default::default(), None).await.unwrap();
+        let store = reports_store::open("sqlite::memory:", &Default::default()).await.unwrap();
         let (_shutdown, shutting_down) = tokio::sync::watch::channel(false);
         // One byte: the window keeps only the newest batch.
         let feed = super::ChangeFeed::start(store.clone(), shutting_down.clone(), 1).await.unwrap();

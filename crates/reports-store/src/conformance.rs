@@ -1,13 +1,19 @@
-//! The store conformance suite: one set of behavioural checks that every [`Store`] implementation
-//! must pass. Each check takes a fresh, empty store and panics with a message on a violation;
-//! a backend's test file calls [`run_all`] (or the checks one by one) with its own factory.
+//! The store conformance suite: one set of behavioural checks that every [`crate::Store`]
+//! implementation must pass. Each check takes a fresh, empty store and panics with a message on
+//! a violation; a backend's test file calls [`run_all`] (or the checks one by one) with its own
+//! factory. Built only with the `testing` feature: the product does not carry it.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use reports_core::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Value};
 
-use crate::{ChangeType, DynStore, ListChunk, ListQuery, StoreError, StoredObject};
+use crate::{
+    commits::CommitTrace,
+    error::StoreError,
+    model::{ChangeType, ListChunk, ListQuery, StoredObject},
+    store::DynStore,
+};
 
 fn report(ns: &str, name: &str, labels: Value) -> Value {
     json!({
@@ -349,13 +355,15 @@ pub async fn an_empty_store_is_past_rv_zero(store: DynStore) {
     assert!(stream.snapshot_rv >= 1);
 }
 
-/// With a commit trace, the store at `url` (fresh and empty) writes down every commit of every
-/// kind of write: each acknowledged RV is covered by a line at or above it, refused writes add
-/// nothing, and the newest line is the newest committed RV.
+/// With a commit trace attached, the store at `url` (fresh and empty) writes down every commit of
+/// every kind of write: each acknowledged RV is covered by a line at or above it, refused writes
+/// add nothing, and the newest line is the newest committed RV.
 pub async fn the_commit_trace_covers_every_acknowledged_write(url: &str) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let trace = dir.path().join("commits");
-    let store = crate::open(url, &Default::default(), Some(&trace)).await.expect("open with a trace");
+    let trace_path = dir.path().join("commits");
+    let store = crate::open(url, &Default::default()).await.expect("open");
+    let trace = Arc::new(CommitTrace::create(&trace_path).expect("the trace file"));
+    assert!(store.commits().observe(trace.clone()), "the first observer is attached");
     let creates = (0..12).map(|i| {
         let store = store.clone();
         tokio::spawn(async move { store.create(POLR, report("ns", &format!("r{i}"), json!({}))).await })
@@ -364,7 +372,11 @@ pub async fn the_commit_trace_covers_every_acknowledged_write(url: &str) {
     for create in creates.collect::<Vec<_>>() {
         acknowledged.push(create.await.expect("create task").expect("create").rv);
     }
-    let read_trace = || std::fs::read_to_string(&trace).expect("the trace file");
+    // The file is written behind the commits: what was recorded so far is in it after a flush.
+    let read_trace = || {
+        trace.flush();
+        std::fs::read_to_string(&trace_path).expect("the trace file")
+    };
     let before_refusal = read_trace();
     let refused = store.create(POLR, report("ns", "r0", json!({}))).await;
     assert_eq!(refused.err(), Some(StoreError::AlreadyExists));
@@ -375,7 +387,7 @@ pub async fn the_commit_trace_covers_every_acknowledged_write(url: &str) {
     let parse = |text: &str| {
         crate::commits::parse_trace(text).unwrap_or_else(|| panic!("malformed commit trace: {text:?}"))
     };
-    // The instant is written before the answer: an answered write is already in the trace.
+    // The instant is recorded before the answer: an answered write is already in the trace.
     let traced_by_its_answer = |rv: u64| {
         let text = read_trace();
         assert!(

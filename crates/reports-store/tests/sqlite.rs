@@ -39,7 +39,7 @@ async fn the_commit_trace_covers_every_acknowledged_write() {
 
 #[tokio::test]
 async fn refuses_an_unknown_storage_url() {
-    let err = reports_store::open("mysql://x", &Default::default(), None).await.err().unwrap();
+    let err = reports_store::open("mysql://x", &Default::default()).await.err().unwrap();
     assert!(err.to_string().contains("unsupported storage URL"), "{err}");
 }
 

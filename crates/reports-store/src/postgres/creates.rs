@@ -1,13 +1,7 @@
-//! Write combining for creates.
-//!
-//! Every write takes the cluster's counter row and holds it until its commit is flushed (that is
-//! what keeps RVs in commit order, see the store's notes), so concurrent writes commit one at a
-//! time and PostgreSQL cannot group their commits. Creates are the bulk of report traffic
-//! (admission floods, background scans), so they are combined here instead: requests queue for
-//! one task that takes everything waiting (up to [`MAX_BATCH`]) and writes it with one statement
-//! and one commit, giving the batch a block of consecutive RVs. Nothing waits on purpose: a lone
-//! create goes out at once, and batches form only while the previous one is committing, which is
-//! exactly when waiting was unavoidable anyway.
+//! Creates, combined (see [`super::combine`]). Creates are the bulk of report traffic (admission
+//! floods, background scans): requests queue for one task that takes everything waiting (up to
+//! [`MAX_BATCH`]) and writes it with one statement and one commit, giving the batch a block of
+//! consecutive RVs.
 //!
 //! A batch that hits an existing name (or names one object twice) fails as a whole on the unique
 //! key, and its creates are then written one by one, so each gets its own answer
@@ -15,19 +9,35 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::error::SqlState;
-use uuid::Uuid;
+use tokio_postgres::{error::SqlState, types::ToSql};
 
 use super::{
-    combine::{next_batch, Queue},
-    db_error, is_retryable, pool_error, SplitBody, CREATE_SQL, WRITE_ATTEMPTS,
+    blocks::{block_rv, take_block},
+    body::SplitBody,
+    combine::{fail_all, Combine, Pending},
+    errors::{db_error, pool_error},
+    retry::Retry,
+    target::Target,
 };
-use crate::{commits::CommitSignal, StoreError, StoreResult};
+use crate::{
+    counter::CombinedWrites,
+    error::{StoreError, StoreResult},
+};
 
 /// Most creates written by one statement.
 const MAX_BATCH: usize = 128;
+
+/// The statement of a lone create: counter, object row, change row, notification.
+pub(super) const CREATE_SQL: &str = "WITH c AS (
+    UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+o AS (
+    INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, label_hashes, body)
+    SELECT $1, $2, $3, $4, $5, c.rv, $10::text::integer[], $7 || c.rv::text || $8 FROM c RETURNING rv),
+ch AS (
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels)
+    SELECT $1, o.rv, $2, $3, $4, $5, 'ADDED', $6::text::jsonb FROM o),
+n AS (SELECT pg_notify($9, o.rv::text) AS sent FROM o)
+SELECT o.rv FROM o, n";
 
 /// Writes a batch: one counter increment for all, then the object and change rows. Parameters:
 /// `$1` cluster, `$2..$8` arrays (resource, namespace, name, uid, labels, body prefix, body
@@ -48,8 +58,8 @@ ch AS (
 n AS (SELECT pg_notify($10, (c.base + $9)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
 
-/// One create waiting to be written.
-pub(super) struct PendingCreate {
+/// One create waiting to be written; it is answered with its RV.
+pub(super) struct NewObject {
     /// Resource plural.
     pub resource: String,
     /// Namespace ("" for cluster-scoped kinds).
@@ -64,169 +74,111 @@ pub(super) struct PendingCreate {
     pub label_hashes: String,
     /// The body split around its RV.
     pub body: Arc<SplitBody>,
-    /// Where the assigned RV (or the failure) goes.
-    pub reply: oneshot::Sender<StoreResult<u64>>,
 }
 
-/// The queue in front of the combining task.
-pub(super) type CreateQueue = Queue<PendingCreate>;
+/// The combining task's writer of creates.
+pub(super) struct Creates(pub Target);
 
-/// What the combining task needs from the store.
-pub(super) struct Combiner {
-    /// Connections for the batches.
-    pub pool: Pool,
-    /// The cluster written to.
-    pub cluster: Uuid,
-    /// The NOTIFY channel.
-    pub channel: Arc<str>,
-    /// Where commits are published to this process's watch feed.
-    pub committed: Arc<CommitSignal>,
-    /// Counts creates written in a batch of more than one.
-    pub combined: Arc<std::sync::atomic::AtomicU64>,
-}
+impl Combine for Creates {
+    type Write = NewObject;
+    type Answer = u64;
+    const MAX_BATCH: usize = MAX_BATCH;
 
-impl CreateQueue {
-    /// Starts the combining task.
-    pub fn start_creates(combiner: Combiner) -> Self {
-        Queue::start(combiner.combined.clone(), |receiver| combiner.run(receiver))
-    }
-
-    /// Queues one create and waits for its RV.
-    pub async fn create(
-        &self,
-        pending: PendingCreate,
-        answer: oneshot::Receiver<StoreResult<u64>>,
-    ) -> StoreResult<u64> {
-        self.push(pending).await?;
-        answer.await.map_err(|_| StoreError::Backend("the create combiner stopped".into()))?
-    }
-}
-
-impl Combiner {
-    async fn run(self, mut queue: mpsc::Receiver<PendingCreate>) {
-        while let Some(batch) = next_batch(&mut queue, MAX_BATCH).await {
-            self.write(batch).await;
-        }
-    }
-
-    /// Writes a batch and answers every create in it.
-    async fn write(&self, batch: Vec<PendingCreate>) {
-        let client = match self.pool.get().await {
+    async fn write(&self, batch: Vec<Pending<NewObject, u64>>, combined: &CombinedWrites) {
+        let target = &self.0;
+        let client = match target.pool.get().await {
             Ok(client) => client,
-            Err(e) => {
-                let error = pool_error(e);
-                for pending in batch {
-                    let _ = pending.reply.send(Err(error.clone()));
-                }
-                return;
-            }
+            Err(e) => return fail_all(batch, &pool_error(e)),
         };
         if batch.len() > 1 {
-            match self.write_together(&client, &batch).await {
+            match write_together(target, &client, &batch).await {
                 Ok(base) => {
-                    self.committed.committed(base + batch.len() as u64);
-                    self.combined.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    target.committed.committed(base + batch.len() as u64);
+                    combined.add(batch.len() as u64);
                     for (i, pending) in batch.into_iter().enumerate() {
-                        let _ = pending.reply.send(Ok(base + i as u64 + 1));
+                        pending.answer(Ok(block_rv(base, i)));
                     }
                     return;
                 }
                 // Some name is taken: let each create find out on its own.
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
-                Err(e) => {
-                    let error = db_error(e);
-                    for pending in batch {
-                        let _ = pending.reply.send(Err(error.clone()));
-                    }
-                    return;
-                }
+                Err(e) => return fail_all(batch, &db_error(e)),
             }
         }
         for pending in batch {
-            let result = self.write_one(&client, &pending).await;
+            let result = write_one(target, &client, &pending.write).await;
             if let Ok(rv) = result {
-                self.committed.committed(rv);
+                target.committed.committed(rv);
             }
-            let _ = pending.reply.send(result);
+            pending.answer(result);
         }
     }
+}
 
-    async fn write_together(
-        &self,
-        client: &deadpool_postgres::Object,
-        batch: &[PendingCreate],
-    ) -> Result<u64, tokio_postgres::Error> {
-        let column = |f: fn(&PendingCreate) -> &str| -> Vec<&str> { batch.iter().map(f).collect() };
-        let (resources, namespaces, names) =
-            (column(|p| &p.resource), column(|p| &p.namespace), column(|p| &p.name));
-        let (uids, labels) = (column(|p| &p.uid), column(|p| &p.labels));
-        let label_hashes = column(|p| &p.label_hashes);
-        let (prefixes, suffixes) = (column(|p| &p.body.prefix), column(|p| &p.body.suffix));
-        let count = batch.len() as i64;
-        let stmt = client.prepare_cached(BATCH_SQL).await?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = client
-                .query_one(
-                    &stmt,
-                    &[
-                        &self.cluster,
-                        &resources,
-                        &namespaces,
-                        &names,
-                        &uids,
-                        &labels,
-                        &prefixes,
-                        &suffixes,
-                        &count,
-                        &self.channel.as_ref(),
-                        &label_hashes,
-                    ],
-                )
-                .await;
-            match result {
-                Ok(row) => return Ok(row.get::<_, i64>(0) as u64),
-                Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(e),
-            }
+/// Writes a batch with [`BATCH_SQL`]; returns the RV before its block.
+async fn write_together(
+    target: &Target,
+    client: &deadpool_postgres::Object,
+    batch: &[Pending<NewObject, u64>],
+) -> Result<u64, tokio_postgres::Error> {
+    let column = |f: fn(&NewObject) -> &str| -> Vec<&str> { batch.iter().map(|p| f(&p.write)).collect() };
+    let (resources, namespaces, names) =
+        (column(|p| &p.resource), column(|p| &p.namespace), column(|p| &p.name));
+    let (uids, labels) = (column(|p| &p.uid), column(|p| &p.labels));
+    let label_hashes = column(|p| &p.label_hashes);
+    let (prefixes, suffixes) = (column(|p| &p.body.prefix), column(|p| &p.body.suffix));
+    let count = batch.len() as i64;
+    let channel: &str = &target.channel;
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &target.cluster,
+        &resources,
+        &namespaces,
+        &names,
+        &uids,
+        &labels,
+        &prefixes,
+        &suffixes,
+        &count,
+        &channel,
+        &label_hashes,
+    ];
+    let mut retry = Retry::default();
+    loop {
+        if let Some(done) = retry.settle(take_block(client, BATCH_SQL, &params).await) {
+            return done;
         }
     }
+}
 
-    async fn write_one(
-        &self,
-        client: &deadpool_postgres::Object,
-        pending: &PendingCreate,
-    ) -> StoreResult<u64> {
-        let stmt = client.prepare_cached(CREATE_SQL).await.map_err(db_error)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = client
-                .query_one(
-                    &stmt,
-                    &[
-                        &self.cluster,
-                        &pending.resource,
-                        &pending.namespace,
-                        &pending.name,
-                        &pending.uid,
-                        &pending.labels,
-                        &pending.body.prefix,
-                        &pending.body.suffix,
-                        &self.channel.as_ref(),
-                        &pending.label_hashes,
-                    ],
-                )
-                .await;
-            match result {
-                Ok(row) => return Ok(row.get::<_, i64>(0) as u64),
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    return Err(StoreError::AlreadyExists)
-                }
-                Err(e) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(db_error(e)),
+/// Writes one create with [`CREATE_SQL`]; a taken name is AlreadyExists.
+async fn write_one(
+    target: &Target,
+    client: &deadpool_postgres::Object,
+    create: &NewObject,
+) -> StoreResult<u64> {
+    let channel: &str = &target.channel;
+    let params: [&(dyn ToSql + Sync); 10] = [
+        &target.cluster,
+        &create.resource,
+        &create.namespace,
+        &create.name,
+        &create.uid,
+        &create.labels,
+        &create.body.prefix,
+        &create.body.suffix,
+        &channel,
+        &create.label_hashes,
+    ];
+    let stmt = client.prepare_cached(CREATE_SQL).await.map_err(db_error)?;
+    let mut retry = Retry::default();
+    loop {
+        match retry.settle(client.query_one(&stmt, &params).await) {
+            None => continue,
+            Some(Ok(row)) => return Ok(row.get::<_, i64>(0) as u64),
+            Some(Err(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                return Err(StoreError::AlreadyExists)
             }
+            Some(Err(e)) => return Err(db_error(e)),
         }
     }
 }

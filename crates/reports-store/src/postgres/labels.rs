@@ -65,7 +65,7 @@ pub(super) fn hashes_literal(hashes: &[i32]) -> String {
 
 /// The labels of a stored object's JSON, read without building the rest of the document.
 pub(super) fn body_labels(body: &str) -> Vec<(String, String)> {
-    crate::parse_labels(&body_labels_json(body))
+    crate::model::parse_labels(&body_labels_json(body))
 }
 
 /// The labels object of a stored object's JSON as text (`{}` when it has none), for the change

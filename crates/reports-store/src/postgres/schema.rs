@@ -3,11 +3,11 @@
 
 use uuid::Uuid;
 
-use super::{backend, db_error, upstream};
-use crate::StoreResult;
+use super::{errors::db_error, settings::PgSettings, upstream};
+use crate::error::{SettingError, StoreError, StoreResult};
 
 /// Schema migrations, applied in order under an advisory lock; the index + 1 is the version.
-pub(super) const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE IF NOT EXISTS clusters (id UUID NOT NULL PRIMARY KEY, name VARCHAR);
 CREATE TABLE report_counters (
@@ -74,11 +74,11 @@ ALTER TABLE report_objects SET (toast_tuple_target = 1624);
 ];
 
 /// Advisory lock key that serializes schema work between replicas starting together.
-pub(super) const MIGRATION_LOCK: i64 = 0x7265_706f_7274_7331; // "reports1"
+const MIGRATION_LOCK: i64 = 0x7265_706f_7274_7331; // "reports1"
 /// Migrations, cluster identity and upstream adoption, on one connection holding the advisory lock.
 pub(super) async fn setup(
     client: &mut deadpool_postgres::Object,
-    settings: &super::PgSettings,
+    settings: &PgSettings,
 ) -> StoreResult<Uuid> {
     // Waiting for another replica's migration, or adopting a large upstream database, may take
     // longer than the request statement timeout.
@@ -91,10 +91,7 @@ pub(super) async fn setup(
     result
 }
 
-async fn setup_locked(
-    client: &mut deadpool_postgres::Object,
-    settings: &super::PgSettings,
-) -> StoreResult<Uuid> {
+async fn setup_locked(client: &mut deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS reports_server_migrations (
@@ -109,7 +106,7 @@ async fn setup_locked(
         .get(0);
     let applied = applied as usize;
     if applied > MIGRATIONS.len() {
-        return Err(backend(format!(
+        return Err(StoreError::backend(format!(
             "database schema version {applied} is newer than this binary understands ({})",
             MIGRATIONS.len()
         )));
@@ -138,13 +135,11 @@ async fn setup_locked(
 }
 
 /// The cluster id: the configured one, else the only one recorded, else a new one.
-async fn resolve_cluster(
-    client: &deadpool_postgres::Object,
-    settings: &super::PgSettings,
-) -> StoreResult<Uuid> {
+async fn resolve_cluster(client: &deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
     let name = settings.cluster_name.clone();
     if let Some(id) = &settings.cluster_id {
-        let id = Uuid::parse_str(id).map_err(|e| backend(format!("cluster id {id:?} is not a UUID: {e}")))?;
+        let id = Uuid::parse_str(id)
+            .map_err(|e| SettingError::ClusterId { id: id.clone(), reason: e.to_string() })?;
         client
             .execute(
                 "INSERT INTO clusters (id, name) VALUES ($1, $2)
@@ -171,9 +166,6 @@ async fn resolve_cluster(
             tracing::info!(cluster_id = %id, "recorded a new cluster in the database");
             Ok(id)
         }
-        n => Err(backend(format!(
-            "the database holds {n} clusters{}: choose one with --cluster-id",
-            name.map(|n| format!(" named {n:?}")).unwrap_or_default()
-        ))),
+        count => Err(SettingError::AmbiguousCluster { count, name }.into()),
     }
 }

@@ -9,57 +9,20 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use super::{backend, PgSettings, SslMode};
-use crate::StoreResult;
+use super::settings::{PgSettings, SslMode};
+use crate::error::{SettingError, StoreError, StoreResult};
 
-/// Encrypts without checking who answers (libpq's prefer/require without a root certificate).
+/// Verifies less than rustls does by default: nothing about who answers (libpq's prefer and
+/// require without a root certificate), or the chain against the roots but not the host name
+/// (libpq's verify-ca). Handshake signatures are always checked.
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-/// Checks the chain against the roots but accepts any host name (libpq's verify-ca).
-#[derive(Debug)]
-struct ChainOnly(Arc<dyn ServerCertVerifier>);
-
-fn signature_schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
-    provider.signature_verification_algorithms.supported_schemes()
+struct Relaxed {
+    provider: Arc<CryptoProvider>,
+    /// The chain verifier (verify-ca); None accepts any certificate.
+    chain: Option<Arc<dyn ServerCertVerifier>>,
 }
 
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        signature_schemes(&self.0)
-    }
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -68,7 +31,8 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -83,7 +47,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -92,11 +56,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -105,16 +69,19 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(backend)?;
+        .map_err(|e| StoreError::backend_caused("choosing TLS protocol versions", e))?;
     let roots = match &settings.ssl_root_cert {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?
+                .map_err(|e| SettingError::Tls(format!("reading --dbsslrootcert {}: {e}", path.display())))?
             {
-                let cert =
-                    cert.map_err(|e| backend(format!("reading --dbsslrootcert {}: {e}", path.display())))?;
-                roots.add(cert).map_err(|e| backend(format!("--dbsslrootcert {}: {e}", path.display())))?;
+                let cert = cert.map_err(|e| {
+                    SettingError::Tls(format!("reading --dbsslrootcert {}: {e}", path.display()))
+                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| SettingError::Tls(format!("--dbsslrootcert {}: {e}", path.display())))?;
             }
             Some(Arc::new(roots))
         }
@@ -122,7 +89,9 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
     };
     let verify = match (mode, roots) {
         (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
-            return Err(backend("sslmode verify-ca and verify-full need --dbsslrootcert"))
+            return Err(
+                SettingError::Tls("sslmode verify-ca and verify-full need --dbsslrootcert".into()).into()
+            )
         }
         (SslMode::VerifyFull, Some(roots)) => Some((roots, true)),
         // libpq: require with a root certificate behaves as verify-ca.
@@ -130,15 +99,18 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
         _ => None,
     };
     let builder = match verify {
-        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider))),
+        None => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(Relaxed { provider, chain: None }))
+        }
         Some((roots, check_name)) => {
-            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
-                .map_err(backend)?;
+                .map_err(|e| SettingError::Tls(format!("--dbsslrootcert: {e}")))?;
             if check_name {
                 builder.with_webpki_verifier(webpki)
             } else {
-                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                let relaxed = Relaxed { provider, chain: Some(webpki) };
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(relaxed))
             }
         }
     };
@@ -146,12 +118,14 @@ pub(super) fn connector(settings: &PgSettings, mode: SslMode) -> StoreResult<Cli
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| backend(format!("reading --dbsslcert {}: {e}", cert.display())))?;
+                .map_err(|e| SettingError::Tls(format!("reading --dbsslcert {}: {e}", cert.display())))?;
             let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| backend(format!("reading --dbsslkey {}: {e}", key.display())))?;
-            builder.with_client_auth_cert(chain, key).map_err(backend)
+                .map_err(|e| SettingError::Tls(format!("reading --dbsslkey {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| SettingError::Tls(format!("--dbsslcert/--dbsslkey: {e}")).into())
         }
         (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err(backend("--dbsslcert and --dbsslkey go together")),
+        _ => Err(SettingError::Tls("--dbsslcert and --dbsslkey go together".into()).into()),
     }
 }

@@ -1,12 +1,9 @@
-//! Write combining for updates.
-//!
-//! Updates hold the counter row until their commit is flushed, like every write (see
-//! [`super::creates`]), so one at a time they were capped at one fsync each: about 550/s on the
-//! benchmark machine, while a Kyverno background scan rewrites every report of a cluster. They
-//! queue here for one task that takes everything waiting (up to [`MAX_BATCH`]) and writes it in
-//! one transaction: one statement locks the rows whose RV still matches (in key order, as
-//! deletecollection does, so batches cannot deadlock each other or single writes), one statement
-//! takes a block of RVs and rewrites, logs and notifies them all, one commit.
+//! Updates, combined (see [`super::combine`]). One at a time, updates were capped at one fsync
+//! each: about 550/s on the benchmark machine, while a Kyverno background scan rewrites every
+//! report of a cluster. The combining task takes everything waiting (up to [`MAX_BATCH`]) and
+//! writes it in one transaction: one statement locks the rows whose RV still matches (in key
+//! order, as deletecollection does, so batches cannot deadlock each other or single writes), one
+//! statement takes a block of RVs and rewrites, logs and notifies them all, one commit.
 //!
 //! Every answer is the one the update would have had alone. A lone update goes out by itself. In
 //! a batch, an update whose row is missing or at another RV is not in the set; it is then written
@@ -15,22 +12,22 @@
 //! the first in the same way, so it sees the first one's RV, as it would have in sequence.
 
 use std::{
-    collections::HashSet,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    collections::{HashMap, HashSet},
+    sync::Arc,
 };
 
-use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
+use deadpool_postgres::Transaction;
 
 use super::{
-    combine::{next_batch, Queue},
-    labels, write_locked, LockedWrite, SplitBody, TxWork, WriteKind,
+    blocks::{block_rv, take_block},
+    body::SplitBody,
+    combine::{fail_all, Combine, Pending},
+    labels,
+    row_write::{RowChange, RowWrite},
+    target::Target,
+    writes::{write_transaction, TxWork},
 };
-use crate::{commits::CommitSignal, StoreError, StoreResult, StoredObject};
+use crate::{counter::CombinedWrites, error::StoreResult, model::StoredObject};
 
 /// Most updates written by one transaction.
 const MAX_BATCH: usize = 128;
@@ -68,117 +65,61 @@ ch AS (
 n AS (SELECT pg_notify($13, (c.base + $2)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
 
-/// One update waiting to be written.
-pub(super) struct PendingUpdate {
-    /// The update (always [`WriteKind::Update`]).
-    write: Arc<LockedWrite>,
-    /// Where the answer goes.
-    reply: oneshot::Sender<StoreResult<StoredObject>>,
-}
+/// The combining task's writer of updates (each a [`RowWrite`] with [`RowChange::Update`]).
+pub(super) struct Updates(pub Target);
 
-/// The queue in front of the combining task.
-pub(super) type UpdateQueue = Queue<PendingUpdate>;
+impl Combine for Updates {
+    type Write = Arc<RowWrite>;
+    type Answer = StoredObject;
+    const MAX_BATCH: usize = MAX_BATCH;
 
-/// What the combining task needs from the store.
-pub(super) struct Combiner {
-    /// Connections for the transactions.
-    pub pool: Pool,
-    /// The cluster written to.
-    pub cluster: Uuid,
-    /// The NOTIFY channel.
-    pub channel: Arc<str>,
-    /// Where commits are published to this process's watch feed.
-    pub committed: Arc<CommitSignal>,
-    /// Counts updates written in a transaction with others.
-    pub combined: Arc<AtomicU64>,
-}
-
-impl UpdateQueue {
-    /// Starts the combining task.
-    pub fn start_updates(combiner: Combiner) -> Self {
-        Queue::start(combiner.combined.clone(), |receiver| combiner.run(receiver))
-    }
-
-    /// Queues one update and waits for its answer.
-    pub async fn update(&self, write: LockedWrite) -> StoreResult<StoredObject> {
-        let (reply, answer) = oneshot::channel();
-        self.push(PendingUpdate { write: Arc::new(write), reply }).await?;
-        answer.await.map_err(|_| StoreError::Backend("the update combiner stopped".into()))?
-    }
-}
-
-impl Combiner {
-    async fn run(self, mut queue: mpsc::Receiver<PendingUpdate>) {
-        while let Some(batch) = next_batch(&mut queue, MAX_BATCH).await {
-            self.write(batch).await;
-        }
-    }
-
-    /// Writes a batch and answers every update in it.
-    async fn write(&self, batch: Vec<PendingUpdate>) {
+    async fn write(&self, batch: Vec<Pending<Arc<RowWrite>, StoredObject>>, combined: &CombinedWrites) {
+        let target = &self.0;
         // The first update of each object goes in the set; a repeat waits for it.
         let mut keys = HashSet::new();
-        let (set, mut alone): (Vec<PendingUpdate>, Vec<PendingUpdate>) = batch.into_iter().partition(|p| {
+        let (set, mut alone): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| {
             keys.insert((p.write.resource.clone(), p.write.namespace.clone(), p.write.name.clone()))
         });
         if set.len() == 1 {
             alone.splice(0..0, set);
         } else {
-            let writes: Vec<Arc<LockedWrite>> = set.iter().map(|p| p.write.clone()).collect();
-            let work = TxWork::UpdateMany(BatchUpdate {
-                cluster: self.cluster,
-                channel: self.channel.clone(),
-                writes,
-            });
-            match write_locked(&self.pool, &self.committed, work).await {
+            let writes = set.iter().map(|p| p.write.clone()).collect();
+            match write_transaction(target, Arc::new(UpdateSet { writes })).await {
                 Ok(results) => {
                     let written = results.iter().flatten().count() as u64;
                     if written > 1 {
-                        self.combined.fetch_add(written, Ordering::Relaxed);
+                        combined.add(written);
                     }
                     for (pending, result) in set.into_iter().zip(results) {
                         match result {
-                            Some(object) => {
-                                let _ = pending.reply.send(Ok(object));
-                            }
+                            Some(object) => pending.answer(Ok(object)),
                             // Missing or moved on: it gets its own answer below.
                             None => alone.push(pending),
                         }
                     }
                 }
-                Err(error) => {
-                    for pending in set {
-                        let _ = pending.reply.send(Err(error.clone()));
-                    }
-                }
+                Err(error) => fail_all(set, &error),
             }
         }
         for pending in alone {
-            let result = write_locked(&self.pool, &self.committed, TxWork::One(pending.write))
-                .await
-                .and_then(|mut out| {
-                    out.pop().flatten().ok_or_else(|| StoreError::Backend("update returned nothing".into()))
-                });
-            let _ = pending.reply.send(result);
+            let result = write_transaction(target, pending.write.clone()).await;
+            pending.answer(result);
         }
     }
 }
 
-/// Several updates checked against their expected RVs as a set.
-pub(super) struct BatchUpdate {
-    /// The cluster written to.
-    cluster: Uuid,
-    /// The NOTIFY channel.
-    channel: Arc<str>,
+/// Several updates checked against their expected RVs as a set: every update whose row still has
+/// the expected RV is written, in two statements; the others are `None`, in the order given.
+struct UpdateSet {
     /// The updates, one per object.
-    writes: Vec<Arc<LockedWrite>>,
+    writes: Vec<Arc<RowWrite>>,
 }
 
-/// An update of a batch whose row is locked at the expected RV.
+/// An update of a set whose row is locked at the expected RV.
 struct Found<'a> {
-    /// Its place in the batch.
+    /// Its place in the set.
     index: usize,
-    write: &'a LockedWrite,
+    write: &'a RowWrite,
     body: &'a SplitBody,
     uid: &'a str,
     /// Labels after the write (JSON object text).
@@ -188,49 +129,51 @@ struct Found<'a> {
     prev_labels: String,
 }
 
-/// Writes every update of `batch` whose row still has the expected RV, in one transaction of two
-/// statements; the others are `None`, in the order given.
-pub(super) async fn update_set(
-    tx: &deadpool_postgres::Transaction<'_>,
-    batch: &BatchUpdate,
-) -> Result<StoreResult<Vec<Option<StoredObject>>>, tokio_postgres::Error> {
-    let key = |f: fn(&LockedWrite) -> &str| -> Vec<&str> { batch.writes.iter().map(|w| f(w)).collect() };
-    let (resources, namespaces, names) = (key(|w| &w.resource), key(|w| &w.namespace), key(|w| &w.name));
-    let expected: Vec<i64> = batch.writes.iter().map(|w| w.expected_rv as i64).collect();
-    let lock = tx.prepare_cached(LOCK_SET_SQL).await?;
-    let rows = tx.query(&lock, &[&batch.cluster, &resources, &namespaces, &names, &expected]).await?;
-    let mut locked: std::collections::HashMap<(&str, &str, &str), String> = rows
-        .iter()
-        .map(|row| ((row.get(0), row.get(1), row.get(2)), labels::body_labels_json(row.get(3))))
-        .collect();
-    // The updates whose row is locked, with what their rows and change rows need.
-    let mut found: Vec<Found<'_>> = Vec::with_capacity(locked.len());
-    for (index, write) in batch.writes.iter().enumerate() {
-        let WriteKind::Update { body, uid, labels, hashes } = &write.kind else { continue };
-        let key = (write.resource.as_str(), write.namespace.as_str(), write.name.as_str());
-        if let Some(prev_labels) = locked.remove(&key) {
-            found.push(Found { index, write, body, uid, labels, hashes, prev_labels });
+#[async_trait::async_trait]
+impl TxWork for UpdateSet {
+    type Output = Vec<Option<StoredObject>>;
+
+    async fn run(
+        &self,
+        tx: &Transaction<'_>,
+        target: &Target,
+    ) -> Result<StoreResult<Self::Output>, tokio_postgres::Error> {
+        let key = |f: fn(&RowWrite) -> &str| -> Vec<&str> { self.writes.iter().map(|w| f(w)).collect() };
+        let (resources, namespaces, names) = (key(|w| &w.resource), key(|w| &w.namespace), key(|w| &w.name));
+        let expected: Vec<i64> = self.writes.iter().map(|w| w.expected_rv as i64).collect();
+        let lock = tx.prepare_cached(LOCK_SET_SQL).await?;
+        let rows = tx.query(&lock, &[&target.cluster, &resources, &namespaces, &names, &expected]).await?;
+        let mut locked: HashMap<(&str, &str, &str), String> = rows
+            .iter()
+            .map(|row| ((row.get(0), row.get(1), row.get(2)), labels::body_labels_json(row.get(3))))
+            .collect();
+        // The updates whose row is locked, with what their rows and change rows need.
+        let mut found: Vec<Found<'_>> = Vec::with_capacity(locked.len());
+        for (index, write) in self.writes.iter().enumerate() {
+            let RowChange::Update { body, uid, labels, hashes } = &write.change else { continue };
+            let key = (write.resource.as_str(), write.namespace.as_str(), write.name.as_str());
+            if let Some(prev_labels) = locked.remove(&key) {
+                found.push(Found { index, write, body, uid, labels, hashes, prev_labels });
+            }
         }
-    }
-    let mut out: Vec<Option<StoredObject>> = (0..batch.writes.len()).map(|_| None).collect();
-    if found.is_empty() {
-        return Ok(Ok(out));
-    }
-    let column = |f: for<'b> fn(&'b Found<'b>) -> &'b str| -> Vec<&str> { found.iter().map(f).collect() };
-    let (resources, namespaces, names) =
-        (column(|f| &f.write.resource), column(|f| &f.write.namespace), column(|f| &f.write.name));
-    let (uids, new_labels, prev_labels) =
-        (column(|f| f.uid), column(|f| f.labels), column(|f| &f.prev_labels));
-    let (prefixes, suffixes) = (column(|f| &f.body.prefix), column(|f| &f.body.suffix));
-    let old_rvs: Vec<i64> = found.iter().map(|f| f.write.expected_rv as i64).collect();
-    let hashes: Vec<String> = found.iter().map(|f| labels::hashes_literal(f.hashes)).collect();
-    let count = found.len() as i64;
-    let stmt = tx.prepare_cached(UPDATE_SET_SQL).await?;
-    let base: i64 = tx
-        .query_one(
-            &stmt,
+        let mut out: Vec<Option<StoredObject>> = (0..self.writes.len()).map(|_| None).collect();
+        if found.is_empty() {
+            return Ok(Ok(out));
+        }
+        let column = |f: for<'b> fn(&'b Found<'b>) -> &'b str| -> Vec<&str> { found.iter().map(f).collect() };
+        let (resources, namespaces, names) =
+            (column(|f| &f.write.resource), column(|f| &f.write.namespace), column(|f| &f.write.name));
+        let (uids, new_labels, prev_labels) =
+            (column(|f| f.uid), column(|f| f.labels), column(|f| &f.prev_labels));
+        let (prefixes, suffixes) = (column(|f| &f.body.prefix), column(|f| &f.body.suffix));
+        let old_rvs: Vec<i64> = found.iter().map(|f| f.write.expected_rv as i64).collect();
+        let hashes: Vec<String> = found.iter().map(|f| labels::hashes_literal(f.hashes)).collect();
+        let count = found.len() as i64;
+        let base = take_block(
+            tx,
+            UPDATE_SET_SQL,
             &[
-                &batch.cluster,
+                &target.cluster,
                 &count,
                 &resources,
                 &namespaces,
@@ -242,20 +185,14 @@ pub(super) async fn update_set(
                 &prefixes,
                 &suffixes,
                 &hashes,
-                &batch.channel.as_ref(),
+                &target.channel.as_ref(),
             ],
         )
-        .await?
-        .get(0);
-    for (n, f) in found.iter().enumerate() {
-        let rv = (base + n as i64 + 1) as u64;
-        out[f.index] = Some(StoredObject {
-            namespace: f.write.namespace.clone(),
-            name: f.write.name.clone(),
-            uid: f.uid.to_string(),
-            rv,
-            body: f.body.join(rv),
-        });
+        .await?;
+        for (i, f) in found.iter().enumerate() {
+            let (namespace, name) = (f.write.namespace.clone(), f.write.name.clone());
+            out[f.index] = Some(f.body.stored(namespace, name, f.uid.to_string(), block_rv(base, i)));
+        }
+        Ok(Ok(out))
     }
-    Ok(Ok(out))
 }

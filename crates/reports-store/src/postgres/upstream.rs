@@ -10,11 +10,16 @@
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::{backend, db_error, Catalogue, UPSTREAM_SCHEMA_VERSION};
-use crate::StoreResult;
+use reports_core::Catalogue;
+
+use super::errors::db_error;
+use crate::error::{StoreError, StoreResult};
+
+/// The upstream (kyverno/reports-server) schema version this store adopts in place.
+const UPSTREAM_SCHEMA_VERSION: i64 = 11;
 
 /// Suffix given to adopted upstream tables.
-pub const BACKUP_SUFFIX: &str = "_upstream_backup";
+const BACKUP_SUFFIX: &str = "_upstream_backup";
 
 async fn table_columns<C: GenericClient>(client: &C, table: &str) -> StoreResult<Vec<String>> {
     Ok(client
@@ -40,13 +45,14 @@ pub async fn adopt(client: &mut deadpool_postgres::Object, cluster: Uuid) -> Sto
         client.query_one("SELECT version, dirty FROM schema_migrations", &[]).await.map_err(db_error)?;
     let (version, dirty): (i64, bool) = (row.get(0), row.get(1));
     if dirty || version != UPSTREAM_SCHEMA_VERSION {
-        return Err(backend(format!(
+        return Err(StoreError::backend(format!(
             "found an upstream reports-server schema at version {version}{}; only version \
              {UPSTREAM_SCHEMA_VERSION} (clean) can be adopted: run upstream's migrations to completion first",
             if dirty { " (dirty)" } else { "" }
         )));
     }
-    let catalogue = Catalogue::embedded().map_err(|e| backend(e.to_string()))?;
+    let catalogue =
+        Catalogue::embedded().map_err(|e| StoreError::backend(format!("the embedded CRDs: {e}")))?;
     let tx = client.transaction().await.map_err(db_error)?;
     let mut sources = Vec::new();
     let mut tables = Vec::new();

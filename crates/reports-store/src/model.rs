@@ -1,0 +1,204 @@
+//! The values the stores hand out and take in: stored objects, list queries and their streamed
+//! chunks, change-log entries, and the label and metadata readers both stores share.
+
+use reports_core::selector::{Field, FieldOp, FieldRequirement, FieldSelector, LabelSelector};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::error::{StoreError, StoreResult};
+
+/// One stored object, as served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredObject {
+    /// Namespace ("" for cluster-scoped kinds).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.resourceVersion`.
+    pub rv: u64,
+    /// The object's JSON text, with `metadata.resourceVersion` already set to `rv`.
+    pub body: String,
+}
+
+impl StoredObject {
+    /// Parses the stored JSON (only write paths and transforms need this).
+    pub fn parse(&self) -> StoreResult<Value> {
+        parse_body(&self.body)
+    }
+}
+
+/// Parses a stored object's JSON; a failure means the stored data is corrupt.
+pub(crate) fn parse_body(body: &str) -> StoreResult<Value> {
+    serde_json::from_str(body).map_err(|e| StoreError::backend_caused("stored JSON is corrupt", e))
+}
+
+/// Which objects a list (or deletecollection) returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Resource plural (the storage key of the kind).
+    pub resource: String,
+    /// Restrict to one namespace.
+    pub namespace: Option<String>,
+    /// Label selector, evaluated in the database.
+    pub labels: LabelSelector,
+    /// Field selector, evaluated in the database.
+    pub fields: FieldSelector,
+    /// Return only objects whose (namespace, name) is greater than this key.
+    pub after: Option<(String, String)>,
+    /// At most this many objects.
+    pub limit: Option<u64>,
+}
+
+/// A piece of a streamed list.
+#[derive(Debug)]
+pub enum ListChunk {
+    /// Objects in key order.
+    Items(Vec<StoredObject>),
+    /// The end; `more` is true when objects beyond `limit` exist.
+    End {
+        /// More objects match after the last one sent.
+        more: bool,
+    },
+}
+
+/// A list being read: the snapshot RV is known up front, objects arrive in bounded chunks.
+pub struct ListStream {
+    /// The counter value in the same snapshot as the rows.
+    pub snapshot_rv: u64,
+    /// Chunks, ending with [`ListChunk::End`] (or an error).
+    pub chunks: mpsc::Receiver<StoreResult<ListChunk>>,
+}
+
+/// Type of a change-log entry, as watch events name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeType {
+    /// The object was created.
+    Added,
+    /// The object was updated.
+    Modified,
+    /// The object was deleted; the body is its final state.
+    Deleted,
+}
+
+impl ChangeType {
+    /// The watch event type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Added => "ADDED",
+            ChangeType::Modified => "MODIFIED",
+            ChangeType::Deleted => "DELETED",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ADDED" => Some(ChangeType::Added),
+            "MODIFIED" => Some(ChangeType::Modified),
+            "DELETED" => Some(ChangeType::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The write's RV.
+    pub rv: u64,
+    /// Resource plural.
+    pub resource: String,
+    /// What happened.
+    pub change_type: ChangeType,
+    /// The object at `rv` (its final state for deletes).
+    pub object: StoredObject,
+    /// Labels of the object at `rv`.
+    pub labels: Vec<(String, String)>,
+    /// Labels before the write (None for creates); lets a filtered watch see an object leave its
+    /// selector.
+    pub prev_labels: Option<Vec<(String, String)>>,
+}
+
+/// A change-log row as both stores read it, before its type text is checked.
+pub(crate) struct ChangeRow {
+    /// The write's RV.
+    pub rv: u64,
+    /// Resource plural.
+    pub resource: String,
+    /// Namespace, name and uid of the object.
+    pub key: (String, String, String),
+    /// The stored type text.
+    pub change_type: String,
+    /// The object's JSON at `rv`, if the row (or the object row it shares) still has it.
+    pub body: Option<String>,
+    /// Labels at `rv` as JSON text.
+    pub labels: String,
+    /// Labels before the write as JSON text.
+    pub prev_labels: Option<String>,
+}
+
+impl ChangeRow {
+    /// The change this row records; an unknown type or a missing body is corrupt data.
+    pub fn into_change(self) -> StoreResult<Change> {
+        let ChangeRow { rv, resource, key: (namespace, name, uid), change_type, body, labels, prev_labels } =
+            self;
+        Ok(Change {
+            rv,
+            resource,
+            change_type: ChangeType::parse(&change_type)
+                .ok_or_else(|| StoreError::backend(format!("unknown change type {change_type}")))?,
+            object: StoredObject {
+                namespace,
+                name,
+                uid,
+                rv,
+                body: body.ok_or_else(|| StoreError::backend(format!("change {rv} has no object body")))?,
+            },
+            labels: parse_labels(&labels),
+            prev_labels: prev_labels.as_deref().map(parse_labels),
+        })
+    }
+}
+
+/// Labels of an object as a JSON object text, the form the stores keep for selector queries.
+pub fn labels_json(object: &Value) -> String {
+    object
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .filter(|l| l.is_object())
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "{}".to_string())
+}
+
+/// Parses a labels JSON text back into pairs.
+pub fn parse_labels(text: &str) -> Vec<(String, String)> {
+    serde_json::from_str::<serde_json::Map<String, Value>>(text)
+        .map(|m| m.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+/// A text field of an object's `metadata` ("" when absent).
+pub(crate) fn meta_text<'a>(object: &'a Value, key: &str) -> &'a str {
+    object.get("metadata").and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch, for change-log ages.
+pub(crate) fn now_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A field selector requirement as SQL: the column it compares and the operator (`=` or `<>`,
+/// which SQLite and PostgreSQL read alike).
+pub(crate) fn field_condition(req: &FieldRequirement) -> (&'static str, &'static str) {
+    let column = match req.field {
+        Field::Name => "name",
+        Field::Namespace => "namespace",
+    };
+    let op = match req.op {
+        FieldOp::Equals => "=",
+        FieldOp::NotEquals => "<>",
+    };
+    (column, op)
+}

@@ -1,0 +1,126 @@
+//! Reading and compacting the change log.
+
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::errors::db_error;
+use crate::{
+    error::StoreResult,
+    model::{now_seconds, Change, ChangeRow},
+};
+
+/// Rows dropped per compaction statement, so one pass never holds locks for long.
+const COMPACTION_BATCH: i64 = 10_000;
+
+/// True if `resource` has a change above `rv`.
+pub(super) async fn changed_since<C: GenericClient>(
+    client: &C,
+    cluster: Uuid,
+    resource: &str,
+    rv: u64,
+) -> StoreResult<bool> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM report_changes WHERE cluster_id = $1 AND resource = $2 AND rv > $3)",
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(client.query_one(&stmt, &[&cluster, &resource, &(rv as i64)]).await.map_err(db_error)?.get(0))
+}
+
+/// Up to `limit` changes above `after`, in RV order. A change row without a body shares it with
+/// the object row at the same RV.
+pub(super) async fn changes_since<C: GenericClient>(
+    client: &C,
+    cluster: Uuid,
+    resource: Option<&str>,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<Change>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT ch.rv, ch.resource, ch.namespace, ch.name, ch.uid, ch.type, ch.prev_labels::text,
+                    coalesce(ch.body, o.body), ch.labels::text
+             FROM report_changes ch
+             LEFT JOIN report_objects o ON ch.body IS NULL AND o.cluster_id = ch.cluster_id
+                  AND o.resource = ch.resource AND o.namespace = ch.namespace AND o.name = ch.name
+                  AND o.rv = ch.rv
+             WHERE ch.cluster_id = $1 AND ch.rv > $2 AND ($3::text IS NULL OR ch.resource = $3)
+             ORDER BY ch.rv LIMIT $4",
+        )
+        .await
+        .map_err(db_error)?;
+    let rows = client
+        .query(&stmt, &[&cluster, &(after as i64), &resource, &(limit as i64)])
+        .await
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|row| {
+            ChangeRow {
+                rv: row.get::<_, i64>(0) as u64,
+                resource: row.get(1),
+                key: (row.get(2), row.get(3), row.get(4)),
+                change_type: row.get(5),
+                body: row.get(7),
+                labels: row.get(8),
+                prev_labels: row.get(6),
+            }
+            .into_change()
+        })
+        .collect()
+}
+
+/// Drops changes at least `max_age_seconds` old, in batches of [`COMPACTION_BATCH`] rows, one
+/// replica at a time; returns how many were dropped.
+pub(super) async fn compact(
+    client: &mut deadpool_postgres::Object,
+    cluster: Uuid,
+    max_age_seconds: u64,
+) -> StoreResult<u64> {
+    let cutoff = now_seconds() - max_age_seconds as f64;
+    let mut dropped = 0u64;
+    loop {
+        let tx = client.transaction().await.map_err(db_error)?;
+        // One replica at a time; the others skip this round.
+        let lock_key = format!("reports-server compaction {cluster}");
+        let locked: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&lock_key])
+            .await
+            .map_err(db_error)?
+            .get(0);
+        if !locked {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(dropped);
+        }
+        let upto: Option<i64> = tx
+            .query_one(
+                "SELECT max(rv) FROM (SELECT rv FROM report_changes
+                   WHERE cluster_id = $1 AND created_at <= to_timestamp($2)
+                   ORDER BY rv LIMIT $3) oldest",
+                &[&cluster, &cutoff, &COMPACTION_BATCH],
+            )
+            .await
+            .map_err(db_error)?
+            .get(0);
+        let Some(upto) = upto else {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(dropped);
+        };
+        let n = tx
+            .execute("DELETE FROM report_changes WHERE cluster_id = $1 AND rv <= $2", &[&cluster, &upto])
+            .await
+            .map_err(db_error)?;
+        // Last, so the counter row (which every writer needs) is locked only briefly.
+        tx.execute(
+            "UPDATE report_counters SET compacted_rv = GREATEST(compacted_rv, $2) WHERE cluster_id = $1",
+            &[&cluster, &upto],
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        dropped += n;
+        if (n as i64) < COMPACTION_BATCH {
+            return Ok(dropped);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! One update or delete: lock the object row (`FOR UPDATE`), check its RV, then one statement
+//! that takes the counter, keeps the old body in its change row, rewrites or deletes the object,
+//! logs the change and notifies. The lock order is always row, then counter, so these writes
+//! cannot deadlock with creates.
+
+use std::sync::OnceLock;
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+
+use super::{
+    body::{FinalState, SplitBody},
+    labels,
+    target::Target,
+    writes::TxWork,
+};
+use crate::{
+    error::{StoreError, StoreResult},
+    model::StoredObject,
+};
+
+/// Locks an object row for an update or delete and returns what the write needs.
+pub(super) const LOCK_SQL: &str = "SELECT rv, body FROM report_objects
+    WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 FOR UPDATE";
+
+/// Copies the body of an object's current version into its change row (if that row is still in
+/// the log) before the object row is replaced or deleted. `$1` cluster, `$2..$4` key, `$5` old RV.
+const KEEP_OLD_BODY: &str = "keep AS (
+    UPDATE report_changes ch SET body = o.body FROM report_objects o
+    WHERE ch.cluster_id = $1 AND ch.rv = $5 AND ch.body IS NULL
+      AND o.cluster_id = $1 AND o.resource = $2 AND o.namespace = $3 AND o.name = $4)";
+
+/// One update or delete of one object, checked against its locked row.
+pub(super) struct RowWrite {
+    /// Resource plural.
+    pub resource: String,
+    /// Namespace ("" for cluster-scoped kinds).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The RV the stored object must have.
+    pub expected_rv: u64,
+    /// What to do with the row.
+    pub change: RowChange,
+}
+
+/// What a [`RowWrite`] does to its row.
+pub(super) enum RowChange {
+    /// Replace the object.
+    Update {
+        /// The new body, split around its RV.
+        body: SplitBody,
+        /// `metadata.uid`.
+        uid: String,
+        /// Labels after the write (JSON object text).
+        labels: String,
+        /// Label hashes after the write.
+        hashes: Vec<i32>,
+    },
+    /// Delete the object.
+    Delete,
+}
+
+/// The statements of an update and a delete, which take the same parameters: `$1` cluster,
+/// `$2..$4` key, `$5` the RV being replaced, `$6` uid, `$7` labels after the write, `$8`/`$9` the
+/// body halves, `$10` labels before the write, `$11` the notification channel; an update also
+/// takes `$12`, the label hashes after the write.
+fn statement(change: &RowChange) -> &'static str {
+    static UPDATE: OnceLock<String> = OnceLock::new();
+    static DELETE: OnceLock<String> = OnceLock::new();
+    match change {
+        RowChange::Update { .. } => UPDATE.get_or_init(|| {
+            format!(
+                "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+{KEEP_OLD_BODY},
+o AS (
+    UPDATE report_objects SET uid = $6, rv = c.rv, label_hashes = $12, body = $8 || c.rv::text || $9
+    FROM c WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 RETURNING report_objects.rv),
+ch AS (
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels)
+    SELECT $1, o.rv, $2, $3, $4, $6, 'MODIFIED', $7::text::jsonb, $10::text::jsonb FROM o),
+n AS (SELECT pg_notify($11, o.rv::text) AS sent FROM o)
+SELECT o.rv FROM o, n"
+            )
+        }),
+        RowChange::Delete => DELETE.get_or_init(|| {
+            format!(
+                "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+{KEEP_OLD_BODY},
+d AS (DELETE FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4),
+ch AS (
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
+    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $10::text::jsonb, $8 || c.rv::text || $9 FROM c),
+n AS (SELECT pg_notify($11, c.rv::text) AS sent FROM c)
+SELECT c.rv FROM c, n"
+            )
+        }),
+    }
+}
+
+#[async_trait::async_trait]
+impl TxWork for RowWrite {
+    type Output = StoredObject;
+
+    async fn run(
+        &self,
+        tx: &Transaction<'_>,
+        target: &Target,
+    ) -> Result<StoreResult<StoredObject>, tokio_postgres::Error> {
+        let lock = tx.prepare_cached(LOCK_SQL).await?;
+        let row =
+            tx.query_opt(&lock, &[&target.cluster, &self.resource, &self.namespace, &self.name]).await?;
+        let Some(row) = row else { return Ok(Err(StoreError::NotFound)) };
+        let current_rv = row.get::<_, i64>(0);
+        if current_rv as u64 != self.expected_rv {
+            return Ok(Err(StoreError::Conflict));
+        }
+        let old_body: &str = row.get(1);
+        let prev_labels = labels::body_labels_json(old_body);
+        // A delete's final state is the stored object at the deletion's RV.
+        let deleted: FinalState;
+        let (body, uid, labels, hashes) = match &self.change {
+            RowChange::Update { body, uid, labels, hashes } => (body, uid, labels, Some(hashes)),
+            RowChange::Delete => {
+                deleted = match FinalState::of(old_body) {
+                    Ok(state) => state,
+                    Err(e) => return Ok(Err(e)),
+                };
+                (&deleted.body, &deleted.uid, &prev_labels, None)
+            }
+        };
+        let stmt = tx.prepare_cached(statement(&self.change)).await?;
+        let channel: &str = &target.channel;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &target.cluster,
+            &self.resource,
+            &self.namespace,
+            &self.name,
+            &current_rv,
+            uid,
+            labels,
+            &body.prefix,
+            &body.suffix,
+            &prev_labels,
+            &channel,
+        ];
+        if let Some(hashes) = hashes {
+            params.push(hashes);
+        }
+        let rv: i64 = tx.query_one(&stmt, &params).await?.get(0);
+        Ok(Ok(body.stored(self.namespace.clone(), self.name.clone(), uid.clone(), rv as u64)))
+    }
+}

@@ -1,0 +1,67 @@
+//! Reading and compacting the change log in the file (the newest changes are also in memory,
+//! see [`super::recent`]).
+
+use rusqlite::{params, Connection};
+
+use super::{errors::sqlite_error, group_commit::WriteTx, recent::RecentChanges};
+use crate::{
+    error::StoreResult,
+    model::{now_seconds, Change, ChangeRow},
+};
+
+/// True if `resource` has a change above `rv`.
+pub(super) fn changed_since(conn: &Connection, resource: &str, rv: u64) -> StoreResult<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM changes WHERE resource = ?1 AND rv > ?2)",
+        params![resource, rv as i64],
+        |r| r.get::<_, bool>(0),
+    )
+    .map_err(sqlite_error)
+}
+
+/// Up to `limit` changes above `after` from the file, in RV order.
+pub(super) fn changes_since(
+    conn: &Connection,
+    resource: Option<&str>,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<Change>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT rv, resource, namespace, name, uid, type, prev_labels, body, labels FROM changes
+             WHERE rv > ?1 AND (?2 IS NULL OR resource = ?2) ORDER BY rv LIMIT ?3",
+        )
+        .map_err(sqlite_error)?;
+    let rows = stmt
+        .query_map(params![after as i64, resource, limit as i64], |r| {
+            Ok(ChangeRow {
+                rv: r.get::<_, i64>(0)? as u64,
+                resource: r.get(1)?,
+                key: (r.get(2)?, r.get(3)?, r.get(4)?),
+                change_type: r.get(5)?,
+                body: Some(r.get(7)?),
+                labels: r.get(8)?,
+                prev_labels: r.get(6)?,
+            })
+        })
+        .map_err(sqlite_error)?;
+    rows.map(|row| row.map_err(sqlite_error)?.into_change()).collect()
+}
+
+/// Drops changes at least `max_age_seconds` old and moves the compacted RV; runs as a write, so
+/// nothing enters the in-memory window meanwhile.
+pub(super) fn compact(tx: &WriteTx<'_>, max_age_seconds: u64, recent: &RecentChanges) -> StoreResult<u64> {
+    let cutoff = now_seconds() as i64 - max_age_seconds as i64;
+    let newest_old: Option<i64> = tx
+        .query_row("SELECT max(rv) FROM changes WHERE created_at <= ?1", params![cutoff], |r| r.get(0))
+        .map_err(sqlite_error)?;
+    let Some(upto) = newest_old else { return Ok(0) };
+    let dropped = tx.execute("DELETE FROM changes WHERE rv <= ?1", params![upto]).map_err(sqlite_error)?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'compacted_rv' AND CAST(value AS INTEGER) < ?2",
+        params![upto.to_string(), upto],
+    )
+    .map_err(sqlite_error)?;
+    recent.forget_through(upto as u64);
+    Ok(dropped as u64)
+}

@@ -1,0 +1,238 @@
+//! The embedded store: one SQLite file (bundled SQLite, no system library).
+//!
+//! SQLite allows one writer at a time, so the store keeps exactly one writer connection and runs
+//! every write transaction on it, with group commit (`group_commit`): that is what puts RV
+//! assignment in commit order. Readers use their own connections; in WAL mode they read a
+//! consistent snapshot beside the writer without blocking it, which is what lets a list stream
+//! from an open read transaction (snapshot RV and rows from the same snapshot) with bounded
+//! memory.
+//!
+//! Durability: WAL with `synchronous=NORMAL` makes a commit durable against a crash of the process
+//! (`kill -9`) as soon as the transaction returns; only an operating-system crash or power loss can
+//! drop the last commits. All SQLite calls are blocking and run on tokio's blocking pool.
+
+use std::{path::Path, sync::Arc};
+
+use rusqlite::{params, OptionalExtension};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use self::{
+    errors::sqlite_error, group_commit::GroupCommit, list::stored_from_row, readers::Readers,
+    recent::RecentChanges,
+};
+use crate::{
+    commits::CommitSignal,
+    error::{StoreError, StoreResult},
+    model::{Change, ListQuery, ListStream, StoredObject},
+    store::Store,
+};
+
+mod changes;
+mod checkpoint;
+mod errors;
+mod group_commit;
+mod list;
+mod readers;
+mod recent;
+mod schema;
+mod selectors;
+mod writes;
+
+/// The SQLite-backed [`Store`].
+pub struct SqliteStore {
+    /// The writer connection and the writes waiting for it.
+    writes: GroupCommit,
+    /// Idle read connections, reused so a request does not pay for opening the file.
+    readers: Readers,
+    /// Newest committed RV; watchers wait on it instead of polling the file.
+    committed: Arc<CommitSignal>,
+    /// The newest changes, in RV order, so the watch feed reads what was just committed from
+    /// memory instead of the file.
+    recent: Arc<RecentChanges>,
+    /// Dropped with the store, which tells the checkpoint thread to stop.
+    _checkpointer: std::sync::mpsc::SyncSender<()>,
+    /// Keeps the directory of a `sqlite::memory:` store alive until the store is dropped.
+    _temporary_dir: Option<tempfile::TempDir>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating when needed) the database file at `path`.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with(path, None)
+    }
+
+    /// A store in a private temporary file, removed when the store is dropped (`sqlite::memory:`;
+    /// a real file keeps WAL semantics, so readers never block the writer).
+    pub fn open_temporary() -> StoreResult<Self> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| StoreError::backend_caused("creating a temporary directory", e))?;
+        let path = dir.path().join("reports.db");
+        Self::open_with(&path, Some(dir))
+    }
+
+    fn open_with(path: &Path, temporary_dir: Option<tempfile::TempDir>) -> StoreResult<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::backend_caused(format!("creating {}", parent.display()), e))?;
+        }
+        let mut writer = schema::open_connection(path)?;
+        schema::migrate(&mut writer)?;
+        // Checkpoints are the checkpoint thread's job, never a committing writer's.
+        writer.execute_batch("PRAGMA wal_autocheckpoint = 0").map_err(sqlite_error)?;
+        let checkpointer = checkpoint::start_checkpointer(path)?;
+        let rv: i64 = writer.query_row("SELECT rv FROM counter", [], |r| r.get(0)).map_err(sqlite_error)?;
+        let committed = Arc::new(CommitSignal::new(rv as u64));
+        let recent = Arc::new(RecentChanges::default());
+        Ok(Self {
+            writes: GroupCommit::new(writer, committed.clone(), recent.clone()),
+            readers: Readers::new(path),
+            committed,
+            recent,
+            _checkpointer: checkpointer,
+            _temporary_dir: temporary_dir,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.readers.path()
+    }
+
+    /// How many writes shared their transaction with at least one other since the store opened.
+    #[cfg(feature = "testing")]
+    pub fn grouped_writes(&self) -> u64 {
+        self.writes.grouped()
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, resource: &str, namespace: &str, name: &str) -> StoreResult<Option<StoredObject>> {
+        let key = (resource.to_string(), namespace.to_string(), name.to_string());
+        self.readers
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT namespace, name, uid, rv, body FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
+                )
+                .and_then(|mut s| s.query_row(params![key.0, key.1, key.2], stored_from_row).optional())
+                .map_err(sqlite_error)
+            })
+            .await
+    }
+
+    async fn create(&self, resource: &str, object: Value) -> StoreResult<StoredObject> {
+        let resource = resource.to_string();
+        self.writes.write(move |tx| writes::create(tx, &resource, object)).await
+    }
+
+    async fn update(&self, resource: &str, object: Value, expected_rv: u64) -> StoreResult<StoredObject> {
+        let resource = resource.to_string();
+        self.writes.write(move |tx| writes::update(tx, &resource, object, expected_rv)).await
+    }
+
+    async fn delete(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        expected_rv: u64,
+    ) -> StoreResult<StoredObject> {
+        let key = (resource.to_string(), namespace.to_string(), name.to_string());
+        self.writes.write(move |tx| writes::delete(tx, &key.0, &key.1, &key.2, expected_rv)).await
+    }
+
+    async fn delete_batch(
+        &self,
+        resource: &str,
+        keys: Vec<(String, String, u64)>,
+    ) -> StoreResult<Vec<Option<StoredObject>>> {
+        let resource = resource.to_string();
+        self.writes
+            .write(move |tx| {
+                keys.iter()
+                    .map(|(ns, name, rv)| match writes::delete(tx, &resource, ns, name, *rv) {
+                        Ok(object) => Ok(Some(object)),
+                        Err(StoreError::NotFound | StoreError::Conflict) => Ok(None),
+                        Err(e) => Err(e),
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn list(&self, query: ListQuery) -> StoreResult<ListStream> {
+        let readers = self.readers.clone();
+        let (snapshot_tx, snapshot_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = match readers.take() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let _ = snapshot_tx.send(Err(e));
+                    return;
+                }
+            };
+            if let Err(e) = list::stream_list(&mut conn, &query, snapshot_tx, &chunk_tx) {
+                let _ = chunk_tx.blocking_send(Err(e));
+            }
+            readers.give_back(conn);
+        });
+        let snapshot_rv = snapshot_rx.await.map_err(|_| StoreError::backend("list reader ended early"))??;
+        Ok(ListStream { snapshot_rv, chunks: chunk_rx })
+    }
+
+    async fn current_rv(&self) -> StoreResult<u64> {
+        self.readers
+            .read(|conn| {
+                conn.prepare_cached("SELECT rv FROM counter")
+                    .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                    .map(|v| v as u64)
+                    .map_err(sqlite_error)
+            })
+            .await
+    }
+
+    async fn compacted_rv(&self) -> StoreResult<u64> {
+        self.readers
+            .read(|conn| {
+                conn.query_row("SELECT value FROM meta WHERE key = 'compacted_rv'", [], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(sqlite_error)
+                .map(|v| v.parse().unwrap_or(0))
+            })
+            .await
+    }
+
+    async fn changed_since(&self, resource: &str, rv: u64) -> StoreResult<bool> {
+        let resource = resource.to_string();
+        self.readers.read(move |conn| changes::changed_since(conn, &resource, rv)).await
+    }
+
+    async fn changes_since(
+        &self,
+        resource: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Change>> {
+        if let Some(changes) = self.recent.since(resource, after, limit) {
+            return Ok(changes);
+        }
+        let resource = resource.map(str::to_string);
+        self.readers.read(move |conn| changes::changes_since(conn, resource.as_deref(), after, limit)).await
+    }
+
+    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64> {
+        let recent = self.recent.clone();
+        self.writes.write(move |tx| changes::compact(tx, max_age_seconds, &recent)).await
+    }
+
+    fn commits(&self) -> &CommitSignal {
+        &self.committed
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.readers.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sqlite_error)).await
+    }
+}

@@ -1,0 +1,184 @@
+//! The writes themselves, run inside a group-commit transaction: each takes the next RV, writes
+//! it into the object, changes the object row and appends its change, or refuses (AlreadyExists,
+//! NotFound, Conflict) before taking anything.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde_json::Value;
+
+use super::{errors::sqlite_error, group_commit::WriteTx};
+use crate::{
+    error::{StoreError, StoreResult},
+    model::{
+        labels_json, meta_text, now_seconds, parse_body, parse_labels, Change, ChangeType, StoredObject,
+    },
+};
+
+/// Inserts a new object; AlreadyExists if the key is taken.
+pub(super) fn create(tx: &WriteTx<'_>, resource: &str, mut object: Value) -> StoreResult<StoredObject> {
+    let namespace = meta_text(&object, "namespace").to_string();
+    let name = meta_text(&object, "name").to_string();
+    if current_version(tx, resource, &namespace, &name)?.is_some() {
+        return Err(StoreError::AlreadyExists);
+    }
+    let (stored, labels) = stamp(tx, &mut object, namespace, name)?;
+    tx.prepare_cached(
+        "INSERT INTO objects (resource, namespace, name, uid, rv, labels, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .map_err(sqlite_error)?
+    .execute(params![resource, stored.namespace, stored.name, stored.uid, stored.rv as i64, labels, stored.body])
+    .map_err(sqlite_error)?;
+    append_change(tx, resource, &stored, ChangeType::Added, &labels, None)?;
+    Ok(stored)
+}
+
+/// Replaces an object whose stored RV is `expected_rv`.
+pub(super) fn update(
+    tx: &WriteTx<'_>,
+    resource: &str,
+    mut object: Value,
+    expected_rv: u64,
+) -> StoreResult<StoredObject> {
+    let namespace = meta_text(&object, "namespace").to_string();
+    let name = meta_text(&object, "name").to_string();
+    let (rv, prev_labels) = current_version(tx, resource, &namespace, &name)?.ok_or(StoreError::NotFound)?;
+    if rv != expected_rv {
+        return Err(StoreError::Conflict);
+    }
+    let (stored, labels) = stamp(tx, &mut object, namespace, name)?;
+    tx.prepare_cached(
+        "UPDATE objects SET uid = ?4, rv = ?5, labels = ?6, body = ?7
+         WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
+    )
+    .map_err(sqlite_error)?
+    .execute(params![
+        resource,
+        stored.namespace,
+        stored.name,
+        stored.uid,
+        stored.rv as i64,
+        labels,
+        stored.body
+    ])
+    .map_err(sqlite_error)?;
+    append_change(tx, resource, &stored, ChangeType::Modified, &labels, Some(&prev_labels))?;
+    Ok(stored)
+}
+
+/// Deletes one object after checking its RV; returns its final state at the deletion's RV.
+pub(super) fn delete(
+    tx: &WriteTx<'_>,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+    expected_rv: u64,
+) -> StoreResult<StoredObject> {
+    let (rv, labels, body) = current_body(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
+    if rv != expected_rv {
+        return Err(StoreError::Conflict);
+    }
+    let (final_state, _) = stamp(tx, &mut parse_body(&body)?, namespace.to_string(), name.to_string())?;
+    tx.prepare_cached("DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
+        .map_err(sqlite_error)?
+        .execute(params![resource, namespace, name])
+        .map_err(sqlite_error)?;
+    append_change(tx, resource, &final_state, ChangeType::Deleted, &labels, Some(&labels))?;
+    Ok(final_state)
+}
+
+/// Takes the next RV and writes it into `object`; returns the object as it will be stored, with
+/// its labels as JSON text.
+fn stamp(
+    tx: &Transaction<'_>,
+    object: &mut Value,
+    namespace: String,
+    name: String,
+) -> StoreResult<(StoredObject, String)> {
+    let rv = tx
+        .prepare_cached("UPDATE counter SET rv = rv + 1 WHERE id = 1 RETURNING rv")
+        .map_err(sqlite_error)?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map_err(sqlite_error)? as u64;
+    object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| StoreError::backend("object has no metadata"))?
+        .insert("resourceVersion".into(), Value::String(rv.to_string()));
+    let stored = StoredObject {
+        uid: meta_text(object, "uid").to_string(),
+        body: serde_json::to_string(object)
+            .map_err(|e| StoreError::backend_caused("serializing the object", e))?,
+        namespace,
+        name,
+        rv,
+    };
+    Ok((stored, labels_json(object)))
+}
+
+/// Appends a change to the log and to the transaction's record of what it appended.
+fn append_change(
+    tx: &WriteTx<'_>,
+    resource: &str,
+    object: &StoredObject,
+    change_type: ChangeType,
+    labels: &str,
+    prev_labels: Option<&str>,
+) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .map_err(sqlite_error)?
+    .execute(params![
+        object.rv as i64,
+        resource,
+        object.namespace,
+        object.name,
+        object.uid,
+        change_type.as_str(),
+        labels,
+        prev_labels,
+        object.body,
+        now_seconds() as i64,
+    ])
+    .map_err(sqlite_error)?;
+    tx.appended(Change {
+        rv: object.rv,
+        resource: resource.to_string(),
+        change_type,
+        object: object.clone(),
+        labels: parse_labels(labels),
+        prev_labels: prev_labels.map(parse_labels),
+    });
+    Ok(())
+}
+
+/// The RV and labels of a stored object. The body is left alone: a 6 KB body lives in overflow
+/// pages, and only a delete needs it ([`current_body`]).
+fn current_version(
+    tx: &Transaction<'_>,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> StoreResult<Option<(u64, String)>> {
+    tx.prepare_cached("SELECT rv, labels FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
+        .map_err(sqlite_error)?
+        .query_row(params![resource, namespace, name], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .optional()
+        .map_err(sqlite_error)
+}
+
+/// The RV, labels and body of a stored object.
+fn current_body(
+    tx: &Transaction<'_>,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> StoreResult<Option<(u64, String, String)>> {
+    tx.prepare_cached(
+        "SELECT rv, labels, body FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
+    )
+    .map_err(sqlite_error)?
+    .query_row(params![resource, namespace, name], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))
+    .optional()
+    .map_err(sqlite_error)
+}

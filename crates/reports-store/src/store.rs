@@ -1,0 +1,85 @@
+//! The [`Store`] trait every backend implements, and the shared handle the server holds.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::{
+    commits::CommitSignal,
+    error::StoreResult,
+    model::{Change, ListQuery, ListStream, StoredObject},
+};
+
+/// Durable storage of report objects.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one object.
+    async fn get(&self, resource: &str, namespace: &str, name: &str) -> StoreResult<Option<StoredObject>>;
+
+    /// Inserts a new object (never an upsert): assigns the next RV, writes it into
+    /// `metadata.resourceVersion`, appends an ADDED change. [`crate::StoreError::AlreadyExists`]
+    /// if the key is taken.
+    async fn create(&self, resource: &str, object: Value) -> StoreResult<StoredObject>;
+
+    /// Replaces an object whose stored RV is `expected_rv`; [`crate::StoreError::Conflict`]
+    /// otherwise, [`crate::StoreError::NotFound`] if it is gone. Appends a MODIFIED change.
+    async fn update(&self, resource: &str, object: Value, expected_rv: u64) -> StoreResult<StoredObject>;
+
+    /// Deletes an object whose stored RV is `expected_rv`. The returned object is its final state,
+    /// carrying the deletion's RV (as the DELETED change does).
+    async fn delete(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        expected_rv: u64,
+    ) -> StoreResult<StoredObject>;
+
+    /// Deletes several objects in one transaction; an entry whose RV moved or that vanished is
+    /// skipped (`None` in the result, same order as `keys`).
+    async fn delete_batch(
+        &self,
+        resource: &str,
+        keys: Vec<(String, String, u64)>,
+    ) -> StoreResult<Vec<Option<StoredObject>>>;
+
+    /// Streams the objects matching `query` with the snapshot RV.
+    async fn list(&self, query: ListQuery) -> StoreResult<ListStream>;
+
+    /// The newest committed RV.
+    async fn current_rv(&self) -> StoreResult<u64>;
+
+    /// The compacted RV: changes at or below it are gone from the log.
+    async fn compacted_rv(&self) -> StoreResult<u64>;
+
+    /// True if `resource` has any change with an RV above `rv` (exact-RV list checks).
+    async fn changed_since(&self, resource: &str, rv: u64) -> StoreResult<bool>;
+
+    /// Up to `limit` changes of `resource` (all resources when `None`) with RV above `after`, in
+    /// RV order.
+    async fn changes_since(
+        &self,
+        resource: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Change>>;
+
+    /// Drops changes at least `max_age_seconds` old (0 drops everything committed so far); returns
+    /// how many were dropped.
+    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64>;
+
+    /// Where this store announces its commits: the newest committed RV, and an observer can be
+    /// attached to hear of each commit this process makes (the commit trace).
+    fn commits(&self) -> &CommitSignal;
+
+    /// A receiver of the newest committed RV, updated after every commit (wakes watchers).
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits().subscribe()
+    }
+
+    /// Checks that the database answers (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A shared handle to a store.
+pub type DynStore = Arc<dyn Store>;

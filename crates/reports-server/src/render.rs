@@ -1,8 +1,8 @@
 //! Turning stored JSON into responses in the negotiated shape.
 //!
 //! The fast path is the common one: a JSON client asking for the object gets the stored bytes
-//! untouched (ARCHITECTURE invariant 5), and lists are those bytes spliced between a header and a
-//! trailer, streamed in bounded chunks straight from the store's cursor. Only transforms (Table,
+//! untouched (a get never re-encodes what was stored), and lists are those bytes spliced between
+//! a header and a trailer, streamed in bounded chunks straight from the store's cursor. Only transforms (Table,
 //! PartialObjectMetadata), YAML and pretty-printing parse the stored text.
 
 use axum::{body::Body, http::StatusCode, response::Response};

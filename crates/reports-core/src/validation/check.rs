@@ -55,19 +55,7 @@ pub(super) fn validate_value(
     match value {
         Value::Object(map) => validate_object(map, node, false, path, causes),
         Value::Array(items) => {
-            let count = items.len() as u64;
-            if let Some(max) = node.max_items.filter(|max| count > *max) {
-                let noun = if max == 1 { "item" } else { "items" };
-                causes.push(cause(
-                    "FieldValueTooMany",
-                    path,
-                    format!("Too many: {count}: must have at most {max} {noun}"),
-                ));
-            }
-            if let Some(min) = node.min_items.filter(|min| count < *min) {
-                let detail = format!("{path} in body should have at least {min} items");
-                causes.push(cause("FieldValueInvalid", path, format!("Invalid value: {count}: {detail}")));
-            }
+            check_count(items.len(), node.min_items, node.max_items, "items", path, causes);
             if let Some(item_node) = node.items.as_deref() {
                 for (index, item) in items.iter().enumerate() {
                     validate_value(item, item_node, &path.index(index), causes);
@@ -150,15 +138,18 @@ pub(super) fn enum_equal(allowed: &Value, value: &Value) -> bool {
     }
 }
 
-pub(super) fn validate_object(
-    map: &Map<String, Value>,
-    node: &Node,
-    at_root: bool,
+/// `minItems`/`maxItems` and `minProperties`/`maxProperties`: kube words an excess as a
+/// TooMany of "items" whatever is counted, and a shortfall by what is counted (`unit`).
+fn check_count(
+    count: usize,
+    min: Option<u64>,
+    max: Option<u64>,
+    unit: &str,
     path: &FieldPath<'_>,
     causes: &mut Vec<StatusCause>,
 ) {
-    let count = map.len() as u64;
-    if let Some(max) = node.max_properties.filter(|max| count > *max) {
+    let count = count as u64;
+    if let Some(max) = max.filter(|max| count > *max) {
         let noun = if max == 1 { "item" } else { "items" };
         causes.push(cause(
             "FieldValueTooMany",
@@ -166,10 +157,20 @@ pub(super) fn validate_object(
             format!("Too many: {count}: must have at most {max} {noun}"),
         ));
     }
-    if let Some(min) = node.min_properties.filter(|min| count < *min) {
-        let detail = format!("{path} in body should have at least {min} properties");
+    if let Some(min) = min.filter(|min| count < *min) {
+        let detail = format!("{path} in body should have at least {min} {unit}");
         causes.push(cause("FieldValueInvalid", path, format!("Invalid value: {count}: {detail}")));
     }
+}
+
+pub(super) fn validate_object(
+    map: &Map<String, Value>,
+    node: &Node,
+    at_root: bool,
+    path: &FieldPath<'_>,
+    causes: &mut Vec<StatusCause>,
+) {
+    check_count(map.len(), node.min_properties, node.max_properties, "properties", path, causes);
     for (key, child) in map {
         if at_root && META_FIELDS.contains(&key.as_str()) {
             continue;

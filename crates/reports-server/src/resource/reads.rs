@@ -1,4 +1,21 @@
-//! The read verbs: get, list (streamed, paginated) and watch.
+//! The read verbs: get, list (streamed, paginated) and watch, and what their `resourceVersion`
+//! means here.
+//!
+//! # resourceVersion on reads
+//!
+//! RVs come from one counter that every write increments inside its transaction, so they are
+//! unique and in commit order across all kinds, and a list's RV is the snapshot it was read
+//! from. We keep no history of past versions, only the change log, so:
+//!
+//! - unset or `0`, or any RV with `NotOlderThan` semantics (the legacy default without a
+//!   limit): the current data, which is never older than any committed RV. An RV newer than every
+//!   commit is 504 "Too large resource version", as kube's watch cache answers.
+//! - an exact RV (`resourceVersionMatch=Exact`, or a legacy RV together with a `limit`): only
+//!   the current data can be served, which is the data at that RV exactly when nothing of the
+//!   kind changed since. The change log tells, while it still reaches back to the RV; otherwise
+//!   410 Expired, after which clients list afresh.
+//! - continue tokens carry the first page's snapshot RV, which every page reports (see
+//!   `reports_core::paging`).
 
 use axum::{http::StatusCode, response::Response};
 use reports_core::{

@@ -1,15 +1,16 @@
 //! `ApiError`: the one error type every failure becomes, rendered once at the edge as a
-//! `metav1.Status` (ARCHITECTURE invariant 7).
+//! `metav1.Status`; no other error shape ever reaches a client.
 //!
-//! Constructors follow the catalogue in the wire contract (section 9.2) and the message templates
-//! of k8s.io/apimachinery's `errors` package, so kubectl and client-go print and classify them
-//! exactly as they do for a CRD. Text meant for operators (SQL, driver messages) goes into
-//! [`ApiError::internal`] and is logged, never sent.
+//! Constructors follow the message templates of k8s.io/apimachinery's `errors` package, so
+//! kubectl and client-go print and classify them exactly as they do for a CRD. Text meant for
+//! operators (SQL, driver messages) goes into [`ApiError::internal`] and is logged, never sent.
+//!
+//! This module depends on nothing else in the crate, so every other module can use it. The
+//! constructors that name an object of a served kind (404, 409, 422, 405) are in
+//! [`crate::object_errors`], beside the catalogue they read.
 
 use serde::Serialize;
 use serde_json::Value;
-
-use crate::catalogue::ResourceKind;
 
 /// One entry of `details.causes`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,15 +74,6 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-fn resource_details(kind: &ResourceKind, name: &str) -> StatusDetails {
-    StatusDetails {
-        name: name.to_string(),
-        group: kind.group.clone(),
-        kind: kind.plural.clone(),
-        ..Default::default()
-    }
-}
-
 impl ApiError {
     /// A bare error with a code, reason and message.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
@@ -110,61 +102,10 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
-    /// 404 NotFound for an object.
-    pub fn not_found(kind: &ResourceKind, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", kind.qualified_resource()))
-            .with_details(resource_details(kind, name))
-    }
-
     /// 404 for a path that names nothing we serve.
     pub fn path_not_found() -> Self {
         Self::new(404, "NotFound", "the server could not find the requested resource")
             .with_details(StatusDetails::default())
-    }
-
-    /// 409 AlreadyExists.
-    pub fn already_exists(kind: &ResourceKind, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", kind.qualified_resource()))
-            .with_details(resource_details(kind, name))
-    }
-
-    /// 409 AlreadyExists after every generateName attempt collided.
-    pub fn generate_name_conflict(kind: &ResourceKind, name: &str) -> Self {
-        let mut details = resource_details(kind, name);
-        details.retry_after_seconds = Some(1);
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!(
-                "{} \"{name}\" already exists, the server was not able to generate a unique name for the object",
-                kind.qualified_resource()
-            ),
-        )
-        .with_details(details)
-    }
-
-    /// 409 Conflict with a custom explanation after the standard prefix.
-    pub fn conflict(kind: &ResourceKind, name: &str, why: &str) -> Self {
-        Self::new(
-            409,
-            "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", kind.qualified_resource()),
-        )
-        .with_details(resource_details(kind, name))
-    }
-
-    /// 409 Conflict for a stale resourceVersion (optimistic lock).
-    pub fn stale(kind: &ResourceKind, name: &str) -> Self {
-        Self::conflict(
-            kind,
-            name,
-            "the object has been modified; please apply your changes to the latest version and try again",
-        )
-    }
-
-    /// 422 Invalid for an object, with one cause per field error.
-    pub fn invalid(kind: &ResourceKind, name: &str, causes: Vec<StatusCause>) -> Self {
-        Self::invalid_qualified(&kind.qualified_kind(), &kind.kind, &kind.group, name, causes)
     }
 
     /// 422 Invalid with an explicit qualified kind (some messages use `plural.group`, and list
@@ -198,20 +139,6 @@ impl ApiError {
     /// 422 on list/watch options (`ListOptions.meta.k8s.io "" is invalid: ...`).
     pub fn invalid_list_options(cause: StatusCause) -> Self {
         Self::invalid_qualified("ListOptions.meta.k8s.io", "ListOptions", "meta.k8s.io", "", vec![cause])
-    }
-
-    /// 405 MethodNotAllowed.
-    pub fn method_not_allowed(verb: &str, kind: &ResourceKind) -> Self {
-        Self::new(
-            405,
-            "MethodNotAllowed",
-            format!("{verb} is not supported on resources of kind \"{}\"", kind.qualified_resource()),
-        )
-        .with_details(StatusDetails {
-            group: kind.group.clone(),
-            kind: kind.plural.clone(),
-            ..Default::default()
-        })
     }
 
     /// 406 NotAcceptable.
@@ -337,5 +264,13 @@ pub fn field_not_supported(field: &str, value: &str, supported: &[&str]) -> Stat
         reason: "FieldValueNotSupported".into(),
         message: format!("Unsupported value: \"{value}\": supported values: {list}"),
         field: field.into(),
+    }
+}
+
+impl StatusCause {
+    /// Replaces the message (for the few causes whose text differs from the helpers').
+    pub fn with_message(mut self, message: &str) -> Self {
+        self.message = message.into();
+        self
     }
 }

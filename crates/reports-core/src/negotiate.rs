@@ -8,9 +8,7 @@
 
 use serde_json::Value;
 
-use crate::validation::DecodeIssue;
-
-use crate::error::ApiError;
+use crate::{error::ApiError, field_validation::DecodeIssue};
 
 /// Serialization of a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +126,7 @@ pub fn negotiate(accept: Option<&str>, endpoint: Endpoint) -> Result<Negotiated,
     }
     for clause in parse_clauses(accept) {
         let encoding = match clause.media.to_ascii_lowercase().as_str() {
-            "application/json" | "application/*" | "*/*" => Encoding::Json,
+            json if is_json_media(json) => Encoding::Json,
             "application/yaml" if endpoint != Endpoint::Watch => Encoding::Yaml,
             _ => continue,
         };
@@ -151,6 +149,56 @@ pub fn negotiate(accept: Option<&str>, endpoint: Endpoint) -> Result<Negotiated,
         return Ok(Negotiated { encoding, shape, pretty });
     }
     Err(ApiError::not_acceptable(ACCEPTED))
+}
+
+/// The representation of a discovery document (`/apis`, `/api`, a group or group/version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// Aggregated discovery (`as=APIGroupDiscoveryList;g=apidiscovery.k8s.io`) in this version,
+    /// `v2` or `v2beta1`.
+    Aggregated(&'static str),
+    /// The legacy documents (`APIGroupList`, `APIGroup`, `APIResourceList`) as plain JSON.
+    Legacy,
+}
+
+fn is_json_media(media: &str) -> bool {
+    matches!(media.to_ascii_lowercase().as_str(), "application/json" | "application/*" | "*/*")
+}
+
+/// Picks the discovery representation for `accept`: aggregated discovery only where
+/// `allow_aggregated` (the root `/apis` and `/api`), else the legacy JSON document; 406 when
+/// no clause asks for either.
+pub fn negotiate_discovery(accept: Option<&str>, allow_aggregated: bool) -> Result<Discovery, ApiError> {
+    let accept = accept.unwrap_or_default().trim();
+    if accept.is_empty() {
+        return Ok(Discovery::Legacy);
+    }
+    for clause in parse_clauses(accept) {
+        if !is_json_media(clause.media) {
+            continue;
+        }
+        match clause.param("as") {
+            None => return Ok(Discovery::Legacy),
+            Some("APIGroupDiscoveryList")
+                if allow_aggregated && clause.param("g") == Some("apidiscovery.k8s.io") =>
+            {
+                match clause.param("v") {
+                    Some("v2") => return Ok(Discovery::Aggregated("v2")),
+                    Some("v2beta1") => return Ok(Discovery::Aggregated("v2beta1")),
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        }
+    }
+    Err(ApiError::not_acceptable("application/json"))
+}
+
+/// Whether `accept` admits plain JSON (OpenAPI documents are served as JSON only): no header, or
+/// a JSON or wildcard clause whatever its parameters.
+pub fn accepts_json(accept: Option<&str>) -> bool {
+    let accept = accept.unwrap_or_default().trim();
+    accept.is_empty() || parse_clauses(accept).iter().any(|clause| is_json_media(clause.media))
 }
 
 /// The kind of a request body, from its Content-Type.
@@ -220,10 +268,10 @@ pub fn decode_body_with_duplicates(
         BodyType::Yaml => {
             let text = std::str::from_utf8(bytes)
                 .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
-            crate::validation::parse_yaml_with_duplicates(text)
+            crate::field_validation::parse_yaml_with_duplicates(text)
                 .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as YAML: {e}")))
         }
-        BodyType::Json | BodyType::MergePatch => crate::validation::parse_json_with_duplicates(bytes)
+        BodyType::Json | BodyType::MergePatch => crate::field_validation::parse_json_with_duplicates(bytes)
             .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}"))),
     }
 }
@@ -278,6 +326,21 @@ mod tests {
         );
         assert!(negotiate(Some("application/json;pretty=1"), Endpoint::Object).unwrap().pretty);
         assert_eq!(negotiate(None, Endpoint::Object).unwrap().encoding, Encoding::Json);
+    }
+
+    #[test]
+    fn discovery_is_aggregated_only_where_offered_and_when_asked() {
+        const KUBECTL: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(negotiate_discovery(Some(KUBECTL), true).unwrap(), Discovery::Aggregated("v2"));
+        assert_eq!(negotiate_discovery(Some(KUBECTL), false).unwrap(), Discovery::Legacy);
+        assert_eq!(negotiate_discovery(None, true).unwrap(), Discovery::Legacy);
+        let beta = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+        assert_eq!(negotiate_discovery(Some(beta), true).unwrap(), Discovery::Aggregated("v2beta1"));
+        assert_eq!(negotiate_discovery(Some(beta), false).unwrap_err().code, 406);
+        assert_eq!(negotiate_discovery(Some("application/yaml"), true).unwrap_err().code, 406);
+        assert!(accepts_json(None));
+        assert!(accepts_json(Some("application/com.github.proto-openapi.spec.v3@v1.0+protobuf, */*")));
+        assert!(!accepts_json(Some("application/com.github.proto-openapi.spec.v3@v1.0+protobuf")));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! kube-apiserver runs for a custom resource before it reaches storage.
 //!
 //! The functions here mutate a parsed `serde_json::Value` in place. They never assign a
-//! resourceVersion: that is the store's job, inside the transaction that commits the write, so RVs
-//! follow commit order (ARCHITECTURE invariant 3).
+//! resourceVersion: that is the store's job, inside the transaction that commits the write, so
+//! RVs are assigned in commit order. Nor do they read a clock or draw random numbers: the time,
+//! the uid and the generateName randomness come from the caller, so every outcome here is
+//! reproducible.
 
-use rand::Rng as _;
 use serde_json::{Map, Value};
 
 use crate::{
@@ -88,12 +89,16 @@ pub fn label_value_error(value: &str) -> Option<String> {
 /// The characters kube uses for generated name suffixes (no vowels, no confusable digits).
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-/// `generateName` + 5 random characters, with the base cut to 58 characters as kube does.
-pub fn generate_name(base: &str) -> String {
+/// `generateName` + 5 characters drawn from `random`, with the base cut to 58 characters as kube
+/// does. The suffix is `random` written in base 27 over [`NAME_ALPHABET`] (its low five digits),
+/// so uniformly random bits give a uniformly random suffix.
+pub fn generate_name(base: &str, random: u64) -> String {
     let mut name: String = base.chars().take(58).collect();
-    let mut rng = rand::rng();
+    let radix = NAME_ALPHABET.len() as u64;
+    let mut rest = random;
     for _ in 0..5 {
-        name.push(NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char);
+        name.push(NAME_ALPHABET[(rest % radix) as usize] as char);
+        rest /= radix;
     }
     name
 }
@@ -333,13 +338,15 @@ fn owner_reference_causes(refs: Option<&Value>, causes: &mut Vec<StatusCause>) {
 }
 
 /// Prepares a create: checks type, namespace, name and metadata, then wipes and fills the system
-/// fields (uid, creationTimestamp, generation). The name may still be empty when `generateName`
-/// is set; the caller generates it (with retries on collision) through [`generate_name`].
+/// fields (`uid`, `creationTimestamp` from `now`, generation). The name may still be empty when
+/// `generateName` is set; the caller generates it (with retries on collision) through
+/// [`generate_name`].
 pub fn prepare_create(
     kind: &ResourceKind,
     url_namespace: Option<&str>,
     obj: &mut Value,
     now: &str,
+    uid: &str,
 ) -> Result<(), ApiError> {
     check_shape(kind, obj)?;
     reconcile_namespace(kind, url_namespace, obj)?;
@@ -372,7 +379,7 @@ pub fn prepare_create(
     for field in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "uid", "creationTimestamp"] {
         meta.remove(field);
     }
-    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    meta.insert("uid".into(), Value::String(uid.to_string()));
     meta.insert("creationTimestamp".into(), Value::String(now.to_string()));
     meta.insert("generation".into(), Value::from(1));
     Ok(())
@@ -459,14 +466,6 @@ pub fn prepare_update(
     Ok(())
 }
 
-impl StatusCause {
-    /// Replaces the message (for the few causes whose text differs from the helpers').
-    pub fn with_message(mut self, message: &str) -> Self {
-        self.message = message.into();
-        self
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,7 +486,7 @@ mod tests {
         for bad in ["", "A", "-a", "a-", "a..b", "a_b", &"a".repeat(254)] {
             assert!(dns_subdomain_error(bad).is_some(), "{bad}");
         }
-        let generated = generate_name(&"x".repeat(70));
+        let generated = generate_name(&"x".repeat(70), u64::MAX);
         assert_eq!(generated.len(), 63);
         assert!(generated[58..].bytes().all(|c| NAME_ALPHABET.contains(&c)));
     }
@@ -497,27 +496,28 @@ mod tests {
         let (polr, cpolr) = kinds();
         let mut obj = json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport",
             "metadata":{"name":"a","uid":"spoof","generation":9}});
-        prepare_create(&polr, Some("ns1"), &mut obj, "2026-01-01T00:00:00Z").unwrap();
+        prepare_create(&polr, Some("ns1"), &mut obj, "2026-01-01T00:00:00Z", "u1").unwrap();
         assert_eq!(obj["metadata"]["namespace"], "ns1");
         assert_eq!(obj["metadata"]["generation"], 1);
         assert_ne!(obj["metadata"]["uid"], "spoof");
         let mut other = json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport",
             "metadata":{"name":"a","namespace":"ns2"}});
-        assert_eq!(prepare_create(&polr, Some("ns1"), &mut other, "t").unwrap_err().code, 400);
+        assert_eq!(prepare_create(&polr, Some("ns1"), &mut other, "t", "u1").unwrap_err().code, 400);
         assert_eq!(
-            prepare_create(&polr, None, &mut other, "t").unwrap_err().message,
+            prepare_create(&polr, None, &mut other, "t", "u1").unwrap_err().message,
             "Namespace parameter required."
         );
         let mut cluster = json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"ClusterPolicyReport",
             "metadata":{"name":"a","namespace":"ns2"}});
-        prepare_create(&cpolr, None, &mut cluster, "t").unwrap();
+        prepare_create(&cpolr, None, &mut cluster, "t", "u1").unwrap();
         assert!(cluster["metadata"].get("namespace").is_none());
     }
 
     #[test]
     fn create_rejections() {
         let (polr, _) = kinds();
-        let check = |body: Value| prepare_create(&polr, Some("ns"), &mut body.clone(), "t").unwrap_err();
+        let check =
+            |body: Value| prepare_create(&polr, Some("ns"), &mut body.clone(), "t", "u1").unwrap_err();
         assert_eq!(check(json!({"apiVersion":"v1","kind":"PolicyReport","metadata":{"name":"a"}})).code, 400);
         assert_eq!(
             check(json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"Pod","metadata":{"name":"a"}})).code,

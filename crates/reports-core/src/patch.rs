@@ -44,6 +44,23 @@ pub fn apply_patch(target: &mut Value, patch: &Value, body_type: BodyType) -> Re
     }
 }
 
+/// True when the patch itself writes `metadata.resourceVersion`: the patch is then pinned to that
+/// version, and a conflict is the client's answer rather than a reason to retry on a newer one.
+pub fn patch_sets_resource_version(patch: &Value, body_type: BodyType) -> bool {
+    match body_type {
+        BodyType::MergePatch => {
+            patch.get("metadata").and_then(|m| m.get("resourceVersion")).is_some_and(|v| !v.is_null())
+        }
+        BodyType::JsonPatch => patch.as_array().is_some_and(|ops| {
+            ops.iter().any(|op| {
+                op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")
+                    && op.get("op").and_then(Value::as_str) != Some("test")
+            })
+        }),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

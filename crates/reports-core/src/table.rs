@@ -294,36 +294,37 @@ pub fn human_duration(seconds: i64) -> String {
     if seconds < 120 {
         return format!("{seconds}s");
     }
+    // `5m`, `5m30s`: a larger unit, and the smaller one only when it is not zero.
+    let two = |major: i64, major_unit: char, minor: i64, minor_unit: char| {
+        if minor == 0 {
+            format!("{major}{major_unit}")
+        } else {
+            format!("{major}{major_unit}{minor}{minor_unit}")
+        }
+    };
     let minutes = seconds / 60;
     if minutes < 10 {
-        let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return two(minutes, 'm', seconds % 60, 's');
     }
     if minutes < 180 {
         return format!("{minutes}m");
     }
     let hours = seconds / 3600;
     if hours < 8 {
-        let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return two(hours, 'h', minutes % 60, 'm');
     }
     if hours < 48 {
         return format!("{hours}h");
     }
-    if hours < 24 * 8 {
-        let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+    let days = hours / 24;
+    if days < 8 {
+        return two(days, 'd', hours % 24, 'h');
     }
-    if hours < 24 * 365 * 2 {
-        return format!("{}d", hours / 24);
+    if days < 365 * 2 {
+        return format!("{days}d");
     }
-    if hours < 24 * 365 * 8 {
-        let days = (hours / 24) % 365;
-        return if days == 0 {
-            format!("{}y", hours / 24 / 365)
-        } else {
-            format!("{}y{days}d", hours / 24 / 365)
-        };
+    if days < 365 * 8 {
+        return two(days / 365, 'y', days % 365, 'd');
     }
     format!("{}y", hours / 24 / 365)
 }

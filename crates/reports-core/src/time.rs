@@ -1,13 +1,10 @@
 //! Timestamps in the Kubernetes wire format (RFC 3339, whole seconds, UTC, `Z` suffix).
+//!
+//! There is no clock here: callers pass the instant (see [`crate::object`]).
 
 /// Formats a timestamp as kube-apiserver does for `metav1.Time`.
 pub fn format_time(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// The current time, formatted as [`format_time`] does.
-pub fn now_rfc3339() -> String {
-    format_time(jiff::Timestamp::now())
 }
 
 #[cfg(test)]

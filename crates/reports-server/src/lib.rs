@@ -1,14 +1,19 @@
 //! reports-server: a Kubernetes aggregated API server for policy reports.
 //!
-//! The binary (`main.rs`) parses flags and calls [`Server::start`]; tests call it too, in-process,
-//! with a port of 0 and a temporary store. The pieces:
-//! - [`app`]: shared state and the one `router(state)` that assembles every route;
-//! - [`resource`]: the single generic handler behind all six kinds;
-//! - [`render`]: stored JSON to responses (splice, stream, transform);
-//! - [`response`]: the error edge (`ApiError` to `metav1.Status`);
+//! The binary (`main.rs`) parses flags and calls [`Server::start`]; tests and the benchmark call
+//! it too, in-process, with a port of 0 and a temporary store. The pieces:
+//! - `app`: the one `router(state)` that assembles every route, and the health endpoints;
+//! - `state`: what every handler shares, built once;
+//! - `discovery`: discovery and OpenAPI documents with their caching rules;
+//! - `resource`: the single generic handler behind all six kinds;
+//! - `render`: stored JSON to responses (splice, stream, transform);
+//! - `response`: the error edge (`ApiError` to `metav1.Status`);
 //! - [`watch`]: change streams from the change log;
-//! - [`serve`]: the TLS accept loop with graceful shutdown;
-//! - [`tls`], [`cli`].
+//! - `serve`: the TLS accept loop with graceful shutdown;
+//! - [`tls`], [`cli`], [`glibc`]: what the binary and the benchmark use.
+//!
+//! Only [`Server`], its configuration and what the binary and benchmark need are public; the
+//! rest is this crate's business.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -16,15 +21,17 @@ use anyhow::Context as _;
 use reports_core::Catalogue;
 use tokio::{net::TcpListener, task::JoinHandle};
 
-pub mod app;
+mod app;
 pub mod cli;
 pub mod cluster;
+mod discovery;
 pub mod glibc;
 pub mod metrics;
-pub mod render;
-pub mod resource;
-pub mod response;
-pub mod serve;
+mod render;
+mod resource;
+mod response;
+mod serve;
+mod state;
 pub mod tls;
 pub mod watch;
 
@@ -82,7 +89,7 @@ impl Server {
             watch::ChangeFeed::start(store.clone(), shutting_down.clone(), config.watch_window_bytes)
                 .await
                 .context("reading the change log")?;
-        let state = app::AppState::new(
+        let state = state::AppState::new(
             catalogue,
             store.clone(),
             changes,

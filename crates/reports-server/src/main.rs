@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use reports_server::{cli::Args, tls::CertificatePem, Server, ServerConfig};
+use reports_server::{cli::Args, glibc::Memcpy, tls::CertificatePem, Server, ServerConfig};
 
 /// mimalloc: the request path allocates many small, short-lived buffers, and glibc's malloc
 /// showed up as the top symbol in profiles of the write and watch paths.
@@ -13,14 +13,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     // First, before the runtime starts threads: it may replace this process.
-    reports_server::glibc::avoid_aliased_rep_movsb();
-    run()
+    let memcpy = reports_server::glibc::avoid_aliased_rep_movsb();
+    run(memcpy)
 }
 
 #[tokio::main]
-async fn run() -> anyhow::Result<()> {
+async fn run(memcpy: Memcpy) -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
+    memcpy.log();
     if args.etcd == Some(true) {
         anyhow::bail!(
             "--etcd (upstream's embedded etcd) is not supported: reports-server keeps reports in an embedded \

@@ -1,8 +1,8 @@
 //! Turning stored JSON into responses in the negotiated shape.
 //!
 //! The fast path is the common one: a JSON client asking for the object gets the stored bytes
-//! untouched (ARCHITECTURE invariant 5), and lists are those bytes spliced between a header and a
-//! trailer, streamed in bounded chunks straight from the store's cursor. Only transforms (Table,
+//! untouched (a get never re-encodes what was stored), and lists are those bytes spliced between
+//! a header and a trailer, streamed in bounded chunks straight from the store's cursor. Only transforms (Table,
 //! PartialObjectMetadata), YAML and pretty-printing parse the stored text.
 
 use axum::{body::Body, http::StatusCode, response::Response};
@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use crate::response::bytes_response;
 
 /// How list items and single objects are rendered for one request.
-pub struct Renderer {
+pub(crate) struct Renderer {
     /// The negotiated representation.
-    pub negotiated: Negotiated,
+    pub(crate) negotiated: Negotiated,
     /// Table cells, when the shape is a Table.
     table: Option<(TableRenderer, IncludeObject)>,
     /// `apiVersion` of the kind.
@@ -50,7 +50,7 @@ fn corrupt(e: impl std::fmt::Display) -> ApiError {
 
 impl Renderer {
     /// Prepares rendering for `kind`; `include_object` is the raw `includeObject` parameter.
-    pub fn new(
+    pub(crate) fn new(
         kind: &ResourceKind,
         negotiated: Negotiated,
         include_object: Option<&str>,
@@ -119,7 +119,7 @@ impl Renderer {
     }
 
     /// Renders one object response.
-    pub fn object(&self, status: StatusCode, body: &str) -> Result<Response, ApiError> {
+    pub(crate) fn object(&self, status: StatusCode, body: &str) -> Result<Response, ApiError> {
         let n = self.negotiated;
         if n.shape == Shape::Object && n.encoding == Encoding::Json && !n.pretty {
             return Ok(bytes_response(status, "application/json", body.to_string()));
@@ -140,7 +140,7 @@ impl Renderer {
     }
 
     /// Renders any JSON value (Status of a delete, dry-run results) in the negotiated encoding.
-    pub fn value(&self, status: StatusCode, value: &Value) -> Response {
+    pub(crate) fn value(&self, status: StatusCode, value: &Value) -> Response {
         let n = self.negotiated;
         bytes_response(status, n.encoding.content_type(), encode_value(value, n.encoding, n.pretty))
     }
@@ -148,7 +148,7 @@ impl Renderer {
     /// Streams a list: header, items from the store cursor in bounded chunks, then `metadata` with
     /// the list RV and continue token. `finish` computes the metadata from (snapshot RV, last
     /// object, more). YAML and pretty output need the whole document and are built in memory.
-    pub fn list(
+    pub(crate) fn list(
         self,
         stream: ListStream,
         finish: impl FnOnce(u64, Option<&StoredObject>, bool) -> Value + Send + 'static,
@@ -240,7 +240,7 @@ impl Renderer {
     /// and the event type (the object itself, or PartialObjectMetadata): then one rendering of a
     /// change serves every watcher asking for that shape. `None` for Tables, which carry
     /// per-stream state (column definitions only in the first event).
-    pub fn shared_event_shape(&self) -> Option<Shape> {
+    pub(crate) fn shared_event_shape(&self) -> Option<Shape> {
         match self.negotiated.shape {
             Shape::Object | Shape::Metadata(_) => Some(self.negotiated.shape),
             Shape::Table(_) | Shape::MetadataList(_) => None,
@@ -249,7 +249,7 @@ impl Renderer {
 
     /// Appends one watch event line, `{"type":T,"object":…}` and a newline, for a stored object in
     /// the negotiated shape. Stored JSON is compact, so the line never contains another newline.
-    pub fn append_watch_event(
+    pub(crate) fn append_watch_event(
         &mut self,
         event_type: &str,
         body: &str,
@@ -272,7 +272,7 @@ impl Renderer {
 
     /// A BOOKMARK event line at `rv`, in the negotiated shape; `initial_events_end` adds the
     /// `k8s.io/initial-events-end` annotation that ends a streaming list.
-    pub fn watch_bookmark(&mut self, rv: u64, initial_events_end: bool) -> Vec<u8> {
+    pub(crate) fn watch_bookmark(&mut self, rv: u64, initial_events_end: bool) -> Vec<u8> {
         let mut metadata = json!({"resourceVersion": rv.to_string()});
         if initial_events_end {
             metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
@@ -301,7 +301,7 @@ fn event_line_start(event_type: &str, out: &mut Vec<u8>) {
 
 /// Appends the watch event line of a stored object in a shape that needs no per-stream state
 /// (see [`Renderer::shared_event_shape`]).
-pub fn append_shared_event(
+pub(crate) fn append_shared_event(
     shape: Shape,
     event_type: &str,
     body: &str,
@@ -338,7 +338,7 @@ fn append_partial_metadata(version: &str, body: &str, out: &mut Vec<u8>) -> Resu
 }
 
 /// One watch event line for a JSON value (bookmarks, ERROR events carrying a Status).
-pub fn event_line(event_type: &str, object: &Value) -> Vec<u8> {
+pub(crate) fn event_line(event_type: &str, object: &Value) -> Vec<u8> {
     let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
     line.push(b'\n');
     line

@@ -9,12 +9,12 @@ use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use reports_core::{negotiate::Encoding, ApiError};
+use reports_core::ApiError;
 use reports_store::StoreError;
 
 /// An [`ApiError`] on its way out (axum needs a local type to implement `IntoResponse`).
 #[derive(Debug)]
-pub struct ErrorResponse(pub ApiError);
+pub(crate) struct ErrorResponse(pub ApiError);
 
 impl From<ApiError> for ErrorResponse {
     fn from(e: ApiError) -> Self {
@@ -44,10 +44,10 @@ impl IntoResponse for ErrorResponse {
 }
 
 /// Handler result: a response or an error rendered at the edge.
-pub type ApiResult<T = Response> = Result<T, ErrorResponse>;
+pub(crate) type ApiResult<T = Response> = Result<T, ErrorResponse>;
 
 /// A complete body with a content type.
-pub fn bytes_response(status: StatusCode, content_type: &str, body: impl Into<Body>) -> Response {
+pub(crate) fn bytes_response(status: StatusCode, content_type: &str, body: impl Into<Body>) -> Response {
     let mut response = (status, body.into()).into_response();
     if let Ok(value) = HeaderValue::from_str(content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
@@ -56,18 +56,13 @@ pub fn bytes_response(status: StatusCode, content_type: &str, body: impl Into<Bo
 }
 
 /// A JSON value with `application/json`.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
     bytes_response(status, "application/json", serde_json::to_vec(value).unwrap_or_default())
-}
-
-/// The content type of an encoding.
-pub fn content_type(encoding: Encoding) -> &'static str {
-    encoding.content_type()
 }
 
 /// Maps a store failure that has no object-specific meaning (the caller handles NotFound,
 /// AlreadyExists and Conflict where they mean something).
-pub fn store_error(error: StoreError) -> ApiError {
+pub(crate) fn store_error(error: StoreError) -> ApiError {
     match error {
         StoreError::Unavailable(detail) => {
             ApiError::unavailable("the storage backend is unavailable, please try again")

@@ -1,0 +1,191 @@
+//! The delete verbs: delete (preconditions, finalizers, garbage-collector propagation) and
+//! deletecollection (streamed: each chunk of the list is deleted in one transaction and
+//! returned).
+
+use axum::{body::Body, http::StatusCode, response::Response};
+use reports_core::{
+    deletion::{check_preconditions, deletion_plan, DeletionPlan},
+    options::{DeleteOptions, ListOptions},
+    ApiError, StatusDetails,
+};
+use reports_store::{ListQuery, StoreError, StoredObject};
+use serde_json::{json, Value};
+
+use super::{now, Request, WRITE_ATTEMPTS};
+use crate::{
+    render::Renderer,
+    response::{store_error, ApiResult},
+};
+
+impl Request<'_> {
+    pub(super) async fn delete(&self, body: Body) -> ApiResult {
+        let options = self.read_delete_options(body).await?;
+        let kind = self.kind();
+        for _ in 0..WRITE_ATTEMPTS {
+            let stored = self.load().await?;
+            let current = self.parse_stored(&stored)?;
+            check_preconditions(&options, kind, self.name(), &stored.uid, stored.rv)?;
+            match self.delete_one(&stored, current, &options).await {
+                Err(DeleteFailure::Raced) => continue,
+                Err(DeleteFailure::Api(e)) => return Err(e.into()),
+                Ok(outcome) => return Ok(outcome),
+            }
+        }
+        Err(ApiError::conflict(kind, self.name(), "the object is being modified too often; please try again")
+            .into())
+    }
+
+    /// Deletes or starts deleting (finalizers) one loaded object.
+    async fn delete_one(
+        &self,
+        stored: &StoredObject,
+        current: Value,
+        options: &DeleteOptions,
+    ) -> Result<Response, DeleteFailure> {
+        let kind = self.kind();
+        let name = stored.name.clone();
+        match deletion_plan(&current, options.propagation, &now()) {
+            DeletionPlan::Immediately => {
+                if !options.dry_run {
+                    match self
+                        .state
+                        .store
+                        .delete(kind.storage_key(), &stored.namespace, &name, stored.rv)
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(StoreError::Conflict | StoreError::NotFound) => return Err(DeleteFailure::Raced),
+                        Err(e) => return Err(DeleteFailure::Api(store_error(e))),
+                    }
+                }
+                let status = json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": StatusDetails { name, group: kind.group.clone(), kind: kind.plural.clone(), uid: stored.uid.clone(), ..Default::default() },
+                });
+                Ok(self.renderer.value(StatusCode::OK, &status))
+            }
+            DeletionPlan::AlreadyDeleting => {
+                self.renderer.object(StatusCode::OK, &stored.body).map_err(DeleteFailure::Api)
+            }
+            DeletionPlan::MarkDeleting(marked) => {
+                // kube keeps 200 for compatibility except after an explicit orphanDependents=false.
+                let status = if options.orphan_dependents == Some(false) {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                };
+                if options.dry_run {
+                    return self.renderer.object(status, &marked.to_string()).map_err(DeleteFailure::Api);
+                }
+                match self.state.store.update(kind.storage_key(), marked, stored.rv).await {
+                    Ok(updated) => self.renderer.object(status, &updated.body).map_err(DeleteFailure::Api),
+                    Err(StoreError::Conflict | StoreError::NotFound) => Err(DeleteFailure::Raced),
+                    Err(e) => Err(DeleteFailure::Api(store_error(e))),
+                }
+            }
+        }
+    }
+
+    pub(super) async fn delete_collection(&self, body: Body) -> ApiResult {
+        let kind = self.kind();
+        if kind.namespaced && self.target.namespace.is_none() {
+            return Err(ApiError::bad_request("Namespace parameter required.").into());
+        }
+        let delete_options = self.read_delete_options(body).await?;
+        let list_options = ListOptions::parse(&self.query, kind)?;
+        let query = ListQuery {
+            resource: kind.storage_key().to_string(),
+            namespace: self.target.namespace.clone(),
+            labels: list_options.label_selector,
+            fields: list_options.field_selector,
+            after: None,
+            limit: None,
+        };
+        let stream = self.state.store.list(query).await.map_err(store_error)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let store = self.state.store.clone();
+        let resource = kind.storage_key().to_string();
+        // Deleting runs beside the response: a chunk read, then deleted in one transaction, then
+        // its items streamed out as the returned list, so memory stays bounded by one chunk.
+        tokio::spawn(delete_collection_task(store, resource, stream, delete_options, tx));
+        let deleted = reports_store::ListStream { snapshot_rv: 0, chunks: rx };
+        let renderer = Renderer::new(kind, self.renderer.negotiated, None)?;
+        let store = self.state.store.clone();
+        let current = store.current_rv().await.map_err(store_error)?;
+        Ok(renderer.list(deleted, move |_, last, _| {
+            let rv = last.map(|o| o.rv).unwrap_or(current).max(current);
+            json!({"resourceVersion": rv.to_string()})
+        }))
+    }
+}
+
+/// Why one delete attempt did not finish.
+enum DeleteFailure {
+    /// Another writer changed or removed the object first; load it again and retry.
+    Raced,
+    /// A real error for the client.
+    Api(ApiError),
+}
+
+async fn delete_collection_task(
+    store: reports_store::DynStore,
+    resource: String,
+    mut stream: reports_store::ListStream,
+    options: DeleteOptions,
+    tx: tokio::sync::mpsc::Sender<reports_store::StoreResult<reports_store::ListChunk>>,
+) {
+    use reports_store::ListChunk;
+    while let Some(chunk) = stream.chunks.recv().await {
+        let items = match chunk {
+            Ok(ListChunk::Items(items)) => items,
+            Ok(ListChunk::End { .. }) => break,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mut immediate = Vec::new();
+        let mut out = Vec::new();
+        for item in items {
+            let current = match item.parse() {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            match deletion_plan(&current, options.propagation, &now()) {
+                DeletionPlan::Immediately if options.dry_run => out.push(item),
+                DeletionPlan::Immediately => immediate.push(item),
+                DeletionPlan::AlreadyDeleting => out.push(item),
+                DeletionPlan::MarkDeleting(marked) if options.dry_run => {
+                    out.push(StoredObject { body: marked.to_string(), ..item })
+                }
+                DeletionPlan::MarkDeleting(marked) => match store.update(&resource, marked, item.rv).await {
+                    Ok(updated) => out.push(updated),
+                    Err(StoreError::Conflict | StoreError::NotFound) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                },
+            }
+        }
+        if !immediate.is_empty() {
+            let keys = immediate.iter().map(|o| (o.namespace.clone(), o.name.clone(), o.rv)).collect();
+            match store.delete_batch(&resource, keys).await {
+                Ok(deleted) => out.extend(deleted.into_iter().flatten()),
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        // A client that hangs up does not stop the deletion: kube finishes a deletecollection it
+        // has accepted, and a half-deleted namespace would otherwise wait for the next sweep.
+        if !tx.is_closed() {
+            let _ = tx.send(Ok(ListChunk::Items(out))).await;
+        }
+    }
+    let _ = tx.send(Ok(reports_store::ListChunk::End { more: false })).await;
+}

@@ -1,0 +1,225 @@
+//! The write verbs: create (with generateName retries), update and patch (read-modify-write,
+//! retried when another writer gets in between).
+
+use axum::{
+    body::Body,
+    http::{header, StatusCode},
+    response::Response,
+};
+use reports_core::{
+    deletion::{is_deleting, update_completes_deletion},
+    field_validation::WriteVerb,
+    negotiate,
+    object::{self, generate_name, ObjectExt},
+    options::{FieldValidation, WriteOptions},
+    patch::{apply_patch, patch_sets_resource_version},
+    ApiError,
+};
+use reports_store::{StoreError, StoredObject};
+use serde_json::Value;
+
+use super::{header_str, now, Request, WRITE_ATTEMPTS};
+use crate::response::{store_error, ApiResult};
+
+/// kube-apiserver retries generateName collisions this many times.
+const GENERATE_NAME_ATTEMPTS: usize = 8;
+
+/// Why a prepared update was not stored.
+enum WriteFailure {
+    /// The stored object is no longer the version the update was prepared from.
+    Stale,
+    /// The object is gone.
+    Gone,
+    /// Anything else, for the client as it is.
+    Api(ApiError),
+}
+
+impl From<ApiError> for WriteFailure {
+    fn from(e: ApiError) -> Self {
+        WriteFailure::Api(e)
+    }
+}
+
+impl Request<'_> {
+    /// The client's error for a failed update: 409 Conflict for a stale version, 404 for a
+    /// vanished object.
+    fn write_error(&self, failure: WriteFailure) -> ApiError {
+        match failure {
+            WriteFailure::Stale => ApiError::stale(self.kind(), self.name()),
+            WriteFailure::Gone => ApiError::not_found(self.kind(), self.name()),
+            WriteFailure::Api(e) => e,
+        }
+    }
+
+    pub(super) async fn create(&self, body: Body) -> ApiResult {
+        let options = WriteOptions::parse(&self.query, "CreateOptions", false)?;
+        let mut object = self.read_object(body, &options).await?;
+        let kind = self.kind();
+        let uid = uuid::Uuid::new_v4().to_string();
+        object::prepare_create(kind, self.target.namespace.as_deref(), &mut object, &now(), &uid)?;
+        let generate_from = object.meta_str("generateName").to_string();
+        let fixed_name = object.meta_str("name").to_string();
+        let attempts = if fixed_name.is_empty() { GENERATE_NAME_ATTEMPTS } else { 1 };
+        let mut name = fixed_name.clone();
+        for attempt in 1..=attempts {
+            if fixed_name.is_empty() {
+                name = generate_name(&generate_from, rand::random());
+                object::meta_mut(&mut object).insert("name".into(), Value::String(name.clone()));
+            }
+            let namespace = object.meta_str("namespace").to_string();
+            if options.dry_run {
+                let existing =
+                    self.state.store.get(kind.storage_key(), &namespace, &name).await.map_err(store_error)?;
+                match existing {
+                    Some(_) if fixed_name.is_empty() => continue,
+                    Some(existing) => return Err(self.already_exists(&existing, &name)?.into()),
+                    None => return Ok(self.renderer.object(StatusCode::CREATED, &object.to_string())?),
+                }
+            }
+            // Only a generated name can need another attempt, which needs the object again.
+            let candidate = if attempt < attempts { object.clone() } else { std::mem::take(&mut object) };
+            match self.state.store.create(kind.storage_key(), candidate).await {
+                Ok(stored) => return Ok(self.renderer.object(StatusCode::CREATED, &stored.body)?),
+                Err(StoreError::AlreadyExists) if fixed_name.is_empty() => continue,
+                Err(StoreError::AlreadyExists) => {
+                    let existing = self
+                        .state
+                        .store
+                        .get(kind.storage_key(), &namespace, &name)
+                        .await
+                        .map_err(store_error)?;
+                    return Err(match existing {
+                        Some(existing) => self.already_exists(&existing, &name)?,
+                        None => ApiError::already_exists(kind, &name),
+                    }
+                    .into());
+                }
+                Err(e) => return Err(store_error(e).into()),
+            }
+        }
+        Err(ApiError::generate_name_conflict(kind, &name).into())
+    }
+
+    /// AlreadyExists, prefixed as kube does when the existing object is being deleted.
+    fn already_exists(&self, existing: &StoredObject, name: &str) -> Result<ApiError, ApiError> {
+        let mut error = ApiError::already_exists(self.kind(), name);
+        let value = self.parse_stored(existing)?;
+        if is_deleting(&value) {
+            error.message = format!("object is being deleted: {}", error.message);
+        }
+        Ok(error)
+    }
+
+    pub(super) async fn update(&self, body: Body) -> ApiResult {
+        let options = WriteOptions::parse(&self.query, "UpdateOptions", false)?;
+        let mut object = self.read_object(body, &options).await?;
+        let stored = self.load().await?;
+        let current = self.parse_stored(&stored)?;
+        object::prepare_update(
+            self.kind(),
+            self.target.namespace.as_deref(),
+            self.name(),
+            &mut object,
+            &current,
+        )?;
+        let expected: u64 = object.meta_str("resourceVersion").parse().unwrap_or(0);
+        if expected != stored.rv {
+            return Err(ApiError::stale(self.kind(), self.name()).into());
+        }
+        self.write_update(object, &current, stored.rv, options.dry_run)
+            .await
+            .map_err(|f| self.write_error(f).into())
+    }
+
+    /// Stores a prepared update, or deletes the object when the update removed the last
+    /// finalizer of an object that is being deleted.
+    async fn write_update(
+        &self,
+        object: Value,
+        current: &Value,
+        expected_rv: u64,
+        dry_run: bool,
+    ) -> Result<Response, WriteFailure> {
+        let kind = self.kind();
+        if update_completes_deletion(current, &object) {
+            if dry_run {
+                return Ok(self.renderer.object(StatusCode::OK, &object.to_string())?);
+            }
+            return match self
+                .state
+                .store
+                .delete(kind.storage_key(), self.target.storage_namespace(), self.name(), expected_rv)
+                .await
+            {
+                Ok(gone) => Ok(self.renderer.object(StatusCode::OK, &gone.body)?),
+                Err(StoreError::Conflict) => Err(WriteFailure::Stale),
+                Err(StoreError::NotFound) => Err(WriteFailure::Gone),
+                Err(e) => Err(store_error(e).into()),
+            };
+        }
+        if dry_run {
+            return Ok(self.renderer.object(StatusCode::OK, &object.to_string())?);
+        }
+        match self.state.store.update(kind.storage_key(), object, expected_rv).await {
+            Ok(stored) => Ok(self.renderer.object(StatusCode::OK, &stored.body)?),
+            Err(StoreError::Conflict) => Err(WriteFailure::Stale),
+            Err(StoreError::NotFound) => Err(WriteFailure::Gone),
+            Err(e) => Err(store_error(e).into()),
+        }
+    }
+
+    pub(super) async fn patch(&self, body: Body) -> ApiResult {
+        let body_type = negotiate::patch_body_type(header_str(self.headers, header::CONTENT_TYPE))?;
+        let options = WriteOptions::parse(&self.query, "PatchOptions", false)?;
+        let bytes = self.read_body(body).await?;
+        let (patch, duplicates) = negotiate::decode_body_with_duplicates(&bytes, body_type)?;
+        let kind = self.kind();
+        for _ in 0..WRITE_ATTEMPTS {
+            let stored = self.load().await?;
+            let current = self.parse_stored(&stored)?;
+            let mut patched = current.clone();
+            apply_patch(&mut patched, &patch, body_type)?;
+            if !patched.is_object() {
+                return Err(ApiError::bad_request("the patched object is not a JSON object").into());
+            }
+            let unknown = kind.validator.prune(&mut patched);
+            let strict = options.field_validation == FieldValidation::Strict;
+            if strict && !(unknown.is_empty() && duplicates.is_empty()) {
+                // The strict error quotes the patched object before pruning; rebuild it only then.
+                let mut unpruned = current.clone();
+                apply_patch(&mut unpruned, &patch, body_type)?;
+                self.field_validation(&duplicates, &unknown, &options, WriteVerb::Patch(&unpruned))?;
+            }
+            self.field_validation(&duplicates, &unknown, &options, WriteVerb::Patch(&Value::Null))?;
+            // A patch that names a resourceVersion is a precondition; otherwise it applies to
+            // whatever is current, retrying if another writer gets in between.
+            let pinned = patched.meta_str("resourceVersion").to_string();
+            let explicit = !pinned.is_empty() && pinned != stored.rv.to_string();
+            if explicit {
+                return Err(ApiError::stale(kind, self.name()).into());
+            }
+            let pinned_by_patch = patch_sets_resource_version(&patch, body_type);
+            if pinned.is_empty() {
+                object::meta_mut(&mut patched)
+                    .insert("resourceVersion".into(), Value::String(stored.rv.to_string()));
+            }
+            object::prepare_update(
+                kind,
+                self.target.namespace.as_deref(),
+                self.name(),
+                &mut patched,
+                &current,
+            )?;
+            // Another writer got in between: try again on its version, unless the patch itself
+            // pinned the version it applies to. A vanished object is read again, and that read
+            // answers 404.
+            match self.write_update(patched, &current, stored.rv, options.dry_run).await {
+                Err(WriteFailure::Stale) if !pinned_by_patch => continue,
+                Err(WriteFailure::Gone) => continue,
+                outcome => return outcome.map_err(|f| self.write_error(f).into()),
+            }
+        }
+        Err(ApiError::conflict(kind, self.name(), "the object is being modified too often; please try again")
+            .into())
+    }
+}

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use http::HeaderMap;
+use reports_core::options::percent_decode;
 
 use crate::{config::RequestHeaderConfig, UserInfo};
 
@@ -37,34 +38,13 @@ pub fn user_from_headers(config: &RequestHeaderConfig, headers: &HeaderMap) -> O
         let Ok(value) = value.to_str() else { continue };
         // Keys are percent-encoded so that they can hold characters headers cannot; kube decodes
         // them and lower-cases the result.
-        let key = percent_decode(&header[prefix.len()..]).to_lowercase();
+        let key = String::from_utf8_lossy(&percent_decode(&header[prefix.len()..], false)).to_lowercase();
         if key.is_empty() {
             continue;
         }
         extra.entry(key).or_default().push(value.to_string());
     }
     Some(UserInfo { name, uid, groups, extra })
-}
-
-/// Decodes `%XX` escapes; invalid escapes are kept literally.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Report documents shaped like the real samples in `shared/samples/`, with unique names, uids
+//! Report documents shaped like real reports from Kyverno and Trivy, with unique names, uids
 //! and labels per object.
 //!
 //! - [`kyverno_policy_report`]: a Kyverno per-resource PolicyReport (`wgpolicyk8s.io/v1alpha2`),

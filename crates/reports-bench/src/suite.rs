@@ -51,7 +51,7 @@ pub struct Settings {
     pub stores: Vec<StoreKind>,
     /// PostgreSQL durability.
     pub durability: Durability,
-    /// 6 KB Kyverno PolicyReports created, updated, read and listed (the issue 4 workload).
+    /// 6 KB Kyverno PolicyReports created, updated, read and listed (the PostgreSQL store workload).
     pub core_reports: usize,
     /// Clients of the closed-loop probes (and connections of the open-loop runs).
     pub concurrency: usize,
@@ -105,7 +105,7 @@ impl Settings {
         }
     }
 
-    /// The issue 4 figures: PostgreSQL (durable), 100k 6 KB reports, both baselines.
+    /// The PostgreSQL store figures: (durable), 100k 6 KB reports, both baselines.
     pub fn pg() -> Self {
         Self {
             name: "pg".into(),

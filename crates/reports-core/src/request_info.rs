@@ -211,23 +211,7 @@ fn percent_decode(raw: &str) -> String {
     if !raw.contains('%') {
         return raw.to_string();
     }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| raw.to_string())
+    String::from_utf8(crate::options::percent_decode(raw, false)).unwrap_or_else(|_| raw.to_string())
 }
 
 #[cfg(test)]

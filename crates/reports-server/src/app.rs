@@ -21,6 +21,7 @@ use crate::{
 
 /// Assembles every route of the server.
 pub(crate) fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/", get(root_paths))
         .route("/version", get(version))
@@ -30,13 +31,26 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/api", get(discovery::legacy_api))
         .route("/apis", get(discovery::apis))
         .route("/apis/{group}", get(discovery::api_group))
         .route("/apis/{group}/{version}", get(discovery::api_resources))
         .route("/apis/{group}/{version}/{*rest}", any(resource::handle))
         .fallback(|| async { ErrorResponse(ApiError::path_not_found()) })
+        .layer(axum::middleware::from_fn(move |request, next| {
+            crate::metrics::track(metrics.clone(), request, next)
+        }))
         .with_state(state)
+}
+
+/// `/metrics`, in Prometheus text format.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn root_paths(State(state): State<AppState>) -> Response {
@@ -45,6 +59,7 @@ async fn root_paths(State(state): State<AppState>) -> Response {
         "/apis".into(),
         "/healthz".into(),
         "/livez".into(),
+        "/metrics".into(),
         "/openapi/v2".into(),
         "/openapi/v3".into(),
         "/readyz".into(),

@@ -35,6 +35,9 @@ mod state;
 pub mod tls;
 pub mod watch;
 
+/// How often `apiserver_storage_objects` is recounted.
+const STORAGE_OBJECTS_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Everything needed to start a server (the binary builds it from flags).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -89,12 +92,24 @@ impl Server {
             watch::ChangeFeed::start(store.clone(), shutting_down.clone(), config.watch_window_bytes)
                 .await
                 .context("reading the change log")?;
+        let metrics = Arc::new(metrics::Metrics::new(&catalogue));
+        metrics.add_source(changes.clone());
+        let storage_objects = Arc::new(metrics::StorageObjects::default());
+        metrics.add_source(storage_objects.clone());
+        tokio::spawn(metrics::refresh_storage_objects(
+            store.clone(),
+            catalogue.clone(),
+            storage_objects,
+            STORAGE_OBJECTS_PERIOD,
+            shutting_down.clone(),
+        ));
         let state = state::AppState::new(
             catalogue,
             store.clone(),
             changes,
             config.max_body_bytes,
             shutting_down.clone(),
+            metrics,
         );
         let router = app::router(state.clone());
         tokio::spawn(compaction_loop(

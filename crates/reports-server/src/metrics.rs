@@ -251,6 +251,55 @@ impl Metrics {
     }
 }
 
+/// `apiserver_storage_objects{resource}`: objects stored per resource, refreshed by
+/// [`refresh_storage_objects`] (a count per scrape would make every scrape a scan).
+#[derive(Default)]
+pub struct StorageObjects {
+    /// `(resource.group, count)` for every kind of the catalogue.
+    counts: Mutex<Vec<(String, u64)>>,
+}
+
+impl MetricsSource for StorageObjects {
+    fn render(&self, out: &mut String) {
+        out.push_str("# HELP apiserver_storage_objects Number of stored objects at the time of last check split by kind.\n# TYPE apiserver_storage_objects gauge\n");
+        for (resource, count) in lock(&self.counts).iter() {
+            let _ = writeln!(out, "apiserver_storage_objects{{resource=\"{}\"}} {count}", escape(resource));
+        }
+    }
+}
+
+/// Counts the stored objects of every kind now and then every `period`, until `shutting_down`.
+pub async fn refresh_storage_objects(
+    store: reports_store::DynStore,
+    catalogue: Catalogue,
+    gauge: Arc<StorageObjects>,
+    period: std::time::Duration,
+    mut shutting_down: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutting_down.wait_for(|stop| *stop) => return,
+        }
+        match store.count_by_resource().await {
+            Ok(stored) => {
+                let counts = catalogue
+                    .kinds()
+                    .iter()
+                    .map(|kind| {
+                        let count =
+                            stored.iter().find(|(r, _)| r == kind.storage_key()).map_or(0, |(_, n)| *n);
+                        (kind.qualified_resource(), count)
+                    })
+                    .collect();
+                *lock(&gauge.counts) = counts;
+            }
+            Err(e) => tracing::warn!(error = %e, "counting stored objects for the metrics failed"),
+        }
+    }
+}
+
 /// Request middleware: records every resource request in `metrics`.
 pub async fn track(metrics: Arc<Metrics>, request: Request, next: Next) -> Response {
     let info = RequestInfo::resolve(request.method().as_str(), request.uri().path(), request.uri().query());

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) shutting_down: watch::Receiver<bool>,
     /// Set once the listener is up; `/readyz` fails before.
     pub(crate) ready: AtomicBool,
+    /// Request counts and latencies, and the other figures `/metrics` shows.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::ops::Deref for AppState {
@@ -52,6 +54,7 @@ impl AppState {
         changes: Arc<ChangeFeed>,
         max_body_bytes: usize,
         shutting_down: watch::Receiver<bool>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let discovery = DiscoveryDocs::new(&catalogue);
         Self(Arc::new(Shared {
@@ -62,6 +65,7 @@ impl AppState {
             max_body_bytes,
             shutting_down,
             ready: AtomicBool::new(false),
+            metrics,
         }))
     }
 

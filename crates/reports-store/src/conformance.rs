@@ -60,6 +60,14 @@ pub async fn create_is_not_an_upsert(store: DynStore) {
     // The same name in another namespace or another resource is a different object.
     store.create(POLR, report("other", "a", json!({}))).await.unwrap();
     store.create("reports", report("ns", "a", json!({}))).await.unwrap();
+    // Counts follow: a refused create adds nothing.
+    let mut counts = store.count_by_resource().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, vec![(POLR.to_string(), 3), ("reports".to_string(), 1)]);
+    let gone = store.get(POLR, "ns", "b").await.unwrap().unwrap();
+    store.delete(POLR, "ns", "b", gone.rv).await.unwrap();
+    let counts = store.count_by_resource().await.unwrap();
+    assert!(counts.contains(&(POLR.to_string(), 2)), "{counts:?}");
 }
 
 /// Updates check the expected RV atomically.

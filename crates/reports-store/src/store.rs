@@ -77,6 +77,10 @@ pub trait Store: Send + Sync + 'static {
         self.commits().subscribe()
     }
 
+    /// How many objects each resource holds (resources with none are absent). A full count, for
+    /// the `apiserver_storage_objects` gauge, which refreshes it about once a minute.
+    async fn count_by_resource(&self) -> StoreResult<Vec<(String, u64)>>;
+
     /// Checks that the database answers (readiness).
     async fn ping(&self) -> StoreResult<()>;
 }

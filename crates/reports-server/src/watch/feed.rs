@@ -218,6 +218,32 @@ impl ChangeFeed {
     }
 }
 
+impl crate::metrics::MetricsSource for ChangeFeed {
+    fn render(&self, out: &mut String) {
+        let (bytes, changes, floor, newest) = {
+            let window = self.window();
+            (window.bytes, window.changes, window.floor, window.newest)
+        };
+        // Each open watch holds one receiver; the feed itself holds none.
+        let watchers = self.newest.receiver_count();
+        out.push_str(&format!(
+            "# HELP reports_server_watch_window_bytes Bytes of recent changes held in memory for watchers.\n\
+             # TYPE reports_server_watch_window_bytes gauge\nreports_server_watch_window_bytes {bytes}\n\
+             # HELP reports_server_watch_window_budget_bytes The window's byte budget (--watch-window-bytes).\n\
+             # TYPE reports_server_watch_window_budget_bytes gauge\nreports_server_watch_window_budget_bytes {}\n\
+             # HELP reports_server_watch_window_changes Changes held in the window.\n\
+             # TYPE reports_server_watch_window_changes gauge\nreports_server_watch_window_changes {changes}\n\
+             # HELP reports_server_watch_window_floor_resource_version Oldest resourceVersion the window can serve a watcher from.\n\
+             # TYPE reports_server_watch_window_floor_resource_version gauge\nreports_server_watch_window_floor_resource_version {floor}\n\
+             # HELP reports_server_change_feed_resource_version Newest resourceVersion published to watchers.\n\
+             # TYPE reports_server_change_feed_resource_version gauge\nreports_server_change_feed_resource_version {newest}\n\
+             # HELP reports_server_watch_subscribers Watch streams following the feed.\n\
+             # TYPE reports_server_watch_subscribers gauge\nreports_server_watch_subscribers {watchers}\n",
+            self.window_bytes
+        ));
+    }
+}
+
 /// The tailing loop: after each commit notification, publish every new change in RV order.
 async fn tail(
     store: DynStore,

@@ -31,6 +31,7 @@ mod errors;
 mod harness;
 mod kubectl;
 mod lists;
+mod metrics;
 mod negotiation;
 mod postgres;
 mod process;

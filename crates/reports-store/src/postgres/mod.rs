@@ -253,6 +253,11 @@ impl Store for PgStore {
         self.target.run(move |client| async move { reads::compacted_rv(&client, cluster).await }).await
     }
 
+    async fn count_by_resource(&self) -> StoreResult<Vec<(String, u64)>> {
+        let cluster = self.target.cluster;
+        self.target.run(move |client| async move { reads::count_by_resource(&client, cluster).await }).await
+    }
+
     async fn changed_since(&self, resource: &str, rv: u64) -> StoreResult<bool> {
         let (cluster, resource) = (self.target.cluster, resource.to_string());
         self.target

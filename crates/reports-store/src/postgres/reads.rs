@@ -48,3 +48,18 @@ async fn counter<C: GenericClient>(client: &C, sql: &str, cluster: Uuid) -> Stor
     let stmt = client.prepare_cached(sql).await.map_err(db_error)?;
     Ok(client.query_one(&stmt, &[&cluster]).await.map_err(db_error)?.get::<_, i64>(0) as u64)
 }
+
+/// Objects per resource of the cluster.
+pub(super) async fn count_by_resource<C: GenericClient>(
+    client: &C,
+    cluster: Uuid,
+) -> StoreResult<Vec<(String, u64)>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT resource, count(*) FROM report_objects WHERE cluster_id = $1 GROUP BY resource",
+        )
+        .await
+        .map_err(db_error)?;
+    let rows = client.query(&stmt, &[&cluster]).await.map_err(db_error)?;
+    Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
+}

@@ -205,6 +205,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn count_by_resource(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.readers
+            .read(|conn| {
+                let mut statement = conn
+                    .prepare_cached("SELECT resource, count(*) FROM objects GROUP BY resource")
+                    .map_err(sqlite_error)?;
+                let rows = statement
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+                    .map_err(sqlite_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(sqlite_error)
+            })
+            .await
+    }
+
     async fn changed_since(&self, resource: &str, rv: u64) -> StoreResult<bool> {
         let resource = resource.to_string();
         self.readers.read(move |conn| changes::changed_since(conn, &resource, rv)).await

@@ -22,6 +22,16 @@ async fn run(memcpy: Memcpy) -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
     memcpy.log();
+    // Start-up failures (a port in use, an unreachable database) are ordinary operational
+    // errors: one log line in the configured format, with the cause chain, and exit status 1.
+    if let Err(e) = serve(args).await {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     if args.etcd == Some(true) {
         anyhow::bail!(
             "--etcd (upstream's embedded etcd) is not supported: reports-server keeps reports in an embedded \
@@ -79,8 +89,13 @@ async fn run(memcpy: Memcpy) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal, never in a container's log.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {

@@ -161,3 +161,39 @@ fn on_amd_cpus_the_binary_restarts_itself_once_without_aliased_rep_movsb() {
         child.wait().unwrap();
     }
 }
+
+#[test]
+fn an_ordinary_start_up_error_is_one_log_line_in_the_chosen_format() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let plain = Command::new(BINARY)
+        .args(["--secure-port", &port, "--storage", "sqlite::memory:"])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("binding 127.0.0.1:") && errors[0].contains("in use"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no colour codes when stderr is not a terminal: {stderr:?}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+
+    let json = Command::new(BINARY)
+        .args(["--secure-port", &port, "--storage", "sqlite::memory:", "--log-format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(json.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let last: Value =
+        serde_json::from_str(stderr.lines().last().unwrap()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(last["level"], "ERROR");
+    assert!(last["fields"]["message"].as_str().unwrap().contains("binding"), "{last}");
+    for line in stderr.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("every line is JSON ({e}): {line}"));
+    }
+    drop(taken);
+}

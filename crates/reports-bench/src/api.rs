@@ -62,28 +62,12 @@ impl Api {
 
     /// POSTs a prepared body; returns the created object's resourceVersion.
     pub async fn create(&self, i: usize, url: &str, body: Bytes) -> Result<u64, u16> {
-        let response = self
-            .client(i)
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|_| 0u16)?;
-        rv_of_response(response).await
+        write(self.client(i).post(url), body).await
     }
 
     /// PUTs a prepared body (carrying its resourceVersion precondition); returns the new RV.
     pub async fn update(&self, i: usize, url: &str, body: Bytes) -> Result<u64, u16> {
-        let response = self
-            .client(i)
-            .put(url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|_| 0u16)?;
-        rv_of_response(response).await
+        write(self.client(i).put(url), body).await
     }
 
     /// Sends a request and reads the whole response; the status decides the outcome.
@@ -97,6 +81,13 @@ impl Api {
             Err(status.as_u16())
         }
     }
+}
+
+/// Sends a write (POST or PUT) with a prepared JSON body; returns the object's new resourceVersion.
+async fn write(request: reqwest::RequestBuilder, body: Bytes) -> Result<u64, u16> {
+    let response =
+        request.header("content-type", "application/json").body(body).send().await.map_err(|_| 0u16)?;
+    rv_of_response(response).await
 }
 
 /// Reads a write response and finds `metadata.resourceVersion` in it without parsing the object.

@@ -90,6 +90,18 @@ impl Etcd {
         Ok(value)
     }
 
+    /// POSTs a prepared JSON body to the gateway's `/v3/kv/{operation}`; `Err(0)` when the request
+    /// could not be sent.
+    async fn post_kv(&self, operation: &str, body: String) -> Result<reqwest::Response, u16> {
+        self.http
+            .post(format!("{}/v3/kv/{operation}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|_| 0u16)
+    }
+
     /// The member status (`dbSize`, `header.revision`).
     pub async fn status(&self) -> anyhow::Result<Value> {
         self.call("/v3/maintenance/status", json!({})).await
@@ -98,14 +110,7 @@ impl Etcd {
     /// Puts a key (a prepared base64 key and value); returns the new revision.
     pub async fn put(&self, key: &str, value: &str) -> Result<i64, u16> {
         let body = format!(r#"{{"key":"{key}","value":"{value}"}}"#);
-        let response = self
-            .http
-            .post(format!("{}/v3/kv/put", self.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|_| 0u16)?;
+        let response = self.post_kv("put", body).await?;
         revision_of(response).await
     }
 
@@ -114,14 +119,7 @@ impl Etcd {
         let body = format!(
             r#"{{"compare":[{{"key":"{key}","target":"MOD","result":"EQUAL","mod_revision":"{expected}"}}],"success":[{{"request_put":{{"key":"{key}","value":"{value}"}}}}]}}"#
         );
-        let response = self
-            .http
-            .post(format!("{}/v3/kv/txn", self.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|_| 0u16)?;
+        let response = self.post_kv("txn", body).await?;
         let status = response.status();
         let value: Value = response.json().await.map_err(|_| 0u16)?;
         if !status.is_success() {
@@ -136,14 +134,7 @@ impl Etcd {
     /// Reads one key; Ok when it exists.
     pub async fn get(&self, key: &str) -> Result<(), u16> {
         let body = format!(r#"{{"key":"{key}"}}"#);
-        let response = self
-            .http
-            .post(format!("{}/v3/kv/range", self.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|_| 0u16)?;
+        let response = self.post_kv("range", body).await?;
         let bytes = response.bytes().await.map_err(|_| 0u16)?;
         if bytes.windows(5).any(|w| w == b"\"kvs\"") {
             Ok(())

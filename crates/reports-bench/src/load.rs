@@ -34,6 +34,13 @@ where
     Arc::new(move |i| Box::pin(f(i)))
 }
 
+/// `operation` with its operation numbers moved up by `offset`: a later step of a sweep calls
+/// it with numbers the earlier steps did not use.
+pub fn shifted(operation: &Op, offset: usize) -> Op {
+    let operation = operation.clone();
+    op(move |i| operation(i + offset))
+}
+
 /// What a run measured.
 #[derive(Default)]
 pub struct Measured {

@@ -1,0 +1,188 @@
+//! The baselines: the core workload's documents created, updated, read and listed on raw
+//! PostgreSQL and on etcd, in the same run as our server.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use serde_json::json;
+
+use super::{updates::is_stale, Prepared, Run};
+use crate::{
+    api,
+    etcd::{self, Etcd},
+    load::{closed_loop, op, CpuProbe},
+    procs::cpu_seconds,
+    raw_pg::RawPg,
+};
+
+impl Run {
+    /// The core workload as plain SQL on a table shaped like ours (the raw PostgreSQL baseline).
+    pub(super) async fn raw_postgres(&mut self, docs: &Arc<Vec<Prepared>>) -> anyhow::Result<()> {
+        let system = "raw-postgres";
+        let url = self.pg()?.database("raw")?;
+        let raw = RawPg::open(&url, self.settings.concurrency).await?;
+        let probe = self.probe(None);
+        let rvs: Arc<Vec<AtomicU64>> = Arc::new((0..docs.len()).map(|_| AtomicU64::new(1)).collect());
+        let insert = {
+            let (raw, docs) = (raw.clone(), docs.clone());
+            op(move |i| {
+                let (raw, docs) = (raw.clone(), docs.clone());
+                async move {
+                    let d = &docs[i];
+                    let body = std::str::from_utf8(&d.body).unwrap_or_default();
+                    if raw.insert(i, &d.namespace, &d.name, 1, &d.labels, body).await {
+                        Ok(())
+                    } else {
+                        Err(0)
+                    }
+                }
+            })
+        };
+        self.create_sweep(system, &probe, insert, docs.len(), json!({})).await;
+        let (per_row, rows) = raw.bytes_per_row().await?;
+        self.record_value(
+            system,
+            "storage",
+            json!({"stage": "after the creates", "objects": rows, "table_bytes_per_report": per_row.round()}),
+        );
+        let concurrency = self.settings.concurrency;
+        let next_rv = Arc::new(AtomicU64::new(10));
+        let update = |stale_every: usize| {
+            let (raw, docs, rvs, next_rv) = (raw.clone(), docs.clone(), rvs.clone(), next_rv.clone());
+            op(move |i| {
+                let (raw, docs, rvs, next_rv) = (raw.clone(), docs.clone(), rvs.clone(), next_rv.clone());
+                async move {
+                    let index = i % docs.len();
+                    let d = &docs[index];
+                    let current = rvs[index].load(Ordering::Relaxed);
+                    let stale = is_stale(i, stale_every);
+                    let expected = if stale { current + 1_000_000_000 } else { current };
+                    let rv = next_rv.fetch_add(1, Ordering::Relaxed);
+                    let body = api::with_resource_version(&d.body, rv, i as u64);
+                    let body = std::str::from_utf8(&body).unwrap_or_default();
+                    raw.update(i, (&d.namespace, &d.name), (expected as i64, rv as i64), &d.labels, body)
+                        .await?;
+                    rvs[index].store(rv, Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+        };
+        self.update_sweep(system, &probe, update(0), update(100), json!({})).await;
+        let get = {
+            let (raw, docs) = (raw.clone(), docs.clone());
+            op(move |i| {
+                let (raw, docs) = (raw.clone(), docs.clone());
+                async move {
+                    let d = &docs[(i * 7919) % docs.len()];
+                    if raw.get(i, &d.namespace, &d.name).await {
+                        Ok(())
+                    } else {
+                        Err(0)
+                    }
+                }
+            })
+        };
+        self.gets_closed_then_open(system, &probe, concurrency, get).await;
+        let before = probe.read();
+        let started = Instant::now();
+        let (items, bytes) = raw.list_all(500).await?;
+        self.record_full_list(system, &probe, &before, started, docs.len(), (items, bytes), json!({}));
+        let (per_row, rows) = raw.bytes_per_row().await?;
+        self.record_value(
+            system,
+            "storage",
+            json!({"objects": rows, "table_bytes_per_report": per_row.round()}),
+        );
+        Ok(())
+    }
+
+    /// The core workload on etcd's JSON gateway, under the keys the Kubernetes API server would use
+    /// (skipped with a note when etcd is absent).
+    pub(super) async fn etcd(&mut self, docs: &Arc<Vec<Prepared>>) -> anyhow::Result<()> {
+        let system = "etcd";
+        let etcd = match Etcd::start().await? {
+            Ok(etcd) => Arc::new(etcd),
+            Err(reason) => {
+                println!("{reason}");
+                self.notes.push(reason);
+                return Ok(());
+            }
+        };
+        let pid = etcd.pid();
+        let probe = CpuProbe::new().with("etcd", move || cpu_seconds(pid));
+        let keys: Arc<Vec<(String, String)>> = Arc::new(
+            docs.iter()
+                .map(|d| {
+                    let key = format!("/registry/wgpolicyk8s.io/policyreports/{}/{}", d.namespace, d.name);
+                    (etcd::encode(key.as_bytes()), etcd::encode(&d.body))
+                })
+                .collect(),
+        );
+        let revisions: Arc<Vec<AtomicU64>> = Arc::new((0..docs.len()).map(|_| AtomicU64::new(0)).collect());
+        let put = {
+            let (etcd, keys, revisions) = (etcd.clone(), keys.clone(), revisions.clone());
+            op(move |i| {
+                let (etcd, keys, revisions) = (etcd.clone(), keys.clone(), revisions.clone());
+                async move {
+                    let revision = etcd.put(&keys[i].0, &keys[i].1).await?;
+                    revisions[i].store(revision as u64, Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+        };
+        self.create_sweep(system, &probe, put, docs.len(), json!({"api": "put"})).await;
+        let concurrency = self.settings.concurrency;
+        let update = |stale_every: usize| {
+            let (etcd, keys, revisions) = (etcd.clone(), keys.clone(), revisions.clone());
+            op(move |i| {
+                let (etcd, keys, revisions) = (etcd.clone(), keys.clone(), revisions.clone());
+                async move {
+                    let index = i % keys.len();
+                    let current = revisions[index].load(Ordering::Relaxed) as i64;
+                    let stale = is_stale(i, stale_every);
+                    let expected = if stale { current - 1 } else { current };
+                    let revision = etcd.guarded_update(&keys[index].0, &keys[index].1, expected).await?;
+                    revisions[index].store(revision as u64, Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+        };
+        let api = json!({"api": "txn compare mod_revision + put"});
+        self.update_sweep(system, &probe, update(0), update(100), api).await;
+        let get = {
+            let (etcd, keys) = (etcd.clone(), keys.clone());
+            op(move |i| {
+                let (etcd, keys) = (etcd.clone(), keys.clone());
+                async move { etcd.get(&keys[(i * 7919) % keys.len()].0).await }
+            })
+        };
+        let before = probe.read();
+        let measured = closed_loop(concurrency, self.settings.get_count, get).await;
+        self.record(
+            system,
+            "get",
+            &format!("closed c={concurrency}"),
+            &measured,
+            probe.per_1k_ops(&before, measured.ok),
+            json!({"api": "range one key"}),
+        );
+        let before = probe.read();
+        let started = Instant::now();
+        let (items, bytes) = etcd.range_all("/registry/wgpolicyk8s.io/policyreports/", 500).await?;
+        let api = json!({"api": "paginated range"});
+        self.record_full_list(system, &probe, &before, started, docs.len(), (items, bytes), api);
+        let (db, directory) = etcd.compacted_size().await?;
+        self.record_value(system, "storage", json!({
+            "objects": docs.len(),
+            "db_bytes_per_report_after_compaction_and_defrag": (db as f64 / docs.len().max(1) as f64).round(),
+            "data_dir_bytes_per_report_with_wal": (directory as f64 / docs.len().max(1) as f64).round(),
+            "version": Etcd::version(),
+        }));
+        Ok(())
+    }
+}

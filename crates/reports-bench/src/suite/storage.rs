@@ -44,7 +44,6 @@ impl Run {
         self.storage_per_report(store, store.label(), &storage, &stage, measured.ok, false).await
     }
 
-    /// Bytes per report of the store after VACUUM, and the change log before and after compaction.
     /// Bytes per report after VACUUM (PostgreSQL: `report_objects` with its indexes and TOAST;
     /// the change log `report_changes` apart, before and, when `compact`, after compaction).
     pub(super) async fn storage_per_report(

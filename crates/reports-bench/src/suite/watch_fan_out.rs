@@ -11,10 +11,9 @@ impl Run {
         let system = store.label();
         let (watchers, rate, seconds) = self.settings.watch;
         let storage = self.storage(store, "watch")?;
-        let result =
+        let mut result =
             crate::watch::watch_lag(watchers, rate, seconds, Some(storage), false, Default::default())
                 .await?;
-        let mut result = result;
         result["system"] = json!(system);
         result["workload"] = json!("watch fan-out");
         self.results.push(result);

@@ -80,3 +80,11 @@ pub fn subject_names(cert: &CertificateDer<'_>) -> Result<(String, Vec<String>),
         subject.iter_organization().filter_map(|o| o.as_str().ok()).map(str::to_string).collect();
     Ok((common_name, organizations))
 }
+
+/// True when a certificate names itself as its issuer (a CA root, or a self-signed serving
+/// certificate, which is then its own CA bundle).
+pub fn is_self_issued(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .map(|(_, parsed)| parsed.subject().as_raw() == parsed.issuer().as_raw())
+        .unwrap_or(false)
+}

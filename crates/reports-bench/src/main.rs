@@ -260,6 +260,7 @@ async fn serve(storage: String, commit_trace: Option<PathBuf>) -> anyhow::Result
         change_log_retention_seconds: 900,
         watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
         commit_trace,
+        cluster: None,
         postgres: Default::default(),
     };
     let server = reports_server::Server::start(config).await?;

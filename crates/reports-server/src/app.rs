@@ -22,7 +22,8 @@ use crate::{
 /// Assembles every route of the server.
 pub(crate) fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
-    Router::new()
+    let guard = state.guard.clone();
+    let routes = Router::new()
         .route("/", get(root_paths))
         .route("/version", get(version))
         .route("/openapi/v2", get(discovery::openapi_v2))
@@ -37,7 +38,16 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/apis/{group}", get(discovery::api_group))
         .route("/apis/{group}/{version}", get(discovery::api_resources))
         .route("/apis/{group}/{version}/{*rest}", any(resource::handle))
-        .fallback(|| async { ErrorResponse(ApiError::path_not_found()) })
+        .fallback(|| async { ErrorResponse(ApiError::path_not_found()) });
+    // The layer added last runs first: metrics see every answer, refusals included, as
+    // kube-apiserver counts them, and resolve the request info the guard reads.
+    let routes = match guard {
+        Some(guard) => routes.layer(axum::middleware::from_fn(move |request, next| {
+            crate::auth::guard(guard.clone(), request, next)
+        })),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn(move |request, next| {
             crate::metrics::track(metrics.clone(), request, next)
         }))

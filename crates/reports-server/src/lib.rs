@@ -22,6 +22,7 @@ use reports_core::Catalogue;
 use tokio::{net::TcpListener, task::JoinHandle};
 
 mod app;
+mod auth;
 pub mod cli;
 pub mod cluster;
 mod discovery;
@@ -57,6 +58,9 @@ pub struct ServerConfig {
     pub watch_window_bytes: usize,
     /// Appends the instant of every commit to this file (benchmarks measure watch lag from it).
     pub commit_trace: Option<std::path::PathBuf>,
+    /// The cluster this server serves, if any: delegated authentication and authorization,
+    /// APIServices, admission. None for a standalone server.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// A running server.
@@ -83,11 +87,15 @@ impl Server {
                 .with_context(|| format!("opening the commit trace {}", path.display()))?;
             store.commits().observe(Arc::new(trace));
         }
-        let tls = config.certificate.server_config()?;
+        let tls = config.certificate.server_config(config.cluster.is_some())?;
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
+        let in_cluster = match &config.cluster {
+            Some(cluster) => cluster::start(cluster, &config.certificate, shutting_down.clone()).await?,
+            None => Default::default(),
+        };
         let changes =
             watch::ChangeFeed::start(store.clone(), shutting_down.clone(), config.watch_window_bytes)
                 .await
@@ -110,6 +118,7 @@ impl Server {
             config.max_body_bytes,
             shutting_down.clone(),
             metrics,
+            in_cluster,
         );
         let router = app::router(state.clone());
         tokio::spawn(compaction_loop(

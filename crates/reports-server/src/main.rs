@@ -70,6 +70,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         change_log_retention_seconds: args.change_log_retention_seconds,
         watch_window_bytes: args.watch_window_bytes,
         commit_trace: args.commit_trace,
+        cluster: None,
     };
     let config_storage = config.storage.clone();
     let server = Server::start(config).await.context("starting the server")?;

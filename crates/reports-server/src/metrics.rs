@@ -301,8 +301,10 @@ pub async fn refresh_storage_objects(
 }
 
 /// Request middleware: records every resource request in `metrics`.
-pub async fn track(metrics: Arc<Metrics>, request: Request, next: Next) -> Response {
+pub async fn track(metrics: Arc<Metrics>, mut request: Request, next: Next) -> Response {
     let info = RequestInfo::resolve(request.method().as_str(), request.uri().path(), request.uri().query());
+    // Resolved once per request: authorization reads it from here.
+    request.extensions_mut().insert(info.clone());
     if !info.is_resource_request {
         return next.run(request).await;
     }

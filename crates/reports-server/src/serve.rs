@@ -41,7 +41,7 @@ pub(crate) async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -56,6 +56,12 @@ pub(crate) async fn serve(
                     return;
                 }
             };
+            // What the client presented, for authentication of each request on this connection.
+            let peer_certificates = reports_auth::authenticate::PeerCertificates(
+                tls_stream.get_ref().1.peer_certificates().map(|c| c.to_vec().into()).unwrap_or_default(),
+            );
+            let service =
+                TowerToHyperService::new(tower::Layer::layer(&axum::Extension(peer_certificates), router));
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -37,6 +37,19 @@ pub(crate) struct Shared {
     pub(crate) ready: AtomicBool,
     /// Request counts and latencies, and the other figures `/metrics` shows.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Authentication and authorization, when a cluster is configured (None: standalone).
+    pub(crate) guard: Option<Arc<crate::auth::Guard>>,
+    /// The cluster's namespaces, for namespace lifecycle admission (None: standalone).
+    pub(crate) namespaces: Option<crate::cluster::namespaces::NamespaceLifecycle>,
+}
+
+/// What a server running in a cluster adds to the state.
+#[derive(Default)]
+pub(crate) struct InCluster {
+    /// See [`Shared::guard`].
+    pub(crate) guard: Option<Arc<crate::auth::Guard>>,
+    /// See [`Shared::namespaces`].
+    pub(crate) namespaces: Option<crate::cluster::namespaces::NamespaceLifecycle>,
 }
 
 impl std::ops::Deref for AppState {
@@ -55,6 +68,7 @@ impl AppState {
         max_body_bytes: usize,
         shutting_down: watch::Receiver<bool>,
         metrics: Arc<crate::metrics::Metrics>,
+        in_cluster: InCluster,
     ) -> Self {
         let discovery = DiscoveryDocs::new(&catalogue);
         Self(Arc::new(Shared {
@@ -66,6 +80,8 @@ impl AppState {
             shutting_down,
             ready: AtomicBool::new(false),
             metrics,
+            guard: in_cluster.guard,
+            namespaces: in_cluster.namespaces,
         }))
     }
 

@@ -38,8 +38,10 @@ impl CertificatePem {
         Ok(Self { cert_pem: certified.cert.pem(), key_pem: certified.signing_key.serialize_pem() })
     }
 
-    /// A rustls server configuration offering HTTP/2 and HTTP/1.1.
-    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    /// A rustls server configuration offering HTTP/2 and HTTP/1.1. With `client_certificates`,
+    /// clients are asked for a certificate (not required; which CA it must chain to is decided
+    /// per request by authentication).
+    pub fn server_config(&self, client_certificates: bool) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
             .context("parsing the serving certificate")?;
@@ -47,12 +49,18 @@ impl CertificatePem {
         let key =
             PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).context("parsing the private key")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .context("the certificate does not match the key")?;
+            .context("TLS protocol versions")?;
+        let builder = if client_certificates {
+            builder.with_client_cert_verifier(Arc::new(reports_auth::tls::OptionalClientCertificate::new(
+                provider,
+            )))
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config =
+            builder.with_single_cert(chain, key).context("the certificate does not match the key")?;
         // Without ALPN the aggregator silently falls back to HTTP/1.1.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))

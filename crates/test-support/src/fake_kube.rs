@@ -166,6 +166,32 @@ impl FakeKube {
             .collect()
     }
 
+    /// Waits until the object under `key` satisfies `check` (given None while it does not
+    /// exist), woken by each change rather than by polling; returns the object as it then is.
+    /// Callers wrap it in a deadline.
+    pub async fn wait_for_object(
+        &self,
+        key: &ObjectKey,
+        check: impl Fn(Option<&Value>) -> bool,
+    ) -> Option<Value> {
+        let mut changes = self.state.events.subscribe();
+        loop {
+            let current = self.object(key);
+            if check(current.as_ref()) {
+                return current;
+            }
+            loop {
+                match changes.recv().await {
+                    Ok((changed, _, _)) if changed == *key => break,
+                    Ok(_) => continue,
+                    // Missed changes: look at the object again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return self.object(key),
+                }
+            }
+        }
+    }
+
     /// Deletes an object; watchers see DELETED. Returns whether it existed.
     pub fn delete_object(&self, key: &ObjectKey) -> bool {
         let existing = lock(&self.state.objects).items.get(key).cloned();

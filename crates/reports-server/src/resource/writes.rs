@@ -55,6 +55,12 @@ impl Request<'_> {
         let options = WriteOptions::parse(&self.query, "CreateOptions", false)?;
         let mut object = self.read_object(body, &options).await?;
         let kind = self.kind();
+        // Namespace lifecycle admission, which kube-apiserver applies to CRDs before validation.
+        if let (Some(namespaces), Some(namespace)) =
+            (&self.state.namespaces, self.target.namespace.as_deref())
+        {
+            namespaces.admit_create(kind, object.meta_str("name"), namespace).await?;
+        }
         let uid = uuid::Uuid::new_v4().to_string();
         object::prepare_create(kind, self.target.namespace.as_deref(), &mut object, &now(), &uid)?;
         let generate_from = object.meta_str("generateName").to_string();

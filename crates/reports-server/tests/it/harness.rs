@@ -71,6 +71,7 @@ impl TestServer {
             change_log_retention_seconds: 900,
             watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
             commit_trace: None,
+            cluster: None,
             postgres: Default::default(),
         };
         adjust(&mut config);

@@ -25,6 +25,7 @@ macro_rules! on_both_stores {
     };
 }
 
+mod cluster;
 mod crud;
 mod discovery;
 mod errors;

@@ -1,0 +1,283 @@
+//! In a cluster: delegated authentication and authorization through a front proxy that behaves
+//! as kube-apiserver's aggregator, namespace lifecycle admission and APIService registration,
+//! against the scripted fake kube-apiserver.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use reports_server::cluster::{ApiServiceRegistration, ClusterConfig};
+use reports_test_support::{
+    fake_kube::{FakeKube, ObjectKey},
+    pki::{CertAndKey, TestCa},
+};
+use serde_json::{json, Value};
+
+use crate::harness::{sample_object, TestServer};
+
+/// Fails the test instead of hanging when an expected change never comes.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+const POLR: &str = "/apis/wgpolicyk8s.io/v1alpha2/namespaces";
+
+struct InCluster {
+    t: TestServer,
+    fake: FakeKube,
+    proxy_ca: TestCa,
+    client_ca: TestCa,
+}
+
+async fn in_cluster() -> InCluster {
+    crate::harness::install_crypto();
+    let fake = FakeKube::start().await;
+    let proxy_ca = TestCa::new("front-proxy CA");
+    let client_ca = TestCa::new("cluster client CA");
+    fake.set_auth_configmap(BTreeMap::from([
+        ("client-ca-file".to_string(), client_ca.pem()),
+        ("requestheader-client-ca-file".to_string(), proxy_ca.pem()),
+        ("requestheader-allowed-names".to_string(), r#"["front-proxy-client"]"#.to_string()),
+        ("requestheader-username-headers".to_string(), r#"["X-Remote-User"]"#.to_string()),
+        ("requestheader-group-headers".to_string(), r#"["X-Remote-Group"]"#.to_string()),
+        ("requestheader-extra-headers-prefix".to_string(), r#"["X-Remote-Extra-"]"#.to_string()),
+    ]));
+    for (name, phase) in [("default", "Active"), ("team-a", "Active"), ("dying", "Terminating")] {
+        fake.put_object(
+            ObjectKey::new("api/v1", "namespaces", "", name),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "status": {"phase": phase}}),
+        );
+    }
+    // alice may do anything with reports in team-a and default; carol only list; nobody else.
+    fake.set_access_policy(|spec| {
+        let user = spec["user"].as_str().unwrap_or_default();
+        let attributes = &spec["resourceAttributes"];
+        let namespace = attributes["namespace"].as_str().unwrap_or_default();
+        let verb = attributes["verb"].as_str().unwrap_or_default();
+        let allowed = match user {
+            "alice" => {
+                namespace == "team-a" || namespace == "default" || namespace == "nope" || namespace == "dying"
+            }
+            "carol" => verb == "list",
+            _ => false,
+        };
+        (allowed, if allowed { String::new() } else { "no RBAC rule allows it".into() })
+    });
+    fake.add_token("token-carol", "carol", &["readers"]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.write_kubeconfig(dir.path());
+    let cluster = ClusterConfig {
+        kubeconfig: Some(kubeconfig),
+        namespace_lifecycle: true,
+        apiservices: Some(ApiServiceRegistration {
+            group_versions: vec![
+                ("wgpolicyk8s.io".into(), "v1alpha2".into()),
+                ("openreports.io".into(), "v1alpha1".into()),
+            ],
+            service_name: "reports-server".into(),
+            service_namespace: "reports".into(),
+            service_port: 443,
+            reconcile_interval: Duration::from_secs(3600),
+            lease_namespace: "reports".into(),
+            identity: "replica-a".into(),
+        }),
+        ..Default::default()
+    };
+    let t = TestServer::start_with(move |config| config.cluster = Some(cluster)).await;
+    std::mem::forget(dir);
+    InCluster { t, fake, proxy_ca, client_ca }
+}
+
+impl InCluster {
+    /// A client presenting `identity` (or none), trusting the server.
+    fn client(&self, identity: Option<&CertAndKey>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.t.pki.ca_pem.as_bytes()).unwrap());
+        if let Some(identity) = identity {
+            builder =
+                builder.identity(reqwest::Identity::from_pem(identity.identity_pem().as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    /// What kube-apiserver's aggregator sends: its proxy certificate and the caller in headers.
+    fn proxy(&self) -> reqwest::Client {
+        self.client(Some(&self.proxy_ca.client("front-proxy-client", &[])))
+    }
+}
+
+async fn status(response: reqwest::Response) -> (u16, Value) {
+    let code = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (code, body)
+}
+
+#[tokio::test]
+async fn the_front_proxy_is_trusted_and_everyone_else_is_authenticated_on_their_own() {
+    let c = in_cluster().await;
+    let team_a = c.t.url(&format!("{POLR}/team-a/policyreports"));
+    let report = sample_object(0, "r1", Some("team-a"));
+
+    // Through the proxy, as alice: allowed.
+    let created = c
+        .proxy()
+        .post(&team_a)
+        .header("X-Remote-User", "alice")
+        .header("X-Remote-Group", "devs")
+        .json(&report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let listed = c.proxy().get(&team_a).header("X-Remote-User", "alice").send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+
+    // Through the proxy, as someone RBAC does not allow: kube's 403.
+    let (code, body) =
+        status(c.proxy().get(&team_a).header("X-Remote-User", "mallory").send().await.unwrap()).await;
+    assert_eq!(code, 403);
+    assert_eq!(body["reason"], "Forbidden");
+    assert_eq!(
+        body["message"],
+        "policyreports.wgpolicyk8s.io is forbidden: User \"mallory\" cannot list resource \"policyreports\" in API group \"wgpolicyk8s.io\" in the namespace \"team-a\": no RBAC rule allows it"
+    );
+
+    // The same headers on a connection without the proxy's certificate are ignored: anonymous.
+    let (code, body) = status(
+        c.client(None)
+            .get(&team_a)
+            .header("X-Remote-User", "alice")
+            .header("X-Remote-Group", "system:masters")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("User \"system:anonymous\""), "{body}");
+
+    // An impostor proxy (right name, wrong CA) and a proxy name not allowed: 401.
+    let impostor = TestCa::new("front-proxy CA").client("front-proxy-client", &[]);
+    let (code, body) =
+        status(c.client(Some(&impostor)).get(&team_a).header("X-Remote-User", "alice").send().await.unwrap())
+            .await;
+    assert_eq!((code, body["reason"].as_str()), (401, Some("Unauthorized")), "{body}");
+    let other_name = c.proxy_ca.client("not-the-proxy", &[]);
+    let (code, _) = status(
+        c.client(Some(&other_name)).get(&team_a).header("X-Remote-User", "alice").send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(code, 401);
+
+    // A client certificate of the cluster's client CA names its user; masters need no review.
+    let admin = c.client_ca.client("admin", &["system:masters"]);
+    let reviews = c.fake.access_reviews();
+    let (code, _) = status(c.client(Some(&admin)).delete(format!("{team_a}/r1")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    assert_eq!(c.fake.access_reviews(), reviews, "system:masters is not reviewed");
+
+    // Bearer tokens: a valid one is reviewed and authorized; a bad one is 401.
+    let carol = c.client(None);
+    assert_eq!(carol.get(&team_a).bearer_auth("token-carol").send().await.unwrap().status(), 200);
+    let (code, body) =
+        status(carol.post(&team_a).bearer_auth("token-carol").json(&report).send().await.unwrap()).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = status(carol.get(&team_a).bearer_auth("forged").send().await.unwrap()).await;
+    assert_eq!(code, 401);
+
+    // Health answers anyone; metrics do not unless allowed.
+    assert_eq!(c.client(None).get(c.t.url("/livez")).send().await.unwrap().status(), 200);
+    assert_eq!(c.client(None).get(c.t.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.client(None).get(c.t.url("/metrics")).send().await.unwrap().status(), 403);
+}
+
+#[tokio::test]
+async fn reports_go_only_into_namespaces_that_exist_and_are_not_terminating() {
+    let c = in_cluster().await;
+    let create = |ns: &str| {
+        c.proxy()
+            .post(c.t.url(&format!("{POLR}/{ns}/policyreports")))
+            .header("X-Remote-User", "alice")
+            .json(&sample_object(0, "r1", Some(ns)))
+            .send()
+    };
+    let (code, body) = status(create("nope").await.unwrap()).await;
+    assert_eq!((code, body["reason"].as_str()), (404, Some("NotFound")), "{body}");
+    assert_eq!(body["message"], "namespaces \"nope\" not found");
+    assert_eq!(body["details"], json!({"name": "nope", "kind": "namespaces"}));
+
+    let (code, body) = status(create("dying").await.unwrap()).await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body["message"],
+        "policyreports.wgpolicyk8s.io \"r1\" is forbidden: unable to create new content in namespace dying because it is being terminated"
+    );
+    assert_eq!(body["details"]["causes"][0]["reason"], "NamespaceTerminating");
+
+    // A namespace created after start is found (by the watch or the direct look-up).
+    c.fake.put_object(
+        ObjectKey::new("api/v1", "namespaces", "", "nope"),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "nope"}, "status": {"phase": "Active"}}),
+    );
+    assert_eq!(create("nope").await.unwrap().status(), 201);
+    assert_eq!(c.t.store().count_by_resource().await.unwrap(), vec![("policyreports".to_string(), 1)]);
+}
+
+#[tokio::test]
+async fn apiservices_are_registered_restored_when_tampered_and_left_alone_on_shutdown() {
+    let mut c = in_cluster().await;
+    let key = ObjectKey::new("apis/apiregistration.k8s.io/v1", "apiservices", "", "v1alpha2.wgpolicyk8s.io");
+    let registered = |o: Option<&Value>| o.is_some_and(|o| o["spec"]["service"]["name"] == "reports-server");
+    let apiservice = tokio::time::timeout(DEADLINE, c.fake.wait_for_object(&key, registered))
+        .await
+        .expect("registered")
+        .unwrap();
+    assert_eq!(apiservice["spec"]["group"], "wgpolicyk8s.io");
+    assert_eq!(apiservice["spec"]["version"], "v1alpha2");
+    assert_eq!(
+        apiservice["spec"]["service"],
+        json!({"name": "reports-server", "namespace": "reports", "port": 443})
+    );
+    assert_eq!(apiservice["spec"]["groupPriorityMinimum"], 100);
+    assert_eq!(apiservice["metadata"]["labels"]["app.kubernetes.io/managed-by"], "reports-server");
+    // The test's serving certificate is signed by a CA the chain does not carry: no caBundle.
+    assert_eq!(apiservice["spec"]["insecureSkipTLSVerify"], true);
+    let openreports =
+        ObjectKey::new("apis/apiregistration.k8s.io/v1", "apiservices", "", "v1alpha1.openreports.io");
+    tokio::time::timeout(DEADLINE, c.fake.wait_for_object(&openreports, registered))
+        .await
+        .expect("registered");
+    let lease = c
+        .fake
+        .object(&ObjectKey::new(
+            "apis/coordination.k8s.io/v1",
+            "leases",
+            "reports",
+            "reports-server-apiservices",
+        ))
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+
+    // Tampered: pointed elsewhere. Restored.
+    let mut tampered = apiservice.clone();
+    tampered["spec"]["service"]["name"] = json!("evil");
+    c.fake.put_object(key.clone(), tampered);
+    tokio::time::timeout(DEADLINE, c.fake.wait_for_object(&key, registered)).await.expect("restored");
+    // Deleted. Recreated.
+    assert!(c.fake.delete_object(&key));
+    tokio::time::timeout(DEADLINE, c.fake.wait_for_object(&key, registered)).await.expect("recreated");
+
+    // Shutting down leaves them as they are and hands the Lease back.
+    c.t.server.take().unwrap().shutdown().await;
+    let after = c.fake.object(&key).expect("still registered");
+    assert!(registered(Some(&after)));
+    let released =
+        ObjectKey::new("apis/coordination.k8s.io/v1", "leases", "reports", "reports-server-apiservices");
+    let lease = tokio::time::timeout(
+        DEADLINE,
+        c.fake.wait_for_object(&released, |l| l.is_some_and(|l| l["spec"]["holderIdentity"].is_null())),
+    )
+    .await
+    .expect("lease released");
+    assert!(lease.is_some());
+    assert!(
+        !c.fake.requests().iter().any(|r| r.starts_with("DELETE /apis/apiregistration")),
+        "the server never deletes an APIService"
+    );
+}

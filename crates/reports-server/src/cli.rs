@@ -707,7 +707,7 @@ mod tests {
         }
         for honoured in ["--dbsslmode", "--secure-port", "--storereports", "--clustername", "--dbsslrootcert"]
         {
-            assert!(!warnings[0].contains(&format!("{honoured}")), "{honoured} is honoured: {warnings:?}");
+            assert!(!warnings[0].contains(honoured), "{honoured} is honoured: {warnings:?}");
         }
     }
 

@@ -32,6 +32,7 @@ mod harness;
 mod kubectl;
 mod lists;
 mod negotiation;
+mod packaging;
 mod postgres;
 mod process;
 mod samples;

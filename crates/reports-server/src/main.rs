@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use reports_server::{cli::Args, glibc::Memcpy, tls::CertificatePem, Server, ServerConfig};
 
 /// mimalloc: the request path allocates many small, short-lived buffers, and glibc's malloc

@@ -34,6 +34,7 @@ mod kubectl;
 mod lists;
 mod metrics;
 mod negotiation;
+mod packaging;
 mod postgres;
 mod process;
 mod samples;

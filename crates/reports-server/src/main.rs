@@ -37,29 +37,38 @@ async fn serve(args: Args) -> anyhow::Result<()> {
              SQLite file by default (--storage sqlite://PATH), or in PostgreSQL"
         );
     }
-    for warning in args.unimplemented_flags() {
-        tracing::warn!("{warning}");
-    }
-    if !args.bind_address.is_loopback() {
-        anyhow::ensure!(
-            args.dangerously_serve_without_authentication,
-            "refusing to serve {} without authentication: authentication and authorization are not built yet, so \
-             only loopback addresses are served. Pass --dangerously-serve-without-authentication to expose every \
-             report to anyone who can reach the port.",
-            args.bind_address
-        );
-        tracing::warn!(
-            "SERVING {} WITHOUT AUTHENTICATION: anyone who can reach this port can read and change every report",
-            args.bind_address
-        );
-    }
     let certificate = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(cert), Some(key)) => CertificatePem::from_files(cert, key)?,
         _ => {
             tracing::info!("no --tls-cert-file given: using a self-signed certificate");
-            CertificatePem::self_signed()?
+            CertificatePem::self_signed_for(&service_names(&args))?
         }
     };
+    let cluster = args.cluster_config(|name| std::env::var(name).ok(), &certificate);
+    match &cluster {
+        Some(cluster) => tracing::info!(
+            kubeconfig = ?cluster.kubeconfig,
+            "in a cluster: every request is authenticated and authorized by the cluster"
+        ),
+        None if !args.bind_address.is_loopback() => {
+            anyhow::ensure!(
+                args.dangerously_serve_without_authentication,
+                "refusing to serve {} without authentication: give --kubeconfig (or run in a pod with a service \
+                 account) so that callers are authenticated and authorized by the cluster, or pass \
+                 --dangerously-serve-without-authentication to expose every report to anyone who can reach the port",
+                args.bind_address
+            );
+            tracing::warn!(
+                "SERVING {} WITHOUT AUTHENTICATION: anyone who can reach this port can read and change every report",
+                args.bind_address
+            );
+        }
+        None => {}
+    }
+    let standalone = cluster.is_none();
+    for warning in args.unimplemented_flags(standalone) {
+        tracing::warn!("{warning}");
+    }
     let config = ServerConfig {
         listen: SocketAddr::new(args.bind_address, args.secure_port),
         certificate,
@@ -68,24 +77,52 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_body_bytes: args.max_request_body_bytes,
         change_log_retention_seconds: args.change_log_retention_seconds,
         watch_window_bytes: args.watch_window_bytes,
-        commit_trace: args.commit_trace,
-        cluster: None,
+        commit_trace: args.commit_trace.clone(),
+        cluster,
     };
     let config_storage = config.storage.clone();
     let server = Server::start(config).await.context("starting the server")?;
     let addr = server.local_addr;
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let host = if host.contains(':') { format!("[{host}]") } else { host };
-    tracing::info!(
-        storage = %reports_server::redact_url(&config_storage),
-        "reports-server is ready on https://{host}:{}; try: kubectl --server https://{host}:{} --insecure-skip-tls-verify --token unused get polr -A",
-        addr.port(),
-        addr.port(),
-    );
+    if standalone {
+        tracing::info!(
+            storage = %reports_server::redact_url(&config_storage),
+            "reports-server is ready on https://{host}:{}; try: kubectl --server https://{host}:{} --insecure-skip-tls-verify --token unused get polr -A",
+            addr.port(),
+            addr.port(),
+        );
+    } else {
+        tracing::info!(storage = %reports_server::redact_url(&config_storage), "reports-server is ready on https://{host}:{}", addr.port());
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Names for a generated serving certificate: loopback, and the Service's DNS names when known
+/// (the aggregator connects to `<service>.<namespace>.svc`).
+fn service_names(args: &Args) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Some(service) = args.cluster.servicename.as_ref().filter(|s| !s.is_empty()) {
+        let namespace = args
+            .cluster
+            .servicens
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "reports-server".to_string());
+        for name in [
+            service.clone(),
+            format!("{service}.{namespace}"),
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}.svc.cluster.local"),
+        ] {
+            names.push(name);
+        }
+    }
+    names
 }
 
 fn init_logging(format: &str) {

@@ -32,7 +32,13 @@ impl CertificatePem {
 
     /// A self-signed serving certificate for loopback names.
     pub fn self_signed() -> anyhow::Result<Self> {
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        Self::self_signed_for(&["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])
+    }
+
+    /// A self-signed serving certificate for `names` (DNS names or IP addresses). Being its own
+    /// CA, it is also the caBundle of the APIServices that point at it.
+    pub fn self_signed_for(names: &[String]) -> anyhow::Result<Self> {
+        let names = names.to_vec();
         let certified =
             rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
         Ok(Self { cert_pem: certified.cert.pem(), key_pem: certified.signing_key.serialize_pem() })

@@ -90,9 +90,16 @@ pub async fn reconcile_once(client: &Client, target: &ApiServiceTarget) -> kube:
             }
             Some(current) if !matches(&current, &desired) => {
                 let mut updated = current.clone();
-                updated.spec = desired.spec.clone();
-                let labels = updated.metadata.labels.get_or_insert_with(Default::default);
-                labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
+                let mut spec = desired.spec.clone().unwrap_or_default();
+                // Without a CA of our own, a caBundle someone else set (a chart, cert-manager's
+                // injector) is kept rather than replaced by skipping verification.
+                if spec.ca_bundle.is_none() {
+                    if let Some(existing) = current.spec.as_ref().and_then(|s| s.ca_bundle.clone()) {
+                        spec.ca_bundle = Some(existing);
+                        spec.insecure_skip_tls_verify = None;
+                    }
+                }
+                updated.spec = Some(spec);
                 api.replace(&name, &PostParams::default(), &updated).await?;
                 tracing::info!(apiservice = %name, "restored the APIService");
                 written += 1;
@@ -103,23 +110,21 @@ pub async fn reconcile_once(client: &Client, target: &ApiServiceTarget) -> kube:
     Ok(written)
 }
 
-/// True when `current` says what `desired` says (status and other metadata aside).
+/// True when `current` says what `desired` says. Metadata is not compared: an APIService a chart
+/// created carries the chart's labels, and both may keep it as long as they agree on the spec.
+/// Without a CA of our own, any caBundle already there is accepted.
 fn matches(current: &APIService, desired: &APIService) -> bool {
-    let labelled = current
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|v| v == MANAGED_BY);
     let (Some(have), Some(want)) = (&current.spec, &desired.spec) else { return false };
-    labelled
+    let trust_matches = match &want.ca_bundle {
+        Some(ca) => have.ca_bundle.as_ref() == Some(ca) && !have.insecure_skip_tls_verify.unwrap_or(false),
+        None => have.ca_bundle.is_some() || have.insecure_skip_tls_verify.unwrap_or(false),
+    };
+    trust_matches
         && have.group == want.group
         && have.version == want.version
         && have.group_priority_minimum == want.group_priority_minimum
         && have.version_priority == want.version_priority
         && have.service == want.service
-        && have.ca_bundle == want.ca_bundle
-        && have.insecure_skip_tls_verify.unwrap_or(false) == want.insecure_skip_tls_verify.unwrap_or(false)
 }
 
 /// Reconciles while this replica leads (`leading` true), until `shutdown`. Never tears down.
@@ -137,8 +142,24 @@ pub fn keep_registered(
                 led = leading.wait_for(|l| *l) => if led.is_err() { return },
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-            let mut changes = watcher(api.clone(), config).default_backoff().boxed();
+            // Every APIService, not only ours by label: a cluster has a few dozen, and ours may
+            // carry another owner's labels.
+            let names: Vec<String> =
+                target.group_versions.iter().map(|(group, version)| format!("{version}.{group}")).collect();
+            let mut changes = watcher(api.clone(), watcher::Config::default())
+                .default_backoff()
+                .filter(move |event| {
+                    let ours = match event {
+                        Ok(
+                            watcher::Event::Apply(a)
+                            | watcher::Event::Delete(a)
+                            | watcher::Event::InitApply(a),
+                        ) => a.metadata.name.as_ref().is_some_and(|n| names.contains(n)),
+                        _ => true,
+                    };
+                    std::future::ready(ours)
+                })
+                .boxed();
             let mut timer = tokio::time::interval(target.resync);
             loop {
                 if let Err(e) = reconcile_once(&client, &target).await {

@@ -32,6 +32,12 @@ pub struct ClusterConfig {
     pub skip_lookup: bool,
     /// `--authorization-always-allow-paths`.
     pub always_allow_paths: Vec<String>,
+    /// How long TokenReview answers are cached (default 10 s).
+    pub token_cache_ttl: Option<Duration>,
+    /// How long allowed SubjectAccessReview answers are cached (default 10 s).
+    pub authorized_ttl: Option<Duration>,
+    /// How long denied SubjectAccessReview answers are cached (default 10 s).
+    pub unauthorized_ttl: Option<Duration>,
     /// Refuse creates in namespaces that do not exist or are terminating.
     pub namespace_lifecycle: bool,
     /// Register and keep the APIServices (None: someone else manages them).
@@ -55,6 +61,8 @@ pub struct ApiServiceRegistration {
     pub lease_namespace: String,
     /// This replica's identity in the Lease.
     pub identity: String,
+    /// PEM of the CA the aggregator should trust for our serving certificate, when known.
+    pub ca_bundle: Option<String>,
 }
 
 /// Connects to the cluster and starts what a server in a cluster runs: the guard, the
@@ -71,8 +79,15 @@ pub(crate) async fn start(
         .await
         .context("reading the cluster's authentication settings")?;
     let reviews = Arc::new(ClusterReviews::new(client.clone()));
-    let tokens = TokenAuthenticator::new(reviews.clone(), TokenCacheSettings::default());
+    let mut token_settings = TokenCacheSettings::default();
+    if let Some(ttl) = config.token_cache_ttl {
+        token_settings.success_ttl = ttl;
+        token_settings.failure_ttl = ttl;
+    }
+    let tokens = TokenAuthenticator::new(reviews.clone(), token_settings);
     let mut authorizer_settings = AuthorizerSettings::default();
+    authorizer_settings.allow_ttl = config.authorized_ttl.unwrap_or(authorizer_settings.allow_ttl);
+    authorizer_settings.deny_ttl = config.unauthorized_ttl.unwrap_or(authorizer_settings.deny_ttl);
     if !config.always_allow_paths.is_empty() {
         authorizer_settings.always_allow_paths = config.always_allow_paths.clone();
     }
@@ -106,7 +121,7 @@ pub(crate) async fn start(
             service_name: registration.service_name.clone(),
             service_namespace: registration.service_namespace.clone(),
             service_port: registration.service_port,
-            ca_bundle: ca_bundle(certificate),
+            ca_bundle: registration.ca_bundle.clone().or_else(|| ca_bundle(certificate)),
             resync: registration.reconcile_interval,
         };
         apiservices::keep_registered(client, target, leading, shutdown);

@@ -76,6 +76,7 @@ async fn in_cluster() -> InCluster {
             reconcile_interval: Duration::from_secs(3600),
             lease_namespace: "reports".into(),
             identity: "replica-a".into(),
+            ca_bundle: None,
         }),
         ..Default::default()
     };

@@ -2,21 +2,27 @@
 //! of upstream kyverno/reports-server is accepted so existing manifests keep working; the ones not
 //! implemented yet are reported at start-up instead of being ignored silently.
 
-use std::{ffi::OsString, net::IpAddr, path::PathBuf, time::Duration};
+mod cluster;
+mod compat;
+
+use std::{ffi::OsString, net::IpAddr, path::PathBuf};
 
 use clap::{parser::ValueSource, CommandFactory as _, FromArgMatches as _, Parser};
+pub use cluster::ClusterFlags;
+pub use compat::{go_bool, go_duration, normalise_args, Inert, NO_EFFECT_HEADING};
 
 /// reports-server: a Kubernetes aggregated API server that stores policy reports in a relational
 /// database instead of etcd.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "reports-server", version, disable_version_flag = true, about, long_about = None)]
+#[command(name = "reports-server", version, disable_version_flag = true, about, long_about = None, args_override_self = true)]
 pub struct Args {
     /// HTTPS port to serve on (0 picks a free port and logs it).
     #[arg(long, default_value_t = 4443, help_heading = "Serving")]
     pub secure_port: u16,
 
-    /// Address to listen on. Anything but loopback needs authentication, which is not built yet,
-    /// so it also needs --dangerously-serve-without-authentication.
+    /// Address to listen on. Anything but loopback needs a cluster to authenticate and authorize
+    /// callers (--kubeconfig, or a pod's service account), or
+    /// --dangerously-serve-without-authentication.
     #[arg(long, default_value = "127.0.0.1", help_heading = "Serving")]
     pub bind_address: IpAddr,
 
@@ -28,8 +34,9 @@ pub struct Args {
     #[arg(long, requires = "tls_cert_file", help_heading = "Serving")]
     pub tls_private_key_file: Option<PathBuf>,
 
-    /// Serve a non-loopback address with no authentication or authorization: anyone who can reach
-    /// the port can read and change every report. For isolated test environments only.
+    /// Serve with no authentication or authorization, also on non-loopback addresses and in a pod:
+    /// anyone who can reach the port can read and change every report. For isolated test
+    /// environments only.
     #[arg(long, help_heading = "Serving")]
     pub dangerously_serve_without_authentication: bool,
 
@@ -138,6 +145,10 @@ pub struct Args {
     #[arg(long, short = 'V', num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
     pub version: Option<bool>,
 
+    /// How the server joins a cluster.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+
     /// Flags of upstream and of k8s.io/apiserver that parse but change nothing yet.
     #[command(flatten)]
     pub inert: Inert,
@@ -145,360 +156,10 @@ pub struct Args {
     /// The flags given that change nothing (filled in by [`Args::try_from_args`]).
     #[arg(skip)]
     pub given_without_effect: Vec<String>,
-}
 
-/// Heading (in `--help`) of the flags that parse but change nothing yet. Every flag under it that
-/// is given on the command line is named in the start-up warning.
-pub const NO_EFFECT_HEADING: &str = "Accepted for compatibility, no effect yet";
-
-/// Flags that upstream kyverno/reports-server accepts (its own, and those it inherits from
-/// k8s.io/apiserver's secure-serving, delegated authentication and authorization, audit, feature
-/// and logging options) that this server parses so existing manifests start, but that change
-/// nothing yet. Their values are checked as upstream checks them (booleans, Go durations,
-/// numbers).
-#[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = NO_EFFECT_HEADING)]
-pub struct Inert {
-    // Upstream's own flags for APIService management and its Kubernetes client.
-    /// Service named in the APIService objects (APIService management is not built yet).
-    #[arg(long)]
-    pub servicename: Option<String>,
-    /// Namespace of --servicename.
-    #[arg(long)]
-    pub servicens: Option<String>,
-    /// ClusterRole that owns the managed APIService objects.
-    #[arg(long)]
-    pub clusterrolename: Option<String>,
-    /// Interval between APIService reconciliations (Go duration).
-    #[arg(long, value_parser = go_duration)]
-    pub apiservicereconcileinterval: Option<Duration>,
-    /// kubeconfig for talking to kube-apiserver (in-cluster configuration otherwise).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Upstream's etcd endpoints (etcd is not supported).
-    #[arg(long = "etcdEndpoints")]
-    pub etcd_endpoints: Option<String>,
-    /// Upstream's etcd TLS verification switch (etcd is not supported).
-    #[arg(long = "etcdSkipTLS", num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub etcd_skip_tls: Option<bool>,
-
-    // k8s.io/apiserver secure serving.
-    /// TLS cipher suites (comma-separated Go names); rustls's safe defaults are used.
-    #[arg(long, value_delimiter = ',')]
-    pub tls_cipher_suites: Vec<String>,
-    /// Minimum TLS version (VersionTLS12, VersionTLS13); TLS 1.2 and 1.3 are served.
-    #[arg(long)]
-    pub tls_min_version: Option<String>,
-    /// SNI certificate and key pairs (CERT,KEY[:NAMES]); repeatable.
-    #[arg(long)]
-    pub tls_sni_cert_key: Vec<String>,
-    /// HTTP/2 streams per connection.
-    #[arg(long)]
-    pub http2_max_streams_per_connection: Option<u32>,
-    /// SO_REUSEPORT on the listener.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub permit_port_sharing: Option<bool>,
-    /// SO_REUSEADDR on the listener.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub permit_address_sharing: Option<bool>,
-
-    // k8s.io/apiserver delegated authentication.
-    /// kubeconfig for TokenReview (delegated authentication is not built yet).
-    #[arg(long)]
-    pub authentication_kubeconfig: Option<PathBuf>,
-    /// Do not read kube-system/extension-apiserver-authentication.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub authentication_skip_lookup: Option<bool>,
-    /// Start even when that ConfigMap cannot be read.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub authentication_tolerate_lookup_failure: Option<bool>,
-    /// How long TokenReview answers are cached (Go duration).
-    #[arg(long, value_parser = go_duration)]
-    pub authentication_token_webhook_cache_ttl: Option<Duration>,
-    /// CA of client certificates.
-    #[arg(long)]
-    pub client_ca_file: Option<PathBuf>,
-    /// CA of the front proxy's client certificate.
-    #[arg(long)]
-    pub requestheader_client_ca_file: Option<PathBuf>,
-    /// Common names allowed for the front proxy's certificate.
-    #[arg(long, value_delimiter = ',')]
-    pub requestheader_allowed_names: Vec<String>,
-    /// Headers carrying the user name.
-    #[arg(long, value_delimiter = ',')]
-    pub requestheader_username_headers: Vec<String>,
-    /// Headers carrying the user's groups.
-    #[arg(long, value_delimiter = ',')]
-    pub requestheader_group_headers: Vec<String>,
-    /// Header prefixes carrying extra user attributes.
-    #[arg(long, value_delimiter = ',')]
-    pub requestheader_extra_headers_prefix: Vec<String>,
-    /// Headers carrying the user's UID.
-    #[arg(long, value_delimiter = ',')]
-    pub requestheader_uid_headers: Vec<String>,
-
-    // k8s.io/apiserver delegated authorization.
-    /// kubeconfig for SubjectAccessReview (delegated authorization is not built yet).
-    #[arg(long)]
-    pub authorization_kubeconfig: Option<PathBuf>,
-    /// Paths served without authorization (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub authorization_always_allow_paths: Vec<String>,
-    /// How long allowed SubjectAccessReview answers are cached (Go duration).
-    #[arg(long, value_parser = go_duration)]
-    pub authorization_webhook_cache_authorized_ttl: Option<Duration>,
-    /// How long denied SubjectAccessReview answers are cached (Go duration).
-    #[arg(long, value_parser = go_duration)]
-    pub authorization_webhook_cache_unauthorized_ttl: Option<Duration>,
-
-    // k8s.io/apiserver audit (no audit log is written).
-    /// Audit policy file.
-    #[arg(long)]
-    pub audit_policy_file: Option<PathBuf>,
-    /// Audit log file.
-    #[arg(long)]
-    pub audit_log_path: Option<String>,
-    /// Days to keep audit log files.
-    #[arg(long)]
-    pub audit_log_maxage: Option<i64>,
-    /// Audit log files to keep.
-    #[arg(long)]
-    pub audit_log_maxbackup: Option<i64>,
-    /// Audit log file size limit in MB.
-    #[arg(long)]
-    pub audit_log_maxsize: Option<i64>,
-    /// Audit log format (legacy or json).
-    #[arg(long)]
-    pub audit_log_format: Option<String>,
-    /// Gzip rotated audit log files.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub audit_log_compress: Option<bool>,
-    /// Audit log API group/version.
-    #[arg(long)]
-    pub audit_log_version: Option<String>,
-    /// Audit log backend mode (batch, blocking, blocking-strict).
-    #[arg(long)]
-    pub audit_log_mode: Option<String>,
-    /// Audit log batch buffer size.
-    #[arg(long)]
-    pub audit_log_batch_buffer_size: Option<i64>,
-    /// Audit log batch size.
-    #[arg(long)]
-    pub audit_log_batch_max_size: Option<i64>,
-    /// Audit log batch wait (Go duration).
-    #[arg(long, value_parser = go_duration)]
-    pub audit_log_batch_max_wait: Option<Duration>,
-    /// Audit log batch throttling.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub audit_log_batch_throttle_enable: Option<bool>,
-    /// Audit log batches per second.
-    #[arg(long)]
-    pub audit_log_batch_throttle_qps: Option<f64>,
-    /// Audit log batch burst.
-    #[arg(long)]
-    pub audit_log_batch_throttle_burst: Option<i64>,
-    /// Audit log event truncation.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub audit_log_truncate_enabled: Option<bool>,
-    /// Audit log truncated batch size.
-    #[arg(long)]
-    pub audit_log_truncate_max_batch_size: Option<i64>,
-    /// Audit log truncated event size.
-    #[arg(long)]
-    pub audit_log_truncate_max_event_size: Option<i64>,
-    /// Audit webhook kubeconfig.
-    #[arg(long)]
-    pub audit_webhook_config_file: Option<PathBuf>,
-    /// Audit webhook first retry wait (Go duration).
-    #[arg(long, value_parser = go_duration)]
-    pub audit_webhook_initial_backoff: Option<Duration>,
-    /// Audit webhook API group/version.
-    #[arg(long)]
-    pub audit_webhook_version: Option<String>,
-    /// Audit webhook backend mode.
-    #[arg(long)]
-    pub audit_webhook_mode: Option<String>,
-    /// Audit webhook batch buffer size.
-    #[arg(long)]
-    pub audit_webhook_batch_buffer_size: Option<i64>,
-    /// Audit webhook batch size.
-    #[arg(long)]
-    pub audit_webhook_batch_max_size: Option<i64>,
-    /// Audit webhook batch wait (Go duration).
-    #[arg(long, value_parser = go_duration)]
-    pub audit_webhook_batch_max_wait: Option<Duration>,
-    /// Audit webhook batch throttling.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub audit_webhook_batch_throttle_enable: Option<bool>,
-    /// Audit webhook batches per second.
-    #[arg(long)]
-    pub audit_webhook_batch_throttle_qps: Option<f64>,
-    /// Audit webhook batch burst.
-    #[arg(long)]
-    pub audit_webhook_batch_throttle_burst: Option<i64>,
-    /// Audit webhook event truncation.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub audit_webhook_truncate_enabled: Option<bool>,
-    /// Audit webhook truncated batch size.
-    #[arg(long)]
-    pub audit_webhook_truncate_max_batch_size: Option<i64>,
-    /// Audit webhook truncated event size.
-    #[arg(long)]
-    pub audit_webhook_truncate_max_event_size: Option<i64>,
-
-    // k8s.io/apiserver features.
-    /// Go profiling endpoints (there are none).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub profiling: Option<bool>,
-    /// Go lock contention profiling.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub contention_profiling: Option<bool>,
-    /// Unix socket for Go profiling.
-    #[arg(long)]
-    pub debug_socket_path: Option<PathBuf>,
-
-    // k8s.io/component-base logging and klog (set RUST_LOG instead).
-    /// klog verbosity (set RUST_LOG instead, e.g. RUST_LOG=debug).
-    #[arg(short = 'v', long = "v")]
-    pub verbosity: Option<i32>,
-    /// klog per-file verbosity.
-    #[arg(long)]
-    pub vmodule: Option<String>,
-    /// klog flush interval (Go duration); logs are written unbuffered.
-    #[arg(long, value_parser = go_duration)]
-    pub log_flush_frequency: Option<Duration>,
-    /// component-base JSON info buffer size.
-    #[arg(long)]
-    pub log_json_info_buffer_size: Option<String>,
-    /// component-base JSON split stream.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub log_json_split_stream: Option<bool>,
-    /// component-base text info buffer size.
-    #[arg(long)]
-    pub log_text_info_buffer_size: Option<String>,
-    /// component-base text split stream.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub log_text_split_stream: Option<bool>,
-    /// klog log directory.
-    #[arg(long)]
-    pub log_dir: Option<PathBuf>,
-    /// klog log file.
-    #[arg(long)]
-    pub log_file: Option<PathBuf>,
-    /// klog log file size limit in MB.
-    #[arg(long)]
-    pub log_file_max_size: Option<u64>,
-    /// klog: also log to standard error.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub alsologtostderr: Option<bool>,
-    /// klog threshold for standard error.
-    #[arg(long)]
-    pub stderrthreshold: Option<String>,
-    /// klog one output per severity.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub one_output: Option<bool>,
-    /// klog header prefixes.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub skip_headers: Option<bool>,
-    /// klog header in log files.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub skip_log_headers: Option<bool>,
-    /// klog file directory in headers.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
-    pub add_dir_header: Option<bool>,
-    /// klog stack trace location.
-    #[arg(long)]
-    pub log_backtrace_at: Option<String>,
-}
-
-/// A Go `strconv.ParseBool` boolean, as pflag accepts it.
-pub fn go_bool(value: &str) -> Result<bool, String> {
-    match value {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(format!("{value:?} is not a boolean (true or false)")),
-    }
-}
-
-/// A Go `time.ParseDuration` duration (`10s`, `1m30s`, `1.5h`, `300ms`, `0`); negative ones are
-/// refused, as none of these flags means anything with them.
-pub fn go_duration(value: &str) -> Result<Duration, String> {
-    let bad = || format!("{value:?} is not a duration such as 10s, 1m30s or 500ms");
-    let mut rest = value.strip_prefix('+').unwrap_or(value);
-    if rest.starts_with('-') {
-        return Err(format!("{value:?}: a negative duration means nothing here"));
-    }
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut nanos = 0f64;
-    while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
-        rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        nanos += number * scale;
-    }
-    Ok(Duration::from_nanos(nanos.round() as u64))
-}
-
-/// Rewrites a command line the way pflag reads it before clap sees it: an empty value
-/// (`--dbsslrootcert=`, or `--dbsslrootcert ""`) means the flag is unset, and `_` in a flag name
-/// is read as `-` (klog's `--log_dir` is `--log-dir`), as k8s.io/component-base normalises names.
-pub fn normalise_args<I, T>(args: I) -> Vec<OsString>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString>,
-{
-    let mut args = args.into_iter().map(Into::into);
-    let mut out: Vec<OsString> = args.next().into_iter().collect();
-    let mut rest: Vec<OsString> = args.collect();
-    rest.reverse();
-    while let Some(arg) = rest.pop() {
-        let Some(text) = arg.to_str() else {
-            out.push(arg);
-            continue;
-        };
-        if text == "--" {
-            out.push(arg);
-            out.extend(rest.into_iter().rev());
-            break;
-        }
-        let Some(flag) = text.strip_prefix("--").filter(|f| !f.is_empty()) else {
-            if text.starts_with('-') && text.ends_with('=') && text.len() == 3 {
-                continue; // `-v=`
-            }
-            out.push(arg);
-            continue;
-        };
-        match flag.split_once('=') {
-            Some((_, "")) => {}
-            Some((name, value)) => out.push(format!("--{}={value}", normalise_name(name)).into()),
-            None if rest.last().is_some_and(|next| next.is_empty()) => {
-                rest.pop();
-            }
-            None => out.push(format!("--{}", normalise_name(flag)).into()),
-        }
-    }
-    out
-}
-
-/// `_` read as `-`, except in upstream's camel-case etcd flags, which have none.
-fn normalise_name(name: &str) -> String {
-    name.replace('_', "-")
+    /// The cluster flags given, which change nothing on a standalone server.
+    #[arg(skip)]
+    pub given_cluster_flags: Vec<String>,
 }
 
 impl Args {
@@ -527,11 +188,14 @@ impl Args {
         let mut parsed = Self::from_arg_matches(&matches)?;
         for arg in command.get_arguments() {
             let id = arg.get_id().as_str();
-            if arg.get_help_heading() == Some(NO_EFFECT_HEADING)
-                && matches.value_source(id) == Some(ValueSource::CommandLine)
-            {
-                let name = arg.get_long().map(|l| format!("--{l}")).unwrap_or_else(|| id.to_string());
-                parsed.given_without_effect.push(name);
+            if matches.value_source(id) != Some(ValueSource::CommandLine) {
+                continue;
+            }
+            let name = arg.get_long().map(|l| format!("--{l}")).unwrap_or_else(|| id.to_string());
+            match arg.get_help_heading() {
+                Some(NO_EFFECT_HEADING) => parsed.given_without_effect.push(name),
+                Some(cluster::HEADING) => parsed.given_cluster_flags.push(name),
+                _ => {}
             }
         }
         parsed.apply_compatibility();
@@ -559,9 +223,10 @@ impl Args {
                 self.given_without_effect.push(text.to_string());
             }
         };
-        note(self.storereports == Some(false), "--storereports=false");
-        note(self.storeephemeralreports == Some(false), "--storeephemeralreports=false");
-        note(self.storeopenreports == Some(false), "--storeopenreports=false");
+        let registers = self.cluster.servicename.as_ref().is_some_and(|n| !n.is_empty());
+        note(!registers && self.storereports == Some(false), "--storereports=false");
+        note(!registers && self.storeephemeralreports == Some(false), "--storeephemeralreports=false");
+        note(!registers && self.storeopenreports == Some(false), "--storeopenreports=false");
         note(self.skipmigration == Some(false), "--skipmigration=false");
         note(self.logtostderr == Some(false), "--logtostderr=false");
     }
@@ -613,17 +278,94 @@ impl Args {
 
     /// One warning naming every given flag that changes nothing (none when there is none), so
     /// that an operator sees in one line what upstream's manifests ask for and this server does
-    /// not do yet.
-    pub fn unimplemented_flags(&self) -> Vec<String> {
-        if self.given_without_effect.is_empty() {
+    /// not do.
+    /// With `standalone`, the cluster flags given are named too: without a cluster they do
+    /// nothing.
+    pub fn unimplemented_flags(&self, standalone: bool) -> Vec<String> {
+        let mut named = self.given_without_effect.clone();
+        if standalone {
+            named.extend(self.given_cluster_flags.iter().map(|f| format!("{f} (no cluster)")));
+        }
+        if named.is_empty() {
             return Vec::new();
         }
         vec![format!(
-            "these flags are accepted for compatibility but change nothing yet: {} (all six report kinds are \
-             always served; APIService management, delegated authentication and authorization, audit, profiling \
-             and klog settings are not built; log verbosity is set with RUST_LOG)",
-            self.given_without_effect.join(", ")
+            "these flags are accepted for compatibility but change nothing: {} (all six report kinds are always \
+             served, --store*=false only leaves a group's APIService unregistered; cluster flags need a cluster: \
+             --kubeconfig, or a pod's service account; audit, profiling and klog settings are not built; log \
+             verbosity is set with RUST_LOG)",
+            named.join(", ")
         )]
+    }
+
+    /// The cluster to join, if any: one is named by a kubeconfig flag, or found by running in a
+    /// pod (unless --dangerously-serve-without-authentication says to run without one). `env`
+    /// reads the environment (tests pass their own).
+    pub fn cluster_config(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+        serving_certificate: &crate::tls::CertificatePem,
+    ) -> Option<crate::cluster::ClusterConfig> {
+        let in_pod = env("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty());
+        let kubeconfig = self.cluster.kubeconfig().cloned();
+        if kubeconfig.is_none() && (!in_pod || self.dangerously_serve_without_authentication) {
+            return None;
+        }
+        let flags = &self.cluster;
+        let apiservices = flags.servicename.as_ref().filter(|n| !n.is_empty()).map(|service| {
+            let namespace = flags
+                .servicens
+                .clone()
+                .filter(|n| !n.is_empty())
+                .or_else(|| env("POD_NAMESPACE"))
+                .unwrap_or_else(|| "reports-server".to_string());
+            let mut group_versions = Vec::new();
+            for (enabled, group, version) in [
+                (self.storereports, "wgpolicyk8s.io", "v1alpha2"),
+                (self.storeephemeralreports, "reports.kyverno.io", "v1"),
+                (self.storeopenreports, "openreports.io", "v1alpha1"),
+            ] {
+                if enabled != Some(false) {
+                    group_versions.push((group.to_string(), version.to_string()));
+                }
+            }
+            crate::cluster::ApiServiceRegistration {
+                group_versions,
+                service_name: service.clone(),
+                service_namespace: namespace.clone(),
+                service_port: 443,
+                reconcile_interval: flags
+                    .apiservicereconcileinterval
+                    .unwrap_or(std::time::Duration::from_secs(60)),
+                lease_namespace: namespace,
+                identity: env("POD_NAME")
+                    .or_else(|| env("HOSTNAME"))
+                    .unwrap_or_else(|| format!("reports-server-{}", uuid::Uuid::new_v4())),
+                ca_bundle: self
+                    .ca_bundle_beside_certificate()
+                    .or_else(|| crate::cluster::ca_bundle(serving_certificate)),
+            }
+        });
+        Some(crate::cluster::ClusterConfig {
+            kubeconfig,
+            client_auth: flags.client_auth(),
+            skip_lookup: flags.authentication_skip_lookup == Some(true),
+            always_allow_paths: flags.authorization_always_allow_paths.clone(),
+            token_cache_ttl: flags.authentication_token_webhook_cache_ttl,
+            authorized_ttl: flags.authorization_webhook_cache_authorized_ttl,
+            unauthorized_ttl: flags.authorization_webhook_cache_unauthorized_ttl,
+            namespace_lifecycle: true,
+            apiservices,
+        })
+    }
+
+    /// `ca.crt` next to `--tls-cert-file` (how cert-manager and the chart lay out a certificate
+    /// Secret): the CA the aggregator should trust for the serving certificate.
+    fn ca_bundle_beside_certificate(&self) -> Option<String> {
+        let cert = self.tls_cert_file.as_ref()?;
+        std::fs::read_to_string(cert.parent()?.join("ca.crt"))
+            .ok()
+            .filter(|pem| pem.contains("BEGIN CERTIFICATE"))
     }
 }
 
@@ -694,19 +436,21 @@ mod tests {
         assert_eq!(args.storereports, Some(true));
         let settings = args.postgres_settings().unwrap();
         assert!(settings.ssl_root_cert.is_none() && settings.cluster_name.is_none());
-        let warnings = args.unimplemented_flags();
+        let warnings = args.unimplemented_flags(true);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        for flag in [
-            "--servicename",
-            "--servicens",
-            "--clusterrolename",
-            "--authorization-always-allow-paths",
-            "--cert-dir",
-        ] {
+        for flag in ["--clusterrolename", "--cert-dir"] {
             assert!(warnings[0].contains(flag), "{flag} named in {warnings:?}");
         }
-        for honoured in ["--dbsslmode", "--secure-port", "--storereports", "--clustername", "--dbsslrootcert"]
-        {
+        for honoured in [
+            "--dbsslmode",
+            "--secure-port",
+            "--storereports",
+            "--clustername",
+            "--dbsslrootcert",
+            "--servicename",
+            "--servicens",
+            "--authorization-always-allow-paths",
+        ] {
             assert!(!warnings[0].contains(honoured), "{honoured} is honoured: {warnings:?}");
         }
     }
@@ -753,20 +497,21 @@ mod tests {
         let args = Args::try_from_args(line).unwrap();
         assert_eq!(args.log_format, "json");
         assert_eq!(args.inert.verbosity, Some(2));
-        assert_eq!(args.inert.requestheader_allowed_names, ["front-proxy-client", "aggregator"]);
-        assert_eq!(args.inert.authorization_webhook_cache_unauthorized_ttl, Some(Duration::from_secs(90)));
-        let warning = &args.unimplemented_flags()[0];
-        for flag in [
-            "--kubeconfig",
-            "--requestheader-client-ca-file",
-            "--audit-log-path",
-            "--v",
-            "--log-dir",
-            "--profiling",
-        ] {
+        assert_eq!(args.cluster.requestheader_allowed_names, ["front-proxy-client", "aggregator"]);
+        assert_eq!(args.cluster.authorization_webhook_cache_unauthorized_ttl, Some(Duration::from_secs(90)));
+        let warning = &args.unimplemented_flags(true)[0];
+        for flag in ["--audit-log-path", "--v", "--log-dir", "--profiling"] {
             assert!(warning.contains(flag), "{flag}: {warning}");
         }
-        for honoured in ["--logtostderr", "--logging-format", "--etcd", "--skipmigration", "--bind-address"] {
+        for honoured in [
+            "--logtostderr",
+            "--logging-format",
+            "--etcd",
+            "--skipmigration",
+            "--bind-address",
+            "--kubeconfig",
+            "--requestheader-client-ca-file",
+        ] {
             assert!(!warning.contains(honoured), "{honoured}: {warning}");
         }
         // `--v 3` and `-v 3` work too; an unknown flag is still refused.
@@ -779,7 +524,7 @@ mod tests {
     #[test]
     fn no_warning_without_inert_flags_and_version_is_reported() {
         let args = Args::try_from_args(["r", "--storage", "sqlite::memory:", "--storereports"]).unwrap();
-        assert!(args.unimplemented_flags().is_empty());
+        assert!(args.unimplemented_flags(true).is_empty());
         assert_eq!(Args::try_from_args(["r", "--version"]).unwrap().version, Some(true));
         assert_eq!(Args::try_from_args(["r", "--version=false"]).unwrap().version, Some(false));
     }
@@ -789,13 +534,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let flag = format!("--cert-dir={}", dir.path().display());
         let args = Args::try_from_args(["r", flag.as_str()]).unwrap();
-        assert!(args.tls_cert_file.is_none() && args.unimplemented_flags()[0].contains("--cert-dir"));
+        assert!(args.tls_cert_file.is_none() && args.unimplemented_flags(true)[0].contains("--cert-dir"));
         std::fs::write(dir.path().join("apiserver.crt"), "").unwrap();
         std::fs::write(dir.path().join("apiserver.key"), "").unwrap();
         let args = Args::try_from_args(["r", flag.as_str()]).unwrap();
         assert_eq!(args.tls_cert_file, Some(dir.path().join("apiserver.crt")));
         assert_eq!(args.tls_private_key_file, Some(dir.path().join("apiserver.key")));
-        assert!(args.unimplemented_flags().is_empty());
+        assert!(args.unimplemented_flags(true).is_empty());
     }
 
     #[test]
@@ -812,5 +557,75 @@ mod tests {
         assert!(go_bool("yes").is_err());
         let out = normalise_args(["r", "--a=", "--b", "", "--c_d=1", "-v=", "--e", "x", "--", "--f="]);
         assert_eq!(out, ["r", "--c-d=1", "--e", "x", "--", "--f="]);
+    }
+
+    #[test]
+    fn a_cluster_is_joined_with_a_kubeconfig_or_in_a_pod() {
+        let pem = crate::tls::CertificatePem::self_signed().unwrap();
+        let nowhere = |_: &str| None;
+        let in_pod = |name: &str| match name {
+            "KUBERNETES_SERVICE_HOST" => Some("10.0.0.1".to_string()),
+            "POD_NAMESPACE" => Some("reports".to_string()),
+            "POD_NAME" => Some("reports-server-0".to_string()),
+            _ => None,
+        };
+        let plain = Args::try_from_args(["r"]).unwrap();
+        assert!(plain.cluster_config(nowhere, &pem).is_none(), "standalone outside a pod");
+        assert!(plain.cluster_config(in_pod, &pem).is_some(), "a pod's service account");
+        let opted_out = Args::try_from_args(["r", "--dangerously-serve-without-authentication"]).unwrap();
+        assert!(opted_out.cluster_config(in_pod, &pem).is_none());
+        let given =
+            Args::try_from_args(["r", "--authorization-kubeconfig=/k", "--authentication-kubeconfig=/a"])
+                .unwrap();
+        let config = given.cluster_config(nowhere, &pem).unwrap();
+        assert_eq!(config.kubeconfig, Some(std::path::PathBuf::from("/a")));
+        assert!(config.apiservices.is_none(), "no --servicename: nothing registered");
+
+        let upstream = Args::try_from_args(
+            std::iter::once("reports-server").chain(UPSTREAM_ARGS).chain(["--storeephemeralreports=false"]),
+        )
+        .unwrap();
+        let registration = upstream.cluster_config(in_pod, &pem).unwrap().apiservices.unwrap();
+        assert_eq!(
+            (registration.service_name.as_str(), registration.service_namespace.as_str()),
+            ("reports-server", "reports-server")
+        );
+        assert_eq!(
+            registration.group_versions,
+            vec![
+                ("wgpolicyk8s.io".to_string(), "v1alpha2".to_string()),
+                ("openreports.io".into(), "v1alpha1".into())
+            ]
+        );
+        assert_eq!(registration.identity, "reports-server-0");
+        assert_eq!(
+            registration.ca_bundle.as_deref(),
+            Some(pem.cert_pem.as_str()),
+            "a self-signed certificate is its own CA"
+        );
+        assert!(upstream.unimplemented_flags(false)[0].contains("--clusterrolename"));
+        assert!(!upstream.unimplemented_flags(false)[0].contains("--storeephemeralreports"));
+    }
+
+    #[test]
+    fn the_ca_next_to_the_serving_certificate_is_the_apiservices_ca_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("ca.crt"), ca).unwrap();
+        let cert = dir.path().join("tls.crt").display().to_string();
+        let key = dir.path().join("tls.key").display().to_string();
+        let args = Args::try_from_args([
+            "r",
+            "--tls-cert-file",
+            &cert,
+            "--tls-private-key-file",
+            &key,
+            "--servicename=s",
+            "--kubeconfig=/k",
+        ])
+        .unwrap();
+        let pem = crate::tls::CertificatePem::self_signed().unwrap();
+        let registration = args.cluster_config(|_| None, &pem).unwrap().apiservices.unwrap();
+        assert_eq!(registration.ca_bundle.as_deref(), Some(ca));
     }
 }

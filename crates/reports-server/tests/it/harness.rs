@@ -32,7 +32,7 @@ impl TestPki {
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         Self {
             ca_pem: ca.pem(),
-            serving: CertificatePem { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() },
+            serving: CertificatePem { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem(), files: None },
         }
     }
 }

@@ -38,5 +38,6 @@ mod packaging;
 mod postgres;
 mod process;
 mod samples;
+mod tls;
 mod validation;
 mod watch;

@@ -60,8 +60,15 @@ async fn in_cluster() -> InCluster {
         (allowed, if allowed { String::new() } else { "no RBAC rule allows it".into() })
     });
     fake.add_token("token-carol", "carol", &["readers"]);
+    let t = replica(&fake, "replica-a").await;
+    InCluster { t, fake, proxy_ca, client_ca }
+}
+
+/// A server joining the fake cluster as `identity`, registering two APIServices.
+async fn replica(fake: &FakeKube, identity: &str) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = fake.write_kubeconfig(dir.path());
+    std::mem::forget(dir);
     let cluster = ClusterConfig {
         kubeconfig: Some(kubeconfig),
         namespace_lifecycle: true,
@@ -75,14 +82,12 @@ async fn in_cluster() -> InCluster {
             service_port: 443,
             reconcile_interval: Duration::from_secs(3600),
             lease_namespace: "reports".into(),
-            identity: "replica-a".into(),
+            identity: identity.into(),
             ca_bundle: None,
         }),
         ..Default::default()
     };
-    let t = TestServer::start_with(move |config| config.cluster = Some(cluster)).await;
-    std::mem::forget(dir);
-    InCluster { t, fake, proxy_ca, client_ca }
+    TestServer::start_with(move |config| config.cluster = Some(cluster)).await
 }
 
 impl InCluster {
@@ -281,4 +286,34 @@ async fn apiservices_are_registered_restored_when_tampered_and_left_alone_on_shu
         !c.fake.requests().iter().any(|r| r.starts_with("DELETE /apis/apiregistration")),
         "the server never deletes an APIService"
     );
+}
+
+#[tokio::test]
+async fn one_replica_at_a_time_holds_the_lease_and_another_takes_over_when_it_stops() {
+    let mut c = in_cluster().await;
+    let lease_key =
+        ObjectKey::new("apis/coordination.k8s.io/v1", "leases", "reports", "reports-server-apiservices");
+    let held_by =
+        |who: &'static str| move |l: Option<&Value>| l.is_some_and(|l| l["spec"]["holderIdentity"] == who);
+    tokio::time::timeout(DEADLINE, c.fake.wait_for_object(&lease_key, held_by("replica-a")))
+        .await
+        .expect("a leads");
+    let mut b = replica(&c.fake, "replica-b").await;
+    // b has started and tried; a still holds the Lease it keeps renewing.
+    assert_eq!(c.fake.object(&lease_key).unwrap()["spec"]["holderIdentity"], "replica-a");
+
+    // a stops: it hands the Lease back, b takes it and keeps the APIServices.
+    c.t.server.take().unwrap().shutdown().await;
+    let taken = tokio::time::timeout(DEADLINE, c.fake.wait_for_object(&lease_key, held_by("replica-b")))
+        .await
+        .expect("b takes over")
+        .unwrap();
+    assert_eq!(taken["spec"]["leaseTransitions"], 1);
+    let key = ObjectKey::new("apis/apiregistration.k8s.io/v1", "apiservices", "", "v1alpha2.wgpolicyk8s.io");
+    assert!(c.fake.delete_object(&key));
+    let registered = |o: Option<&Value>| o.is_some_and(|o| o["spec"]["service"]["name"] == "reports-server");
+    tokio::time::timeout(DEADLINE, c.fake.wait_for_object(&key, registered))
+        .await
+        .expect("b restores what a registered");
+    b.server.take().unwrap().shutdown().await;
 }

@@ -93,7 +93,10 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
         let in_cluster = match &config.cluster {
-            Some(cluster) => cluster::start(cluster, &config.certificate, shutting_down.clone()).await?,
+            Some(cluster) => {
+                cluster::start(cluster, &config.certificate, &store, &catalogue, shutting_down.clone())
+                    .await?
+            }
             None => Default::default(),
         };
         let changes =

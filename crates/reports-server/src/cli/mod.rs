@@ -126,8 +126,9 @@ pub struct Args {
     /// Serve openreports.io reports (as --storereports).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool, help_heading = "Upstream compatibility")]
     pub storeopenreports: Option<bool>,
-    /// Skip copying reports stored as CRD objects in etcd (true is what this server does; false
-    /// is accepted but nothing is copied yet).
+    /// Skip copying reports stored as CRD objects into the store at start. By default, in a
+    /// cluster with --servicename, the kinds whose APIService is not yet switched are copied
+    /// before the APIServices are registered.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool, help_heading = "Upstream compatibility")]
     pub skipmigration: Option<bool>,
     /// Upstream's embedded etcd. Not supported (refused when true): use --storage sqlite://PATH.
@@ -227,7 +228,6 @@ impl Args {
         note(!registers && self.storereports == Some(false), "--storereports=false");
         note(!registers && self.storeephemeralreports == Some(false), "--storeephemeralreports=false");
         note(!registers && self.storeopenreports == Some(false), "--storeopenreports=false");
-        note(self.skipmigration == Some(false), "--skipmigration=false");
         note(self.logtostderr == Some(false), "--logtostderr=false");
     }
 
@@ -355,6 +355,7 @@ impl Args {
             authorized_ttl: flags.authorization_webhook_cache_authorized_ttl,
             unauthorized_ttl: flags.authorization_webhook_cache_unauthorized_ttl,
             namespace_lifecycle: true,
+            migrate: self.skipmigration != Some(true),
             apiservices,
         })
     }

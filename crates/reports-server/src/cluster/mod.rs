@@ -4,6 +4,7 @@
 
 pub mod apiservices;
 pub mod lease;
+pub mod migration;
 pub mod namespaces;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -40,6 +41,9 @@ pub struct ClusterConfig {
     pub unauthorized_ttl: Option<Duration>,
     /// Refuse creates in namespaces that do not exist or are terminating.
     pub namespace_lifecycle: bool,
+    /// Copy reports still stored as CRD objects into the store before registering the
+    /// APIServices (`--skipmigration=false`, the default).
+    pub migrate: bool,
     /// Register and keep the APIServices (None: someone else manages them).
     pub apiservices: Option<ApiServiceRegistration>,
 }
@@ -70,6 +74,8 @@ pub struct ApiServiceRegistration {
 pub(crate) async fn start(
     config: &ClusterConfig,
     certificate: &CertificatePem,
+    store: &reports_store::DynStore,
+    catalogue: &reports_core::Catalogue,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<InCluster> {
     let client = remote::client(config.kubeconfig.as_deref())
@@ -105,6 +111,18 @@ pub(crate) async fn start(
         None
     };
     if let Some(registration) = &config.apiservices {
+        if config.migrate {
+            let summary = migration::migrate(&client, store, catalogue, &registration.group_versions)
+                .await
+                .context("copying reports stored as CRD objects")?;
+            if summary.copied + summary.already_present > 0 {
+                tracing::info!(
+                    copied = summary.copied,
+                    already_present = summary.already_present,
+                    "migration from etcd done"
+                );
+            }
+        }
         let leading = lease::elect(
             client.clone(),
             lease::LeaseSettings {

@@ -317,3 +317,122 @@ async fn one_replica_at_a_time_holds_the_lease_and_another_takes_over_when_it_st
         .expect("b restores what a registered");
     b.server.take().unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn reports_stored_as_crd_objects_are_copied_once_before_the_apiservices_switch() {
+    let c = in_cluster().await;
+    drop(c.t);
+    let fake = c.fake;
+    // The CRDs with their objects in "etcd": 40 PolicyReports, 3 ClusterPolicyReports, and
+    // openreports.io Reports whose group an aggregated server already serves (out of reach).
+    let crd = |name: &str| {
+        fake.put_object(
+            ObjectKey::new("apis/apiextensions.k8s.io/v1", "customresourcedefinitions", "", name),
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": name}}),
+        );
+    };
+    crd("policyreports.wgpolicyk8s.io");
+    crd("clusterpolicyreports.wgpolicyk8s.io");
+    crd("reports.openreports.io");
+    for i in 0..40 {
+        let ns = if i % 2 == 0 { "team-a" } else { "default" };
+        let mut object = sample_object(0, &format!("polr-{i}"), Some(ns));
+        object["metadata"]["uid"] = json!(format!("11111111-0000-4000-8000-{i:012}"));
+        fake.put_object(
+            ObjectKey::new("apis/wgpolicyk8s.io/v1alpha2", "policyreports", ns, &format!("polr-{i}")),
+            object,
+        );
+    }
+    for i in 0..3 {
+        fake.put_object(
+            ObjectKey::new("apis/wgpolicyk8s.io/v1alpha2", "clusterpolicyreports", "", &format!("cpolr-{i}")),
+            sample_object(1, &format!("cpolr-{i}"), None),
+        );
+    }
+    fake.put_object(
+        ObjectKey::new("apis/openreports.io/v1alpha1", "reports", "default", "rep-0"),
+        sample_object(4, "rep-0", Some("default")),
+    );
+    fake.put_object(
+        ObjectKey::new("apis/apiregistration.k8s.io/v1", "apiservices", "", "v1alpha1.openreports.io"),
+        json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1alpha1.openreports.io"},
+               "spec": {"group": "openreports.io", "version": "v1alpha1", "service": {"name": "old", "namespace": "x", "port": 443},
+                        "groupPriorityMinimum": 100, "versionPriority": 100}}),
+    );
+
+    // A previous start copied two of them before it crashed; one of those was changed since.
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("sqlite://{}", dir.path().join("reports.db").display());
+    {
+        let store = reports_store::open(&storage, &Default::default()).await.unwrap();
+        for i in [0, 1] {
+            let ns = if i % 2 == 0 { "team-a" } else { "default" };
+            let mut object = sample_object(0, &format!("polr-{i}"), Some(ns));
+            object["metadata"]["uid"] = json!(format!("11111111-0000-4000-8000-{i:012}"));
+            object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+            object["summary"]["pass"] = json!(7);
+            store.create("policyreports", object).await.unwrap();
+        }
+    }
+    let start = |storage: String| {
+        let fake = &fake;
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let kubeconfig = fake.write_kubeconfig(dir.path());
+            std::mem::forget(dir);
+            let cluster = ClusterConfig {
+                kubeconfig: Some(kubeconfig),
+                migrate: true,
+                apiservices: Some(ApiServiceRegistration {
+                    group_versions: vec![
+                        ("wgpolicyk8s.io".into(), "v1alpha2".into()),
+                        ("openreports.io".into(), "v1alpha1".into()),
+                    ],
+                    service_name: "reports-server".into(),
+                    service_namespace: "reports".into(),
+                    service_port: 443,
+                    reconcile_interval: Duration::from_secs(3600),
+                    lease_namespace: "reports".into(),
+                    identity: "replica-m".into(),
+                    ca_bundle: None,
+                }),
+                ..Default::default()
+            };
+            TestServer::start_with(move |config| {
+                config.storage = storage;
+                config.cluster = Some(cluster);
+            })
+            .await
+        }
+    };
+    let mut t = start(storage.clone()).await;
+    let mut counts = t.store().count_by_resource().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, vec![("clusterpolicyreports".to_string(), 3), ("policyreports".to_string(), 40)]);
+    let copied = t.store().get("policyreports", "team-a", "polr-2").await.unwrap().unwrap();
+    assert_eq!(copied.uid, "11111111-0000-4000-8000-000000000002", "identity kept");
+    let body: Value = serde_json::from_str(&copied.body).unwrap();
+    assert_eq!(body["metadata"]["resourceVersion"], copied.rv.to_string(), "our resourceVersion");
+    let kept = t.store().get("policyreports", "team-a", "polr-0").await.unwrap().unwrap();
+    assert!(kept.body.contains("\"pass\":7"), "an object already copied is left as it is");
+    // Then the APIServices are switched, the local one included.
+    let key = ObjectKey::new("apis/apiregistration.k8s.io/v1", "apiservices", "", "v1alpha2.wgpolicyk8s.io");
+    let registered = |o: Option<&Value>| o.is_some_and(|o| o["spec"]["service"]["name"] == "reports-server");
+    tokio::time::timeout(DEADLINE, fake.wait_for_object(&key, registered)).await.expect("switched");
+    t.server.take().unwrap().shutdown().await;
+
+    // A later start finds the groups switched and lists no CRD objects.
+    let lists_before = fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /apis/wgpolicyk8s.io/v1alpha2/policyreports"))
+        .count();
+    let mut again = start(storage).await;
+    let lists_after = fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /apis/wgpolicyk8s.io/v1alpha2/policyreports"))
+        .count();
+    assert_eq!(lists_after, lists_before, "nothing migrated twice");
+    again.server.take().unwrap().shutdown().await;
+}

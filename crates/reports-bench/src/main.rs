@@ -15,6 +15,7 @@
 //!   same documents;
 //! - `full`: `pg` on both stores plus mixed datasets of 10k, 100k and 1M results;
 //! - `watch-lag`: watch fan-out alone;
+//! - `auth-overhead`: what delegated authentication and authorization add to a request;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
 //! Modules: [`shapes`] (documents), [`load`] (open and closed loops, CPU accounting), [`api`]
@@ -26,6 +27,7 @@ use std::{io::Write as _, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 mod api;
+mod auth;
 mod etcd;
 mod load;
 mod procs;
@@ -161,6 +163,19 @@ enum Command {
         #[arg(long, value_enum, default_value = "h2-each")]
         connections: watch::Connections,
     },
+    /// What delegated authentication and authorization add to a keyed GET (warm cache), against
+    /// a standalone server, in alternating rounds.
+    AuthOverhead {
+        /// GETs per round and side.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Rounds per side.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -195,6 +210,11 @@ fn main() -> anyhow::Result<()> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
         Command::Serve { storage, commit_trace } => runtime.block_on(serve(storage, commit_trace)),
+        Command::AuthOverhead { requests, concurrency, rounds } => {
+            let result = runtime.block_on(auth::auth_overhead(requests, concurrency, rounds))?;
+            println!("{result}");
+            Ok(())
+        }
         Command::WatchLag { watchers, rate, seconds, storage, postgres, replica, connections } => {
             let cluster = postgres.then(reports_test_support::PgCluster::start).transpose()?;
             for (run, count) in watchers.into_iter().enumerate() {

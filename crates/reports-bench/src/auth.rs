@@ -9,11 +9,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use reports_server::{
-    cluster::ClusterConfig,
-    tls::CertificatePem,
-    Server, ServerConfig,
-};
+use reports_server::{cluster::ClusterConfig, tls::CertificatePem, Server, ServerConfig};
 use reports_test_support::{fake_kube::FakeKube, pki::TestCa};
 use serde_json::{json, Value};
 
@@ -76,7 +72,10 @@ pub async fn auth_overhead(requests: usize, concurrency: usize, rounds: usize) -
         let collection = format!("{base}/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports");
         let report = json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
             "metadata": {"name": "r", "namespace": "default"}, "results": [], "summary": {"pass": 0}});
-        anyhow::ensure!(client.post(&collection).json(&report).send().await?.status() == 201, "{name}: create");
+        anyhow::ensure!(
+            client.post(&collection).json(&report).send().await?.status() == 201,
+            "{name}: create"
+        );
         sides.push(Side { name, server, client, url: format!("{collection}/r"), samples: Vec::new() });
     }
     // Warm-up: connections, the authorization cache.
@@ -103,7 +102,12 @@ pub async fn auth_overhead(requests: usize, concurrency: usize, rounds: usize) -
 }
 
 /// `requests` GETs of `url` from `concurrency` clients; every answer must be 200.
-async fn run_round(client: &reqwest::Client, url: &str, requests: usize, concurrency: usize) -> anyhow::Result<Vec<Duration>> {
+async fn run_round(
+    client: &reqwest::Client,
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let per_client = requests.div_ceil(concurrency.max(1));
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|_| {

@@ -26,6 +26,7 @@ macro_rules! on_both_stores {
 }
 
 mod cluster;
+mod controllers;
 mod crud;
 mod discovery;
 mod errors;

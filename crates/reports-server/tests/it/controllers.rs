@@ -9,7 +9,7 @@ use futures::StreamExt as _;
 use reqwest::header;
 use serde_json::{json, Value};
 
-use crate::harness::{sample_object, TestServer, KINDS};
+use crate::harness::{sample_object, KINDS};
 
 /// Fails the test instead of hanging when an event never comes.
 const DEADLINE: Duration = Duration::from_secs(30);

@@ -73,6 +73,9 @@ pub struct Server {
     task: JoinHandle<()>,
     /// The store, for embedding programs and tests that need to look underneath the API.
     store: reports_store::DynStore,
+    /// Cluster tasks that must finish their own shutdown (releasing the Lease) before the
+    /// process exits, so another replica takes over at once.
+    cluster_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -92,7 +95,7 @@ impl Server {
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
-        let in_cluster = match &config.cluster {
+        let mut in_cluster = match &config.cluster {
             Some(cluster) => {
                 cluster::start(cluster, &config.certificate, &store, &catalogue, shutting_down.clone())
                     .await?
@@ -114,6 +117,7 @@ impl Server {
             STORAGE_OBJECTS_PERIOD,
             shutting_down.clone(),
         ));
+        let cluster_tasks = std::mem::take(&mut in_cluster.tasks);
         let state = state::AppState::new(
             catalogue,
             store.clone(),
@@ -131,7 +135,7 @@ impl Server {
         ));
         state.set_ready();
         let task = tokio::spawn(serve::serve(listener, Arc::clone(&tls), router, shutting_down.clone()));
-        Ok(Self { local_addr, shutdown, task, store })
+        Ok(Self { local_addr, shutdown, task, store, cluster_tasks })
     }
 
     /// The store behind the API.
@@ -143,6 +147,10 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        for task in self.cluster_tasks {
+            // Bounded: an unreachable cluster must not keep the process from exiting.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
     }
 }
 

@@ -3,7 +3,13 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use reports_server::{cli::Args, glibc::Memcpy, tls::CertificatePem, Server, ServerConfig};
+use clap::Parser as _;
+use reports_server::{
+    cli::{uninstall::UninstallArgs, Args},
+    glibc::Memcpy,
+    tls::CertificatePem,
+    Server, ServerConfig,
+};
 
 /// mimalloc: the request path allocates many small, short-lived buffers, and glibc's malloc
 /// showed up as the top symbol in profiles of the write and watch paths.
@@ -18,6 +24,15 @@ fn main() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn run(memcpy: Memcpy) -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "uninstall") {
+        let args = UninstallArgs::parse_from(std::env::args_os().skip(1));
+        init_logging("text");
+        if let Err(e) = uninstall(args).await {
+            tracing::error!("{e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let args = Args::parse();
     init_logging(&args.log_format);
     memcpy.log();
@@ -98,6 +113,48 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+/// `reports-server uninstall`: see `reports_server::cluster::uninstall`.
+async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let client = reports_auth::cluster::client(args.kubeconfig.as_deref())
+        .await?
+        .context("no cluster: give --kubeconfig, or run in a pod with a service account")?;
+    let store = if args.copy_back {
+        let url = reports_server::cli::storage_url(args.storage.as_deref(), |name| std::env::var(name).ok());
+        let settings = reports_store::postgres::PgSettings {
+            ssl_mode: args.dbsslmode.as_deref().map(str::parse).transpose()?,
+            ..Default::default()
+        };
+        Some(
+            reports_store::open(&url, &settings)
+                .await
+                .with_context(|| format!("opening {}", reports_server::redact_url(&url)))?,
+        )
+    } else {
+        None
+    };
+    let namespace = args
+        .servicens
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "reports-server".to_string());
+    let options = reports_server::cluster::uninstall::UninstallOptions {
+        group_versions: args.group_versions(),
+        lease_namespace: namespace,
+        copy_back: args.copy_back,
+        force: args.force,
+    };
+    let catalogue = reports_core::Catalogue::embedded()?;
+    let summary =
+        reports_server::cluster::uninstall::uninstall(&client, store.as_ref(), &catalogue, &options).await?;
+    tracing::info!(
+        apiservices_deleted = ?summary.apiservices_deleted,
+        copied = summary.copied,
+        already_present = summary.already_present,
+        "uninstalled: the report groups are served from their CRDs"
+    );
     Ok(())
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct InCluster {
     pub(crate) guard: Option<Arc<crate::auth::Guard>>,
     /// See [`Shared::namespaces`].
     pub(crate) namespaces: Option<crate::cluster::namespaces::NamespaceLifecycle>,
+    /// Tasks a clean shutdown waits for (the Lease release).
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::ops::Deref for AppState {

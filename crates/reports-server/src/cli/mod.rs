@@ -4,6 +4,7 @@
 
 mod cluster;
 mod compat;
+pub mod uninstall;
 
 use std::{ffi::OsString, net::IpAddr, path::PathBuf};
 
@@ -239,23 +240,7 @@ impl Args {
 
     /// [`storage_url`](Self::storage_url) with the environment given (tests).
     pub fn storage_url_from(&self, env: impl Fn(&str) -> Option<String>) -> String {
-        if let Some(url) = &self.storage {
-            return url.clone();
-        }
-        let Some(host) = env("DB_HOST").filter(|h| !h.is_empty()) else {
-            return "sqlite://reports-server.db".to_string();
-        };
-        // libpq key=value form: values quoted, so passwords need no URL encoding.
-        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-        let mut parts = vec![format!("host={}", quote(&host))];
-        for (var, key) in
-            [("DB_PORT", "port"), ("DB_USER", "user"), ("DB_PASSWORD", "password"), ("DB_DATABASE", "dbname")]
-        {
-            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
-                parts.push(format!("{key}={}", quote(&value)));
-            }
-        }
-        parts.join(" ")
+        storage_url(self.storage.as_deref(), env)
     }
 
     /// PostgreSQL settings from the flags.
@@ -368,6 +353,28 @@ impl Args {
             .ok()
             .filter(|pem| pem.contains("BEGIN CERTIFICATE"))
     }
+}
+
+/// The storage URL: `storage` when given, else PostgreSQL from upstream's `DB_*` environment
+/// (read with `env`), else the embedded default.
+pub fn storage_url(storage: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+    if let Some(url) = storage {
+        return url.to_string();
+    }
+    let Some(host) = env("DB_HOST").filter(|h| !h.is_empty()) else {
+        return "sqlite://reports-server.db".to_string();
+    };
+    // libpq key=value form: values quoted, so passwords need no URL encoding.
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = vec![format!("host={}", quote(&host))];
+    for (var, key) in
+        [("DB_PORT", "port"), ("DB_USER", "user"), ("DB_PASSWORD", "password"), ("DB_DATABASE", "dbname")]
+    {
+        if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+            parts.push(format!("{key}={}", quote(&value)));
+        }
+    }
+    parts.join(" ")
 }
 
 #[cfg(test)]

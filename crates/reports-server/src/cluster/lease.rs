@@ -35,14 +35,14 @@ pub struct LeaseSettings {
 }
 
 /// Runs the election until `shutdown` turns true, then releases the Lease if held. The returned
-/// receiver is true while this replica leads.
+/// receiver is true while this replica leads; the task ends once the Lease is released.
 pub fn elect(
     client: Client,
     settings: LeaseSettings,
     mut shutdown: watch::Receiver<bool>,
-) -> watch::Receiver<bool> {
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (leading, receiver) = watch::channel(false);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let api = Api::<Lease>::namespaced(client, &settings.namespace);
         let mut renewed_at: Option<tokio::time::Instant> = None;
         loop {
@@ -73,7 +73,7 @@ pub fn elect(
             }
         }
     });
-    receiver
+    (receiver, task)
 }
 
 /// One attempt: true when this replica holds the Lease afterwards.

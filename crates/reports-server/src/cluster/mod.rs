@@ -6,6 +6,7 @@ pub mod apiservices;
 pub mod lease;
 pub mod migration;
 pub mod namespaces;
+pub mod uninstall;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -110,6 +111,7 @@ pub(crate) async fn start(
     } else {
         None
     };
+    let mut tasks = Vec::new();
     if let Some(registration) = &config.apiservices {
         if config.migrate {
             let summary = migration::migrate(&client, store, catalogue, &registration.group_versions)
@@ -123,7 +125,7 @@ pub(crate) async fn start(
                 );
             }
         }
-        let leading = lease::elect(
+        let (leading, election) = lease::elect(
             client.clone(),
             lease::LeaseSettings {
                 namespace: registration.lease_namespace.clone(),
@@ -143,8 +145,9 @@ pub(crate) async fn start(
             resync: registration.reconcile_interval,
         };
         apiservices::keep_registered(client, target, leading, shutdown);
+        tasks.push(election);
     }
-    Ok(InCluster { guard: Some(Arc::new(guard)), namespaces })
+    Ok(InCluster { guard: Some(Arc::new(guard)), namespaces, tasks })
 }
 
 /// The CA the aggregator should trust for our serving certificate: the chain's last certificate

@@ -26,6 +26,13 @@ struct InCluster {
 }
 
 async fn in_cluster() -> InCluster {
+    let (fake, proxy_ca, client_ca) = fake_cluster().await;
+    let t = replica(&fake, "replica-a").await;
+    InCluster { t, fake, proxy_ca, client_ca }
+}
+
+/// The fake cluster: authentication settings, three namespaces, an RBAC policy, a token.
+async fn fake_cluster() -> (FakeKube, TestCa, TestCa) {
     crate::harness::install_crypto();
     let fake = FakeKube::start().await;
     let proxy_ca = TestCa::new("front-proxy CA");
@@ -60,8 +67,7 @@ async fn in_cluster() -> InCluster {
         (allowed, if allowed { String::new() } else { "no RBAC rule allows it".into() })
     });
     fake.add_token("token-carol", "carol", &["readers"]);
-    let t = replica(&fake, "replica-a").await;
-    InCluster { t, fake, proxy_ca, client_ca }
+    (fake, proxy_ca, client_ca)
 }
 
 /// A server joining the fake cluster as `identity`, registering two APIServices.
@@ -320,9 +326,7 @@ async fn one_replica_at_a_time_holds_the_lease_and_another_takes_over_when_it_st
 
 #[tokio::test]
 async fn reports_stored_as_crd_objects_are_copied_once_before_the_apiservices_switch() {
-    let c = in_cluster().await;
-    drop(c.t);
-    let fake = c.fake;
+    let (fake, _, _) = fake_cluster().await;
     // The CRDs with their objects in "etcd": 40 PolicyReports, 3 ClusterPolicyReports, and
     // openreports.io Reports whose group an aggregated server already serves (out of reach).
     let crd = |name: &str| {
@@ -435,4 +439,78 @@ async fn reports_stored_as_crd_objects_are_copied_once_before_the_apiservices_sw
         .count();
     assert_eq!(lists_after, lists_before, "nothing migrated twice");
     again.server.take().unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn uninstall_hands_the_groups_back_and_copies_the_reports_into_crd_objects() {
+    use reports_server::cluster::uninstall::{uninstall, UninstallOptions};
+
+    let mut c = in_cluster().await;
+    let key = ObjectKey::new("apis/apiregistration.k8s.io/v1", "apiservices", "", "v1alpha2.wgpolicyk8s.io");
+    let registered = |o: Option<&Value>| o.is_some_and(|o| o["spec"]["service"]["name"] == "reports-server");
+    tokio::time::timeout(DEADLINE, c.fake.wait_for_object(&key, registered)).await.expect("registered");
+    let team_a = c.t.url(&format!("{POLR}/team-a/policyreports"));
+    for name in ["r1", "r2"] {
+        let created = c
+            .proxy()
+            .post(&team_a)
+            .header("X-Remote-User", "alice")
+            .json(&sample_object(0, name, Some("team-a")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let client =
+        reports_auth::cluster::client(Some(&c.fake.write_kubeconfig(dir.path()))).await.unwrap().unwrap();
+    let catalogue = reports_core::Catalogue::embedded().unwrap();
+    let store = c.t.store().clone();
+    let mut options = UninstallOptions {
+        group_versions: vec![
+            ("wgpolicyk8s.io".into(), "v1alpha2".into()),
+            ("openreports.io".into(), "v1alpha1".into()),
+        ],
+        lease_namespace: "reports".into(),
+        copy_back: true,
+        force: false,
+    };
+    // While a replica holds the Lease it would register them again: refused, nothing changed.
+    let refused =
+        uninstall(&client, Some(&store), &catalogue, &options).await.expect_err("a replica is running");
+    assert!(refused.to_string().contains("scale reports-server to zero"), "{refused}");
+    assert!(registered(c.fake.object(&key).as_ref()));
+
+    c.t.server.take().unwrap().shutdown().await;
+    // Without the CRDs there is nowhere to copy to: refused before anything is deleted.
+    let missing = uninstall(&client, Some(&store), &catalogue, &options).await.expect_err("no CRDs");
+    assert!(missing.to_string().contains("is not installed"), "{missing}");
+    assert!(registered(c.fake.object(&key).as_ref()));
+    for crd in [
+        "policyreports.wgpolicyk8s.io",
+        "clusterpolicyreports.wgpolicyk8s.io",
+        "reports.openreports.io",
+        "clusterreports.openreports.io",
+    ] {
+        c.fake.put_object(
+            ObjectKey::new("apis/apiextensions.k8s.io/v1", "customresourcedefinitions", "", crd),
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": crd}}),
+        );
+    }
+    let summary = uninstall(&client, Some(&store), &catalogue, &options).await.unwrap();
+    assert_eq!(
+        summary.apiservices_deleted,
+        vec!["v1alpha2.wgpolicyk8s.io".to_string(), "v1alpha1.openreports.io".to_string()]
+    );
+    assert_eq!(summary.copied, 2);
+    assert!(c.fake.object(&key).is_none(), "the APIService is gone");
+    let copied = c
+        .fake
+        .object(&ObjectKey::new("apis/wgpolicyk8s.io/v1alpha2", "policyreports", "team-a", "r1"))
+        .expect("copied back");
+    assert_eq!(copied["results"][0]["policy"], "require-labels");
+    // Run again (after a failure, say): nothing is copied twice.
+    options.force = true;
+    let again = uninstall(&client, Some(&store), &catalogue, &options).await.unwrap();
+    assert_eq!((again.copied, again.already_present, again.apiservices_deleted.len()), (0, 2, 0));
 }

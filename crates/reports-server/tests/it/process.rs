@@ -197,3 +197,17 @@ fn an_ordinary_start_up_error_is_one_log_line_in_the_chosen_format() {
     }
     drop(taken);
 }
+
+#[test]
+fn uninstall_is_a_subcommand_that_needs_a_cluster() {
+    let (ok, text) = run(&["uninstall", "--help"]);
+    assert!(ok && text.contains("--copy-back") && text.contains("--force"), "{text}");
+    let out =
+        Command::new(BINARY).args(["uninstall"]).env_remove("KUBERNETES_SERVICE_HOST").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no cluster"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

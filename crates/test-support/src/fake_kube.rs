@@ -5,7 +5,7 @@
 //! What it serves:
 //! - any object under `/api/v1/...` and `/apis/{group}/{version}/...` from one in-memory store
 //!   with kube's semantics for what the server uses: get, list (name and namespace field
-//!   selectors, equality label selectors), watch (from a resourceVersion, or with the current
+//!   selectors, equality label selectors, `limit` and `continue`), watch (from a resourceVersion, or with the current
 //!   objects first when none is given), create (409 AlreadyExists), replace (409 Conflict on a
 //!   stale resourceVersion), merge patch and delete. ConfigMaps, Leases, APIServices, Namespaces
 //!   and report CRD objects all live there; a test reads and changes them with
@@ -418,14 +418,26 @@ async fn objects(
         }
         (Method::GET, None) => {
             let filter = Filter::from(&uri);
+            let limit = param(&uri, "limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|l| *l > 0)
+                .unwrap_or(usize::MAX);
+            // The continue token is the last key of the previous page (namespace/name).
+            let after = param(&uri, "continue")
+                .and_then(|c| c.split_once('/').map(|(ns, name)| (ns.to_string(), name.to_string())));
             let objects = lock(&state.objects);
-            let items: Vec<Value> = objects
-                .items
-                .iter()
-                .filter(|(k, v)| in_scope(k, &target) && filter.matches(v))
-                .map(|(_, v)| v.clone())
-                .collect();
-            let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": objects.rv.to_string()}, "items": items});
+            let mut matching =
+                objects.items.iter().filter(|(k, v)| in_scope(k, &target) && filter.matches(v)).filter(
+                    |(k, _)| after.as_ref().is_none_or(|(ns, name)| (&k.namespace, &k.name) > (ns, name)),
+                );
+            let page: Vec<(&ObjectKey, &Value)> = matching.by_ref().take(limit).collect();
+            let more = matching.next().is_some();
+            let mut metadata = json!({"resourceVersion": objects.rv.to_string()});
+            if let (true, Some((last, _))) = (more, page.last()) {
+                metadata["continue"] = json!(format!("{}/{}", last.namespace, last.name));
+            }
+            let items: Vec<&Value> = page.iter().map(|(_, v)| *v).collect();
+            let list = json!({"apiVersion": "v1", "kind": "List", "metadata": metadata, "items": items});
             json_response(StatusCode::OK, &list)
         }
         (Method::GET, Some(name)) => match lock(&state.objects).items.get(&key(&name)) {

@@ -13,6 +13,8 @@
 
 use std::time::Instant;
 
+use futures::StreamExt as _;
+
 use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     kube_aggregator::pkg::apis::apiregistration::v1::APIService,
@@ -27,6 +29,8 @@ use serde_json::Value;
 
 /// Objects read per list request.
 const PAGE: u32 = 500;
+/// Creates in flight at once.
+const CONCURRENT_WRITES: usize = 16;
 
 /// What a migration did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -89,13 +93,26 @@ async fn copy_kind(
             params = params.continue_token(token);
         }
         let page = api.list(&params).await?;
-        for object in page.items {
-            let mut value = serde_json::to_value(&object)?;
-            prepare(&mut value, kind);
-            match store.create(kind.storage_key(), value).await {
-                Ok(_) => copied += 1,
-                Err(StoreError::AlreadyExists) => present += 1,
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("copying a {}", kind.kind))),
+        // A page's objects are written concurrently: both stores commit concurrent creates
+        // together (SQLite's group commit, PostgreSQL's combined inserts).
+        let outcomes: Vec<_> = futures::stream::iter(page.items)
+            .map(|object| async move {
+                let mut value = serde_json::to_value(&object)?;
+                prepare(&mut value, kind);
+                match store.create(kind.storage_key(), value).await {
+                    Ok(_) => Ok(true),
+                    Err(StoreError::AlreadyExists) => Ok(false),
+                    Err(e) => Err(anyhow::Error::new(e).context(format!("copying a {}", kind.kind))),
+                }
+            })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            if outcome? {
+                copied += 1;
+            } else {
+                present += 1;
             }
         }
         if (copied + present) % 10_000 < u64::from(PAGE) && copied + present > 0 {

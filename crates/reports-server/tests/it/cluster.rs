@@ -327,7 +327,8 @@ async fn one_replica_at_a_time_holds_the_lease_and_another_takes_over_when_it_st
 #[tokio::test]
 async fn reports_stored_as_crd_objects_are_copied_once_before_the_apiservices_switch() {
     let (fake, _, _) = fake_cluster().await;
-    // The CRDs with their objects in "etcd": 40 PolicyReports, 3 ClusterPolicyReports, and
+    // The CRDs with their objects in "etcd": 1,100 PolicyReports (three pages), 3
+    // ClusterPolicyReports, and
     // openreports.io Reports whose group an aggregated server already serves (out of reach).
     let crd = |name: &str| {
         fake.put_object(
@@ -338,7 +339,7 @@ async fn reports_stored_as_crd_objects_are_copied_once_before_the_apiservices_sw
     crd("policyreports.wgpolicyk8s.io");
     crd("clusterpolicyreports.wgpolicyk8s.io");
     crd("reports.openreports.io");
-    for i in 0..40 {
+    for i in 0..1100 {
         let ns = if i % 2 == 0 { "team-a" } else { "default" };
         let mut object = sample_object(0, &format!("polr-{i}"), Some(ns));
         object["metadata"]["uid"] = json!(format!("11111111-0000-4000-8000-{i:012}"));
@@ -412,7 +413,20 @@ async fn reports_stored_as_crd_objects_are_copied_once_before_the_apiservices_sw
     let mut t = start(storage.clone()).await;
     let mut counts = t.store().count_by_resource().await.unwrap();
     counts.sort();
-    assert_eq!(counts, vec![("clusterpolicyreports".to_string(), 3), ("policyreports".to_string(), 40)]);
+    assert_eq!(counts, vec![("clusterpolicyreports".to_string(), 3), ("policyreports".to_string(), 1100)]);
+    let pages = fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /apis/wgpolicyk8s.io/v1alpha2/policyreports?"))
+        .count();
+    let continued = fake
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("GET /apis/wgpolicyk8s.io/v1alpha2/policyreports?") && r.contains("continue=")
+        })
+        .count();
+    assert_eq!((pages, continued), (3, 2), "read in pages of 500");
     let copied = t.store().get("policyreports", "team-a", "polr-2").await.unwrap().unwrap();
     assert_eq!(copied.uid, "11111111-0000-4000-8000-000000000002", "identity kept");
     let body: Value = serde_json::from_str(&copied.body).unwrap();

@@ -16,6 +16,7 @@
 //! - `full`: `pg` on both stores plus mixed datasets of 10k, 100k and 1M results;
 //! - `watch-lag`: watch fan-out alone;
 //! - `auth-overhead`: what delegated authentication and authorization add to a request;
+//! - `migration`: how fast reports stored as CRD objects are copied at start;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
 //! Modules: [`shapes`] (documents), [`load`] (open and closed loops, CPU accounting), [`api`]
@@ -27,8 +28,8 @@ use std::{io::Write as _, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 mod api;
-mod auth;
 mod etcd;
+mod in_cluster;
 mod load;
 mod procs;
 mod raw_pg;
@@ -176,6 +177,15 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Migration from etcd: how fast a starting server copies reports stored as CRD objects.
+    Migration {
+        /// PolicyReports stored as CRD objects in the fake kube-apiserver.
+        #[arg(long, default_value_t = 100_000)]
+        reports: usize,
+        /// Storage URL (a temporary SQLite file per start when absent).
+        #[arg(long)]
+        storage: Option<String>,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -210,8 +220,13 @@ fn main() -> anyhow::Result<()> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
         Command::Serve { storage, commit_trace } => runtime.block_on(serve(storage, commit_trace)),
+        Command::Migration { reports, storage } => {
+            let result = runtime.block_on(in_cluster::migration_rate(reports, storage))?;
+            println!("{result}");
+            Ok(())
+        }
         Command::AuthOverhead { requests, concurrency, rounds } => {
-            let result = runtime.block_on(auth::auth_overhead(requests, concurrency, rounds))?;
+            let result = runtime.block_on(in_cluster::auth_overhead(requests, concurrency, rounds))?;
             println!("{result}");
             Ok(())
         }

@@ -1,4 +1,7 @@
-//! What delegated authentication and authorization cost a request: the same keyed GET, in
+//! The in-cluster figures: what delegated authentication and authorization cost a request, and
+//! how fast a starting server migrates reports stored as CRD objects.
+//!
+//! Authorization overhead: the same keyed GET, in
 //! alternating rounds, against a standalone server and against one in a (fake) cluster reached
 //! through a front proxy's client certificate, with the authorization cache warm.
 //!
@@ -131,4 +134,84 @@ async fn run_round(
         all.extend(task.await??);
     }
     Ok(all)
+}
+
+/// Migration from etcd: `reports` Kyverno PolicyReports (19 results, about 7 KB) stored as CRD
+/// objects in the fake kube-apiserver are copied into a fresh store by a starting server; the
+/// figure is the start's duration with and without the copy.
+pub async fn migration_rate(reports: usize, storage: Option<String>) -> anyhow::Result<Value> {
+    use reports_test_support::fake_kube::ObjectKey;
+
+    let fake = FakeKube::start().await;
+    fake.set_auth_configmap(BTreeMap::new());
+    fake.put_object(
+        ObjectKey::new(
+            "apis/apiextensions.k8s.io/v1",
+            "customresourcedefinitions",
+            "",
+            "policyreports.wgpolicyk8s.io",
+        ),
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": "policyreports.wgpolicyk8s.io"}}),
+    );
+    for i in 0..reports {
+        let namespace = crate::shapes::namespace_of(i as u64);
+        let name = format!("polr-{i}");
+        let object = crate::shapes::kyverno_policy_report(Some(&namespace), &name, i as u64, 19);
+        fake.put_object(
+            ObjectKey::new("apis/wgpolicyk8s.io/v1alpha2", "policyreports", &namespace, &name),
+            object,
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = fake.write_kubeconfig(dir.path());
+    let serving_ca = TestCa::new("serving CA");
+    let serving = serving_ca.serving(&["127.0.0.1"]);
+    let certificate = CertificatePem { cert_pem: serving.cert_pem, key_pem: serving.key_pem, files: None };
+    let mut result = json!({"reports": reports});
+    for (label, migrate) in [("start_without_migration_s", false), ("start_with_migration_s", true)] {
+        let storage = storage
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join(format!("{label}.db")).display()));
+        let registration = reports_server::cluster::ApiServiceRegistration {
+            group_versions: vec![("wgpolicyk8s.io".into(), "v1alpha2".into())],
+            service_name: "reports-server".into(),
+            service_namespace: "reports".into(),
+            service_port: 443,
+            reconcile_interval: Duration::from_secs(3600),
+            lease_namespace: "reports".into(),
+            identity: label.into(),
+            ca_bundle: None,
+        };
+        let cluster = ClusterConfig {
+            kubeconfig: Some(kubeconfig.clone()),
+            migrate,
+            // Registering would switch the group and stop the second start from copying.
+            apiservices: migrate.then_some(registration),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let server = Server::start(ServerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            certificate: certificate.clone(),
+            storage,
+            postgres: Default::default(),
+            max_body_bytes: 3 << 20,
+            change_log_retention_seconds: 900,
+            watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
+            commit_trace: None,
+            cluster: Some(cluster),
+        })
+        .await?;
+        result[label] = json!(started.elapsed().as_secs_f64());
+        if migrate {
+            let counts = server.store().count_by_resource().await?;
+            result["copied"] = json!(counts.iter().map(|(_, n)| n).sum::<u64>());
+        }
+        server.shutdown().await;
+    }
+    let copy_seconds = result["start_with_migration_s"].as_f64().unwrap_or(0.0)
+        - result["start_without_migration_s"].as_f64().unwrap_or(0.0);
+    result["reports_per_second"] = json!(reports as f64 / copy_seconds.max(1e-9));
+    Ok(result)
 }

@@ -62,6 +62,10 @@ impl ContinueToken {
         if token.name.is_empty() {
             return Err(invalid("empty key"));
         }
+        // No stored key holds a NUL byte, and PostgreSQL cannot even compare with one.
+        if token.name.contains('\0') || token.ns.contains('\0') {
+            return Err(invalid("malformed"));
+        }
         Ok(token)
     }
 }

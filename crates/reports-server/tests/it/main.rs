@@ -29,6 +29,7 @@ mod cluster;
 mod crud;
 mod discovery;
 mod errors;
+mod hardening;
 mod harness;
 mod kubectl;
 mod lists;

@@ -96,4 +96,12 @@ mod tests {
             assert!(err.message.starts_with("invalid continue token"), "{}", err.message);
         }
     }
+
+    #[test]
+    fn keys_with_nul_bytes_are_refused() {
+        for (ns, name) in [("a\0", "b"), ("a", "b\0")] {
+            let err = ContinueToken::decode(&ContinueToken::new(1, ns, name).encode()).unwrap_err();
+            assert_eq!(err.code, 400);
+        }
+    }
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     error::{field_forbidden, field_invalid, field_required, ApiError, StatusCause},
+    validation::go_quote,
     ResourceKind,
 };
 
@@ -34,6 +35,34 @@ pub fn dns_subdomain_error(name: &str) -> Option<String> {
         None
     } else {
         Some(DNS1123_SUBDOMAIN_MSG.into())
+    }
+}
+
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric \
+characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', \
+regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+/// Why `name` is not a DNS-1123 label (what a namespace name must be), or `None`.
+pub fn dns_label_error(name: &str) -> Option<String> {
+    if name.len() > 63 {
+        return Some("must be no more than 63 characters".into());
+    }
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    (!ok).then(|| DNS1123_LABEL_MSG.into())
+}
+
+/// kube's check of the namespace of a namespaced object being created (422 on
+/// `metadata.namespace`); `name` names the object in the message.
+pub fn validate_create_namespace(kind: &ResourceKind, namespace: &str, name: &str) -> Result<(), ApiError> {
+    match dns_label_error(namespace) {
+        Some(why) if kind.namespaced => {
+            Err(ApiError::invalid(kind, name, vec![field_invalid("metadata.namespace", namespace, &why)]))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -182,11 +211,176 @@ pub fn check_shape(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
         ));
     }
     if let Some(meta) = map.get("metadata") {
-        if !meta.is_object() {
+        let Some(meta) = meta.as_object() else {
             return Err(ApiError::bad_request("metadata must be a JSON object"));
+        };
+        if let Some(message) = object_meta_type_error(meta) {
+            return Err(ApiError::bad_request(message));
         }
     }
     Ok(())
+}
+
+/// What kube's decoder says when `metadata` does not decode into its ObjectMeta type (400):
+/// wrong-typed fields, unparsable times, fractional integers. Such an object would be stored and
+/// served, and then fail to decode in every client that reads it, metadata-only informers too.
+/// The messages are Go's `encoding/json` errors, which kube passes on.
+pub fn object_meta_type_error(meta: &Map<String, Value>) -> Option<String> {
+    use GoType::*;
+    const FIELDS: [(&str, GoType); 15] = [
+        ("name", Str),
+        ("generateName", Str),
+        ("namespace", Str),
+        ("selfLink", Str),
+        ("uid", Uid),
+        ("resourceVersion", Str),
+        ("generation", Int64),
+        ("creationTimestamp", Time),
+        ("deletionTimestamp", Time),
+        ("deletionGracePeriodSeconds", Int64),
+        ("labels", StringMap),
+        ("annotations", StringMap),
+        ("ownerReferences", OwnerReferences),
+        ("finalizers", Strings),
+        ("managedFields", ManagedFields),
+    ];
+    FIELDS
+        .iter()
+        .find_map(|(key, go)| meta.get(*key).and_then(|value| go.decode_error(value, "ObjectMeta", key)))
+}
+
+/// The Go types of ObjectMeta's fields, as `encoding/json` names them in its errors.
+#[derive(Clone, Copy)]
+enum GoType {
+    Str,
+    Uid,
+    Bool,
+    Int64,
+    Time,
+    StringMap,
+    Strings,
+    OwnerReferences,
+    ManagedFields,
+    /// `FieldsV1`: any JSON at all.
+    Raw,
+}
+
+impl GoType {
+    fn name(self) -> &'static str {
+        match self {
+            GoType::Str => "string",
+            GoType::Uid => "types.UID",
+            GoType::Bool => "bool",
+            GoType::Int64 => "int64",
+            GoType::Time => "v1.Time",
+            GoType::StringMap => "map[string]string",
+            GoType::Strings => "[]string",
+            GoType::OwnerReferences => "[]v1.OwnerReference",
+            GoType::ManagedFields => "[]v1.ManagedFieldsEntry",
+            GoType::Raw => "v1.FieldsV1",
+        }
+    }
+
+    /// Go's error for decoding `value` into this type, as field `path` of struct `owner`;
+    /// `None` when it decodes (JSON `null` always does).
+    fn decode_error(self, value: &Value, owner: &str, path: &str) -> Option<String> {
+        let mismatch = |go: &str| {
+            Some(format!(
+                "json: cannot unmarshal {} into Go struct field {owner}.{path} of type {go}",
+                json_kind(value)
+            ))
+        };
+        match (self, value) {
+            (_, Value::Null) | (GoType::Raw, _) => None,
+            (GoType::Str | GoType::Uid, Value::String(_)) | (GoType::Bool, Value::Bool(_)) => None,
+            (GoType::Int64, Value::Number(n)) => (!n.is_i64()).then(|| {
+                format!("json: cannot unmarshal number {n} into Go struct field {owner}.{path} of type int64")
+            }),
+            (GoType::Time, Value::String(text)) => text.parse::<jiff::Timestamp>().err().map(|_| {
+                format!(
+                    "parsing time {} as \"2006-01-02T15:04:05Z07:00\": cannot parse {} as RFC 3339",
+                    go_quote(text),
+                    go_quote(text)
+                )
+            }),
+            // metav1.Time decodes its JSON as a string first.
+            (GoType::Time, _) => {
+                Some(format!("json: cannot unmarshal {} into Go value of type string", json_kind(value)))
+            }
+            (GoType::StringMap, Value::Object(map)) => {
+                map.values().find_map(|v| GoType::Str.decode_error(v, owner, path))
+            }
+            (GoType::Strings, Value::Array(items)) => {
+                items.iter().find_map(|v| GoType::Str.decode_error(v, owner, path))
+            }
+            (GoType::OwnerReferences, Value::Array(items)) => items.iter().find_map(|item| {
+                struct_error(
+                    item,
+                    "OwnerReference",
+                    path,
+                    "v1.OwnerReference",
+                    &[
+                        ("apiVersion", GoType::Str),
+                        ("kind", GoType::Str),
+                        ("name", GoType::Str),
+                        ("uid", GoType::Uid),
+                        ("controller", GoType::Bool),
+                        ("blockOwnerDeletion", GoType::Bool),
+                    ],
+                )
+            }),
+            (GoType::ManagedFields, Value::Array(items)) => items.iter().find_map(|item| {
+                struct_error(
+                    item,
+                    "ManagedFieldsEntry",
+                    path,
+                    "v1.ManagedFieldsEntry",
+                    &[
+                        ("manager", GoType::Str),
+                        ("operation", GoType::Str),
+                        ("apiVersion", GoType::Str),
+                        ("time", GoType::Time),
+                        ("fieldsType", GoType::Str),
+                        ("fieldsV1", GoType::Raw),
+                        ("subresource", GoType::Str),
+                    ],
+                )
+            }),
+            _ => mismatch(self.name()),
+        }
+    }
+}
+
+/// Go's error for decoding `item` into a struct with the given fields (at `path` in ObjectMeta).
+fn struct_error(
+    item: &Value,
+    owner: &str,
+    path: &str,
+    go_name: &str,
+    fields: &[(&str, GoType)],
+) -> Option<String> {
+    match item {
+        Value::Null => None,
+        Value::Object(map) => fields.iter().find_map(|(key, go)| {
+            map.get(*key).and_then(|v| go.decode_error(v, owner, &format!("{path}.{key}")))
+        }),
+        other => Some(format!(
+            "json: cannot unmarshal {} into Go struct field ObjectMeta.{path} of type {go_name}",
+            json_kind(other)
+        )),
+    }
+}
+
+/// How Go's `encoding/json` names a JSON value's kind in its errors.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }
 
 /// Applies the namespace rules of `EnsureObjectNamespaceMatchesRequestNamespace`.
@@ -351,6 +545,7 @@ pub fn prepare_create(
     check_shape(kind, obj)?;
     reconcile_namespace(kind, url_namespace, obj)?;
     let name = obj.meta_str("name").to_string();
+    validate_create_namespace(kind, obj.meta_str("namespace"), &name)?;
     let generate = obj.meta_str("generateName").to_string();
     if !obj.meta_str("resourceVersion").is_empty() {
         // kube's storage layer refuses this with a plain (reason-less) 500; keep that parity.
@@ -546,14 +741,14 @@ mod tests {
     fn update_keeps_system_fields_and_bumps_generation_on_content_change() {
         let (polr, _) = kinds();
         let old = json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport",
-            "metadata":{"name":"a","namespace":"ns","uid":"u1","generation":2,"creationTimestamp":"t0","resourceVersion":"5"},
+            "metadata":{"name":"a","namespace":"ns","uid":"u1","generation":2,"creationTimestamp":"2024-01-01T00:00:00Z","resourceVersion":"5"},
             "summary":{"pass":1}});
         let mut labels_only = old.clone();
         labels_only["metadata"]["labels"] = json!({"x":"y"});
-        labels_only["metadata"]["creationTimestamp"] = json!("t9");
+        labels_only["metadata"]["creationTimestamp"] = json!("2029-09-09T09:09:09Z"); // a time, or it would not decode
         prepare_update(&polr, Some("ns"), "a", &mut labels_only, &old).unwrap();
         assert_eq!(labels_only["metadata"]["generation"], 2);
-        assert_eq!(labels_only["metadata"]["creationTimestamp"], "t0");
+        assert_eq!(labels_only["metadata"]["creationTimestamp"], "2024-01-01T00:00:00Z");
         let mut content = old.clone();
         content["summary"]["pass"] = json!(2);
         prepare_update(&polr, Some("ns"), "a", &mut content, &old).unwrap();

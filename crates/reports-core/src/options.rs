@@ -174,6 +174,10 @@ impl ListOptions {
         let field_selector =
             FieldSelector::parse(query.get("fieldSelector").unwrap_or_default(), kind.namespaced)
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // No name or namespace holds a NUL byte, and PostgreSQL cannot even compare with one.
+        if field_selector.requirements.iter().any(|r| r.value.contains('\0')) {
+            return Err(ApiError::bad_request("invalid field selector: a value contains a NUL byte"));
+        }
         let limit = query.int("limit")?.filter(|l| *l > 0).map(|l| l as u64);
         let rv_text = query.get("resourceVersion").unwrap_or_default();
         let resource_version = parse_rv_param(Some(rv_text))?;
@@ -461,6 +465,15 @@ impl DeleteOptions {
                 ))
             }
         };
+        // Report objects have no grace period, but the number must still be an int64 as kube
+        // decodes it (a query value past i64 or a fraction in the body is 400).
+        query.int("gracePeriodSeconds")?;
+        if let Some(grace) = from_body("gracePeriodSeconds").filter(|v| !v.is_i64()) {
+            let kind = if grace.is_number() { format!("number {grace}") } else { "a non-number".into() };
+            return Err(ApiError::bad_request(format!(
+                "json: cannot unmarshal {kind} into Go struct field DeleteOptions.gracePeriodSeconds of type int64"
+            )));
+        }
         let preconditions = from_body("preconditions");
         let precondition = |key: &str| {
             preconditions
@@ -486,6 +499,18 @@ mod tests {
 
     fn polr() -> ResourceKind {
         Catalogue::embedded().unwrap().find("wgpolicyk8s.io", "v1alpha2", "policyreports").unwrap().clone()
+    }
+
+    #[test]
+    fn grace_periods_must_be_int64() {
+        let ok = Query::parse(Some("gracePeriodSeconds=9223372036854775807"));
+        assert!(DeleteOptions::parse(&ok, Some(&serde_json::json!({"gracePeriodSeconds": -5}))).is_ok());
+        let past = Query::parse(Some("gracePeriodSeconds=9223372036854775808"));
+        assert_eq!(DeleteOptions::parse(&past, None).unwrap_err().code, 400);
+        let body = serde_json::json!({"gracePeriodSeconds": 18446744073709551615u64});
+        assert_eq!(DeleteOptions::parse(&Query::parse(None), Some(&body)).unwrap_err().code, 400);
+        let body = serde_json::json!({"gracePeriodSeconds": 1.5});
+        assert_eq!(DeleteOptions::parse(&Query::parse(None), Some(&body)).unwrap_err().code, 400);
     }
 
     #[test]

@@ -62,6 +62,10 @@ impl ContinueToken {
         if token.name.is_empty() {
             return Err(invalid("empty key"));
         }
+        // No stored key holds a NUL byte, and PostgreSQL cannot even compare with one.
+        if token.name.contains('\0') || token.ns.contains('\0') {
+            return Err(invalid("malformed"));
+        }
         Ok(token)
     }
 }
@@ -90,6 +94,14 @@ mod tests {
             let err = ContinueToken::decode(bad).unwrap_err();
             assert_eq!(err.code, 400, "{bad}");
             assert!(err.message.starts_with("invalid continue token"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn keys_with_nul_bytes_are_refused() {
+        for (ns, name) in [("a\0", "b"), ("a", "b\0")] {
+            let err = ContinueToken::decode(&ContinueToken::new(1, ns, name).encode()).unwrap_err();
+            assert_eq!(err.code, 400);
         }
     }
 }

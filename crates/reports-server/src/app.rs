@@ -38,7 +38,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/apis/{group}", get(discovery::api_group))
         .route("/apis/{group}/{version}", get(discovery::api_resources))
         .route("/apis/{group}/{version}/{*rest}", any(resource::handle))
-        .fallback(|| async { ErrorResponse(ApiError::path_not_found()) });
+        .fallback(|| async { ErrorResponse(ApiError::path_not_found()) })
+        .layer(axum::middleware::from_fn(undecodable_path));
     // The layer added last runs first: metrics see every answer, refusals included, as
     // kube-apiserver counts them, and resolve the request info the guard reads.
     let routes = match guard {
@@ -150,4 +151,14 @@ async fn health(State(state): State<AppState>, uri: axum::http::Uri) -> Response
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
+}
+
+/// A path whose `%XX` escapes do not decode to UTF-8 names nothing served here: 404 as a Status,
+/// rather than the router's plain-text rejection.
+async fn undecodable_path(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let decoded = reports_core::options::percent_decode(request.uri().path(), false);
+    if std::str::from_utf8(&decoded).is_err() {
+        return ErrorResponse(ApiError::path_not_found()).into_response();
+    }
+    next.run(request).await
 }

@@ -176,41 +176,116 @@ async fn compaction_loop(
 }
 
 /// A storage URL fit for logs: any password is replaced, in a URL's user info, a URL query
-/// parameter or a libpq key=value string (quoted or not).
+/// parameter or a libpq key=value string (quoted or not, with or without spaces around `=`).
+///
+/// Both forms are parsed as libpq parses them, so whatever libpq would take as the password is
+/// what is hidden; text that libpq could not parse is hidden from the point where parsing fails.
 pub fn redact_url(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
-    let mut rest = url;
-    while let Some(at) = rest.find("password=") {
-        let value = &rest[at + "password=".len()..];
-        let end = match value.strip_prefix('\'') {
-            Some(quoted) => {
-                let mut escaped = false;
-                quoted
-                    .char_indices()
-                    .find(|&(_, c)| {
-                        let closes = c == '\'' && !escaped;
-                        escaped = c == '\\' && !escaped;
-                        closes
-                    })
-                    .map(|(i, _)| i + 2)
-                    .unwrap_or(value.len())
-            }
-            None => value.find([' ', '&']).unwrap_or(value.len()),
-        };
-        out.push_str(&rest[..at]);
-        out.push_str("password=***");
-        rest = &value[end..];
+    // libpq reads a string as a URI only when it starts with its scheme; any other `scheme://`
+    // (sqlite://) can only hold a password in its user info.
+    let uri = url.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    });
+    if uri {
+        redact_uri(url)
+    } else {
+        redact_conninfo(url)
     }
-    out.push_str(rest);
-    match (out.find("://"), out.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &out[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &out[..scheme_end + 3], &out[at..]),
-                None => out,
+}
+
+/// The URI form: `scheme://[user[:password]@]host/db?key=value&...`.
+fn redact_uri(url: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let (head, rest) = url.split_at(scheme_end);
+    let mut out = head.to_string();
+    // libpq takes the user info up to the first '@' before any '/'.
+    let rest = match rest.find(['@', '/']) {
+        Some(at) if rest.as_bytes()[at] == b'@' => {
+            match rest[..at].split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***@")),
+                None => out.push_str(&rest[..=at]),
             }
+            &rest[at + 1..]
         }
-        _ => out,
+        _ => rest,
+    };
+    let Some((path, query)) = rest.split_once('?') else {
+        out.push_str(rest);
+        return out;
+    };
+    out.push_str(path);
+    out.push('?');
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            // libpq decodes the keyword before it looks at it.
+            Some((key, _)) if reports_core::options::percent_decode(key, false) == b"password" => {
+                format!("{key}=***")
+            }
+            _ => param.to_string(),
+        })
+        .collect();
+    out.push_str(&params.join("&"));
+    out
+}
+
+/// The keyword/value form: `key = value` pairs separated by whitespace, each value either
+/// single-quoted or running to the next whitespace, a backslash escaping the next character.
+fn redact_conninfo(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let skip_space = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    loop {
+        let start = skip_space(i);
+        out.push_str(&text[i..start]);
+        i = start;
+        if i >= bytes.len() {
+            return out;
+        }
+        let key_start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &text[key_start..i];
+        i = skip_space(i);
+        if bytes.get(i) != Some(&b'=') {
+            // libpq refuses this string; hide everything from here on.
+            out.push_str("***");
+            return out;
+        }
+        i = skip_space(i + 1);
+        out.push_str(&text[key_start..i]);
+        let value_start = i;
+        if bytes.get(i) == Some(&b'\'') {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(bytes.len());
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = i.min(bytes.len());
+        }
+        if key == "password" {
+            out.push_str("***");
+        } else {
+            // An escape may have stepped into a multi-byte character; never split one.
+            while !text.is_char_boundary(i) {
+                i += 1;
+            }
+            out.push_str(&text[value_start..i]);
+        }
+        while !text.is_char_boundary(i) {
+            i += 1;
+        }
     }
 }
 
@@ -228,5 +303,32 @@ mod tests {
         assert_eq!(redact_url("host=h password='it\\'s secret' dbname=d"), "host=h password=*** dbname=d");
         assert_eq!(redact_url("host=h password=plain dbname=d"), "host=h password=*** dbname=d");
         assert_eq!(redact_url("sqlite://reports.db"), "sqlite://reports.db");
+    }
+
+    #[test]
+    fn libpq_strings_are_parsed_not_pattern_matched() {
+        for (text, redacted) in [
+            ("host=h password = SECRET dbname=d", "host=h password = *** dbname=d"),
+            ("host=h password =SECRET dbname=d", "host=h password =*** dbname=d"),
+            ("host=h password= SECRET", "host=h password= ***"),
+            ("host=h password\t=\tSECRET\tdbname=d", "host=h password\t=\t***\tdbname=d"),
+            ("password = 'a b\\' SECRET' user=u", "password = *** user=u"),
+            ("password=SEC\\ RET user=u", "password=*** user=u"),
+            ("host=h passwordSECRET", "host=h ***"),
+            ("host=h user='password=x' password=SECRET", "host=h user='password=x' password=***"),
+        ] {
+            let out = redact_url(text);
+            assert_eq!(out, redacted, "{text:?}");
+            assert!(!out.contains("SECRET") && !out.contains("RET"), "{text:?}");
+        }
+        assert_eq!(
+            redact_url("postgresql://u:SECRET@h/db?pass%77ord=SECRET&sslmode=require"),
+            "postgresql://u:***@h/db?pass%77ord=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://h/db?user=a@b"), "postgres://h/db?user=a@b");
+        assert_eq!(
+            redact_url("host=h options='-c x://y' password=SECRET"),
+            "host=h options='-c x://y' password=***"
+        );
     }
 }

@@ -280,6 +280,22 @@ mod tests {
     }
 
     #[test]
+    fn integer_fields_hold_int64_as_kube_stores_them() {
+        let v = validator("policyreports");
+        let mut object = polr(json!([{"policy": "p", "timestamp": {"seconds": 1e2, "nanos": -0.0}}]));
+        v.prune(&mut object);
+        assert_eq!(object["results"][0]["timestamp"].to_string(), r#"{"seconds":100,"nanos":0}"#);
+        assert!(v.validate(&object).is_empty());
+        for past in [json!(1e29), json!(18446744073709551615u64), json!(9007199254740993.0), json!(0.5)] {
+            let mut object = polr(json!([{"policy": "p", "timestamp": {"seconds": past, "nanos": 0}}]));
+            v.prune(&mut object);
+            let causes = v.validate(&object);
+            assert_eq!(causes.len(), 1, "{past}");
+            assert_eq!(causes[0].field, "results[0].timestamp.seconds");
+        }
+    }
+
+    #[test]
     fn keywords_the_crds_do_not_use_still_work() {
         let schema = json!({"type": "object", "required": ["s"], "properties": {
             "s": {"type": "string", "maxLength": 3, "format": "date-time"},

@@ -4,11 +4,17 @@
 use serde_json::{Map, Value};
 
 use super::{
-    schema::{Node, META_FIELDS},
+    schema::{as_stored_integer, Node, META_FIELDS},
     FieldPath,
 };
 
 pub(super) fn prune(value: &mut Value, node: Option<&Node>, path: &FieldPath<'_>, unknown: &mut Vec<String>) {
+    // kube decodes numbers into int64 or float64 and stores an integral float of an integer
+    // field as an integer; Go clients cannot read `100.0` or `-0.0` into their int64 fields.
+    if let Some(integer) = node.filter(|n| n.holds_integers()).and_then(|_| as_stored_integer(value)) {
+        *value = integer;
+        return;
+    }
     match value {
         Value::Object(map) => prune_map(map, node, false, path, unknown),
         Value::Array(items) => {

@@ -200,14 +200,41 @@ impl Node {
         self.types.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
     }
 
-    /// kube-openapi's type rule: an integral float passes as an integer, an integer as a number.
+    /// kube-openapi's type rule: an integral float passes as an integer (within the range where
+    /// floats hold integers exactly), an integer as a number.
     pub(super) fn admits(&self, value: &Value, actual: JsonType) -> bool {
         self.types.is_empty()
             || self.types.contains(&actual)
             || (actual == JsonType::Integer && self.types.contains(&JsonType::Number))
             || (actual == JsonType::Number
                 && self.types.contains(&JsonType::Integer)
-                && value.as_f64().is_some_and(|f| f.fract() == 0.0 && f.is_finite()))
+                && value.as_f64().is_some_and(is_json_integer))
+    }
+
+    /// True when values of this node are integers (`type: integer`, or int-or-string).
+    pub(super) fn holds_integers(&self) -> bool {
+        self.types.contains(&JsonType::Integer) && !self.types.contains(&JsonType::Number)
+    }
+}
+
+/// The largest integer every float up to which is exact (2^53 - 1), kube-openapi's bound for a
+/// float that passes as an integer.
+const MAX_JSON_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// kube-openapi's test for a float that stands for an integer.
+pub(super) fn is_json_integer(f: f64) -> bool {
+    f.is_finite() && f.fract() == 0.0 && f.abs() <= MAX_JSON_INTEGER
+}
+
+/// The integer a float in an integer field stands for, as kube stores it (`1e2` is `100`, `-0`
+/// is `0`); `None` leaves the value for validation to refuse.
+pub(super) fn as_stored_integer(value: &Value) -> Option<Value> {
+    match value {
+        Value::Number(n) if !n.is_i64() => {
+            // A u64 above i64::MAX reads as a float past the exact range and stays as it is.
+            n.as_f64().filter(|f| is_json_integer(*f)).map(|f| Value::from(f as i64))
+        }
+        _ => None,
     }
 }
 

@@ -110,6 +110,19 @@ pub(crate) async fn handle(
         None => (rest.as_str(), false),
     };
     let mut target = parse_target(&state, &group, &version, rest)?;
+    // No name or namespace holds a NUL byte (neither is valid with one, and PostgreSQL cannot
+    // even compare with one), so both stores give the same answer without being asked.
+    // A create reaches the namespace and name validation, which refuses it with 422.
+    let has_nul = |part: &Option<String>| part.as_deref().is_some_and(|p| p.contains('\0'));
+    if method != Method::POST {
+        if let Some(name) = target.name.as_deref() {
+            if name.contains('\0') || has_nul(&target.namespace) {
+                return Err(ApiError::not_found(target.kind, name).into());
+            }
+        } else if has_nul(&target.namespace) {
+            return Err(ApiError::bad_request("invalid namespace: it contains a NUL byte").into());
+        }
+    }
     let mut query = Query::parse(uri.query());
     if legacy_watch {
         if method != Method::GET {

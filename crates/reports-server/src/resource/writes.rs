@@ -12,7 +12,7 @@ use reports_core::{
     negotiate,
     object::{self, generate_name, ObjectExt},
     options::{FieldValidation, WriteOptions},
-    patch::{apply_patch, patch_sets_resource_version},
+    patch::{apply_patch, json_size_up_to, patch_sets_resource_version},
     ApiError,
 };
 use reports_store::{StoreError, StoredObject};
@@ -55,6 +55,10 @@ impl Request<'_> {
         let options = WriteOptions::parse(&self.query, "CreateOptions", false)?;
         let mut object = self.read_object(body, &options).await?;
         let kind = self.kind();
+        // A namespace that cannot exist is refused before anyone is asked whether it does.
+        if let Some(namespace) = self.target.namespace.as_deref() {
+            object::validate_create_namespace(kind, namespace, object.meta_str("name"))?;
+        }
         // Namespace lifecycle admission, which kube-apiserver applies to CRDs before validation.
         if let (Some(namespaces), Some(namespace)) =
             (&self.state.namespaces, self.target.namespace.as_deref())
@@ -184,7 +188,12 @@ impl Request<'_> {
             let stored = self.load().await?;
             let current = self.parse_stored(&stored)?;
             let mut patched = current.clone();
-            apply_patch(&mut patched, &patch, body_type)?;
+            let limit = self.state.max_body_bytes;
+            apply_patch(&mut patched, &patch, body_type, limit)?;
+            // The patched object is a body the client could not have sent: the same limit holds.
+            if json_size_up_to(&patched, limit) > limit {
+                return Err(ApiError::too_large(limit).into());
+            }
             if !patched.is_object() {
                 return Err(ApiError::bad_request("the patched object is not a JSON object").into());
             }
@@ -193,7 +202,7 @@ impl Request<'_> {
             if strict && !(unknown.is_empty() && duplicates.is_empty()) {
                 // The strict error quotes the patched object before pruning; rebuild it only then.
                 let mut unpruned = current.clone();
-                apply_patch(&mut unpruned, &patch, body_type)?;
+                apply_patch(&mut unpruned, &patch, body_type, limit)?;
                 self.field_validation(&duplicates, &unknown, &options, WriteVerb::Patch(&unpruned))?;
             }
             self.field_validation(&duplicates, &unknown, &options, WriteVerb::Patch(&Value::Null))?;
@@ -216,6 +225,11 @@ impl Request<'_> {
                 &mut patched,
                 &current,
             )?;
+            // A patch that changes nothing writes nothing (no new resourceVersion, no event), as
+            // kube's storage skips an update whose object is unchanged.
+            if patched == current {
+                return Ok(self.renderer.object(StatusCode::OK, &stored.body)?);
+            }
             // Another writer got in between: try again on its version, unless the patch itself
             // pinned the version it applies to. A vanished object is read again, and that read
             // answers 404.

@@ -35,6 +35,9 @@ const STALLED_CLIENT_GRACE: Duration = Duration::from_secs(30);
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a watch from a future RV waits for it to be committed (kube: 3 s).
 const TOO_LARGE_WAIT: Duration = Duration::from_secs(3);
+/// A deadline that never comes, for timeouts too large to add to the clock (about 30 years,
+/// which every platform's `Instant` holds).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 /// Without `timeoutSeconds`, watches end after a random time in [this, 2 × this), like
 /// kube-apiserver's `--min-request-timeout`, so clients spread their reconnects.
 const DEFAULT_MIN_REQUEST_TIMEOUT: u64 = 1800;
@@ -173,7 +176,9 @@ impl Watcher {
         if *shutting_down.borrow() {
             return;
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A client's timeoutSeconds can be any i64: past what an Instant holds, it never expires.
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE);
         let outcome = tokio::select! {
             outcome = self.stream(options, newest, deadline) => outcome,
             _ = tokio::time::sleep_until(deadline) => Ok(()),

@@ -30,6 +30,7 @@ mod controllers;
 mod crud;
 mod discovery;
 mod errors;
+mod hardening;
 mod harness;
 mod kubectl;
 mod lists;

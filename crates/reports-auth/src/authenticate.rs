@@ -7,7 +7,10 @@
 //! that do not verify never fall back to anonymous. If no method had anything to say, the caller
 //! is anonymous and authorization decides.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use http::{header, HeaderMap};
 use reports_core::ApiError;
@@ -19,9 +22,66 @@ use crate::{
     token::TokenAuthenticator, UserInfo,
 };
 
-/// The certificates a client presented on its connection (leaf first; empty when none).
+/// How long a connection's certificate checks are reused: a certificate that expires, or a CA
+/// that is rotated, takes effect within this time even on a connection that stays open.
+const CHECK_REUSE: Duration = Duration::from_secs(10);
+
+/// The certificates a client presented on its connection (leaf first; empty when none), with the
+/// outcome of checking them, shared by the connection's requests: verifying a chain costs a
+/// signature check, and a front proxy sends every request of many users on a few connections.
 #[derive(Debug, Clone, Default)]
-pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+pub struct PeerCertificates {
+    /// The chain as presented.
+    chain: Arc<[CertificateDer<'static>]>,
+    /// The last check, with the settings it was made against.
+    checked: Arc<Mutex<Option<Checked>>>,
+}
+
+/// What a connection's certificate is, against one version of the settings.
+#[derive(Debug, Clone)]
+struct Checked {
+    /// The settings checked against (compared by identity).
+    config: Arc<ClientAuthConfig>,
+    /// When.
+    at: Instant,
+    /// The front proxy's common name when the chain verifies against the request-header CA
+    /// (None without one configured).
+    proxy: Option<Result<String, String>>,
+    /// User and groups when the chain verifies against the client CA (None without one).
+    client: Option<Result<(String, Vec<String>), String>>,
+}
+
+impl PeerCertificates {
+    /// The chain a client presented.
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> Self {
+        Self { chain: chain.into(), checked: Arc::default() }
+    }
+
+    /// The chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// The chain checked against `config`, reusing this connection's last check when it is
+    /// recent and was made against the same settings.
+    fn check(&self, config: &Arc<ClientAuthConfig>) -> Checked {
+        let mut last = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(checked) = last.as_ref() {
+            if Arc::ptr_eq(&checked.config, config) && checked.at.elapsed() < CHECK_REUSE {
+                return checked.clone();
+            }
+        }
+        let chain = &self.chain[..];
+        let proxy = config.request_header.as_ref().map(|rh| {
+            rh.ca.verify(chain).map(|()| subject_names(&chain[0]).map(|(cn, _)| cn).unwrap_or_default())
+        });
+        let client =
+            config.client_ca.as_ref().map(|ca| ca.verify(chain).and_then(|()| subject_names(&chain[0])));
+        let checked = Checked { config: config.clone(), at: Instant::now(), proxy, client };
+        *last = Some(checked.clone());
+        checked
+    }
+}
 
 /// Who a request comes from, decided once per request.
 pub struct Authenticator {
@@ -56,12 +116,11 @@ impl Authenticator {
     ) -> Result<UserInfo, Failures> {
         let config = self.config.borrow().clone();
         let mut failures = Failures::default();
-        let chain = &peer.0[..];
-        if !chain.is_empty() {
-            if let Some(request_header) = &config.request_header {
-                match request_header.ca.verify(chain) {
-                    Ok(()) => {
-                        let name = subject_names(&chain[0]).map(|(cn, _)| cn).unwrap_or_default();
+        if !peer.chain.is_empty() {
+            let checked = peer.check(&config);
+            if let (Some(request_header), Some(proxy)) = (&config.request_header, checked.proxy) {
+                match proxy {
+                    Ok(name) => {
                         let allowed = request_header.allowed_names.is_empty()
                             || request_header.allowed_names.contains(&name);
                         if !allowed {
@@ -75,8 +134,8 @@ impl Authenticator {
                     Err(e) => failures.0.push(format!("not a front-proxy certificate: {e}")),
                 }
             }
-            if let Some(client_ca) = &config.client_ca {
-                match client_ca.verify(chain).and_then(|()| subject_names(&chain[0])) {
+            if let Some(client) = checked.client {
+                match client {
                     Ok((name, groups)) if !name.is_empty() => {
                         return Ok(UserInfo { name, groups, ..Default::default() }.with_authenticated_group());
                     }

@@ -61,7 +61,7 @@ async fn cluster() -> Cluster {
 fn peer(cert: &CertAndKey) -> PeerCertificates {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes()).collect::<Result<_, _>>().expect("PEM");
-    PeerCertificates(chain.into())
+    PeerCertificates::new(chain)
 }
 
 fn proxy_headers(user: &str, groups: &[&str]) -> HeaderMap {
@@ -209,7 +209,10 @@ async fn a_rotated_ca_applies_without_restart() {
         .expect("settings");
     let authn = Authenticator::new(settings.clone(), None);
     let old_cert = cluster.client_ca.client("dave", &[]);
-    assert_eq!(authn.authenticate(&peer(&old_cert), &HeaderMap::new()).await.expect("dave").name, "dave");
+    // One connection, kept open across the rotation: its checks are reused until the settings change.
+    let connection = peer(&old_cert);
+    assert_eq!(authn.authenticate(&connection, &HeaderMap::new()).await.expect("dave").name, "dave");
+    assert_eq!(authn.authenticate(&connection, &HeaderMap::new()).await.expect("dave").name, "dave");
 
     let rotated = TestCa::new("rotated client CA");
     settings.borrow_and_update();

@@ -57,8 +57,8 @@ pub(crate) async fn serve(
                 }
             };
             // What the client presented, for authentication of each request on this connection.
-            let peer_certificates = reports_auth::authenticate::PeerCertificates(
-                tls_stream.get_ref().1.peer_certificates().map(|c| c.to_vec().into()).unwrap_or_default(),
+            let peer_certificates = reports_auth::authenticate::PeerCertificates::new(
+                tls_stream.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
             );
             let service =
                 TowerToHyperService::new(tower::Layer::layer(&axum::Extension(peer_certificates), router));

@@ -82,7 +82,13 @@ impl Server {
     /// Opens the store, binds the listener and starts serving in the background.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
         let catalogue = Catalogue::embedded().context("embedded CRDs")?;
-        let store = reports_store::open(&config.storage, &config.postgres)
+        let mut postgres = config.postgres.clone();
+        if let (Some(cluster), None) = (&config.cluster, &postgres.cluster_id) {
+            if reports_store::is_postgres_url(&config.storage) {
+                postgres.cluster_id = Some(cluster::cluster_uid(cluster).await?);
+            }
+        }
+        let store = reports_store::open(&config.storage, &postgres)
             .await
             .with_context(|| format!("opening storage {}", redact_url(&config.storage)))?;
         if let Some(path) = &config.commit_trace {

@@ -70,6 +70,20 @@ pub struct ApiServiceRegistration {
     pub ca_bundle: Option<String>,
 }
 
+/// The cluster's identity: the UID of its kube-system namespace, which a PostgreSQL database
+/// shared by several clusters keys their reports by (kube-system is never recreated, so the UID
+/// lasts as long as the cluster).
+pub async fn cluster_uid(config: &ClusterConfig) -> anyhow::Result<String> {
+    let client = remote::client(config.kubeconfig.as_deref())
+        .await?
+        .context("no cluster to join: give --kubeconfig, or run in a pod with a service account")?;
+    let namespace = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+        .get("kube-system")
+        .await
+        .context("reading the kube-system namespace (its UID names the cluster)")?;
+    namespace.metadata.uid.context("the kube-system namespace has no uid")
+}
+
 /// Connects to the cluster and starts what a server in a cluster runs: the guard, the
 /// namespace mirror, and (when asked) APIService registration under a Lease.
 pub(crate) async fn start(

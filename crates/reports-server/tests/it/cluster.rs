@@ -72,12 +72,19 @@ async fn fake_cluster() -> (FakeKube, TestCa, TestCa) {
 
 /// A server joining the fake cluster as `identity`, registering two APIServices.
 async fn replica(fake: &FakeKube, identity: &str) -> TestServer {
+    let cluster = cluster_config(fake, identity);
+    TestServer::start_with(move |config| config.cluster = Some(cluster)).await
+}
+
+/// Joining the fake cluster as `identity`, registering two APIServices, migrating.
+fn cluster_config(fake: &FakeKube, identity: &str) -> ClusterConfig {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = fake.write_kubeconfig(dir.path());
     std::mem::forget(dir);
-    let cluster = ClusterConfig {
+    ClusterConfig {
         kubeconfig: Some(kubeconfig),
         namespace_lifecycle: true,
+        migrate: true,
         apiservices: Some(ApiServiceRegistration {
             group_versions: vec![
                 ("wgpolicyk8s.io".into(), "v1alpha2".into()),
@@ -92,8 +99,7 @@ async fn replica(fake: &FakeKube, identity: &str) -> TestServer {
             ca_bundle: None,
         }),
         ..Default::default()
-    };
-    TestServer::start_with(move |config| config.cluster = Some(cluster)).await
+    }
 }
 
 impl InCluster {
@@ -380,35 +386,11 @@ async fn reports_stored_as_crd_objects_are_copied_once_before_the_apiservices_sw
         }
     }
     let start = |storage: String| {
-        let fake = &fake;
-        async move {
-            let dir = tempfile::tempdir().unwrap();
-            let kubeconfig = fake.write_kubeconfig(dir.path());
-            std::mem::forget(dir);
-            let cluster = ClusterConfig {
-                kubeconfig: Some(kubeconfig),
-                migrate: true,
-                apiservices: Some(ApiServiceRegistration {
-                    group_versions: vec![
-                        ("wgpolicyk8s.io".into(), "v1alpha2".into()),
-                        ("openreports.io".into(), "v1alpha1".into()),
-                    ],
-                    service_name: "reports-server".into(),
-                    service_namespace: "reports".into(),
-                    service_port: 443,
-                    reconcile_interval: Duration::from_secs(3600),
-                    lease_namespace: "reports".into(),
-                    identity: "replica-m".into(),
-                    ca_bundle: None,
-                }),
-                ..Default::default()
-            };
-            TestServer::start_with(move |config| {
-                config.storage = storage;
-                config.cluster = Some(cluster);
-            })
-            .await
-        }
+        let cluster = cluster_config(&fake, "replica-m");
+        TestServer::start_with(move |config| {
+            config.storage = storage;
+            config.cluster = Some(cluster);
+        })
     };
     let mut t = start(storage.clone()).await;
     let mut counts = t.store().count_by_resource().await.unwrap();
@@ -527,4 +509,28 @@ async fn uninstall_hands_the_groups_back_and_copies_the_reports_into_crd_objects
     options.force = true;
     let again = uninstall(&client, Some(&store), &catalogue, &options).await.unwrap();
     assert_eq!((again.copied, again.already_present, again.apiservices_deleted.len()), (0, 2, 0));
+}
+
+#[tokio::test]
+async fn the_cluster_is_named_by_the_uid_of_its_kube_system_namespace() {
+    let (fake, _, _) = fake_cluster().await;
+    fake.put_object(
+        ObjectKey::new("api/v1", "namespaces", "", "kube-system"),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system", "uid": "0c4f2a1e-7d3b-4c55-9a6e-2f1b8d9e0a11"}}),
+    );
+    let database = crate::harness::postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterConfig { kubeconfig: Some(fake.write_kubeconfig(dir.path())), ..Default::default() };
+    let storage = database.clone();
+    let mut t = TestServer::start_with(move |config| {
+        config.storage = storage;
+        config.cluster = Some(cluster);
+    })
+    .await;
+    let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let ids: Vec<String> =
+        client.query("SELECT id::text FROM clusters", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec!["0c4f2a1e-7d3b-4c55-9a6e-2f1b8d9e0a11".to_string()]);
+    t.server.take().unwrap().shutdown().await;
 }

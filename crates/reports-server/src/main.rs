@@ -24,6 +24,8 @@ fn main() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn run(memcpy: Memcpy) -> anyhow::Result<()> {
+    // One TLS crypto provider for the whole process (outgoing webhook calls use the default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::args_os().nth(1).is_some_and(|a| a == "uninstall") {
         let args = UninstallArgs::parse_from(std::env::args_os().skip(1));
         init_logging("text");

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) guard: Option<Arc<crate::auth::Guard>>,
     /// The cluster's namespaces, for namespace lifecycle admission (None: standalone).
     pub(crate) namespaces: Option<crate::cluster::namespaces::NamespaceLifecycle>,
+    /// The cluster's validating admission webhooks (None: standalone).
+    pub(crate) webhooks: Option<crate::cluster::admission::Webhooks>,
 }
 
 /// What a server running in a cluster adds to the state.
@@ -50,6 +52,8 @@ pub(crate) struct InCluster {
     pub(crate) guard: Option<Arc<crate::auth::Guard>>,
     /// See [`Shared::namespaces`].
     pub(crate) namespaces: Option<crate::cluster::namespaces::NamespaceLifecycle>,
+    /// See [`Shared::webhooks`].
+    pub(crate) webhooks: Option<crate::cluster::admission::Webhooks>,
     /// Tasks a clean shutdown waits for (the Lease release).
     pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -84,6 +88,7 @@ impl AppState {
             metrics,
             guard: in_cluster.guard,
             namespaces: in_cluster.namespaces,
+            webhooks: in_cluster.webhooks,
         }))
     }
 

@@ -2,6 +2,7 @@
 //! authorization (with `reports-auth`), leader election, APIService registration, namespace
 //! lifecycle admission.
 
+pub mod admission;
 pub mod apiservices;
 pub mod lease;
 pub mod migration;
@@ -125,6 +126,14 @@ pub(crate) async fn start(
     } else {
         None
     };
+    let webhooks = match &namespaces {
+        Some(namespaces) => Some(
+            admission::Webhooks::start(client.clone(), namespaces.clone(), shutdown.clone())
+                .await
+                .context("mirroring the cluster's validating webhook configurations")?,
+        ),
+        None => None,
+    };
     let mut tasks = Vec::new();
     if let Some(registration) = &config.apiservices {
         if config.migrate {
@@ -161,7 +170,7 @@ pub(crate) async fn start(
         apiservices::keep_registered(client, target, leading, shutdown);
         tasks.push(election);
     }
-    Ok(InCluster { guard: Some(Arc::new(guard)), namespaces, tasks })
+    Ok(InCluster { guard: Some(Arc::new(guard)), namespaces, webhooks, tasks })
 }
 
 /// The CA the aggregator should trust for our serving certificate: the chain's last certificate

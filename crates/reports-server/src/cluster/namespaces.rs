@@ -49,6 +49,12 @@ impl NamespaceLifecycle {
         Ok(Self { mirror, api })
     }
 
+    /// The labels of `namespace`, from the mirror (None when it is not mirrored).
+    pub fn labels(&self, namespace: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let found = self.mirror.get(&reflector::ObjectRef::<Namespace>::new(namespace))?;
+        Some(found.metadata.labels.clone().unwrap_or_default())
+    }
+
     /// Ok when an object of `kind` may be created in `namespace`; kube's 404 for a namespace
     /// that does not exist and 403 for one being terminated.
     pub async fn admit_create(

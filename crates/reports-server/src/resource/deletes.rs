@@ -44,6 +44,9 @@ impl Request<'_> {
     ) -> Result<Response, DeleteFailure> {
         let kind = self.kind();
         let name = stored.name.clone();
+        self.validating_webhooks("DELETE", &name, None, Some(&current), options.dry_run)
+            .await
+            .map_err(DeleteFailure::Api)?;
         match deletion_plan(&current, options.propagation, &now()) {
             DeletionPlan::Immediately => {
                 if !options.dry_run {

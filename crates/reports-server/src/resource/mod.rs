@@ -101,6 +101,7 @@ pub(crate) async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    user: Option<axum::Extension<reports_auth::UserInfo>>,
     body: Body,
 ) -> ApiResult {
     // Deprecated `/watch/...` paths, which kube-apiserver still serves: a watch of the collection,
@@ -145,8 +146,15 @@ pub(crate) async fn handle(
     let mut negotiated = negotiate(header_str(&headers, header::ACCEPT), endpoint)?;
     negotiated.pretty |= wants_pretty(&query, &headers) && endpoint != Endpoint::Watch;
     let renderer = Renderer::new(target.kind, negotiated, query.get("includeObject"))?;
-    let request =
-        Request { state: &state, target, query, headers: &headers, renderer, warnings: Default::default() };
+    let request = Request {
+        state: &state,
+        target,
+        query,
+        headers: &headers,
+        renderer,
+        user: user.map(|axum::Extension(user)| user),
+        warnings: Default::default(),
+    };
     let outcome = match (method, request.target.name.is_some()) {
         (Method::GET | Method::HEAD, true) => request.get().await,
         (Method::GET | Method::HEAD, false) => request.list().await,
@@ -186,6 +194,8 @@ struct Request<'a> {
     query: Query,
     headers: &'a HeaderMap,
     renderer: Renderer,
+    /// The caller, when the server authenticates (in a cluster).
+    user: Option<reports_auth::UserInfo>,
     /// `Warning` header texts recorded while serving (unknown fields under `fieldValidation=Warn`).
     warnings: std::sync::Mutex<Vec<String>>,
 }

@@ -77,6 +77,7 @@ impl Request<'_> {
                 object::meta_mut(&mut object).insert("name".into(), Value::String(name.clone()));
             }
             let namespace = object.meta_str("namespace").to_string();
+            self.validating_webhooks("CREATE", &name, Some(&object), None, options.dry_run).await?;
             if options.dry_run {
                 let existing =
                     self.state.store.get(kind.storage_key(), &namespace, &name).await.map_err(store_error)?;
@@ -108,6 +109,31 @@ impl Request<'_> {
             }
         }
         Err(ApiError::generate_name_conflict(kind, &name).into())
+    }
+
+    /// Asks the cluster's validating admission webhooks that match this write, when there is a
+    /// cluster (see `cluster::admission`).
+    pub(super) async fn validating_webhooks(
+        &self,
+        operation: &'static str,
+        name: &str,
+        object: Option<&Value>,
+        old_object: Option<&Value>,
+        dry_run: bool,
+    ) -> Result<(), ApiError> {
+        let Some(webhooks) = &self.state.webhooks else { return Ok(()) };
+        let anonymous = reports_auth::UserInfo::anonymous();
+        let admission = crate::cluster::admission::Admission {
+            kind: self.kind(),
+            operation,
+            namespace: self.target.storage_namespace(),
+            name,
+            object,
+            old_object,
+            user: self.user.as_ref().unwrap_or(&anonymous),
+            dry_run,
+        };
+        webhooks.validate(&admission).await
     }
 
     /// AlreadyExists, prefixed as kube does when the existing object is being deleted.
@@ -151,6 +177,7 @@ impl Request<'_> {
         dry_run: bool,
     ) -> Result<Response, WriteFailure> {
         let kind = self.kind();
+        self.validating_webhooks("UPDATE", self.name(), Some(&object), Some(current), dry_run).await?;
         if update_completes_deletion(current, &object) {
             if dry_run {
                 return Ok(self.renderer.object(StatusCode::OK, &object.to_string())?);

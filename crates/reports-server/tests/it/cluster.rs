@@ -534,3 +534,118 @@ async fn the_cluster_is_named_by_the_uid_of_its_kube_system_namespace() {
     assert_eq!(ids, vec!["0c4f2a1e-7d3b-4c55-9a6e-2f1b8d9e0a11".to_string()]);
     t.server.take().unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn validating_webhooks_that_match_our_resources_are_called_as_for_crds() {
+    use axum::{routing::post, Router};
+
+    let (fake, proxy_ca, client_ca) = fake_cluster().await;
+    // A policy engine's webhook: refuses reports labelled deny=yes, records what it was sent.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let record = seen.clone();
+    let webhook = Router::new().route(
+        "/validate",
+        post(move |body: axum::body::Bytes| {
+            let record = record.clone();
+            async move {
+                let review: Value = serde_json::from_slice(&body).unwrap();
+                record.lock().unwrap().push(review.clone());
+                let request = &review["request"];
+                let denied = request["object"]["metadata"]["labels"]["deny"] == "yes";
+                let mut response = json!({"uid": request["uid"], "allowed": !denied});
+                if denied {
+                    response["status"] = json!({"code": 403, "reason": "Forbidden", "message": "reports labelled deny=yes are refused"});
+                }
+                let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response});
+                ([("content-type", "application/json")], body.to_string())
+            }
+        }),
+    );
+    let webhook_ca = TestCa::new("webhook CA");
+    let (webhook_url, _stop) =
+        reports_test_support::https::serve_router(webhook, &webhook_ca.serving(&["127.0.0.1"])).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("https://127.0.0.1:{}/validate", closed.local_addr().unwrap().port());
+    drop(closed);
+    use base64::Engine as _;
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(webhook_ca.pem());
+    let rule = |operations: &[&str]| json!([{"operations": operations, "apiGroups": ["wgpolicyk8s.io"], "apiVersions": ["*"], "resources": ["policyreports"], "scope": "*"}]);
+    fake.put_object(
+        ObjectKey::new("apis/admissionregistration.k8s.io/v1", "validatingwebhookconfigurations", "", "policy-engine"),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "policy-engine"},
+               "webhooks": [
+                   {"name": "deny.example.com", "clientConfig": {"url": format!("{webhook_url}/validate"), "caBundle": ca_bundle},
+                    "rules": rule(&["CREATE", "UPDATE"]), "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                    "namespaceSelector": {"matchLabels": {"team": "a"}}},
+                   {"name": "down-but-ignored.example.com", "clientConfig": {"url": closed_url.clone()},
+                    "rules": rule(&["CREATE"]), "failurePolicy": "Ignore", "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 2},
+                   {"name": "down-and-required.example.com", "clientConfig": {"url": closed_url},
+                    "rules": rule(&["DELETE"]), "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 2}
+               ]}),
+    );
+    fake.put_object(
+        ObjectKey::new("api/v1", "namespaces", "", "team-a"),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {"team": "a"}}, "status": {"phase": "Active"}}),
+    );
+    let t = replica(&fake, "replica-w").await;
+    let c = InCluster { t, fake, proxy_ca, client_ca };
+    let create = |ns: &str, name: &str, deny: bool| {
+        let mut report = sample_object(0, name, Some(ns));
+        if deny {
+            report["metadata"]["labels"]["deny"] = json!("yes");
+        }
+        c.proxy()
+            .post(c.t.url(&format!("{POLR}/{ns}/policyreports")))
+            .header("X-Remote-User", "alice")
+            .header("X-Remote-Group", "devs")
+            .json(&report)
+            .send()
+    };
+
+    let (code, body) = status(create("team-a", "bad", true).await.unwrap()).await;
+    assert_eq!((code, body["reason"].as_str()), (403, Some("Forbidden")), "{body}");
+    assert_eq!(
+        body["message"],
+        "admission webhook \"deny.example.com\" denied the request: reports labelled deny=yes are refused"
+    );
+    assert!(c.t.store().get("policyreports", "team-a", "bad").await.unwrap().is_none(), "nothing stored");
+
+    assert_eq!(create("team-a", "good", false).await.unwrap().status(), 201);
+    let review = seen.lock().unwrap().last().cloned().unwrap();
+    let request = &review["request"];
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(request["operation"], "CREATE");
+    assert_eq!(
+        request["resource"],
+        json!({"group": "wgpolicyk8s.io", "version": "v1alpha2", "resource": "policyreports"})
+    );
+    assert_eq!((request["namespace"].as_str(), request["name"].as_str()), (Some("team-a"), Some("good")));
+    assert_eq!(request["userInfo"]["username"], "alice");
+    assert_eq!(request["userInfo"]["groups"], json!(["devs", "system:authenticated"]));
+    assert_eq!(request["object"]["metadata"]["name"], "good");
+
+    // The namespace selector: default is not selected, so the label does not matter there.
+    assert_eq!(create("default", "bad", true).await.unwrap().status(), 201);
+    let calls = seen.lock().unwrap().len();
+    assert_eq!(calls, 2, "the webhook was not asked about default");
+
+    // A required webhook that cannot be reached fails the request, and nothing is deleted.
+    let (code, body) = status(
+        c.proxy()
+            .delete(c.t.url(&format!("{POLR}/team-a/policyreports/good")))
+            .header("X-Remote-User", "alice")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((code, body["reason"].as_str()), (500, Some("InternalError")), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed calling webhook \"down-and-required.example.com\""),
+        "{body}"
+    );
+    assert!(c.t.store().get("policyreports", "team-a", "good").await.unwrap().is_some());
+}

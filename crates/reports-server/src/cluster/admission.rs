@@ -1,18 +1,21 @@
-//! Validating admission webhooks, which kube-apiserver calls for CRDs and not for aggregated
-//! servers: a policy engine's validating webhook that matches our resources then sees our writes
-//! as it would see them for the CRDs.
+//! Admission webhooks, which kube-apiserver calls for CRDs and not for aggregated servers: a
+//! policy engine's webhooks that match our resources (Kyverno's mutate and validate policies on
+//! reports) then see our writes as they would see them for the CRDs.
 //!
-//! The cluster's `ValidatingWebhookConfiguration`s are mirrored from a watch. For a create,
-//! update (patches included) or delete, every webhook whose rules match the operation, group,
-//! version, resource and scope, whose `namespaceSelector` matches the namespace's labels and
-//! whose `objectSelector` matches the object's (new or old) labels, is sent an `AdmissionReview`
-//! (v1) with the caller's identity, all of them at once. A denial is kube's Status
+//! The cluster's `MutatingWebhookConfiguration`s and `ValidatingWebhookConfiguration`s are
+//! mirrored from watches. A webhook applies to a write when its rules match the operation,
+//! group, version, resource and scope, its `namespaceSelector` matches the namespace's labels and
+//! its `objectSelector` the object's (new or old) labels. Mutating webhooks come first, one after
+//! the other in configuration-name order, each sent the object as the previous one left it; their
+//! JSON patches are applied, and the object is then pruned and validated as any written object.
+//! Validating webhooks come last, after the object is final, all at once. Each is sent an
+//! `AdmissionReview` (v1) with the caller's identity. A denial is kube's Status
 //! (`admission webhook "name" denied the request: ...`, code at least 400). A webhook that cannot
 //! be reached or does not answer within `timeoutSeconds` (10 by default) fails the request with
 //! `failurePolicy: Fail` (the default) and is skipped with `Ignore`. A dry-run request is refused
 //! by a webhook that declares side effects (`sideEffects` other than `None`/`NoneOnDryRun`).
 //!
-//! Not yet: mutating webhooks, and `matchConditions` (CEL), which are treated as matching.
+//! Not yet: `matchConditions` (CEL), which are treated as matching, and `reinvocationPolicy`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -22,7 +25,10 @@ use std::{
 
 use futures::StreamExt as _;
 use k8s_openapi::{
-    api::admissionregistration::v1::{ValidatingWebhook, ValidatingWebhookConfiguration},
+    api::admissionregistration::v1::{
+        MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhook,
+        ValidatingWebhookConfiguration, WebhookClientConfig,
+    },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use kube::{
@@ -30,11 +36,14 @@ use kube::{
     Api, Client,
 };
 use reports_auth::UserInfo;
-use reports_core::{ApiError, ResourceKind};
+use reports_core::{negotiate::BodyType, ApiError, ResourceKind};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::namespaces::NamespaceLifecycle;
+
+/// Most bytes a mutating webhook's `copy` operations may add (kube's request body limit).
+const MAX_PATCH_GROWTH: usize = 3 * 1024 * 1024;
 
 /// What is being admitted.
 pub struct Admission<'a> {
@@ -56,11 +65,55 @@ pub struct Admission<'a> {
     pub dry_run: bool,
 }
 
-/// The cluster's validating webhooks.
+/// What both kinds of webhook have in common, for matching and calling.
+struct Hook {
+    name: String,
+    client_config: WebhookClientConfig,
+    rules: Option<Vec<RuleWithOperations>>,
+    failure_policy: Option<String>,
+    namespace_selector: Option<LabelSelector>,
+    object_selector: Option<LabelSelector>,
+    side_effects: String,
+    timeout_seconds: Option<i32>,
+}
+
+impl From<ValidatingWebhook> for Hook {
+    fn from(w: ValidatingWebhook) -> Self {
+        Self {
+            name: w.name,
+            client_config: w.client_config,
+            rules: w.rules,
+            failure_policy: w.failure_policy,
+            namespace_selector: w.namespace_selector,
+            object_selector: w.object_selector,
+            side_effects: w.side_effects,
+            timeout_seconds: w.timeout_seconds,
+        }
+    }
+}
+
+impl From<MutatingWebhook> for Hook {
+    fn from(w: MutatingWebhook) -> Self {
+        Self {
+            name: w.name,
+            client_config: w.client_config,
+            rules: w.rules,
+            failure_policy: w.failure_policy,
+            namespace_selector: w.namespace_selector,
+            object_selector: w.object_selector,
+            side_effects: w.side_effects,
+            timeout_seconds: w.timeout_seconds,
+        }
+    }
+}
+
+/// The cluster's admission webhooks.
 #[derive(Clone)]
 pub struct Webhooks {
-    /// Mirror of the configurations.
+    /// Mirror of the validating configurations.
     configurations: reflector::Store<ValidatingWebhookConfiguration>,
+    /// Mirror of the mutating configurations.
+    mutating: reflector::Store<MutatingWebhookConfiguration>,
     /// Namespace labels for `namespaceSelector`.
     namespaces: NamespaceLifecycle,
     /// HTTPS clients by trust (caBundle), reused across calls.
@@ -72,50 +125,30 @@ impl Webhooks {
     pub async fn start(
         client: Client,
         namespaces: NamespaceLifecycle,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let api = Api::<ValidatingWebhookConfiguration>::all(client);
-        let (configurations, writer) = reflector::store();
-        let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                tokio::select! {
-                    event = stream.next() => match event {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => tracing::warn!(error = %e, "watching webhook configurations; retrying"),
-                        None => break,
-                    },
-                    _ = shutdown.wait_for(|s| *s) => break,
-                }
-            }
-        });
+        let configurations =
+            mirror(Api::<ValidatingWebhookConfiguration>::all(client.clone()), shutdown.clone());
+        let mutating = mirror(Api::<MutatingWebhookConfiguration>::all(client), shutdown);
         configurations.wait_until_ready().await?;
-        Ok(Self { configurations, namespaces, clients: Arc::default() })
+        mutating.wait_until_ready().await?;
+        Ok(Self { configurations, mutating, namespaces, clients: Arc::default() })
     }
 
     /// Ok when every matching webhook allows the write.
     pub async fn validate(&self, admission: &Admission<'_>) -> Result<(), ApiError> {
-        let matching: Vec<ValidatingWebhook> = self
+        let matching: Vec<Hook> = self
             .configurations
             .state()
             .iter()
             .flat_map(|c| c.webhooks.clone().unwrap_or_default())
+            .map(Hook::from)
             .filter(|w| self.matches(w, admission))
             .collect();
         if matching.is_empty() {
             return Ok(());
         }
-        if admission.dry_run {
-            if let Some(w) =
-                matching.iter().find(|w| !matches!(w.side_effects.as_str(), "None" | "NoneOnDryRun"))
-            {
-                return Err(ApiError::bad_request(format!(
-                    "admission webhook {:?} has side effects and does not support dry run",
-                    w.name
-                )));
-            }
-        }
+        refuse_side_effects_on_dry_run(&matching, admission)?;
         let review = review(admission);
         let calls = matching.iter().map(|w| self.call(w, &review));
         for (webhook, outcome) in matching.iter().zip(futures::future::join_all(calls).await) {
@@ -125,23 +158,59 @@ impl Webhooks {
                         return Err(denied(&webhook.name, &response["status"]));
                     }
                 }
-                Err(e) if webhook.failure_policy.as_deref() == Some("Ignore") => {
-                    tracing::warn!(webhook = %webhook.name, error = %e, "webhook failed; ignored (failurePolicy Ignore)");
-                }
-                Err(e) => {
-                    // kube shows the webhook's failure to the caller, as this does.
-                    return Err(ApiError::new(
-                        500,
-                        "InternalError",
-                        format!("Internal error occurred: failed calling webhook {:?}: {e:#}", webhook.name),
-                    ));
-                }
+                Err(e) => failed(webhook, e)?,
             }
         }
         Ok(())
     }
 
-    fn matches(&self, webhook: &ValidatingWebhook, admission: &Admission<'_>) -> bool {
+    /// Runs the matching mutating webhooks over `object` (the operation's new object), in order,
+    /// applying their patches. The caller prunes and validates the result.
+    pub async fn mutate(&self, admission: &Admission<'_>, object: &mut Value) -> Result<(), ApiError> {
+        let mut configurations = self.mutating.state();
+        configurations.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let matching: Vec<Hook> = configurations
+            .iter()
+            .flat_map(|c| c.webhooks.clone().unwrap_or_default())
+            .map(Hook::from)
+            .filter(|w| self.matches(w, admission))
+            .collect();
+        if matching.is_empty() {
+            return Ok(());
+        }
+        refuse_side_effects_on_dry_run(&matching, admission)?;
+        for webhook in &matching {
+            let current = Admission { object: Some(&*object), ..*admission };
+            let response = match self.call(webhook, &review(&current)).await {
+                Ok(response) => response,
+                Err(e) => {
+                    failed(webhook, e)?;
+                    continue;
+                }
+            };
+            if response["allowed"] != json!(true) {
+                return Err(denied(&webhook.name, &response["status"]));
+            }
+            let Some(patch) = response["patch"].as_str() else { continue };
+            use base64::Engine as _;
+            // The webhook's patch, bounded as a client's patch is (the body limit caps what copies
+            // may add).
+            let patched = base64::engine::general_purpose::STANDARD
+                .decode(patch)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()))
+                .and_then(|patch| {
+                    reports_core::patch::apply_patch(object, &patch, BodyType::JsonPatch, MAX_PATCH_GROWTH)
+                        .map_err(|e| e.message)
+                });
+            if let Err(e) = patched {
+                failed(webhook, anyhow::anyhow!("the webhook's patch cannot be applied: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, webhook: &Hook, admission: &Admission<'_>) -> bool {
         let kind = admission.kind;
         let rule_matches = webhook.rules.iter().flatten().any(|rule| {
             let any = |list: &Option<Vec<String>>, value: &str| {
@@ -189,7 +258,7 @@ impl Webhooks {
         true
     }
 
-    async fn call(&self, webhook: &ValidatingWebhook, review: &Value) -> anyhow::Result<Value> {
+    async fn call(&self, webhook: &Hook, review: &Value) -> anyhow::Result<Value> {
         let config = &webhook.client_config;
         let url = match (&config.url, &config.service) {
             (Some(url), _) => url.clone(),
@@ -231,6 +300,63 @@ impl Webhooks {
         anyhow::ensure!(response["uid"] == review["request"]["uid"], "the review answered another request");
         Ok(response)
     }
+}
+
+/// Mirrors every object of `api` until `shutdown`.
+fn mirror<K>(api: Api<K>, mut shutdown: watch::Receiver<bool>) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                event = stream.next() => match event {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "watching webhook configurations; retrying"),
+                    None => break,
+                },
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    store
+}
+
+/// A dry run is refused by a webhook that may have side effects, as kube refuses it.
+fn refuse_side_effects_on_dry_run(hooks: &[Hook], admission: &Admission<'_>) -> Result<(), ApiError> {
+    match hooks
+        .iter()
+        .find(|w| admission.dry_run && !matches!(w.side_effects.as_str(), "None" | "NoneOnDryRun"))
+    {
+        Some(w) => Err(ApiError::bad_request(format!(
+            "admission webhook {:?} has side effects and does not support dry run",
+            w.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A webhook that could not be asked: ignored with `failurePolicy: Ignore`, otherwise kube's 500
+/// naming the webhook and the failure (kube shows it to the caller too).
+fn failed(webhook: &Hook, error: anyhow::Error) -> Result<(), ApiError> {
+    if webhook.failure_policy.as_deref() == Some("Ignore") {
+        tracing::warn!(webhook = %webhook.name, error = %format!("{error:#}"), "webhook failed; ignored (failurePolicy Ignore)");
+        return Ok(());
+    }
+    Err(ApiError::new(
+        500,
+        "InternalError",
+        format!("Internal error occurred: failed calling webhook {:?}: {error:#}", webhook.name),
+    ))
 }
 
 /// The AdmissionReview sent for `admission`.

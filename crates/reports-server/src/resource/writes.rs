@@ -65,6 +65,7 @@ impl Request<'_> {
         {
             namespaces.admit_create(kind, object.meta_str("name"), namespace).await?;
         }
+        self.mutating_webhooks("CREATE", None, &mut object, options.dry_run).await?;
         let uid = uuid::Uuid::new_v4().to_string();
         object::prepare_create(kind, self.target.namespace.as_deref(), &mut object, &now(), &uid)?;
         let generate_from = object.meta_str("generateName").to_string();
@@ -136,6 +137,33 @@ impl Request<'_> {
         webhooks.validate(&admission).await
     }
 
+    /// Runs the cluster's mutating admission webhooks that match this write over `object`, then
+    /// prunes what they added outside the schema (validation follows in `prepare_*`).
+    pub(super) async fn mutating_webhooks(
+        &self,
+        operation: &'static str,
+        old_object: Option<&Value>,
+        object: &mut Value,
+        dry_run: bool,
+    ) -> Result<(), ApiError> {
+        let Some(webhooks) = &self.state.webhooks else { return Ok(()) };
+        let anonymous = reports_auth::UserInfo::anonymous();
+        let name = object.meta_str("name").to_string();
+        let admission = crate::cluster::admission::Admission {
+            kind: self.kind(),
+            operation,
+            namespace: self.target.storage_namespace(),
+            name: &name,
+            object: None,
+            old_object,
+            user: self.user.as_ref().unwrap_or(&anonymous),
+            dry_run,
+        };
+        webhooks.mutate(&admission, object).await?;
+        self.kind().validator.prune(object);
+        Ok(())
+    }
+
     /// AlreadyExists, prefixed as kube does when the existing object is being deleted.
     fn already_exists(&self, existing: &StoredObject, name: &str) -> Result<ApiError, ApiError> {
         let mut error = ApiError::already_exists(self.kind(), name);
@@ -151,6 +179,7 @@ impl Request<'_> {
         let mut object = self.read_object(body, &options).await?;
         let stored = self.load().await?;
         let current = self.parse_stored(&stored)?;
+        self.mutating_webhooks("UPDATE", Some(&current), &mut object, options.dry_run).await?;
         object::prepare_update(
             self.kind(),
             self.target.namespace.as_deref(),
@@ -245,6 +274,7 @@ impl Request<'_> {
                 object::meta_mut(&mut patched)
                     .insert("resourceVersion".into(), Value::String(stored.rv.to_string()));
             }
+            self.mutating_webhooks("UPDATE", Some(&current), &mut patched, options.dry_run).await?;
             object::prepare_update(
                 kind,
                 self.target.namespace.as_deref(),

@@ -536,14 +536,31 @@ async fn the_cluster_is_named_by_the_uid_of_its_kube_system_namespace() {
 }
 
 #[tokio::test]
-async fn validating_webhooks_that_match_our_resources_are_called_as_for_crds() {
+async fn admission_webhooks_that_match_our_resources_are_called_as_for_crds() {
     use axum::{routing::post, Router};
 
     let (fake, proxy_ca, client_ca) = fake_cluster().await;
     // A policy engine's webhook: refuses reports labelled deny=yes, records what it was sent.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
     let record = seen.clone();
-    let webhook = Router::new().route(
+    let webhook = Router::new()
+        .route(
+            "/mutate",
+            post(|body: axum::body::Bytes| async move {
+                // Adds a label, and a field the schema does not have (pruned afterwards).
+                let review: Value = serde_json::from_slice(&body).unwrap();
+                use base64::Engine as _;
+                let patch = json!([
+                    {"op": "add", "path": "/metadata/labels/mutated", "value": "true"},
+                    {"op": "add", "path": "/notInTheSchema", "value": 1}
+                ]);
+                let response = json!({"uid": review["request"]["uid"], "allowed": true, "patchType": "JSONPatch",
+                    "patch": base64::engine::general_purpose::STANDARD.encode(patch.to_string())});
+                let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response});
+                ([("content-type", "application/json")], body.to_string())
+            }),
+        )
+        .route(
         "/validate",
         post(move |body: axum::body::Bytes| {
             let record = record.clone();
@@ -581,6 +598,15 @@ async fn validating_webhooks_that_match_our_resources_are_called_as_for_crds() {
                     "rules": rule(&["CREATE"]), "failurePolicy": "Ignore", "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 2},
                    {"name": "down-and-required.example.com", "clientConfig": {"url": closed_url},
                     "rules": rule(&["DELETE"]), "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 2}
+               ]}),
+    );
+    fake.put_object(
+        ObjectKey::new("apis/admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", "", "policy-engine"),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration", "metadata": {"name": "policy-engine"},
+               "webhooks": [
+                   {"name": "label.example.com", "clientConfig": {"url": format!("{webhook_url}/mutate"), "caBundle": ca_bundle.clone()},
+                    "rules": rule(&["CREATE"]), "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                    "namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In", "values": ["a"]}]}}
                ]}),
     );
     fake.put_object(
@@ -623,6 +649,15 @@ async fn validating_webhooks_that_match_our_resources_are_called_as_for_crds() {
     assert_eq!(request["userInfo"]["username"], "alice");
     assert_eq!(request["userInfo"]["groups"], json!(["devs", "system:authenticated"]));
     assert_eq!(request["object"]["metadata"]["name"], "good");
+    // The mutating webhook ran first: the validating one saw its label, and the stored object
+    // has the label but not the field outside the schema.
+    assert_eq!(request["object"]["metadata"]["labels"]["mutated"], "true");
+    let stored: Value = serde_json::from_str(
+        &c.t.store().get("policyreports", "team-a", "good").await.unwrap().unwrap().body,
+    )
+    .unwrap();
+    assert_eq!(stored["metadata"]["labels"]["mutated"], "true");
+    assert!(stored.get("notInTheSchema").is_none(), "{stored}");
 
     // The namespace selector: default is not selected, so the label does not matter there.
     assert_eq!(create("default", "bad", true).await.unwrap().status(), 201);

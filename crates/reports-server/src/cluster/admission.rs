@@ -118,6 +118,9 @@ pub struct Webhooks {
     namespaces: NamespaceLifecycle,
     /// HTTPS clients by trust (caBundle), reused across calls.
     clients: Arc<Mutex<HashMap<Vec<u8>, reqwest::Client>>>,
+    /// Set once both mirrors hold a complete list: until then writes are refused with 503, as
+    /// kube-apiserver refuses them, rather than admitted without the webhooks.
+    synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Webhooks {
@@ -130,13 +133,27 @@ impl Webhooks {
         let configurations =
             mirror(Api::<ValidatingWebhookConfiguration>::all(client.clone()), shutdown.clone());
         let mutating = mirror(Api::<MutatingWebhookConfiguration>::all(client), shutdown);
-        configurations.wait_until_ready().await?;
-        mutating.wait_until_ready().await?;
-        Ok(Self { configurations, mutating, namespaces, clients: Arc::default() })
+        let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (validating_list, mutating_list) = (configurations.clone(), mutating.clone());
+        let done = synced.clone();
+        let mut listing = tokio::spawn(async move {
+            let listed = validating_list.wait_until_ready().await.is_ok()
+                && mutating_list.wait_until_ready().await.is_ok();
+            done.store(listed, std::sync::atomic::Ordering::SeqCst);
+        });
+        if tokio::time::timeout(super::INITIAL_SYNC, &mut listing).await.is_err() {
+            tracing::warn!(
+                "webhook configurations not listed yet; writes are refused with 503 until they are"
+            );
+        }
+        Ok(Self { configurations, mutating, namespaces, clients: Arc::default(), synced })
     }
 
     /// Ok when every matching webhook allows the write.
     pub async fn validate(&self, admission: &Admission<'_>) -> Result<(), ApiError> {
+        if !self.synced.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::unavailable("not yet ready to handle request"));
+        }
         let matching: Vec<Hook> = self
             .configurations
             .state()
@@ -167,6 +184,9 @@ impl Webhooks {
     /// Runs the matching mutating webhooks over `object` (the operation's new object), in order,
     /// applying their patches. The caller prunes and validates the result.
     pub async fn mutate(&self, admission: &Admission<'_>, object: &mut Value) -> Result<(), ApiError> {
+        if !self.synced.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::unavailable("not yet ready to handle request"));
+        }
         let mut configurations = self.mutating.state();
         configurations.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         let matching: Vec<Hook> = configurations

@@ -24,6 +24,10 @@ use tokio::sync::watch;
 
 use crate::{auth::Guard, state::InCluster, tls::CertificatePem};
 
+/// How long start-up waits for the first complete list of a mirrored resource (namespaces,
+/// webhook configurations) before serving anyway.
+const INITIAL_SYNC: Duration = Duration::from_secs(10);
+
 /// How the server joins a cluster.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterConfig {

@@ -45,7 +45,13 @@ impl NamespaceLifecycle {
                 }
             }
         });
-        mirror.wait_until_ready().await.map_err(|e| ApiError::internal(format!("namespace mirror: {e}")))?;
+        // Serving before the first list would only cost direct look-ups, so a cluster that is slow
+        // to list namespaces delays the start a little, not for ever.
+        match tokio::time::timeout(super::INITIAL_SYNC, mirror.wait_until_ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ApiError::internal(format!("namespace mirror: {e}"))),
+            Err(_) => tracing::warn!("namespaces not listed yet; admission looks each one up until they are"),
+        }
         Ok(Self { mirror, api })
     }
 

@@ -147,7 +147,8 @@ impl Renderer {
 
     /// Streams a list: header, items from the store cursor in bounded chunks, then `metadata` with
     /// the list RV and continue token. `finish` computes the metadata from (snapshot RV, last
-    /// object, more). YAML and pretty output need the whole document and are built in memory.
+    /// object, more). Pretty JSON and YAML stream too, an item at a time, so memory stays
+    /// bounded whatever the encoding.
     pub(crate) fn list(
         self,
         stream: ListStream,
@@ -155,9 +156,8 @@ impl Renderer {
     ) -> Response {
         let n = self.negotiated;
         let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-        let buffered = n.encoding != Encoding::Json || n.pretty;
         tokio::spawn(async move {
-            if let Err(e) = self.produce_list(stream, finish, &tx, buffered).await {
+            if let Err(e) = self.produce_list(stream, finish, &tx).await {
                 tracing::warn!(error = %e, "list response aborted");
                 let _ = tx.send(Err(std::io::Error::other(e.message))).await;
             }
@@ -171,11 +171,12 @@ impl Renderer {
         mut stream: ListStream,
         finish: impl FnOnce(u64, Option<&StoredObject>, bool) -> Value,
         tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-        buffered: bool,
     ) -> Result<(), ApiError> {
         const FLUSH_BYTES: usize = 256 * 1024;
-        let mut out: Vec<u8> = self.list_prefix().into_bytes();
-        let mut first = true;
+        let layout = ListLayout::new(&self.list_prefix(), self.negotiated.encoding, self.negotiated.pretty)?;
+        let mut out: Vec<u8> = layout.header.clone().into_bytes();
+        let mut item = Vec::new();
+        let mut count = 0usize;
         let mut last: Option<StoredObject> = None;
         let more = loop {
             let chunk = stream
@@ -186,14 +187,12 @@ impl Renderer {
                 .map_err(crate::response::store_error)?;
             match chunk {
                 ListChunk::Items(items) => {
-                    for item in &items {
-                        if !first {
-                            out.push(b',');
-                        }
-                        first = false;
-                        self.item_json(&item.body, &mut out)?;
-                        if !buffered
-                            && out.len() >= FLUSH_BYTES
+                    for stored in &items {
+                        item.clear();
+                        self.item_json(&stored.body, &mut item)?;
+                        layout.item(count, &item, &mut out)?;
+                        count += 1;
+                        if out.len() >= FLUSH_BYTES
                             && tx.send(Ok(Bytes::from(std::mem::take(&mut out)))).await.is_err()
                         {
                             return Ok(()); // client went away
@@ -205,11 +204,7 @@ impl Renderer {
             }
         };
         let metadata = finish(stream.snapshot_rv, last.as_ref(), more);
-        out.extend_from_slice(format!(r#"],"metadata":{metadata}}}"#).as_bytes());
-        if buffered {
-            let value: Value = serde_json::from_slice(&out).map_err(corrupt)?;
-            out = encode_value(&value, self.negotiated.encoding, self.negotiated.pretty);
-        }
+        layout.end(count, &metadata, &mut out);
         let _ = tx.send(Ok(Bytes::from(out))).await;
         Ok(())
     }
@@ -342,4 +337,113 @@ pub(crate) fn event_line(event_type: &str, object: &Value) -> Vec<u8> {
     let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
     line.push(b'\n');
     line
+}
+
+/// How a streamed list document is written in one encoding: the text before the first item,
+/// each item, and the end with `metadata`. The header comes from encoding the list's opening
+/// fields with an empty array, so it is exactly what encoding the whole document would give.
+struct ListLayout {
+    /// Everything up to where the items go.
+    header: String,
+    /// The encoding the items are written in.
+    style: ListStyle,
+    /// The array's key (`items`, or `rows` for a Table), for YAML's empty-list form.
+    array_key: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListStyle {
+    Compact,
+    Pretty,
+    Yaml,
+}
+
+impl ListLayout {
+    fn new(prefix: &str, encoding: Encoding, pretty: bool) -> Result<Self, ApiError> {
+        let style = match (encoding, pretty) {
+            (Encoding::Yaml, _) => ListStyle::Yaml,
+            (Encoding::Json, true) => ListStyle::Pretty,
+            (Encoding::Json, false) => ListStyle::Compact,
+        };
+        if style == ListStyle::Compact {
+            return Ok(Self { header: prefix.to_string(), style, array_key: String::new() });
+        }
+        let opening: Value = serde_json::from_str(&format!("{prefix}]}}")).map_err(corrupt)?;
+        let array_key = opening.as_object().and_then(|o| o.keys().next_back().cloned()).unwrap_or_default();
+        let text = String::from_utf8(encode_value(&opening, encoding, pretty)).map_err(corrupt)?;
+        let header = match style {
+            // `  "items": []\n}` -> `  "items": `
+            ListStyle::Pretty => text
+                .trim_end()
+                .strip_suffix('}')
+                .and_then(|t| t.trim_end().strip_suffix("[]"))
+                .map(str::to_string),
+            // `items: []\n` -> `` (the key is written with the first item, or as `items: []`)
+            _ => text.strip_suffix(&format!("{array_key}: []\n")).map(str::to_string),
+        }
+        .ok_or_else(|| ApiError::internal("unexpected list header encoding"))?;
+        Ok(Self { header, style, array_key })
+    }
+
+    /// Appends item `index` (its compact JSON) to `out`.
+    fn item(&self, index: usize, json: &[u8], out: &mut Vec<u8>) -> Result<(), ApiError> {
+        match self.style {
+            ListStyle::Compact => {
+                if index > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(json);
+            }
+            ListStyle::Pretty => {
+                let value: Value = serde_json::from_slice(json).map_err(corrupt)?;
+                out.extend_from_slice(if index == 0 { b"[\n" } else { b",\n" });
+                let text = serde_json::to_string_pretty(&value).map_err(corrupt)?;
+                for (i, line) in text.lines().enumerate() {
+                    if i > 0 {
+                        out.push(b'\n');
+                    }
+                    out.extend_from_slice(b"    ");
+                    out.extend_from_slice(line.as_bytes());
+                }
+            }
+            ListStyle::Yaml => {
+                let value: Value = serde_json::from_slice(json).map_err(corrupt)?;
+                if index == 0 {
+                    out.extend_from_slice(format!("{}:\n", self.array_key).as_bytes());
+                }
+                let text = String::from_utf8(encode_value(&value, Encoding::Yaml, false)).map_err(corrupt)?;
+                for (i, line) in text.lines().enumerate() {
+                    out.extend_from_slice(if i == 0 { b"- " } else { b"  " });
+                    out.extend_from_slice(line.as_bytes());
+                    out.push(b'\n');
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the end of the document after `count` items.
+    fn end(&self, count: usize, metadata: &Value, out: &mut Vec<u8>) {
+        match self.style {
+            ListStyle::Compact => out.extend_from_slice(format!(r#"],"metadata":{metadata}}}"#).as_bytes()),
+            ListStyle::Pretty => {
+                out.extend_from_slice(if count == 0 { b"[]" } else { b"\n  ]" });
+                let text = serde_json::to_string_pretty(metadata).unwrap_or_default();
+                out.extend_from_slice(b",\n  \"metadata\": ");
+                for (i, line) in text.lines().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b"\n  ");
+                    }
+                    out.extend_from_slice(line.as_bytes());
+                }
+                out.extend_from_slice(b"\n}");
+            }
+            ListStyle::Yaml => {
+                if count == 0 {
+                    out.extend_from_slice(format!("{}: []\n", self.array_key).as_bytes());
+                }
+                out.extend_from_slice(&encode_value(&json!({ "metadata": metadata }), Encoding::Yaml, false));
+            }
+        }
+    }
 }

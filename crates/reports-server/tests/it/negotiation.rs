@@ -174,3 +174,55 @@ async fn yaml_in_and_out_protobuf_refused_cleanly() {
     assert_eq!(body["reason"], "UnsupportedMediaType");
     assert!(body["message"].as_str().unwrap().contains("application/merge-patch+json"));
 }
+
+/// Pretty JSON and YAML lists are streamed an item at a time; what they say is exactly what the
+/// compact JSON list says, for objects, Tables and metadata, empty or not.
+#[tokio::test]
+async fn pretty_and_yaml_lists_say_what_the_json_list_says() {
+    let t = crate::harness::TestServer::start().await;
+    let http = t.http();
+    let collection = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports");
+    let empty = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/empty/policyreports");
+    for i in 0..5 {
+        let mut report = crate::harness::sample_object(0, &format!("r{i}"), Some("default"));
+        report["results"][0]["message"] = serde_json::json!("multi\nline: text");
+        assert_eq!(http.post(&collection).json(&report).send().await.unwrap().status(), 201);
+    }
+    let get = |url: String, accept: &'static str, query: &'static str| {
+        let http = http.clone();
+        async move {
+            let response = http.get(format!("{url}{query}")).header("accept", accept).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        }
+    };
+    for url in [collection.clone(), empty] {
+        for shape in [
+            "application/json",
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+            "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
+        ] {
+            let compact: serde_json::Value =
+                serde_json::from_str(&get(url.clone(), shape, "").await).unwrap();
+            let pretty_text = get(url.clone(), shape, "?pretty=true").await;
+            assert!(pretty_text.contains("\n  \""), "indented: {pretty_text}");
+            let pretty: serde_json::Value = serde_json::from_str(&pretty_text).unwrap();
+            assert_eq!(pretty, compact, "{shape} pretty");
+            assert_eq!(
+                pretty_text,
+                serde_json::to_string_pretty(&compact).unwrap(),
+                "{shape}: as the whole document would be printed"
+            );
+            if shape == "application/json" {
+                let yaml: serde_json::Value =
+                    serde_saphyr::from_str(&get(url.clone(), "application/yaml", "").await).unwrap();
+                assert_eq!(yaml, compact, "YAML list");
+            }
+        }
+    }
+    // Paged YAML keeps the continue token in its metadata.
+    let page: serde_json::Value =
+        serde_saphyr::from_str(&get(collection.clone(), "application/yaml", "?limit=2").await).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert!(page["metadata"]["continue"].as_str().is_some_and(|c| !c.is_empty()), "{page}");
+}

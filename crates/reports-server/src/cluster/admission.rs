@@ -23,7 +23,6 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt as _;
 use k8s_openapi::{
     api::admissionregistration::v1::{
         MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhook,
@@ -31,10 +30,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
-use kube::{
-    runtime::{reflector, watcher, WatchStreamExt as _},
-    Api, Client,
-};
+use kube::{runtime::reflector, Api, Client};
 use reports_auth::UserInfo;
 use reports_core::{negotiate::BodyType, ApiError, ResourceKind};
 use serde_json::{json, Value};
@@ -130,9 +126,16 @@ impl Webhooks {
         namespaces: NamespaceLifecycle,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let configurations =
-            mirror(Api::<ValidatingWebhookConfiguration>::all(client.clone()), shutdown.clone());
-        let mutating = mirror(Api::<MutatingWebhookConfiguration>::all(client), shutdown);
+        let configurations = super::mirror(
+            Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+            "validating webhook configurations",
+            shutdown.clone(),
+        );
+        let mutating = super::mirror(
+            Api::<MutatingWebhookConfiguration>::all(client),
+            "mutating webhook configurations",
+            shutdown,
+        );
         let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (validating_list, mutating_list) = (configurations.clone(), mutating.clone());
         let done = synced.clone();
@@ -320,35 +323,6 @@ impl Webhooks {
         anyhow::ensure!(response["uid"] == review["request"]["uid"], "the review answered another request");
         Ok(response)
     }
-}
-
-/// Mirrors every object of `api` until `shutdown`.
-fn mirror<K>(api: Api<K>, mut shutdown: watch::Receiver<bool>) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                event = stream.next() => match event {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => tracing::warn!(error = %e, "watching webhook configurations; retrying"),
-                    None => break,
-                },
-                _ = shutdown.wait_for(|s| *s) => break,
-            }
-        }
-    });
-    store
 }
 
 /// A dry run is refused by a webhook that may have side effects, as kube refuses it.

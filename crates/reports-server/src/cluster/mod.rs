@@ -75,6 +75,43 @@ pub struct ApiServiceRegistration {
     pub ca_bundle: Option<String>,
 }
 
+/// Mirrors every `what` of `api` until `shutdown`: a watch that lists again after any failure
+/// (with backoff) and keeps the returned store complete.
+pub(crate) fn mirror<K>(
+    api: kube::Api<K>,
+    what: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt as _;
+    use kube::runtime::{reflector, watcher, WatchStreamExt as _};
+
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                event = stream.next() => match event {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "watching {what}; retrying"),
+                    None => break,
+                },
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    store
+}
+
 /// The cluster's identity: the UID of its kube-system namespace, which a PostgreSQL database
 /// shared by several clusters keys their reports by (kube-system is never recreated, so the UID
 /// lasts as long as the cluster).

@@ -7,12 +7,8 @@
 //! does, so a report written right after its namespace was created is not refused because the
 //! watch had not delivered the namespace yet.
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::{
-    runtime::{reflector, watcher, WatchStreamExt as _},
-    Api, Client,
-};
+use kube::{runtime::reflector, Api, Client};
 use reports_core::{ApiError, ResourceKind, StatusCause, StatusDetails};
 use tokio::sync::watch;
 
@@ -28,23 +24,9 @@ pub struct NamespaceLifecycle {
 impl NamespaceLifecycle {
     /// Starts mirroring the namespaces and waits for the first complete list, so that admission
     /// never answers from an empty mirror.
-    pub async fn start(client: Client, mut shutdown: watch::Receiver<bool>) -> Result<Self, ApiError> {
+    pub async fn start(client: Client, shutdown: watch::Receiver<bool>) -> Result<Self, ApiError> {
         let api = Api::<Namespace>::all(client);
-        let (mirror, writer) = reflector::store();
-        let stream = watcher(api.clone(), watcher::Config::default()).default_backoff().reflect(writer);
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                tokio::select! {
-                    event = stream.next() => match event {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => tracing::warn!(error = %e, "watching namespaces; retrying"),
-                        None => break,
-                    },
-                    _ = shutdown.wait_for(|s| *s) => break,
-                }
-            }
-        });
+        let mirror = super::mirror(api.clone(), "namespaces", shutdown);
         // Serving before the first list would only cost direct look-ups, so a cluster that is slow
         // to list namespaces delays the start a little, not for ever.
         match tokio::time::timeout(super::INITIAL_SYNC, mirror.wait_until_ready()).await {

@@ -123,18 +123,7 @@ impl Request<'_> {
         dry_run: bool,
     ) -> Result<(), ApiError> {
         let Some(webhooks) = &self.state.webhooks else { return Ok(()) };
-        let anonymous = reports_auth::UserInfo::anonymous();
-        let admission = crate::cluster::admission::Admission {
-            kind: self.kind(),
-            operation,
-            namespace: self.target.storage_namespace(),
-            name,
-            object,
-            old_object,
-            user: self.user.as_ref().unwrap_or(&anonymous),
-            dry_run,
-        };
-        webhooks.validate(&admission).await
+        webhooks.validate(&self.admission(operation, name, object, old_object, dry_run)).await
     }
 
     /// Runs the cluster's mutating admission webhooks that match this write over `object`, then
@@ -147,21 +136,35 @@ impl Request<'_> {
         dry_run: bool,
     ) -> Result<(), ApiError> {
         let Some(webhooks) = &self.state.webhooks else { return Ok(()) };
-        let anonymous = reports_auth::UserInfo::anonymous();
         let name = object.meta_str("name").to_string();
-        let admission = crate::cluster::admission::Admission {
+        // The webhooks are each sent the object as the previous one left it.
+        webhooks.mutate(&self.admission(operation, &name, None, old_object, dry_run), object).await?;
+        self.kind().validator.prune(object);
+        Ok(())
+    }
+
+    /// What admission webhooks are told about this write. A request with no authenticated user
+    /// (there is no guard without a cluster, and no webhooks either) is described as anonymous.
+    fn admission<'a>(
+        &'a self,
+        operation: &'static str,
+        name: &'a str,
+        object: Option<&'a Value>,
+        old_object: Option<&'a Value>,
+        dry_run: bool,
+    ) -> crate::cluster::admission::Admission<'a> {
+        static ANONYMOUS: std::sync::LazyLock<reports_auth::UserInfo> =
+            std::sync::LazyLock::new(reports_auth::UserInfo::anonymous);
+        crate::cluster::admission::Admission {
             kind: self.kind(),
             operation,
             namespace: self.target.storage_namespace(),
-            name: &name,
-            object: None,
+            name,
+            object,
             old_object,
-            user: self.user.as_ref().unwrap_or(&anonymous),
+            user: self.user.as_ref().unwrap_or(&ANONYMOUS),
             dry_run,
-        };
-        webhooks.mutate(&admission, object).await?;
-        self.kind().validator.prune(object);
-        Ok(())
+        }
     }
 
     /// AlreadyExists, prefixed as kube does when the existing object is being deleted.

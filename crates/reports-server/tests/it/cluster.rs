@@ -311,7 +311,8 @@ async fn one_replica_at_a_time_holds_the_lease_and_another_takes_over_when_it_st
         .await
         .expect("a leads");
     let mut b = replica(&c.fake, "replica-b").await;
-    // b has started and tried; a still holds the Lease it keeps renewing.
+    // b is running and a still holds the Lease (b's first attempt may or may not have been made
+    // yet; the takeover below is what shows b can take it).
     assert_eq!(c.fake.object(&lease_key).unwrap()["spec"]["holderIdentity"], "replica-a");
 
     // a stops: it hands the Lease back, b takes it and keeps the APIServices.

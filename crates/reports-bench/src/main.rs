@@ -291,7 +291,7 @@ async fn serve(storage: String, commit_trace: Option<PathBuf>) -> anyhow::Result
         listen: "127.0.0.1:0".parse()?,
         certificate: reports_server::tls::CertificatePem::self_signed()?,
         storage,
-        max_body_bytes: 3 * 1024 * 1024,
+        limits: Default::default(),
         change_log_retention_seconds: 900,
         watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
         commit_trace,

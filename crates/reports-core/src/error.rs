@@ -185,6 +185,23 @@ impl ApiError {
         })
     }
 
+    /// 429 TooManyRequests: the server is at its limit of requests in flight; the client retries
+    /// after a second, as it would with kube-apiserver's max-in-flight filter.
+    pub fn too_many_requests() -> Self {
+        Self::new(429, "TooManyRequests", "Too many requests, please try again later.")
+            .with_details(StatusDetails { retry_after_seconds: Some(1), ..Default::default() })
+    }
+
+    /// 504 Timeout: the request did not finish within the server's request timeout.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            "Timeout: request did not complete within requested timeout - context deadline exceeded",
+        )
+        .with_details(StatusDetails::default())
+    }
+
     /// 503 ServiceUnavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)

@@ -23,6 +23,7 @@ use crate::{
 pub(crate) fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     let guard = state.guard.clone();
+    let admission = state.admission.clone();
     let routes = Router::new()
         .route("/", get(root_paths))
         .route("/version", get(version))
@@ -41,7 +42,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(|| async { ErrorResponse(ApiError::path_not_found()) })
         .layer(axum::middleware::from_fn(undecodable_path));
     // The layer added last runs first: metrics see every answer, refusals included, as
-    // kube-apiserver counts them, and resolve the request info the guard reads.
+    // kube-apiserver counts them, and resolve the request info that admission and the guard
+    // read; admission refuses a request over the limits before authentication spends anything
+    // on it.
     let routes = match guard {
         Some(guard) => routes.layer(axum::middleware::from_fn(move |request, next| {
             crate::auth::guard(guard.clone(), request, next)
@@ -49,6 +52,9 @@ pub(crate) fn router(state: AppState) -> Router {
         None => routes,
     };
     routes
+        .layer(axum::middleware::from_fn(move |request, next| {
+            crate::limits::admit(admission.clone(), request, next)
+        }))
         .layer(axum::middleware::from_fn(move |request, next| {
             crate::metrics::track(metrics.clone(), request, next)
         }))

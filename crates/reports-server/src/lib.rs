@@ -9,6 +9,7 @@
 //! - `render`: stored JSON to responses (splice, stream, transform);
 //! - `response`: the error edge (`ApiError` to `metav1.Status`);
 //! - [`watch`]: change streams from the change log;
+//! - [`limits`]: requests in flight, timeouts and connections, so one client cannot hurt others;
 //! - `serve`: the TLS accept loop with graceful shutdown;
 //! - [`tls`], [`cli`], [`glibc`]: what the binary and the benchmark use.
 //!
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod cluster;
 mod discovery;
 pub mod glibc;
+pub mod limits;
 pub mod metrics;
 mod render;
 mod resource;
@@ -50,8 +52,8 @@ pub struct ServerConfig {
     pub storage: String,
     /// PostgreSQL settings beyond the URL (TLS files, pool, cluster identity).
     pub postgres: reports_store::postgres::PgSettings,
-    /// Request body limit in bytes.
-    pub max_body_bytes: usize,
+    /// Body size, requests in flight, timeouts and connections (see [`limits`]).
+    pub limits: limits::ServingLimits,
     /// Change-log retention in seconds.
     pub change_log_retention_seconds: u64,
     /// Bytes of recent changes kept in memory for watchers (see [`watch`]).
@@ -128,7 +130,7 @@ impl Server {
             catalogue,
             store.clone(),
             changes,
-            config.max_body_bytes,
+            &config.limits,
             shutting_down.clone(),
             metrics,
             in_cluster,
@@ -140,7 +142,13 @@ impl Server {
             shutting_down.clone(),
         ));
         state.set_ready();
-        let task = tokio::spawn(serve::serve(listener, Arc::clone(&tls), router, shutting_down.clone()));
+        let task = tokio::spawn(serve::serve(
+            listener,
+            Arc::clone(&tls),
+            router,
+            config.limits.clone(),
+            shutting_down.clone(),
+        ));
         Ok(Self { local_addr, shutdown, task, store, cluster_tasks })
     }
 

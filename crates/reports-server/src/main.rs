@@ -38,6 +38,9 @@ async fn run(memcpy: Memcpy) -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
     memcpy.log();
+    // Before the connection limit is derived from it.
+    let open_files = reports_server::limits::raise_open_file_limit();
+    tracing::debug!(?open_files, "open-file limit");
     // Start-up failures (a port in use, an unreachable database) are ordinary operational
     // errors: one log line in the configured format, with the cause chain, and exit status 1.
     if let Err(e) = serve(args).await {
@@ -91,7 +94,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         certificate,
         storage: args.storage_url(),
         postgres: args.postgres_settings()?,
-        max_body_bytes: args.max_request_body_bytes,
+        limits: args.serving_limits(),
         change_log_retention_seconds: args.change_log_retention_seconds,
         watch_window_bytes: args.watch_window_bytes,
         commit_trace: args.commit_trace.clone(),

@@ -26,21 +26,14 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    pin::Pin,
     sync::{
         atomic::{AtomicI64, AtomicU64, Ordering},
         Arc, Mutex,
     },
-    task::{Context, Poll},
     time::Instant,
 };
 
-use axum::{
-    body::{Body, HttpBody},
-    extract::Request,
-    middleware::Next,
-    response::Response,
-};
+use axum::{extract::Request, middleware::Next, response::Response};
 use reports_core::{request_info::RequestInfo, Catalogue};
 
 /// kube-apiserver's buckets for `apiserver_request_duration_seconds`.
@@ -322,15 +315,12 @@ pub async fn track(metrics: Arc<Metrics>, mut request: Request, next: Next) -> R
         gauge.fetch_add(1, Ordering::Relaxed);
         gauge
     });
-    let (parts, body) = response.into_parts();
-    let body = Tracked {
-        inner: body,
-        done: Some(Completion { metrics, key, code, started, timed: !info.is_long_running(), gauge }),
-    };
-    Response::from_parts(parts, Body::new(body))
+    let done = Completion { metrics, key, code, started, timed: !info.is_long_running(), gauge };
+    crate::response::hold_until_sent(response, done)
 }
 
-/// What is recorded once the response body has been sent or dropped.
+/// What is recorded once the response body has been sent or dropped (so streamed lists are
+/// timed to their last byte).
 struct Completion {
     metrics: Arc<Metrics>,
     key: SeriesKey,
@@ -349,37 +339,6 @@ impl Drop for Completion {
         if let Some(gauge) = &self.gauge {
             gauge.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// A response body that records its request when it ends (or is dropped by a client that went
-/// away), so streamed lists are timed to their last byte.
-struct Tracked {
-    inner: Body,
-    done: Option<Completion>,
-}
-
-impl HttpBody for Tracked {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.done.take();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -71,3 +71,41 @@ pub(crate) fn store_error(error: StoreError) -> ApiError {
         other => ApiError::internal(other.to_string()),
     }
 }
+
+/// `response` with `guard` kept alive until its body has been sent, or dropped by a client that
+/// went away: streamed lists and watches hold what they count (an in-flight slot, a metric,
+/// a connection's activity) for as long as they send, not only until their head is ready.
+pub(crate) fn hold_until_sent<G: Send + Sync + Unpin + 'static>(response: Response, guard: G) -> Response {
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, Body::new(GuardedBody { inner: body, guard: Some(guard) }))
+}
+
+/// A response body that drops its guard at the end of the stream (or with itself).
+struct GuardedBody<G> {
+    inner: Body,
+    guard: Option<G>,
+}
+
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

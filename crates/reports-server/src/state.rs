@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) discovery: DiscoveryDocs,
     /// Largest request body accepted (413 beyond it).
     pub(crate) max_body_bytes: usize,
+    /// Slots for requests in flight and the request timeout, checked before any handler runs.
+    pub(crate) admission: Arc<crate::limits::Admission>,
     /// Flips to true when the server starts shutting down, so long-running responses end cleanly
     /// and `/readyz` fails.
     pub(crate) shutting_down: watch::Receiver<bool>,
@@ -71,7 +73,7 @@ impl AppState {
         catalogue: Catalogue,
         store: DynStore,
         changes: Arc<ChangeFeed>,
-        max_body_bytes: usize,
+        limits: &crate::limits::ServingLimits,
         shutting_down: watch::Receiver<bool>,
         metrics: Arc<crate::metrics::Metrics>,
         in_cluster: InCluster,
@@ -82,7 +84,8 @@ impl AppState {
             store,
             changes,
             discovery,
-            max_body_bytes,
+            max_body_bytes: limits.max_body_bytes,
+            admission: Arc::new(crate::limits::Admission::new(limits)),
             shutting_down,
             ready: AtomicBool::new(false),
             metrics,

@@ -37,9 +37,6 @@ pub struct Inert {
     /// SNI certificate and key pairs (CERT,KEY[:NAMES]); repeatable.
     #[arg(long)]
     pub tls_sni_cert_key: Vec<String>,
-    /// HTTP/2 streams per connection.
-    #[arg(long)]
-    pub http2_max_streams_per_connection: Option<u32>,
     /// SO_REUSEPORT on the listener.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
     pub permit_port_sharing: Option<bool>,

@@ -45,6 +45,37 @@ pub struct Args {
     #[arg(long, default_value_t = 3 * 1024 * 1024, help_heading = "Serving")]
     pub max_request_body_bytes: usize,
 
+    /// Reads served at once; one more gets 429 with Retry-After (watches are counted apart; 0: no
+    /// limit).
+    #[arg(long, default_value_t = 400, help_heading = "Serving")]
+    pub max_requests_inflight: usize,
+
+    /// Writes served at once; one more gets 429 with Retry-After (0: no limit).
+    #[arg(long, default_value_t = 200, help_heading = "Serving")]
+    pub max_mutating_requests_inflight: usize,
+
+    /// Longest time to answer a request other than a watch (504 beyond it), such as 60s or 2m.
+    #[arg(long, default_value = "60s", value_parser = positive_duration, help_heading = "Serving")]
+    pub request_timeout: std::time::Duration,
+
+    /// Connections open at once; further clients wait until one closes (default: the open-file
+    /// limit less a reserve for the database and files).
+    #[arg(long, help_heading = "Serving")]
+    pub max_connections: Option<usize>,
+
+    /// Longest time for an HTTP/1 request's headers to arrive.
+    #[arg(long, default_value = "32s", value_parser = positive_duration, help_heading = "Serving")]
+    pub read_header_timeout: std::time::Duration,
+
+    /// How long a connection with no request in progress stays open (open watches count as in
+    /// progress).
+    #[arg(long, default_value = "90s", value_parser = positive_duration, help_heading = "Serving")]
+    pub idle_connection_timeout: std::time::Duration,
+
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Serving")]
+    pub http2_max_streams_per_connection: u32,
+
     /// Where reports are kept: sqlite://PATH (a file, created on first start), sqlite::memory:,
     /// or PostgreSQL as postgres://USER@HOST:PORT/DB or a libpq key=value string. Without it,
     /// upstream's DB_HOST, DB_PORT, DB_USER, DB_PASSWORD and DB_DATABASE select PostgreSQL, and
@@ -243,6 +274,20 @@ impl Args {
         storage_url(self.storage.as_deref(), env)
     }
 
+    /// The serving limits from the flags.
+    pub fn serving_limits(&self) -> crate::limits::ServingLimits {
+        crate::limits::ServingLimits {
+            max_body_bytes: self.max_request_body_bytes,
+            max_read_only: self.max_requests_inflight,
+            max_mutating: self.max_mutating_requests_inflight,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections.unwrap_or_else(crate::limits::default_max_connections),
+            header_read_timeout: self.read_header_timeout,
+            idle_timeout: self.idle_connection_timeout,
+            http2_max_streams: self.http2_max_streams_per_connection,
+        }
+    }
+
     /// PostgreSQL settings from the flags.
     pub fn postgres_settings(&self) -> anyhow::Result<reports_store::postgres::PgSettings> {
         let secs = std::time::Duration::from_secs;
@@ -352,6 +397,14 @@ impl Args {
         std::fs::read_to_string(cert.parent()?.join("ca.crt"))
             .ok()
             .filter(|pem| pem.contains("BEGIN CERTIFICATE"))
+    }
+}
+
+/// A Go-style duration that is more than zero (a zero timeout would refuse everything).
+fn positive_duration(value: &str) -> Result<std::time::Duration, String> {
+    match go_duration(value)? {
+        std::time::Duration::ZERO => Err(format!("{value:?}: must be more than zero")),
+        duration => Ok(duration),
     }
 }
 

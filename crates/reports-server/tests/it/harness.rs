@@ -67,7 +67,7 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().unwrap(),
             certificate: pki.serving.clone(),
             storage: format!("sqlite://{}", dir.path().join("reports.db").display()),
-            max_body_bytes: 3 * 1024 * 1024,
+            limits: Default::default(),
             change_log_retention_seconds: 900,
             watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
             commit_trace: None,

@@ -33,6 +33,7 @@ mod errors;
 mod hardening;
 mod harness;
 mod kubectl;
+mod limits;
 mod lists;
 mod metrics;
 mod negotiation;

@@ -28,11 +28,17 @@ fn start(db: &std::path::Path) -> (Child, String) {
 /// once it has logged that it is ready, and every log line it writes (collected in the
 /// background, so the server never blocks on a full pipe).
 pub fn start_binary(args: &[&str], env: &[(&str, &str)]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(BINARY)
+    let mut command = Command::new(BINARY);
+    command.args(args).envs(env.iter().copied());
+    start_command(command)
+}
+
+/// [`start_binary`] for a command that runs the binary in its own way (under a shell's `ulimit`,
+/// say); `--secure-port 0` is appended to its arguments.
+pub fn start_command(mut command: Command) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let mut child = command
         .args(["--secure-port", "0"])
-        .args(args)
         .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

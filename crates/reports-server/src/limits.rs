@@ -1,0 +1,149 @@
+//! Limits that keep one client from hurting the others.
+//!
+//! An aggregated API server sits on the control path of every cluster it serves: a client that
+//! floods it, dribbles bytes at it or opens connections and sends nothing must not slow down the
+//! namespace controller, the garbage collector or Kyverno. Each limit answers one such client,
+//! the way kube-apiserver answers it:
+//!
+//! - **Requests in flight** ([`admit`]): at most `max_read_only` reads and `max_mutating` writes
+//!   are served at once (kube's `--max-requests-inflight` 400 and
+//!   `--max-mutating-requests-inflight` 200); one more gets 429 with `Retry-After: 1` at once,
+//!   which every client-go and kube-rs client retries, instead of everyone queueing. A slot is
+//!   held until the response body has been sent, so the memory of streamed lists is bounded by
+//!   the read-only limit. Watches are long-running and counted apart (they cost a slot of the
+//!   watch window, not a request), and the health endpoints and `/metrics` are exempt, so probes
+//!   and scrapes keep answering under a flood (kube exempts probes the same way).
+//! - **Request timeout** ([`admit`]): a request that has not produced its response head within
+//!   `request_timeout` (kube's `--request-timeout`, 60 s) gets 504 Timeout; this is what ends a
+//!   body that stops arriving (`Content-Length: 100` and 9 bytes sent). Watches are exempt.
+//! - **Connections** (`serve`): at most `max_connections` at once; at the limit the accept loop
+//!   waits for one to close, so further clients wait in the kernel's backlog instead of being
+//!   accepted into a process out of file descriptors. The default is derived from the
+//!   open-file limit (raised to its hard maximum at start, as Go programs do).
+//! - **Slow and idle connections** (`serve`): HTTP/1 request headers must arrive within
+//!   `header_read_timeout` (kube: 32 s), and a connection with no request in progress is closed
+//!   after `idle_timeout` (kube: 90 s); a watch in progress keeps its connection open however
+//!   quiet it is.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::Request,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use reports_core::{request_info::RequestInfo, ApiError};
+use tokio::sync::Semaphore;
+
+use crate::response::{hold_until_sent, ErrorResponse};
+
+/// Every limit the serving path enforces; see the module documentation for what each answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingLimits {
+    /// Largest request body accepted (413 beyond it; kube-apiserver's limit is 3 MiB).
+    pub max_body_bytes: usize,
+    /// Reads served at once (0: no limit).
+    pub max_read_only: usize,
+    /// Writes served at once (0: no limit).
+    pub max_mutating: usize,
+    /// Longest time to a response head for requests other than watches.
+    pub request_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Longest time for an HTTP/1 request's headers to arrive.
+    pub header_read_timeout: Duration,
+    /// How long a connection with no request in progress stays open.
+    pub idle_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
+}
+
+impl Default for ServingLimits {
+    /// kube-apiserver's values, and a connection limit derived from the open-file limit.
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 3 * 1024 * 1024,
+            max_read_only: 400,
+            max_mutating: 200,
+            request_timeout: Duration::from_secs(60),
+            max_connections: default_max_connections(),
+            header_read_timeout: Duration::from_secs(32),
+            idle_timeout: Duration::from_secs(90),
+            http2_max_streams: 1000,
+        }
+    }
+}
+
+/// The connection limit for this process's open-file limit: all of it but a reserve for the
+/// database, the SQLite files and the log (a quarter, at most 256 descriptors).
+pub fn default_max_connections() -> usize {
+    let limit = open_file_limit().unwrap_or(1024);
+    let reserve = (limit / 4).min(256);
+    (limit - reserve).max(1) as usize
+}
+
+/// Raises the soft open-file limit to the hard one, as the Go runtime does at start, so a
+/// server started with a small default limit (1024) can still hold thousands of connections.
+/// Returns the limit in force afterwards.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    open_file_limit()
+}
+
+/// The soft open-file limit, if there is one.
+fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// The in-flight slots and the request timeout, shared by every request.
+pub(crate) struct Admission {
+    /// Slots for reads; None when unlimited.
+    read_only: Option<Arc<Semaphore>>,
+    /// Slots for writes; None when unlimited.
+    mutating: Option<Arc<Semaphore>>,
+    /// See [`ServingLimits::request_timeout`].
+    request_timeout: Duration,
+}
+
+impl Admission {
+    /// The admission rules of `limits`.
+    pub(crate) fn new(limits: &ServingLimits) -> Self {
+        let slots = |n: usize| (n > 0).then(|| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+        Self {
+            read_only: slots(limits.max_read_only),
+            mutating: slots(limits.max_mutating),
+            request_timeout: limits.request_timeout,
+        }
+    }
+}
+
+/// Request middleware: a slot in flight and a deadline for everything but watches, health
+/// checks and scrapes. Runs inside the metrics layer, which resolves the request info and counts
+/// the 429s and 504s as kube-apiserver counts them.
+pub(crate) async fn admit(admission: Arc<Admission>, request: Request, next: Next) -> Response {
+    let exempt = request.extensions().get::<RequestInfo>().is_none_or(RequestInfo::is_long_running)
+        || matches!(request.uri().path(), "/healthz" | "/livez" | "/readyz" | "/metrics");
+    if exempt {
+        return next.run(request).await;
+    }
+    let read_only = request.extensions().get::<RequestInfo>().is_some_and(RequestInfo::is_read_only);
+    let slots = if read_only { &admission.read_only } else { &admission.mutating };
+    let slot = match slots {
+        Some(slots) => match Arc::clone(slots).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => return ErrorResponse(ApiError::too_many_requests()).into_response(),
+        },
+        None => None,
+    };
+    match tokio::time::timeout(admission.request_timeout, next.run(request)).await {
+        Ok(response) => hold_until_sent(response, slot),
+        Err(_) => ErrorResponse(ApiError::request_timeout()).into_response(),
+    }
+}

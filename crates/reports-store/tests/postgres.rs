@@ -206,6 +206,11 @@ async fn an_upstream_database_is_adopted_in_place_keeping_every_report() {
     rvs.dedup();
     assert_eq!(rvs.len(), 7, "every adopted report has its own RV");
     assert_eq!(store.current_rv().await.unwrap(), *rvs.last().unwrap(), "the counter continues after them");
+    // Upstream's clients hold upstream's RVs (at most 17 in the fixture): every RV up to the
+    // adoption point is too old, so a watch or continue token from one of them gets 410 and
+    // relists, while the RV of a list served now is where a watch can start.
+    assert!(rvs[0] > 17, "adopted reports are numbered above every upstream RV: {rvs:?}");
+    assert_eq!(store.compacted_rv().await.unwrap(), *rvs.last().unwrap());
     // Labels are queryable like any other report's.
     let mut query = reports_store::ListQuery { resource: "policyreports".into(), ..Default::default() };
     query.labels =
@@ -232,7 +237,8 @@ async fn an_upstream_database_is_adopted_in_place_keeping_every_report() {
         store_on(&pg.url(&db), &PgSettings { cluster_id: Some(PROD_US.into()), ..Default::default() }).await;
     let theirs = us.get("policyreports", "web", "pod-nginx").await.unwrap().unwrap();
     assert_eq!(theirs.uid, "aa7c1f52-8888-4a44-9a0e-7d1c2b3a4f57");
-    assert_eq!(us.current_rv().await.unwrap(), 2);
+    assert!(us.current_rv().await.unwrap() > 17);
+    assert_eq!(us.compacted_rv().await.unwrap(), us.current_rv().await.unwrap(), "too old below it");
     // Picking the cluster by upstream's --clustername works too.
     let by_name =
         store_on(&pg.url(&db), &PgSettings { cluster_name: Some("prod-us".into()), ..Default::default() })
@@ -240,19 +246,38 @@ async fn an_upstream_database_is_adopted_in_place_keeping_every_report() {
     assert_eq!(by_name.cluster_id().to_string(), PROD_US);
 }
 
+/// Everything a start could create or change: tables, the label-hash function, recorded clusters.
+fn schema_snapshot(pg: &PgCluster, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT (SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public')
+             || ' | ' || (SELECT count(*) FROM pg_proc WHERE proname = 'reports_label_hash')
+             || ' | ' || (SELECT string_agg(id::text, ',' ORDER BY id) FROM clusters)
+             || ' | ' || (SELECT count(*) FROM policyreports)",
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dirty_upstream_schema_is_refused_and_left_untouched() {
+async fn a_dirty_or_older_upstream_schema_is_refused_and_left_untouched() {
     let pg = cluster();
-    let db = upstream_database();
-    pg.psql(&db, "UPDATE schema_migrations SET dirty = true").unwrap();
-    let eu = PgSettings { cluster_id: Some(PROD_EU.into()), ..Default::default() };
-    let err = PgStore::connect(&pg.url(&db), &eu).await.err().expect("refused");
-    assert!(err.to_string().contains("dirty"), "{err}");
-    assert_eq!(
-        pg.psql(&db, "SELECT count(*) FROM policyreports").unwrap().trim(),
-        "3",
-        "upstream data untouched"
-    );
+    for (breakage, expected) in [
+        ("UPDATE schema_migrations SET dirty = true", "dirty"),
+        ("UPDATE schema_migrations SET version = 10", "version 10"),
+    ] {
+        let db = upstream_database();
+        pg.psql(&db, breakage).unwrap();
+        let before = schema_snapshot(pg, &db);
+        // Without a cluster id, as a start that would otherwise record a new cluster.
+        let err = PgStore::connect(&pg.url(&db), &PgSettings::default()).await.err().expect("refused");
+        assert!(err.to_string().contains(expected), "{err}");
+        assert_eq!(schema_snapshot(pg, &db), before, "a refused start changed the database");
+        // Once upstream's migration is repaired, the adoption goes through.
+        pg.psql(&db, "UPDATE schema_migrations SET dirty = false, version = 11").unwrap();
+        let eu = PgSettings { cluster_id: Some(PROD_EU.into()), ..Default::default() };
+        let store = store_on(&pg.url(&db), &eu).await;
+        assert!(store.get("policyreports", "web", "pod-nginx").await.unwrap().is_some());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

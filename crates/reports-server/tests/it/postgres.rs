@@ -222,3 +222,45 @@ async fn a_database_outage_is_a_503_and_loses_no_acknowledged_write() {
     let unseen: Vec<&String> = acked.iter().filter(|name| !seen.contains(name.as_str())).collect();
     assert!(unseen.is_empty(), "acknowledged creates the watch never delivered: {unseen:?}");
 }
+
+/// After adopting an upstream database, the RVs upstream's clients still hold are too old: a
+/// watch from one gets 410 and relists (never a stream of changes to objects it was never sent),
+/// and the list served right after the adoption is where a new watch starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_adopting_upstream_its_resource_versions_are_too_old() {
+    let pg = PgCluster::shared();
+    let db = PgCluster::unique_name("adopted");
+    pg.create_database(&db, None).unwrap();
+    pg.psql(&db, include_str!("../../../reports-store/tests/fixtures/upstream_v11.sql")).unwrap();
+    let t = TestServer::start_with(|c| {
+        c.storage = pg.url(&db);
+        c.postgres.cluster_id = Some("6f1d2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b".into());
+    })
+    .await;
+    let api = polr_api(&t.kube(), "web");
+    for upstream_rv in ["1", "5", "17"] {
+        let mut events = api.watch(&WatchParams::default(), upstream_rv).await.unwrap().boxed();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(30), events.try_next())
+            .await
+            .expect("an answer within the deadline");
+        match first.unwrap() {
+            Some(WatchEvent::Error(status)) => {
+                assert_eq!((status.code, status.reason.as_str()), (410, "Expired"))
+            }
+            other => panic!("a watch from upstream's RV {upstream_rv} must get 410, got {other:?}"),
+        }
+    }
+    // List, then watch from the list's RV: a change made afterwards arrives, nothing before it.
+    let listed = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "upstream's report in web");
+    let mut events =
+        api.watch(&WatchParams::default(), &listed.metadata.resource_version.unwrap()).await.unwrap().boxed();
+    api.create(&PostParams::default(), &to_dynamic(sample_object(0, "after", Some("web")))).await.unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(30), events.try_next())
+        .await
+        .expect("an event within the deadline");
+    match next.unwrap() {
+        Some(WatchEvent::Added(object)) => assert_eq!(object.metadata.name.as_deref(), Some("after")),
+        other => panic!("expected the ADDED of the new report, got {other:?}"),
+    }
+}

@@ -91,15 +91,20 @@ pub(super) async fn setup(
     result
 }
 
+/// Everything in one transaction (PostgreSQL's DDL is transactional): a start that fails or
+/// refuses, say on a dirty upstream schema, leaves the database exactly as it found it, without
+/// half a schema or a cluster recorded by a start that never served.
 async fn setup_locked(client: &mut deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS reports_server_migrations (
-                version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-        )
-        .await
-        .map_err(db_error)?;
-    let applied: i32 = client
+    let tx = client.transaction().await.map_err(db_error)?;
+    // Refuse before creating anything of ours.
+    let adoptable = upstream::find(&tx).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS reports_server_migrations (
+            version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(db_error)?;
+    let applied: i32 = tx
         .query_one("SELECT coalesce(max(version), 0) FROM reports_server_migrations", &[])
         .await
         .map_err(db_error)?
@@ -112,30 +117,33 @@ async fn setup_locked(client: &mut deadpool_postgres::Object, settings: &PgSetti
         )));
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let tx = client.transaction().await.map_err(db_error)?;
         tx.batch_execute(migration).await.map_err(db_error)?;
         tx.execute("INSERT INTO reports_server_migrations (version) VALUES ($1)", &[&(index as i32 + 1)])
             .await
             .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        tracing::info!(version = index + 1, "applied PostgreSQL schema migration");
+        tracing::info!(version = index + 1, "applying PostgreSQL schema migration");
     }
-    let cluster = resolve_cluster(client, settings).await?;
-    client
-        .execute(
-            // Starts at 1, never 0: a list at RV "0" followed by a watch from "0" would ask for
-            // the current state again instead of the changes after the list.
-            "INSERT INTO report_counters (cluster_id, rv) VALUES ($1, 1) ON CONFLICT (cluster_id) DO NOTHING",
-            &[&cluster],
-        )
-        .await
-        .map_err(db_error)?;
-    upstream::adopt(client, cluster).await?;
+    let cluster = resolve_cluster(&tx, settings).await?;
+    tx.execute(
+        // Starts at 1, never 0: a list at RV "0" followed by a watch from "0" would ask for
+        // the current state again instead of the changes after the list.
+        "INSERT INTO report_counters (cluster_id, rv) VALUES ($1, 1) ON CONFLICT (cluster_id) DO NOTHING",
+        &[&cluster],
+    )
+    .await
+    .map_err(db_error)?;
+    if adoptable {
+        upstream::adopt(&tx, cluster).await?;
+    }
+    tx.commit().await.map_err(db_error)?;
     Ok(cluster)
 }
 
 /// The cluster id: the configured one, else the only one recorded, else a new one.
-async fn resolve_cluster(client: &deadpool_postgres::Object, settings: &PgSettings) -> StoreResult<Uuid> {
+async fn resolve_cluster(
+    client: &deadpool_postgres::Transaction<'_>,
+    settings: &PgSettings,
+) -> StoreResult<Uuid> {
     let name = settings.cluster_name.clone();
     if let Some(id) = &settings.cluster_id {
         let id = Uuid::parse_str(id)

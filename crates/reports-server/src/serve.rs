@@ -22,6 +22,11 @@ use crate::limits::ServingLimits;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may take to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// An answer given before the request body was read (413 for a declared length over the limit,
+/// 401, 429...) waits until up to this many times the body limit has been read and discarded.
+const DRAIN_FACTOR: usize = 4;
+/// How long that discarding may take.
+const DRAIN_TIMEOUT_PER_REQUEST: Duration = Duration::from_secs(10);
 /// Longest pause of the accept loop after an accept error (out of file descriptors, say): long
 /// enough not to spin, short enough to resume soon after descriptors free up.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -82,6 +87,7 @@ pub(crate) async fn serve(
             router: router.clone(),
             builder: builder.clone(),
             idle_timeout: limits.idle_timeout,
+            drain_limit: limits.max_body_bytes.saturating_mul(DRAIN_FACTOR),
             shutting_down: shutting_down.clone(),
             _permit: permit,
         };
@@ -100,6 +106,8 @@ struct Connection {
     router: Router,
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
+    /// Request body bytes read and discarded after an early answer (see [`SharedBody`]).
+    drain_limit: usize,
     shutting_down: watch::Receiver<bool>,
     /// This connection's place under the connection limit, given back when it ends.
     _permit: OwnedSemaphorePermit,
@@ -127,12 +135,21 @@ impl Connection {
         let (active, mut activity) = watch::channel(0usize);
         let active = Arc::new(active);
         let router = self.router.clone();
-        let service = tower::service_fn(move |mut request: Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(peer_certificates.clone());
+        let drain_limit = self.drain_limit;
+        let service = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let (mut parts, incoming) = request.into_parts();
+            parts.extensions.insert(peer_certificates.clone());
+            // A client still waiting for `100 Continue` has sent nothing to drain.
+            let expects_continue = parts.headers.contains_key(http::header::EXPECT);
+            let (body, unread) = SharedBody::new(incoming);
+            let request = Request::from_parts(parts, axum::body::Body::new(body));
             let router = router.clone();
             let in_progress = InProgress::start(Arc::clone(&active));
             async move {
-                let response = router.oneshot(request.map(axum::body::Body::new)).await?;
+                let response = router.oneshot(request).await?;
+                if !expects_continue {
+                    unread.drain(drain_limit).await;
+                }
                 Ok::<_, Infallible>(crate::response::hold_until_sent(response, in_progress))
             }
         });
@@ -185,5 +202,67 @@ impl InProgress {
 impl Drop for InProgress {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A request body shared between the handler and the connection, so that what the handler left
+/// unread can be drained before its answer is sent.
+///
+/// A client that sends its whole body before reading (most do, and HTTP/2 clients always may)
+/// loses an early answer if the server stops reading: HTTP/1 closes the connection under the
+/// body still arriving (the client sees a reset, not the 413), and HTTP/2 resets the stream.
+/// Reading the rest of the body first, up to a bound in bytes and time, lets the answer arrive
+/// as kube-apiserver's does; a body past the bound is cut off as before.
+struct SharedBody(Arc<std::sync::Mutex<hyper::body::Incoming>>);
+
+impl SharedBody {
+    /// The body for the handler, and the handle that drains what it leaves.
+    fn new(incoming: hyper::body::Incoming) -> (Self, Self) {
+        let shared = Arc::new(std::sync::Mutex::new(incoming));
+        (Self(Arc::clone(&shared)), Self(shared))
+    }
+
+    /// Reads and discards up to `limit` bytes of what is left, for at most
+    /// [`DRAIN_TIMEOUT_PER_REQUEST`].
+    async fn drain(self, limit: usize) {
+        use http_body::Body as _;
+        if self.is_end_stream() {
+            return;
+        }
+        let mut body = self;
+        let mut drained = 0usize;
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT_PER_REQUEST, async {
+            while drained <= limit {
+                match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+                    Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                    Some(Err(_)) | None => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, hyper::body::Incoming> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl http_body::Body for SharedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut *self.lock()).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.lock().is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.lock().size_hint()
     }
 }

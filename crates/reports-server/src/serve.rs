@@ -19,6 +19,8 @@ use tower::ServiceExt as _;
 
 use crate::limits::ServingLimits;
 
+/// Largest request head, as Go's `http.DefaultMaxHeaderBytes`.
+const MAX_HEADER_BYTES: usize = 1 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may take to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -41,8 +43,19 @@ pub(crate) async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    builder.http2().max_concurrent_streams(limits.http2_max_streams);
+    // Request heads up to 1 MiB on both protocols, as Go's server (kube-apiserver) accepts:
+    // the aggregator forwards a user's groups as headers, and selectors can be long. (hyper's
+    // own defaults are 400 KiB for HTTP/1 and 16 KiB for HTTP/2; it still caps an HTTP/1
+    // request line at 64 KiB, answered with 414.)
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_concurrent_streams(limits.http2_max_streams)
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     // Every open connection holds a permit; the drain waits until all are back.
     let connections = Arc::new(Semaphore::new(max_connections));

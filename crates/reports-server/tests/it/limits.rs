@@ -345,3 +345,22 @@ async fn an_oversized_body_gets_its_413_on_both_protocols() {
     }
     assert_eq!(stored_reports(&t).await, 0);
 }
+
+/// Request heads up to 1 MiB are served on both protocols, as kube-apiserver (Go) serves them:
+/// the aggregator forwards every group of a user as a header. Beyond that, 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_request_heads_are_served_on_both_protocols() {
+    let t = TestServer::start().await;
+    for http2 in [false, true] {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap());
+        let client =
+            if http2 { client.http2_prior_knowledge() } else { client.http1_only() }.build().unwrap();
+        let large = client.get(t.url(REPORTS)).header("x-large", "g".repeat(200_000)).send().await.unwrap();
+        assert_eq!(large.status(), 200, "HTTP/2: {http2}");
+        if !http2 {
+            let too_large = client.get(t.url(REPORTS)).header("x-large", "g".repeat(1_100_000)).send().await;
+            assert_eq!(too_large.unwrap().status(), 431);
+        }
+    }
+}

@@ -17,6 +17,7 @@
 //! - `watch-lag`: watch fan-out alone;
 //! - `auth-overhead`: what delegated authentication and authorization add to a request;
 //! - `migration`: how fast reports stored as CRD objects are copied at start;
+//! - `overload`: one client's flood of lists and writes against another's small GETs;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
 //! Modules: [`shapes`] (documents), [`load`] (open and closed loops, CPU accounting), [`api`]
@@ -31,6 +32,7 @@ mod api;
 mod etcd;
 mod in_cluster;
 mod load;
+mod overload;
 mod procs;
 mod raw_pg;
 mod report;
@@ -186,6 +188,28 @@ enum Command {
         #[arg(long)]
         storage: Option<String>,
     },
+    /// One client floods lists and writes while another GETs a small report at a fixed rate:
+    /// the probe's latency alone and under the flood, with the in-flight limits on or off.
+    Overload {
+        /// Concurrent list loops of the flooding client.
+        #[arg(long, default_value_t = 600)]
+        lists: usize,
+        /// Concurrent create loops of the flooding client.
+        #[arg(long, default_value_t = 300)]
+        writes: usize,
+        /// 6 KB reports in the listed namespace.
+        #[arg(long, default_value_t = 200)]
+        items: usize,
+        /// Probe GETs per second.
+        #[arg(long, default_value_t = 50.0)]
+        probe_rate: f64,
+        /// Seconds of flood.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Serve without in-flight limits (the comparison).
+        #[arg(long)]
+        unlimited: bool,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -223,6 +247,11 @@ fn main() -> anyhow::Result<()> {
         Command::Migration { reports, storage } => {
             let result = runtime.block_on(in_cluster::migration_rate(reports, storage))?;
             println!("{result}");
+            Ok(())
+        }
+        Command::Overload { lists, writes, items, probe_rate, seconds, unlimited } => {
+            let flood = overload::Flood { lists, writes, items, probe_rate, seconds, unlimited };
+            println!("{}", runtime.block_on(overload::overload(flood))?);
             Ok(())
         }
         Command::AuthOverhead { requests, concurrency, rounds } => {

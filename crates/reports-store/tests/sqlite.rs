@@ -122,3 +122,121 @@ async fn concurrent_writes_share_commits_without_changing_any_answer() {
     let from_file = reopened.changes_since(None, start, 100_000).await.unwrap();
     assert_eq!(from_file.iter().map(|c| c.rv).collect::<Vec<_>>(), (start + 1..=end).collect::<Vec<_>>());
 }
+
+/// A report of about 8 KB.
+fn padded_report(i: usize) -> serde_json::Value {
+    json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport",
+        "metadata":{"name":format!("r{i}"),"namespace":"ns","uid":format!("u{i}")},
+        "results":[{"message":"x".repeat(8 * 1024)}]})
+}
+
+/// Waits (at most 30 s) until `condition` holds, failing the test with `what` otherwise.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{what} within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Reads without pause keep SQLite from ever starting its WAL over on its own (it grew to 5 GB
+/// under a flood); the store resets it once it passes its limit, reads going on all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_reset_past_its_limit_while_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reports.db");
+    let limits = reports_store::sqlite::SqliteLimits { wal_bytes: 1 << 20, ..Default::default() };
+    let store = Arc::new(SqliteStore::open_with_limits(&path, limits).unwrap());
+    let wal = dir.path().join("reports.db-wal");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.get("policyreports", "ns", "r0").await.unwrap();
+                reads += 1;
+            }
+            reads
+        }
+    });
+    let mut largest = 0;
+    for i in 0..1024 {
+        store.create("policyreports", padded_report(i)).await.unwrap();
+        largest = largest.max(file_len(&wal));
+    }
+    assert!(largest > 4 << 20, "the writes did reach the WAL ({largest} bytes at most)");
+    eventually("the WAL reset below its limit while reads continue", || file_len(&wal) <= 1 << 20).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 0);
+    assert_eq!(
+        store.get("policyreports", "ns", "r1023").await.unwrap().map(|o| o.name),
+        Some("r1023".into())
+    );
+}
+
+/// Deleted reports give their space back to the file system, and a clean close leaves no WAL
+/// and no free pages behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_space_is_given_back_and_a_clean_close_leaves_a_compact_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reports.db");
+    let limits = reports_store::sqlite::SqliteLimits { wal_bytes: 1 << 20, free_pages: 64 };
+    let store = SqliteStore::open_with_limits(&path, limits).unwrap();
+    let mut keys = Vec::new();
+    for i in 0..1024 {
+        let created = store.create("policyreports", padded_report(i)).await.unwrap();
+        keys.push((created.namespace, created.name, created.rv));
+    }
+    eventually("the reports reached the database file", || file_len(&path) > 8 << 20).await;
+    let full = file_len(&path);
+    for chunk in keys.chunks(256) {
+        store.delete_batch("policyreports", chunk.to_vec()).await.unwrap();
+    }
+    // The change log's copies go with compaction; then the pages are free.
+    store.compact(0).await.unwrap();
+    eventually("the free pages given back", || file_len(&path) < full / 4).await;
+
+    drop(store);
+
+    // Free pages under the threshold stay until the store closes, and go then.
+    let patient = reports_store::sqlite::SqliteLimits { free_pages: u64::MAX, ..limits };
+    let store = SqliteStore::open_with_limits(&path, patient).unwrap();
+    let mut keys = Vec::new();
+    for i in 0..64 {
+        let created = store.create("policyreports", padded_report(i)).await.unwrap();
+        keys.push((created.namespace, created.name, created.rv));
+    }
+    store.delete_batch("policyreports", keys).await.unwrap();
+    store.compact(0).await.unwrap();
+    drop(store);
+    assert_eq!(file_len(&dir.path().join("reports.db-wal")), 0, "no WAL left after a clean close");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).unwrap();
+    assert_eq!(free, 0, "no free pages left after a clean close");
+}
+
+/// A file made before incremental vacuum existed is rebuilt once at open, keeping its reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_file_is_converted_to_incremental_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reports.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.create("policyreports", padded_report(1)).await.unwrap();
+    }
+    // As an older binary left it: no auto-vacuum.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA auto_vacuum = NONE; VACUUM;").unwrap();
+    assert_eq!(conn.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(store.get("policyreports", "ns", "r1").await.unwrap().is_some());
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(conn.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0)).unwrap(), 2, "incremental");
+}

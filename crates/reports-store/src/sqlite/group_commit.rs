@@ -91,6 +91,7 @@ where
 }
 
 /// The writer connection and the queue of writes waiting for it.
+#[derive(Clone)]
 pub(super) struct GroupCommit {
     shared: Arc<Shared>,
 }
@@ -146,6 +147,18 @@ impl GroupCommit {
     pub fn grouped(&self) -> u64 {
         self.shared.grouped.get()
     }
+
+    /// Runs `work` on the writer connection between two write transactions (maintenance that
+    /// must not compete with the writer for SQLite's write lock, such as resetting the WAL),
+    /// then runs the writes that queued meanwhile. Blocking: call it from a plain thread.
+    pub fn between_writes<T>(&self, work: impl FnOnce(&mut Connection) -> T) -> Option<T> {
+        let mut conn = self.shared.writer.lock().ok()?;
+        let result = work(&mut conn);
+        // Writes that arrived while the writer was held found it busy and left their jobs
+        // queued: they are this holder's to run.
+        self.shared.run_held(conn);
+        Some(result)
+    }
 }
 
 impl Shared {
@@ -155,7 +168,7 @@ impl Shared {
     /// while holding the queue, so a write queued before that look is run by it and one queued
     /// after finds the writer free.
     fn run_pending(&self) {
-        let mut conn = match self.writer.try_lock() {
+        let conn = match self.writer.try_lock() {
             Ok(conn) => conn,
             Err(TryLockError::WouldBlock) => return,
             Err(TryLockError::Poisoned(_)) => {
@@ -164,6 +177,11 @@ impl Shared {
                 return;
             }
         };
+        self.run_held(conn);
+    }
+
+    /// Runs waiting writes on the held writer until the queue is empty (see [`Self::run_pending`]).
+    fn run_held(&self, mut conn: std::sync::MutexGuard<'_, Connection>) {
         loop {
             let Ok(mut waiting) = self.pending.lock() else { return };
             if waiting.is_empty() {

@@ -30,6 +30,8 @@ use crate::{
 
 mod changes;
 mod checkpoint;
+
+pub use checkpoint::SqliteLimits;
 mod errors;
 mod group_commit;
 mod list;
@@ -50,8 +52,9 @@ pub struct SqliteStore {
     /// The newest changes, in RV order, so the watch feed reads what was just committed from
     /// memory instead of the file.
     recent: Arc<RecentChanges>,
-    /// Dropped with the store, which tells the checkpoint thread to stop.
-    _checkpointer: std::sync::mpsc::SyncSender<()>,
+    /// Keeps the WAL and the free pages bounded; dropped with the store, which stops it after a
+    /// last truncation and vacuum (declared before `writes`' last user goes away).
+    _checkpointer: checkpoint::Checkpointer,
     /// Keeps the directory of a `sqlite::memory:` store alive until the store is dropped.
     _temporary_dir: Option<tempfile::TempDir>,
 }
@@ -59,7 +62,12 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating and migrating when needed) the database file at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        Self::open_with(path, None)
+        Self::open_with(path, None, SqliteLimits::default())
+    }
+
+    /// [`open`](Self::open) with other limits for the WAL and free pages (tests use small ones).
+    pub fn open_with_limits(path: &Path, limits: SqliteLimits) -> StoreResult<Self> {
+        Self::open_with(path, None, limits)
     }
 
     /// A store in a private temporary file, removed when the store is dropped (`sqlite::memory:`;
@@ -68,10 +76,14 @@ impl SqliteStore {
         let dir = tempfile::tempdir()
             .map_err(|e| StoreError::backend_caused("creating a temporary directory", e))?;
         let path = dir.path().join("reports.db");
-        Self::open_with(&path, Some(dir))
+        Self::open_with(&path, Some(dir), SqliteLimits::default())
     }
 
-    fn open_with(path: &Path, temporary_dir: Option<tempfile::TempDir>) -> StoreResult<Self> {
+    fn open_with(
+        path: &Path,
+        temporary_dir: Option<tempfile::TempDir>,
+        limits: SqliteLimits,
+    ) -> StoreResult<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::backend_caused(format!("creating {}", parent.display()), e))?;
@@ -80,12 +92,13 @@ impl SqliteStore {
         schema::migrate(&mut writer)?;
         // Checkpoints are the checkpoint thread's job, never a committing writer's.
         writer.execute_batch("PRAGMA wal_autocheckpoint = 0").map_err(sqlite_error)?;
-        let checkpointer = checkpoint::start_checkpointer(path)?;
         let rv: i64 = writer.query_row("SELECT rv FROM counter", [], |r| r.get(0)).map_err(sqlite_error)?;
         let committed = Arc::new(CommitSignal::new(rv as u64));
         let recent = Arc::new(RecentChanges::default());
+        let writes = GroupCommit::new(writer, committed.clone(), recent.clone());
+        let checkpointer = checkpoint::start_checkpointer(path, writes.clone(), limits)?;
         Ok(Self {
-            writes: GroupCommit::new(writer, committed.clone(), recent.clone()),
+            writes,
             readers: Readers::new(path),
             committed,
             recent,

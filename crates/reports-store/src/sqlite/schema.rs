@@ -46,17 +46,36 @@ INSERT INTO meta (key, value) VALUES ('compacted_rv', '0');
     "UPDATE counter SET rv = 1 WHERE rv = 0;",
 ];
 
+/// `PRAGMA auto_vacuum`'s value for INCREMENTAL.
+const INCREMENTAL_AUTO_VACUUM: i64 = 2;
+
 /// Opens a connection to the file at `path` in WAL mode with `synchronous=NORMAL`.
 pub(super) fn open_connection(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(sqlite_error)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sqlite_error)?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-        .map_err(sqlite_error)?;
+    // auto_vacuum first: on a new file it only takes effect before anything is written, and
+    // switching to WAL writes the header (see `migrate` for older files).
+    conn.execute_batch(
+        "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA foreign_keys = ON;",
+    )
+    .map_err(sqlite_error)?;
     Ok(conn)
 }
 
 /// Brings the schema up to this binary's version; refuses a newer one.
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    // Free pages are given back to the file system as they accumulate (see `checkpoint`). The
+    // mode is fixed when the file is created (`open_connection` asks for it); a file made
+    // before is rebuilt once.
+    let has_tables: bool = conn
+        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
+        .map_err(sqlite_error)?;
+    let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).map_err(sqlite_error)?;
+    if has_tables && auto_vacuum != INCREMENTAL_AUTO_VACUUM {
+        tracing::info!("rebuilding the SQLite file once so that deleted space can be given back");
+        conn.execute_batch("VACUUM").map_err(sqlite_error)?;
+    }
     conn.execute_batch("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
         .map_err(sqlite_error)?;
     let tx =

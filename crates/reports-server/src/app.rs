@@ -42,9 +42,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(|| async { ErrorResponse(ApiError::path_not_found()) })
         .layer(axum::middleware::from_fn(undecodable_path));
     // The layer added last runs first: metrics see every answer, refusals included, as
-    // kube-apiserver counts them, and resolve the request info that admission and the guard
-    // read; admission refuses a request over the limits before authentication spends anything
-    // on it.
+    // kube-apiserver counts them, and resolve the request info that the guard and admission
+    // read; admission comes after the guard, which names the client whose share it counts.
+    let routes = routes.layer(axum::middleware::from_fn(move |request, next| {
+        crate::limits::admit(admission.clone(), request, next)
+    }));
     let routes = match guard {
         Some(guard) => routes.layer(axum::middleware::from_fn(move |request, next| {
             crate::auth::guard(guard.clone(), request, next)
@@ -52,9 +54,6 @@ pub(crate) fn router(state: AppState) -> Router {
         None => routes,
     };
     routes
-        .layer(axum::middleware::from_fn(move |request, next| {
-            crate::limits::admit(admission.clone(), request, next)
-        }))
         .layer(axum::middleware::from_fn(move |request, next| {
             crate::metrics::track(metrics.clone(), request, next)
         }))

@@ -8,7 +8,10 @@
 //! - **Requests in flight** ([`admit`]): at most `max_read_only` reads and `max_mutating` writes
 //!   are served at once (kube's `--max-requests-inflight` 400 and
 //!   `--max-mutating-requests-inflight` 200); one more gets 429 with `Retry-After: 1` at once,
-//!   which every client-go and kube-rs client retries, instead of everyone queueing. A slot is
+//!   which every client-go and kube-rs client retries, instead of everyone queueing. One client
+//!   (a user; on a standalone server, an address) holds at most a quarter of each, so a flood
+//!   from one client leaves slots for the others, the way kube's priority and fairness keeps
+//!   flows apart. A slot is
 //!   held until the response body has been sent, so the memory of streamed lists is bounded by
 //!   the read-only limit. Watches are long-running and counted apart (they cost a slot of the
 //!   watch window, not a request), and the health endpoints and `/metrics` are exempt, so probes
@@ -25,7 +28,11 @@
 //!   after `idle_timeout` (kube: 90 s); a watch in progress keeps its connection open however
 //!   quiet it is.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     extract::Request,
@@ -33,7 +40,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use reports_core::{request_info::RequestInfo, ApiError};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::response::{hold_until_sent, ErrorResponse};
 
@@ -102,12 +109,27 @@ fn open_file_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
+/// One client's share of each kind of slot: a flooding client (one user; on a standalone
+/// server, one address) may hold at most this fraction of the slots, so the others always find
+/// some free.
+const CLIENT_SHARE_DIVISOR: usize = 4;
+
+/// The address a connection comes from, for telling clients apart where no user is known.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddress(pub(crate) std::net::IpAddr);
+
 /// The in-flight slots and the request timeout, shared by every request.
 pub(crate) struct Admission {
     /// Slots for reads; None when unlimited.
     read_only: Option<Arc<Semaphore>>,
     /// Slots for writes; None when unlimited.
     mutating: Option<Arc<Semaphore>>,
+    /// Most reads one client may have in flight.
+    client_read_only: usize,
+    /// Most writes one client may have in flight.
+    client_mutating: usize,
+    /// Slots held per client and kind (true: mutating); entries go when their count is zero.
+    clients: Mutex<HashMap<(String, bool), usize>>,
     /// See [`ServingLimits::request_timeout`].
     request_timeout: Duration,
 }
@@ -116,31 +138,80 @@ impl Admission {
     /// The admission rules of `limits`.
     pub(crate) fn new(limits: &ServingLimits) -> Self {
         let slots = |n: usize| (n > 0).then(|| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+        let share = |n: usize| if n == 0 { usize::MAX } else { (n / CLIENT_SHARE_DIVISOR).max(1) };
         Self {
             read_only: slots(limits.max_read_only),
             mutating: slots(limits.max_mutating),
+            client_read_only: share(limits.max_read_only),
+            client_mutating: share(limits.max_mutating),
+            clients: Mutex::default(),
             request_timeout: limits.request_timeout,
         }
+    }
+
+    /// A slot for `client`, or None when the client or the server is at its limit.
+    fn acquire(self: &Arc<Self>, client: String, mutating: bool) -> Option<Slot> {
+        let (slots, client_max) = if mutating {
+            (&self.mutating, self.client_mutating)
+        } else {
+            (&self.read_only, self.client_read_only)
+        };
+        let Some(slots) = slots else { return Some(Slot { permit: None, client: None }) };
+        let key = (client, mutating);
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = clients.get(&key).copied().unwrap_or(0);
+        if held >= client_max {
+            return None;
+        }
+        let permit = Arc::clone(slots).try_acquire_owned().ok()?;
+        clients.insert(key.clone(), held + 1);
+        Some(Slot { permit: Some(permit), client: Some((Arc::clone(self), key)) })
+    }
+}
+
+/// A request's place in flight: the server-wide permit and the client's count, both given back
+/// when the response has been sent.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    client: Option<(Arc<Admission>, (String, bool))>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((admission, key)) = self.client.take() {
+            let mut clients = admission.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(held) = clients.get_mut(&key) {
+                *held -= 1;
+                if *held == 0 {
+                    clients.remove(&key);
+                }
+            }
+        }
+        drop(self.permit.take());
     }
 }
 
 /// Request middleware: a slot in flight and a deadline for everything but watches, health
-/// checks and scrapes. Runs inside the metrics layer, which resolves the request info and counts
-/// the 429s and 504s as kube-apiserver counts them.
+/// checks and scrapes. Runs after authentication (the user names the client, as kube's
+/// priority and fairness names flows) and inside the metrics layer, which resolves the request
+/// info and counts the 429s and 504s as kube-apiserver counts them.
 pub(crate) async fn admit(admission: Arc<Admission>, request: Request, next: Next) -> Response {
     let exempt = request.extensions().get::<RequestInfo>().is_none_or(RequestInfo::is_long_running)
         || matches!(request.uri().path(), "/healthz" | "/livez" | "/readyz" | "/metrics");
     if exempt {
         return next.run(request).await;
     }
-    let read_only = request.extensions().get::<RequestInfo>().is_some_and(RequestInfo::is_read_only);
-    let slots = if read_only { &admission.read_only } else { &admission.mutating };
-    let slot = match slots {
-        Some(slots) => match Arc::clone(slots).try_acquire_owned() {
-            Ok(slot) => Some(slot),
-            Err(_) => return ErrorResponse(ApiError::too_many_requests()).into_response(),
-        },
-        None => None,
+    let mutating = !request.extensions().get::<RequestInfo>().is_some_and(RequestInfo::is_read_only);
+    let client = match (
+        request.extensions().get::<reports_auth::UserInfo>(),
+        request.extensions().get::<PeerAddress>(),
+    ) {
+        (Some(user), _) => format!("user:{}", user.name),
+        (None, Some(PeerAddress(ip))) => format!("address:{ip}"),
+        (None, None) => String::new(),
+    };
+    let Some(slot) = admission.acquire(client, mutating) else {
+        return ErrorResponse(ApiError::too_many_requests()).into_response();
     };
     match tokio::time::timeout(admission.request_timeout, next.run(request)).await {
         Ok(response) => hold_until_sent(response, slot),

@@ -152,6 +152,7 @@ impl Connection {
         let service = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
             let (mut parts, incoming) = request.into_parts();
             parts.extensions.insert(peer_certificates.clone());
+            parts.extensions.insert(crate::limits::PeerAddress(peer.ip()));
             // A client still waiting for `100 Continue` has sent nothing to drain.
             let expects_continue = parts.headers.contains_key(http::header::EXPECT);
             let (body, unread) = SharedBody::new(incoming);

@@ -364,3 +364,24 @@ async fn large_request_heads_are_served_on_both_protocols() {
         }
     }
 }
+
+/// One client holds at most a quarter of the slots: a client whose writes fill its share gets
+/// 429 while another client's writes are still served. Clients are told apart by user (in a
+/// cluster) or, as here on a standalone server, by address (127.0.0.2 is another loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_slot() {
+    let t = start(ServingLimits { max_mutating: 4, ..Default::default() }).await;
+    let stalled = start_stalled_create(&t).await;
+    wait_for_in_flight(&t, "mutating", 1).await;
+
+    let same_client = t.http().post(t.url(REPORTS)).json(&report("same")).send().await.unwrap();
+    assert_eq!(same_client.status(), 429, "the first client's share is one write");
+    let other = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let other_client = other.post(t.url(REPORTS)).json(&report("other")).send().await.unwrap();
+    assert_eq!(other_client.status(), 201, "another client still has its share");
+    drop(stalled);
+}

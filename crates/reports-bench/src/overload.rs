@@ -3,7 +3,7 @@
 //! One flooding client runs `lists` loops, each listing a namespace of `items` 6 KB reports
 //! over and over, and `writes` loops creating reports, all over HTTP/1.1 connections of its
 //! own, and it ignores `Retry-After` (a hostile or broken client retries at once). Another
-//! client, on its own HTTP/2 connection, GETs one small report at a fixed rate (open loop: each
+//! client, on its own HTTP/2 connection from another address, GETs one small report at a fixed rate (open loop: each
 //! GET is timed from when it was due, so a stalled server cannot hide its stall). The probe's
 //! latencies are reported alone first, then under the flood, with the server's limits on (its
 //! defaults) or off (`--unlimited`), with the flood's 429 counts and the process's peak RSS.
@@ -113,8 +113,13 @@ pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
         .create(0, &quiet, api::to_bytes(&small))
         .await
         .map_err(|s| anyhow::anyhow!("probe report: {s}"))?;
-    let probe_client =
-        reqwest::Client::builder().danger_accept_invalid_certs(true).http2_prior_knowledge().build()?;
+    // Another client: another address (127.0.0.2 is loopback too), as a standalone server tells
+    // clients apart by address (in a cluster, by user).
+    let probe_client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .http2_prior_knowledge()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()?;
     let probe_url = format!("{quiet}/probe");
     probe_client.get(&probe_url).send().await?.error_for_status()?;
 

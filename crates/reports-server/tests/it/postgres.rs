@@ -2,13 +2,13 @@
 //! configuration, and surviving a database outage. (Every behaviour shared with the embedded
 //! store is tested on both stores by `on_both_stores!` in the other modules.)
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use reports_test_support::PgCluster;
 use serde_json::{json, Value};
 
 use crate::{
-    harness::{polr_api, postgres_database, sample_object, to_dynamic, TestServer},
+    harness::{next_event, polr_api, postgres_database, sample_object, to_dynamic, TestServer},
     process::{insecure_client, start_binary},
 };
 
@@ -44,7 +44,7 @@ async fn a_watch_on_one_replica_sees_every_write_made_through_another() {
         .unwrap();
     let mut seen = Vec::new();
     while seen.len() < expected.len() + 2 {
-        match events.try_next().await.unwrap().expect("stream stays open") {
+        match next_event(&mut events).await.expect("stream stays open") {
             WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.clone().unwrap(), rv(&o))),
             WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.clone().unwrap(), rv(&o))),
             WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.clone().unwrap(), rv(&o))),
@@ -206,7 +206,7 @@ async fn a_database_outage_is_a_503_and_loses_no_acknowledged_write() {
     let mut seen = Vec::new();
     let mut last_rv = 0u64;
     while last_rv < newest {
-        match events.try_next().await.unwrap().expect("the watch stays open") {
+        match next_event(&mut events).await.expect("the watch stays open") {
             WatchEvent::Added(o) => {
                 let rv: u64 = rv(&o).parse().unwrap();
                 assert!(rv > last_rv, "events in RV order");

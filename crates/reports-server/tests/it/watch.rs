@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader};
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use kube::{
     api::{
         Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -12,7 +12,7 @@ use kube::{
 };
 use serde_json::{json, Value};
 
-use crate::harness::{dynamic_api, polr_api, sample_object, to_dynamic, TestServer};
+use crate::harness::{dynamic_api, next_event, polr_api, sample_object, to_dynamic, within, TestServer};
 
 fn rv_of(object: &DynamicObject) -> u64 {
     object.metadata.resource_version.as_deref().unwrap().parse().unwrap()
@@ -44,7 +44,8 @@ impl Lines {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
                 return Some(serde_json::from_slice(&line).expect("each line is one JSON event"));
             }
-            match self.response.chunk().await.unwrap() {
+            let chunk = within("the next line of a raw watch", self.response.chunk()).await;
+            match chunk.expect("the watch stream fails (a connection cut mid-stream?)") {
                 Some(chunk) => self.buffer.extend_from_slice(&chunk),
                 None => {
                     assert!(self.buffer.is_empty(), "stream ended mid-line");
@@ -79,7 +80,7 @@ on_both_stores! {
         api.delete("b", &DeleteParams::default()).await.unwrap();
         let mut seen = Vec::new();
         while seen.len() < 3 {
-            match events.try_next().await.unwrap().unwrap() {
+            match next_event(&mut events).await.unwrap() {
                 WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.clone().unwrap(), rv_of(&o))),
                 WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.clone().unwrap(), rv_of(&o))),
                 WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.clone().unwrap(), rv_of(&o))),
@@ -100,13 +101,13 @@ on_both_stores! {
         let api = polr_api(&t.kube(), "ns");
         create(&api, 0, "existing", Some("ns")).await;
         let mut events = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
-        match events.try_next().await.unwrap().unwrap() {
+        match next_event(&mut events).await.unwrap() {
             WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("existing")),
             other => panic!("expected a synthetic ADDED first, got {other:?}"),
         }
         create(&api, 0, "new", Some("ns")).await;
         loop {
-            match events.try_next().await.unwrap().unwrap() {
+            match next_event(&mut events).await.unwrap() {
                 WatchEvent::Added(o) => {
                     assert_eq!(o.metadata.name.as_deref(), Some("new"));
                     break;
@@ -153,7 +154,7 @@ on_both_stores! {
         let mut stream = watcher(api.clone(), config).boxed();
         let mut initial = Vec::new();
         loop {
-            match stream.try_next().await.unwrap().unwrap() {
+            match next_event(&mut stream).await.unwrap() {
                 watcher::Event::Init => {}
                 watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap()),
                 watcher::Event::InitDone => break,
@@ -174,15 +175,15 @@ on_both_stores! {
         let mut stream = reflector(writer, watcher(api.clone(), watcher::Config::default().page_size(1)))
             .applied_objects()
             .boxed();
-        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("one"));
+        assert_eq!(next_event(&mut stream).await.unwrap().metadata.name.as_deref(), Some("one"));
         create(&api, 3, "two", None).await;
-        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("two"));
+        assert_eq!(next_event(&mut stream).await.unwrap().metadata.name.as_deref(), Some("two"));
         label(&api, "one", "k", "v").await;
-        let updated = stream.try_next().await.unwrap().unwrap();
+        let updated = next_event(&mut stream).await.unwrap();
         assert_eq!(updated.metadata.labels.unwrap()["k"], "v");
         api.delete("two", &DeleteParams::default()).await.unwrap();
         create(&api, 3, "three", None).await;
-        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("three"));
+        assert_eq!(next_event(&mut stream).await.unwrap().metadata.name.as_deref(), Some("three"));
         let mut names: Vec<String> = reader.state().iter().map(|o| o.metadata.name.clone().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["one", "three"], "the delete reached the cache before the later create");
@@ -196,14 +197,14 @@ on_both_stores! {
         label(&api, "a", "k", "v").await;
         t.store().compact(0).await.unwrap();
         let mut events = api.watch(&WatchParams::default(), &rv_of(&first).to_string()).await.unwrap().boxed();
-        match events.try_next().await.unwrap().unwrap() {
+        match next_event(&mut events).await.unwrap() {
             WatchEvent::Error(status) => {
                 assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
                 assert!(status.message.starts_with("too old resource version"), "{}", status.message);
             }
             other => panic!("expected a 410 ERROR event, got {other:?}"),
         }
-        assert!(events.try_next().await.unwrap().is_none(), "the stream ends after the error");
+        assert!(next_event(&mut events).await.is_none(), "the stream ends after the error");
     }
 }
 
@@ -212,7 +213,7 @@ on_both_stores! {
         let api = polr_api(&t.kube(), "ns");
         let current: u64 = list_rv(&api).await.parse().unwrap();
         let mut events = api.watch(&WatchParams::default(), &(current + 1000).to_string()).await.unwrap().boxed();
-        match events.try_next().await.unwrap().unwrap() {
+        match next_event(&mut events).await.unwrap() {
             WatchEvent::Error(status) => {
                 assert_eq!((status.code, status.reason.as_str()), (504, "Timeout"));
                 assert!(status.message.contains("Too large resource version"), "{}", status.message);
@@ -245,7 +246,7 @@ on_both_stores! {
 
         let mut seen = Vec::new();
         while seen.last().map(|(_, n): &(&str, String)| n.as_str()) != Some("sentinel") {
-            let (kind, object) = match events.try_next().await.unwrap().unwrap() {
+            let (kind, object) = match next_event(&mut events).await.unwrap() {
                 WatchEvent::Added(o) => ("ADDED", o),
                 WatchEvent::Modified(o) => ("MODIFIED", o),
                 WatchEvent::Deleted(o) => ("DELETED", o),
@@ -331,13 +332,26 @@ async fn kubectl_get_watch_prints_new_rows() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let header = tokio::task::block_in_place(|| lines.next().unwrap().unwrap());
+    // kubectl's lines through a thread, so that every read has a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || {
+        tokio::task::block_in_place(|| rx.recv_timeout(crate::harness::DEADLINE))
+            .expect("kubectl -w prints the next row within the deadline")
+    };
+    let header = next_line();
     assert!(header.starts_with("NAMESPACE") && header.contains("PASS"), "{header}");
-    let row = tokio::task::block_in_place(|| lines.next().unwrap().unwrap());
+    let row = next_line();
     assert!(row.starts_with("team") && row.contains("before"), "{row}");
     create(&api, 0, "after", Some("team")).await;
-    let row = tokio::task::block_in_place(|| lines.next().unwrap().unwrap());
+    let row = next_line();
     assert!(row.contains("after"), "{row}");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -373,7 +387,7 @@ on_both_stores! {
         for mut events in watchers {
             let mut expected = start + 1;
             while expected <= last {
-                match events.try_next().await.unwrap().unwrap() {
+                match next_event(&mut events).await.unwrap() {
                     WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                         assert_eq!(rv_of(&o), expected, "every RV, in order, once");
                         expected += 1;
@@ -392,16 +406,35 @@ async fn timeouts_and_shutdown_end_streams_cleanly() {
     let api = polr_api(&t.kube(), "ns");
     let rv = list_rv(&api).await;
     let mut short = api.watch(&WatchParams::default().timeout(1), &rv).await.unwrap().boxed();
-    while let Some(event) = short.try_next().await.unwrap() {
+    while let Some(event) = next_event(&mut short).await {
         assert!(matches!(event, WatchEvent::Bookmark(_)), "{event:?}");
     }
-    let mut long = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    // Raw watches on both protocols: kube-rs ends a stream silently when the connection is cut
+    // mid-message, but reqwest reports it, and `Lines` fails the test on it or on a torn line.
+    let url = t.url(&format!(
+        "/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1&resourceVersion={rv}\
+         &allowWatchBookmarks=true"
+    ));
+    let mut open = Vec::new();
+    for http1 in [true, false] {
+        let response = client(&t, http1).get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(Lines { response, buffer: Vec::new() });
+    }
     t.server.take().unwrap().shutdown().await;
-    while let Some(event) = long.next().await {
-        if let Ok(event) = event {
-            assert!(matches!(event, WatchEvent::Bookmark(_)), "{event:?}");
+    for mut lines in open {
+        while let Some(event) = lines.next().await {
+            assert_eq!(event["type"], "BOOKMARK", "{event}");
         }
     }
+}
+
+/// A raw client trusting the test CA, speaking only HTTP/1.1 or only HTTP/2.
+fn client(t: &TestServer, http1: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap());
+    let builder = if http1 { builder.http1_only() } else { builder.http2_prior_knowledge() };
+    builder.build().unwrap()
 }
 
 #[tokio::test]
@@ -411,10 +444,7 @@ async fn watch_streams_are_chunked_on_http1_and_framed_on_http2() {
     create(&api, 0, "a", Some("ns")).await;
     let url = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1&timeoutSeconds=60");
     for http1 in [true, false] {
-        let mut builder = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap());
-        builder = if http1 { builder.http1_only() } else { builder.http2_prior_knowledge() };
-        let response = builder.build().unwrap().get(&url).send().await.unwrap();
+        let response = client(&t, http1).get(&url).send().await.unwrap();
         let expected = if http1 { reqwest::Version::HTTP_11 } else { reqwest::Version::HTTP_2 };
         assert_eq!(response.version(), expected);
         if http1 {

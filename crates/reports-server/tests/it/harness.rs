@@ -249,8 +249,10 @@ pub fn status_of(error: kube::Error) -> kube::core::Status {
 
 /// How long a test waits for an awaited step (a watch event above all) before it fails: far
 /// beyond what a loaded machine needs, far short of the clients' own timeouts (kube-rs waits
-/// 290 s for a watch event, raw watches and `kubectl -w` forever).
-pub const DEADLINE: Duration = Duration::from_secs(60);
+/// 290 s for a watch event, raw watches and `kubectl -w` forever), and shorter than the
+/// server's 60 s bookmark interval, so that a loop skipping bookmarks cannot wait for a lost
+/// event for ever.
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Awaits `step`, failing the test, naming `what`, if it takes longer than [`DEADLINE`].
 pub async fn within<T>(what: &str, step: impl Future<Output = T>) -> T {

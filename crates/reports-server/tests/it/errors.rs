@@ -153,11 +153,40 @@ async fn unknown_paths_and_verbs() {
 async fn query_strings_are_decoded_like_the_aggregator_sends_them() {
     let t = TestServer::start().await;
     let http = t.http();
-    // kube-rs starts queries with an empty pair; the aggregator encodes spaces as '+'.
-    let response = http
+    for (i, env) in ["a", "b", "c", "a", "b", "c", "a", "b"].into_iter().enumerate() {
+        let mut object = sample_object(0, &format!("r{i}"), Some("q"));
+        object["metadata"]["labels"] = json!({"env": env});
+        let url = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/q/policyreports");
+        assert_eq!(http.post(url).json(&object).send().await.unwrap().status(), StatusCode::CREATED);
+    }
+    // kube-rs starts queries with an empty pair; the aggregator encodes spaces as '+'. Both the
+    // selector (6 of 8 match) and the limit (5) must be understood; an unknown parameter is ignored.
+    let first: Value = http
         .get(t.url("/apis/wgpolicyk8s.io/v1alpha2/policyreports?&labelSelector=env+in+%28a%2Cb%29&limit=5&unknownParam=1"))
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let names = |list: &Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().into())
+            .collect()
+    };
+    assert_eq!(names(&first), ["r0", "r1", "r3", "r4", "r6"], "{first}");
+    let token = first["metadata"]["continue"].as_str().expect("a continue token").to_string();
+    let query = format!("?labelSelector=env+in+%28a%2Cb%29&limit=5&continue={token}");
+    let rest: Value = http
+        .get(t.url(&format!("/apis/wgpolicyk8s.io/v1alpha2/policyreports{query}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(&rest), ["r7"], "{rest}");
 }

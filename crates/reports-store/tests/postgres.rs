@@ -133,6 +133,31 @@ async fn clusters_in_one_database_are_isolated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_compacts_at_a_time() {
+    let url = fresh_database().await;
+    let a = store_on(&url, &PgSettings::default()).await;
+    let b = store_on(&url, &PgSettings::default()).await;
+    for i in 0..5 {
+        a.create("policyreports", report("ns", &format!("r{i}"))).await.unwrap();
+    }
+    let newest = a.current_rv().await.unwrap();
+    // Another replica in the middle of a compaction pass holds the cluster's compaction lock.
+    let (other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    other.batch_execute("BEGIN").await.unwrap();
+    let key = format!("reports-server compaction {}", a.cluster_id());
+    other.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key]).await.unwrap();
+    for store in [&a, &b] {
+        assert_eq!(store.compact(0).await.unwrap(), 0, "a pass skips while another replica compacts");
+    }
+    assert_eq!(b.compacted_rv().await.unwrap(), 0);
+    assert_eq!(b.changes_since(None, 0, 100).await.unwrap().len(), 5, "the log is untouched");
+    other.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(b.compact(0).await.unwrap(), 5, "the next pass compacts");
+    assert_eq!(a.compacted_rv().await.unwrap(), newest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_never_carry_the_password() {
     let pg = cluster();
     let url = format!("postgres://nobody:hunter2-secret@127.0.0.1:{}/nothing", pg.port());

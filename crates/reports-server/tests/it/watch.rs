@@ -458,3 +458,81 @@ async fn watch_streams_are_chunked_on_http1_and_framed_on_http2() {
         );
     }
 }
+
+/// The change log is trimmed by the server's own timer once entries are older than the
+/// retention, and an informer whose resourceVersion was trimmed away gets 410 and relists.
+async fn compaction_on_the_timer_makes_informers_relist(t: TestServer) {
+    let quiet = polr_api(&t.kube(), "quiet");
+    let busy = polr_api(&t.kube(), "busy");
+    let first = create(&quiet, 0, "q1", Some("quiet")).await;
+    // An informer on a namespace nothing else writes to: its watches end every second (so it
+    // resumes often, from the RV it last saw) and it gets no bookmarks (which would move it on).
+    let config = watcher::Config::default().timeout(1).disable_bookmarks();
+    let mut informer = watcher(quiet.clone(), config).boxed();
+    let mut listed = Vec::new();
+    loop {
+        match next_event(&mut informer).await.unwrap() {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(o) => listed.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(listed, ["q1"]);
+    // Writes elsewhere, then nothing but time: the timer trims them all once they are older than
+    // the one-second retention, past the informer's RV.
+    for i in 0..3 {
+        create(&busy, 0, &format!("b{i}"), Some("busy")).await;
+    }
+    let newest: u64 = list_rv(&busy).await.parse().unwrap();
+    within("compaction on the server's timer", async {
+        while t.store().compacted_rv().await.unwrap() < newest {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(newest > rv_of(&first));
+    // The informer's next watch, from q1's RV, is refused with 410 Gone and it lists again.
+    let mut relisted = Vec::new();
+    let gone = loop {
+        match within("the informer's next event", informer.next()).await.expect("the informer runs on") {
+            Err(watcher::Error::WatchError(status)) => break status.code,
+            Ok(other) => panic!("expected the 410 first, got {other:?}"),
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(gone, 410);
+    loop {
+        match next_event(&mut informer).await.unwrap() {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(o) => relisted.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(relisted, ["q1"]);
+    create(&quiet, 0, "q2", Some("quiet")).await;
+    match next_event(&mut informer).await.unwrap() {
+        watcher::Event::Apply(o) => assert_eq!(o.metadata.name.as_deref(), Some("q2")),
+        other => panic!("after the relist the informer watches on: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_on_the_timer_makes_informers_relist_sqlite() {
+    compaction_on_the_timer_makes_informers_relist(
+        TestServer::start_with(|c| c.change_log_retention_seconds = 1).await,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_on_the_timer_makes_informers_relist_postgres() {
+    let url = crate::harness::postgres_database().await;
+    let t = TestServer::start_with(|c| {
+        c.storage = url;
+        c.change_log_retention_seconds = 1;
+    })
+    .await;
+    compaction_on_the_timer_makes_informers_relist(t).await
+}

@@ -536,3 +536,93 @@ async fn compaction_on_the_timer_makes_informers_relist_postgres() {
     .await;
     compaction_on_the_timer_makes_informers_relist(t).await
 }
+
+/// A watch stream's open watchers, from the server's own gauge.
+async fn watch_subscribers(t: &TestServer) -> u64 {
+    let metrics = t.http().get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("reports_server_watch_subscribers ")).unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Back-pressure through the server: with a one-byte window and clients that stop reading,
+/// writers and a reading watcher go on at full speed; a client that resumes reading gets every
+/// change from the database, in order; one that never does is disconnected after the grace
+/// period, its stream ending cleanly after what it was sent (it re-watches from there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_watchers_catch_up_and_stalled_ones_are_disconnected() {
+    let t = TestServer::start_with(|c| c.watch_window_bytes = 1).await;
+    let api = polr_api(&t.kube(), "load");
+    let start: u64 = list_rv(&api).await.parse().unwrap();
+    let path = format!(
+        "/apis/wgpolicyk8s.io/v1alpha2/namespaces/load/policyreports?watch=1&resourceVersion={start}\
+         &timeoutSeconds=600"
+    );
+    let open = |path: String| {
+        let http = client(&t, true);
+        let url = t.url(&path);
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            Lines { response, buffer: Vec::new() }
+        }
+    };
+    let mut slow = open(path.clone()).await;
+    let mut stalled = open(path).await;
+    let mut fast = api.watch(&WatchParams::default(), &start.to_string()).await.unwrap().boxed();
+    assert_eq!(watch_subscribers(&t).await, 3);
+    // Far more than the stalled client's queue and socket buffers hold (about 40 MB).
+    const WRITES: u64 = 200;
+    let reader = tokio::spawn(async move {
+        let mut rvs = Vec::new();
+        while rvs.len() < WRITES as usize {
+            match next_event(&mut fast).await.unwrap() {
+                WatchEvent::Added(o) => rvs.push(rv_of(&o)),
+                WatchEvent::Bookmark(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        rvs
+    });
+    let http = t.http();
+    let collection = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/load/policyreports");
+    for i in 0..WRITES {
+        let mut object = sample_object(0, &format!("big{i:03}"), Some("load"));
+        object["results"][0]["message"] = json!("x".repeat(200_000));
+        let response =
+            within("a write while watchers stall", http.post(&collection).json(&object).send()).await;
+        assert_eq!(response.unwrap().status(), 201, "writers never wait for watchers");
+    }
+    let last = start + WRITES;
+    let expected: Vec<u64> = (start + 1..=last).collect();
+    assert_eq!(reader.await.unwrap(), expected, "the reading watcher got every change in order");
+    let metrics = t.http().get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let floor: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("reports_server_watch_window_floor_resource_version "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(floor > start + 1, "the window moved past the stopped clients ({floor})");
+    // The slow client reads again: every change, from the database, in order.
+    let mut rvs = Vec::new();
+    while rvs.len() < WRITES as usize {
+        let event = slow.next().await.expect("the slow client's watch stays open");
+        rvs.push(event["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(rvs, expected, "the slow client missed nothing");
+    // The stalled one is closed by the server after its grace period (30 s).
+    tokio::time::timeout(std::time::Duration::from_secs(90), async {
+        while watch_subscribers(&t).await > 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the stalled watch is closed within 90 s");
+    let mut received = Vec::new();
+    while let Some(event) = stalled.next().await {
+        received
+            .push(event["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    assert!(received.len() < WRITES as usize, "closed before it was sent everything");
+    assert_eq!(received[..], expected[..received.len()], "what it got is a gap-free prefix");
+}

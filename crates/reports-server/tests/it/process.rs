@@ -211,3 +211,73 @@ fn uninstall_is_a_subcommand_that_needs_a_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The binary as a Deployment runs it: its own certificate files, a request body limit,
+/// upstream's inert flags (one warning naming them), and SIGTERM while watches are open: the
+/// streams end cleanly and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_flags_warnings_and_sigterm_with_open_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::harness::TestPki::new();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &pki.serving.cert_pem).unwrap();
+    std::fs::write(&key, &pki.serving.key_pem).unwrap();
+    let storage = format!("sqlite://{}", dir.path().join("reports.db").display());
+    let (mut child, url, log) = start_binary(
+        &[
+            "--storage",
+            &storage,
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-private-key-file",
+            key.to_str().unwrap(),
+            "--max-request-body-bytes",
+            "20000",
+            "--clusterrolename=reports-server",
+            "--servicename=reports-server",
+        ],
+        &[],
+    );
+    let warnings: Vec<String> = log.lock().unwrap().iter().filter(|l| l.contains("WARN")).cloned().collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("--clusterrolename") && warnings[0].contains("--servicename (no cluster)"),
+        "{warnings:?}"
+    );
+    assert!(!warnings[0].contains("--max-request-body-bytes"), "an honoured flag: {warnings:?}");
+    // Clients that trust only the test CA: the files' certificate is served.
+    let (http1, http2) =
+        (crate::watch::client_trusting(&pki.ca_pem, true), crate::watch::client_trusting(&pki.ca_pem, false));
+    let collection = format!("{url}/apis/wgpolicyk8s.io/v1alpha2/namespaces/default/policyreports");
+    let small = crate::harness::sample_object(0, "small", Some("default"));
+    assert_eq!(http1.post(&collection).json(&small).send().await.unwrap().status(), 201);
+    let mut big = crate::harness::sample_object(0, "big", Some("default"));
+    big["results"][0]["message"] = json!("x".repeat(20_000));
+    let refused = http1.post(&collection).json(&big).send().await.unwrap();
+    assert_eq!(refused.status(), 413);
+    let status: Value = refused.json().await.unwrap();
+    assert_eq!((status["kind"].as_str(), status["code"].as_u64()), (Some("Status"), Some(413)), "{status}");
+    // Watches open on both protocols, then SIGTERM.
+    let watch = format!("{collection}?watch=1&allowWatchBookmarks=true&timeoutSeconds=600");
+    let mut open = Vec::new();
+    for http in [&http1, &http2] {
+        let response = http.get(&watch).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut lines = crate::watch::Lines { response, buffer: Vec::new() };
+        assert_eq!(lines.next().await.unwrap()["object"]["metadata"]["name"], "small");
+        open.push(lines);
+    }
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    for mut lines in open {
+        while let Some(event) = lines.next().await {
+            assert_eq!(event["type"], "BOOKMARK", "{event}");
+        }
+    }
+    let status = crate::harness::within("the process exits after SIGTERM", async {
+        tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap()
+    })
+    .await;
+    assert_eq!(status.code(), Some(0), "{:?}", log.lock().unwrap());
+    assert!(log.lock().unwrap().iter().any(|l| l.contains("shutting down")));
+}

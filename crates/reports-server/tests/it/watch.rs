@@ -32,13 +32,15 @@ async fn list_rv(api: &Api<DynamicObject>) -> String {
 }
 
 /// Reads newline-delimited watch events from a raw HTTP response.
-struct Lines {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
+pub(crate) struct Lines {
+    pub(crate) response: reqwest::Response,
+    pub(crate) buffer: Vec<u8>,
 }
 
 impl Lines {
-    async fn next(&mut self) -> Option<Value> {
+    /// The next event; None at a clean end. Fails the test on a transport error, a torn line
+    /// or nothing within the deadline.
+    pub(crate) async fn next(&mut self) -> Option<Value> {
         loop {
             if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
@@ -431,8 +433,14 @@ async fn timeouts_and_shutdown_end_streams_cleanly() {
 
 /// A raw client trusting the test CA, speaking only HTTP/1.1 or only HTTP/2.
 fn client(t: &TestServer, http1: bool) -> reqwest::Client {
+    client_trusting(&t.pki.ca_pem, http1)
+}
+
+/// A raw client trusting `ca_pem`, speaking only HTTP/1.1 or only HTTP/2.
+pub(crate) fn client_trusting(ca_pem: &str, http1: bool) -> reqwest::Client {
+    crate::harness::install_crypto();
     let builder = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap());
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap());
     let builder = if http1 { builder.http1_only() } else { builder.http2_prior_knowledge() };
     builder.build().unwrap()
 }

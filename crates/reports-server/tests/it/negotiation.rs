@@ -135,6 +135,34 @@ on_both_stores! {
         let text = as_yaml.text().await.unwrap();
         assert!(text.contains("name: from-yaml") && text.contains("kind: Report"), "{text}");
 
+        // PUT in YAML: the stored object is replaced, and a stale resourceVersion conflicts.
+        let current: Value = serde_saphyr::from_str(&text).unwrap();
+        let rv = current["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let replacement = format!(
+            "apiVersion: openreports.io/v1alpha1\nkind: Report\nmetadata:\n  name: from-yaml\n  \
+             resourceVersion: \"{rv}\"\n  labels:\n    edited: by-yaml\nsummary:\n  pass: 7\n"
+        );
+        let put = |body: String| {
+            http.put(format!("{url}/from-yaml"))
+                .header(header::CONTENT_TYPE, "application/yaml")
+                .header(header::ACCEPT, "application/yaml")
+                .body(body)
+                .send()
+        };
+        let replaced = put(replacement.clone()).await.unwrap();
+        assert_eq!(replaced.status(), 200);
+        assert_eq!(replaced.headers()[header::CONTENT_TYPE], "application/yaml");
+        let replaced: Value = serde_saphyr::from_str(&replaced.text().await.unwrap()).unwrap();
+        assert_eq!(replaced["summary"]["pass"], 7);
+        assert_eq!(replaced["metadata"]["labels"]["edited"], "by-yaml");
+        assert_ne!(replaced["metadata"]["resourceVersion"], rv.as_str());
+        let stored: Value = http.get(format!("{url}/from-yaml")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(stored["summary"]["pass"], 7, "the YAML PUT is what is stored");
+        let stale = put(replacement).await.unwrap();
+        assert_eq!(stale.status(), 409);
+        let status: Value = serde_saphyr::from_str(&stale.text().await.unwrap()).unwrap();
+        assert_eq!((status["kind"].as_str(), status["reason"].as_str()), (Some("Status"), Some("Conflict")));
+
         let protobuf_first = http
             .get(format!("{url}/from-yaml"))
             .header(header::ACCEPT, "application/vnd.kubernetes.protobuf, application/json")

@@ -502,12 +502,11 @@ async fn compaction_on_the_timer_makes_informers_relist(t: TestServer) {
     assert!(newest > rv_of(&first));
     // The informer's next watch, from q1's RV, is refused with 410 Gone and it lists again.
     let mut relisted = Vec::new();
-    let gone = loop {
-        match within("the informer's next event", informer.next()).await.expect("the informer runs on") {
-            Err(watcher::Error::WatchError(status)) => break status.code,
-            Ok(other) => panic!("expected the 410 first, got {other:?}"),
-            Err(other) => panic!("{other:?}"),
-        }
+    let gone = match within("the informer's next event", informer.next()).await.expect("the informer runs on")
+    {
+        Err(watcher::Error::WatchError(status)) => status.code,
+        Ok(other) => panic!("expected the 410 first, got {other:?}"),
+        Err(other) => panic!("{other:?}"),
     };
     assert_eq!(gone, 410);
     loop {

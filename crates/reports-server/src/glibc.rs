@@ -15,7 +15,10 @@
 //! unless `GLIBC_TUNABLES` already sets the threshold, the binary `exec`s itself (same PID,
 //! arguments and environment) with the `rep movsb` threshold raised out of reach, which makes
 //! glibc use its vector loops. A marker variable makes a second re-execution impossible, and
-//! `REPORTS_SERVER_KEEP_MEMCPY=1` turns the whole thing off.
+//! `REPORTS_SERVER_KEEP_MEMCPY=1` turns the whole thing off. Tests set
+//! `REPORTS_SERVER_MEMCPY_ASSUME_AMD=1` to take the AMD branch on any CPU (harmless elsewhere:
+//! vector copies are never slower than `rep movsb` for these sizes), so the re-execution is
+//! exercised on Intel test hosts too.
 //!
 //! The version is read without calling into glibc (this crate has no unsafe code): from the
 //! file name of the mapped C library where it carries one (`libc-2.31.so`), else from the
@@ -29,6 +32,8 @@ use std::path::Path;
 const REEXECUTED: &str = "REPORTS_SERVER_MEMCPY_REEXECUTED";
 /// Operators' opt-out.
 const OPT_OUT: &str = "REPORTS_SERVER_KEEP_MEMCPY";
+/// Takes the AMD branch on any CPU (for tests on Intel hosts).
+const ASSUME_AMD: &str = "REPORTS_SERVER_MEMCPY_ASSUME_AMD";
 /// The glibc tunable that decides from which size `memcpy` uses `rep movsb`.
 const TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold";
 /// Larger than any single copy the server makes, so `rep movsb` is never chosen.
@@ -94,6 +99,9 @@ pub fn avoid_aliased_rep_movsb() -> Memcpy {
 }
 
 fn cpu_is_amd() -> bool {
+    if std::env::var_os(ASSUME_AMD).is_some_and(|v| v == "1") {
+        return true;
+    }
     std::fs::read_to_string("/proc/cpuinfo")
         .is_ok_and(|info| info.lines().any(|l| l.starts_with("vendor_id") && l.ends_with("AuthenticAMD")))
 }

@@ -168,13 +168,20 @@ impl Server {
     }
 }
 
-/// Trims the change log every minute; one pass at a time, never blocking requests.
+/// How often the change log is trimmed: every minute, or four times per retention period when
+/// that is shorter, so a short retention is kept to closely (and can be tested in seconds).
+fn compaction_interval(retention_seconds: u64) -> std::time::Duration {
+    std::time::Duration::from_secs((retention_seconds / 4).clamp(1, 60))
+}
+
+/// Trims the change log on a timer ([`compaction_interval`]); one pass at a time, never
+/// blocking requests.
 async fn compaction_loop(
     store: reports_store::DynStore,
     retention_seconds: u64,
     mut shutting_down: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    let mut tick = tokio::time::interval(compaction_interval(retention_seconds));
     loop {
         tokio::select! {
             _ = tick.tick() => {

@@ -103,16 +103,58 @@ async fn clusters_in_one_database_are_isolated() {
     let two = PgSettings { cluster_id: Some(uuid::Uuid::new_v4().to_string()), ..Default::default() };
     let a = store_on(&url, &one).await;
     let b = store_on(&url, &two).await;
-    a.create("policyreports", report("ns", "only-in-a")).await.unwrap();
-    b.create("policyreports", report("ns", "only-in-a"))
-        .await
-        .expect("the same key in another cluster is free");
-    assert!(b.get("policyreports", "ns", "x").await.unwrap().is_none());
-    assert_eq!(a.current_rv().await.unwrap(), 2);
-    assert_eq!(b.current_rv().await.unwrap(), 2, "each cluster has its own RV sequence");
+    let first_in_a = a.create("policyreports", report("ns", "shared")).await.unwrap();
+    let second_in_a = a.create("policyreports", report("ns", "only-in-a")).await.unwrap();
+    let mut theirs = report("ns", "shared");
+    theirs["metadata"]["labels"]["app"] = json!("b");
+    let first_in_b =
+        b.create("policyreports", theirs).await.expect("the same key in another cluster is free");
+    // What one cluster wrote is invisible to the other: by name, in lists and in the change log.
+    assert!(b.get("policyreports", "ns", "only-in-a").await.unwrap().is_none(), "a's report read from b");
+    let shared_on_a: Value =
+        serde_json::from_str(&a.get("policyreports", "ns", "shared").await.unwrap().unwrap().body).unwrap();
+    assert_eq!(shared_on_a["metadata"]["labels"]["app"], "shared", "a reads its own copy, not b's");
+    let names = |store: Arc<PgStore>| async move {
+        let query = reports_store::ListQuery { resource: "policyreports".into(), ..Default::default() };
+        let (_, items, _) = conformance::collect(&(store as DynStore), query).await;
+        items.into_iter().map(|o| o.name).collect::<Vec<_>>()
+    };
+    assert_eq!(names(a.clone()).await, ["only-in-a", "shared"]);
+    assert_eq!(names(b.clone()).await, ["shared"]);
+    let logged: Vec<String> =
+        b.changes_since(None, 0, 100).await.unwrap().into_iter().map(|c| c.object.name).collect();
+    assert_eq!(logged, ["shared"], "b's change log holds only b's write");
+    assert_eq!(first_in_b.rv, first_in_a.rv, "each cluster has its own RV sequence");
+    assert_eq!(a.current_rv().await.unwrap(), second_in_a.rv);
+    assert_eq!(b.current_rv().await.unwrap(), first_in_b.rv);
     // With two clusters recorded and no id given, the server refuses to guess.
     let err = PgStore::connect(&url, &PgSettings::default()).await.err().unwrap();
     assert!(err.to_string().contains("--cluster-id"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_compacts_at_a_time() {
+    let url = fresh_database().await;
+    let a = store_on(&url, &PgSettings::default()).await;
+    let b = store_on(&url, &PgSettings::default()).await;
+    for i in 0..5 {
+        a.create("policyreports", report("ns", &format!("r{i}"))).await.unwrap();
+    }
+    let newest = a.current_rv().await.unwrap();
+    // Another replica in the middle of a compaction pass holds the cluster's compaction lock.
+    let (other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    other.batch_execute("BEGIN").await.unwrap();
+    let key = format!("reports-server compaction {}", a.cluster_id());
+    other.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key]).await.unwrap();
+    for store in [&a, &b] {
+        assert_eq!(store.compact(0).await.unwrap(), 0, "a pass skips while another replica compacts");
+    }
+    assert_eq!(b.compacted_rv().await.unwrap(), 0);
+    assert_eq!(b.changes_since(None, 0, 100).await.unwrap().len(), 5, "the log is untouched");
+    other.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(b.compact(0).await.unwrap(), 5, "the next pass compacts");
+    assert_eq!(a.compacted_rv().await.unwrap(), newest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,8 +171,18 @@ async fn start_up_waits_for_a_database_that_comes_up_later() {
     pg.create_database("reports", None).unwrap();
     pg.stop().unwrap();
     let url = pg.url("reports");
+    // Hold the database's port while it is down, so the first attempt is seen to fail: the
+    // connection is accepted and closed at once, as by a database still starting up.
+    let port = tokio::net::TcpListener::bind(("127.0.0.1", pg.port())).await.unwrap();
     let connecting = tokio::spawn(async move { PgStore::connect(&url, &PgSettings::default()).await });
-    // Start-up retries until the database is back (well within the default 60 s).
+    let deadline = std::time::Duration::from_secs(30);
+    let (refused, _) = tokio::time::timeout(deadline, port.accept())
+        .await
+        .expect("start-up makes a first attempt within 30 s")
+        .unwrap();
+    drop((refused, port));
+    // Start-up retries until the database is back (well within the default 60 s); success after
+    // the refused attempt is the proof that it retried.
     pg.resume().unwrap();
     let store = connecting.await.unwrap().expect("connects once the database is up");
     store.create("policyreports", report("ns", "late")).await.unwrap();
@@ -330,72 +382,169 @@ async fn the_pool_is_open_before_the_first_request() {
     assert!(sessions.trim().parse::<usize>().unwrap() >= 6, "PostgreSQL sees them: {sessions}");
 }
 
-/// A CA and a server certificate signed by it, valid for `names` only.
-fn tls_material(names: &[&str]) -> (String, String, String) {
+/// A CA, a server certificate signed by it valid for `names` only, and a client certificate
+/// for the PostgreSQL user `certuser` signed by the same CA.
+struct TlsMaterial {
+    ca: String,
+    cert: String,
+    key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn tls_material(names: &[&str]) -> TlsMaterial {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // A name of its own, so another CA's certificates have an unknown issuer.
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("CA {}", uuid::Uuid::new_v4()));
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params.distinguished_name.push(rcgen::DnType::CommonName, "certuser");
+    let client_cert = client_params.signed_by(&client_key, &ca).unwrap();
+    TlsMaterial {
+        ca: ca.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+/// (encrypted, unencrypted) sessions of the store on `database`, as PostgreSQL sees them.
+fn sessions_by_encryption(pg: &PgCluster, database: &str) -> (u32, u32) {
+    let counts = pg
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'reports-server' AND a.datname = '{database}'"
+            ),
+        )
+        .unwrap();
+    let (encrypted, plain) = counts.trim().split_once('|').unwrap();
+    (encrypted.parse().unwrap(), plain.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_modes_verify_what_libpq_verifies() {
     use reports_store::postgres::SslMode;
-    let (ca, cert, key) = tls_material(&["127.0.0.1"]);
-    let (other_ca, _, _) = tls_material(&["127.0.0.1"]);
+    let material = tls_material(&["127.0.0.1"]);
+    let other = tls_material(&["127.0.0.1"]);
+    // certuser must present a certificate signed by the CA (and may only connect over TLS);
+    // everyone else is trusted, so psql and the other modes need none.
+    let hba = "local all all trust\n\
+               hostssl all certuser 127.0.0.1/32 cert\n\
+               host all certuser 127.0.0.1/32 reject\n\
+               host all all 127.0.0.1/32 trust\n";
     let pg = PgCluster::start_with(
-        &["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"],
-        &[("server.crt", cert.as_bytes()), ("server.key", key.as_bytes())],
+        &[
+            "ssl = on",
+            "ssl_cert_file = 'server.crt'",
+            "ssl_key_file = 'server.key'",
+            "ssl_ca_file = 'ca.crt'",
+        ],
+        &[
+            ("server.crt", material.cert.as_bytes()),
+            ("server.key", material.key.as_bytes()),
+            ("ca.crt", material.ca.as_bytes()),
+            ("pg_hba.conf", hba.as_bytes()),
+        ],
     )
     .unwrap();
-    pg.create_database("reports", None).unwrap();
+    for database in ["reports", "noroot", "preferred"] {
+        pg.create_database(database, None).unwrap();
+    }
+    pg.psql("postgres", "CREATE ROLE certuser LOGIN").unwrap();
+    pg.psql("postgres", "CREATE DATABASE certdb OWNER certuser").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (root, wrong_root) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
-    std::fs::write(&root, &ca).unwrap();
-    std::fs::write(&wrong_root, &other_ca).unwrap();
-    let by_ip = format!("postgres://postgres@127.0.0.1:{}/reports", pg.port());
-    let by_name = format!("postgres://postgres@localhost:{}/reports", pg.port());
+    let path = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    };
+    let root = path("ca.pem", &material.ca);
+    let wrong_root = path("other.pem", &other.ca);
+    let url = |host: &str, database: &str| format!("postgres://postgres@{host}:{}/{database}", pg.port());
+    let (by_ip, by_name) = (url("127.0.0.1", "reports"), url("localhost", "reports"));
     let settings = |mode, root: Option<&std::path::Path>| PgSettings {
         ssl_mode: Some(mode),
         ssl_root_cert: root.map(|r| r.to_path_buf()),
         ..Default::default()
     };
-    let encrypted_sessions = || {
-        pg.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-             WHERE a.application_name = 'reports-server' AND s.ssl",
-        )
-        .unwrap()
-        .trim()
-        .parse::<u32>()
-        .unwrap()
+    // The error with its causes, as the binary logs it.
+    let refused = |result: Result<PgStore, StoreError>| {
+        let err = result.err().expect("refused");
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
     };
     // verify-full: chain and name both checked.
     let store = store_on(&by_ip, &settings(SslMode::VerifyFull, Some(&root))).await;
     store.create("policyreports", report("ns", "over-tls")).await.unwrap();
-    assert!(encrypted_sessions() > 0, "the connections are encrypted");
+    assert_eq!(sessions_by_encryption(&pg, "reports").1, 0, "no connection is in the clear");
+    assert!(sessions_by_encryption(&pg, "reports").0 > 0, "the connections are encrypted");
     drop(store);
-    assert!(
-        PgStore::connect(&by_name, &settings(SslMode::VerifyFull, Some(&root))).await.is_err(),
-        "wrong name"
-    );
-    assert!(
-        PgStore::connect(&by_ip, &settings(SslMode::VerifyFull, Some(&wrong_root))).await.is_err(),
-        "wrong CA"
-    );
+    let err = refused(PgStore::connect(&by_name, &settings(SslMode::VerifyFull, Some(&root))).await);
+    assert!(err.contains("certificate") && err.contains("not valid for name"), "wrong name: {err}");
+    let err = refused(PgStore::connect(&by_ip, &settings(SslMode::VerifyFull, Some(&wrong_root))).await);
+    assert!(err.contains("UnknownIssuer"), "wrong CA: {err}");
     // verify-ca: the chain, not the name; require with a root certificate behaves the same.
     store_on(&by_name, &settings(SslMode::VerifyCa, Some(&root))).await;
     store_on(&by_name, &settings(SslMode::Require, Some(&root))).await;
-    assert!(PgStore::connect(&by_ip, &settings(SslMode::Require, Some(&wrong_root))).await.is_err());
-    // require without a root certificate encrypts without verifying; verify-* without one is refused.
-    store_on(&by_name, &settings(SslMode::Require, None)).await;
-    let err = PgStore::connect(&by_ip, &settings(SslMode::VerifyFull, None)).await.err().unwrap();
-    assert!(err.to_string().contains("dbsslrootcert"), "{err}");
+    let err = refused(PgStore::connect(&by_ip, &settings(SslMode::Require, Some(&wrong_root))).await);
+    assert!(err.contains("UnknownIssuer"), "require with a root certificate checks the chain: {err}");
+    // require without a root certificate encrypts without verifying (PostgreSQL sees TLS on
+    // every session); verify-* without one is refused.
+    let store = store_on(&url("localhost", "noroot"), &settings(SslMode::Require, None)).await;
+    store.create("policyreports", report("ns", "encrypted")).await.unwrap();
+    let (encrypted, plain) = sessions_by_encryption(&pg, "noroot");
+    assert!(encrypted > 0 && plain == 0, "require encrypts: {encrypted} encrypted, {plain} in the clear");
+    drop(store);
+    let err = refused(PgStore::connect(&by_ip, &settings(SslMode::VerifyFull, None)).await);
+    assert!(err.contains("dbsslrootcert"), "{err}");
+    // prefer takes TLS when the server offers it, and connects in the clear when it does not.
+    let store = store_on(&url("127.0.0.1", "preferred"), &settings(SslMode::Prefer, None)).await;
+    let (encrypted, plain) = sessions_by_encryption(&pg, "preferred");
+    assert!(encrypted > 0 && plain == 0, "prefer uses TLS when offered: {encrypted}/{plain}");
+    drop(store);
+    let without_tls = cluster();
+    let database = PgCluster::unique_name("prefer");
+    without_tls.create_database(&database, None).unwrap();
+    let store = store_on(&without_tls.url(&database), &settings(SslMode::Prefer, None)).await;
+    store.create("policyreports", report("ns", "in-the-clear")).await.unwrap();
+    let (encrypted, plain) = sessions_by_encryption(without_tls, &database);
+    assert!(encrypted == 0 && plain > 0, "prefer falls back to no TLS: {encrypted}/{plain}");
+    drop(store);
+    // A client certificate authenticates certuser; without it the server refuses the login.
+    let cert_url = format!("postgres://certuser@127.0.0.1:{}/certdb", pg.port());
+    let with_cert = PgSettings {
+        ssl_cert: Some(path("client.crt", &material.client_cert)),
+        ssl_key: Some(path("client.key", &material.client_key)),
+        ..settings(SslMode::VerifyFull, Some(&root))
+    };
+    let store = store_on(&cert_url, &with_cert).await;
+    store.create("policyreports", report("ns", "by-certificate")).await.unwrap();
+    let dn = pg
+        .psql(
+            "postgres",
+            "SELECT DISTINCT s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = 'certdb' AND a.application_name = 'reports-server'",
+        )
+        .unwrap();
+    assert_eq!(dn.trim(), "/CN=certuser", "the sessions authenticated with the client certificate");
+    drop(store);
+    let err = refused(PgStore::connect(&cert_url, &settings(SslMode::VerifyFull, Some(&root))).await);
+    assert!(err.contains("certificate"), "no client certificate: {err}");
     // The URL's own sslmode works too, including the modes tokio-postgres itself does not know.
     let url = format!("{by_ip}?sslmode=verify-full");
     store_on(&url, &PgSettings { ssl_root_cert: Some(root.clone()), ..Default::default() }).await;

@@ -303,6 +303,7 @@ impl Args {
             startup_timeout: secs(self.postgres_startup_timeout_seconds),
             cluster_id: self.cluster_id.clone(),
             cluster_name: self.clustername.clone().filter(|n| !n.is_empty()),
+            ..Default::default()
         })
     }
 

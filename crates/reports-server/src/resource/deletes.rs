@@ -149,6 +149,10 @@ async fn delete_collection_task(
         };
         let mut immediate = Vec::new();
         let mut out = Vec::new();
+        // Objects another writer changed since the list: kube deletes them all the same (its
+        // deletecollection deletes each listed name without an RV precondition), so they are
+        // loaded again and deleted one by one.
+        let mut raced = Vec::new();
         for item in items {
             let current = match item.parse() {
                 Ok(v) => v,
@@ -166,7 +170,8 @@ async fn delete_collection_task(
                 }
                 DeletionPlan::MarkDeleting(marked) => match store.update(&resource, marked, item.rv).await {
                     Ok(updated) => out.push(updated),
-                    Err(StoreError::Conflict | StoreError::NotFound) => {}
+                    Err(StoreError::Conflict) => raced.push((item.namespace, item.name)),
+                    Err(StoreError::NotFound) => {}
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;
@@ -177,7 +182,24 @@ async fn delete_collection_task(
         if !immediate.is_empty() {
             let keys = immediate.iter().map(|o| (o.namespace.clone(), o.name.clone(), o.rv)).collect();
             match store.delete_batch(&resource, keys).await {
-                Ok(deleted) => out.extend(deleted.into_iter().flatten()),
+                Ok(deleted) => {
+                    for (listed, deleted) in immediate.into_iter().zip(deleted) {
+                        match deleted {
+                            Some(object) => out.push(object),
+                            None => raced.push((listed.namespace, listed.name)),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        for (namespace, name) in raced {
+            match delete_changed(&store, &resource, &namespace, &name, &options).await {
+                Ok(Some(object)) => out.push(object),
+                Ok(None) => {}
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
@@ -191,4 +213,31 @@ async fn delete_collection_task(
         }
     }
     let _ = tx.send(Ok(reports_store::ListChunk::End { more: false })).await;
+}
+
+/// Deletes (or marks) one object of a deletecollection that changed after it was listed, from
+/// its current state; None when it is gone already. Like a single delete, it retries a bounded
+/// number of times while other writers keep changing it.
+async fn delete_changed(
+    store: &reports_store::DynStore,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+    options: &DeleteOptions,
+) -> reports_store::StoreResult<Option<StoredObject>> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let Some(stored) = store.get(resource, namespace, name).await? else { return Ok(None) };
+        let outcome = match deletion_plan(&stored.parse()?, options.propagation, &now()) {
+            DeletionPlan::AlreadyDeleting => return Ok(Some(stored)),
+            DeletionPlan::Immediately => store.delete(resource, namespace, name, stored.rv).await,
+            DeletionPlan::MarkDeleting(marked) => store.update(resource, marked, stored.rv).await,
+        };
+        match outcome {
+            Ok(object) => return Ok(Some(object)),
+            Err(StoreError::Conflict) => continue,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
 }

@@ -132,3 +132,92 @@ on_both_stores! {
         }
     }
 }
+
+on_both_stores! {
+    /// The propagation policies as the API server's half of garbage collection: Orphan and
+    /// Foreground add the collector's finalizer and keep the owner, marked, until the collector
+    /// (played here by the test, as kube-controller-manager would) has orphaned or deleted the
+    /// dependents and removed it; Background deletes the owner at once and leaves the dependents
+    /// to the collector.
+    async fn propagation_policies_hand_the_owner_to_the_garbage_collector(t) {
+        use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy, WatchEvent, WatchParams};
+        use crate::harness::{dynamic_api, next_event, to_dynamic};
+        let client = t.kube();
+        let (owners, _) = dynamic_api(&client, 5, None);
+        let (dependents, _) = dynamic_api(&client, 4, Some("gc"));
+        let start = dependents.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+        let mut dependent_events = dependents.watch(&WatchParams::default(), &start).await.unwrap().boxed();
+        let mut owner_events = owners.watch(&WatchParams::default(), &start).await.unwrap().boxed();
+        let finalizers = |o: &kube::api::DynamicObject| o.metadata.finalizers.clone().unwrap_or_default();
+        for (policy, finalizer) in [
+            (PropagationPolicy::Orphan, Some("orphan")),
+            (PropagationPolicy::Foreground, Some("foregroundDeletion")),
+            (PropagationPolicy::Background, None),
+        ] {
+            let owner_name = format!("owner-{}", format!("{policy:?}").to_lowercase());
+            let owner = owners.create(&PostParams::default(), &to_dynamic(sample_object(5, &owner_name, None))).await.unwrap();
+            let reference = json!([{"apiVersion": "openreports.io/v1alpha1", "kind": "ClusterReport", "name": owner_name,
+                                    "uid": owner.metadata.uid.clone().unwrap(), "blockOwnerDeletion": true}]);
+            let names: Vec<String> = (0..2).map(|i| format!("{owner_name}-dep{i}")).collect();
+            for name in &names {
+                let mut dependent = sample_object(4, name, Some("gc"));
+                dependent["metadata"]["ownerReferences"] = reference.clone();
+                dependents.create(&PostParams::default(), &to_dynamic(dependent)).await.unwrap();
+            }
+            let params = DeleteParams { propagation_policy: Some(policy.clone()), ..Default::default() };
+            let answer = owners.delete(&owner_name, &params).await.unwrap();
+            let Some(finalizer) = finalizer else {
+                assert!(answer.is_right(), "Background: deleted at once, a Status comes back");
+                assert!(owners.get_opt(&owner_name).await.unwrap().is_none());
+                for name in &names {
+                    assert!(dependents.get(name).await.unwrap().metadata.deletion_timestamp.is_none(), "{name}: left to the collector");
+                }
+                continue;
+            };
+            let marked = answer.left().expect("the marked owner comes back");
+            assert_eq!(finalizers(&marked), [finalizer], "{policy:?}");
+            assert!(marked.metadata.deletion_timestamp.is_some(), "{policy:?}");
+            // Deleting again changes nothing; the owner waits for the collector.
+            let again = owners.delete(&owner_name, &DeleteParams::default()).await.unwrap().left().unwrap();
+            assert_eq!(again.metadata.resource_version, marked.metadata.resource_version, "{policy:?}");
+            for name in &names {
+                let dependent = dependents.get(name).await.unwrap();
+                assert!(dependent.metadata.deletion_timestamp.is_none(), "{policy:?}: the server leaves {name} alone");
+            }
+            // The collector's work, then the removal of its finalizer.
+            let mut dependents_gone = Vec::new();
+            for name in &names {
+                if finalizer == "orphan" {
+                    let orphan = json!({"metadata": {"ownerReferences": null}});
+                    dependents.patch(name, &PatchParams::default(), &Patch::Merge(&orphan)).await.unwrap();
+                } else {
+                    let uid = dependents.get(name).await.unwrap().metadata.uid.unwrap();
+                    let params = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some(uid), resource_version: None }), propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+                    dependents.delete(name, &params).await.unwrap();
+                    dependents_gone.push(name.clone());
+                }
+            }
+            let release = json!({"metadata": {"finalizers": null}});
+            owners.patch(&owner_name, &PatchParams::default(), &Patch::Merge(&release)).await.unwrap();
+            assert!(owners.get_opt(&owner_name).await.unwrap().is_none(), "{policy:?}: gone with its finalizer");
+            // Watchers see the dependents' deletions before the owner's.
+            let mut last_dependent = 0;
+            while !dependents_gone.is_empty() {
+                if let WatchEvent::Deleted(o) = next_event(&mut dependent_events).await.unwrap() {
+                    dependents_gone.retain(|n| Some(n) != o.metadata.name.as_ref());
+                    last_dependent = o.metadata.resource_version.unwrap().parse().unwrap();
+                }
+            }
+            let owner_deleted: u64 = loop {
+                if let WatchEvent::Deleted(o) = next_event(&mut owner_events).await.unwrap() {
+                    assert_eq!(o.metadata.name.as_deref(), Some(owner_name.as_str()));
+                    break o.metadata.resource_version.unwrap().parse().unwrap();
+                }
+            };
+            assert!(owner_deleted > last_dependent, "{policy:?}: owner deleted after its dependents");
+            let left = dependents.list(&ListParams::default()).await.unwrap().items;
+            let orphans = left.iter().filter(|o| o.metadata.name.as_ref().is_some_and(|n| n.starts_with(&owner_name))).count();
+            assert_eq!(orphans, if finalizer == "orphan" { 2 } else { 0 }, "{policy:?}");
+        }
+    }
+}

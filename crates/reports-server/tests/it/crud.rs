@@ -12,10 +12,8 @@ on_both_stores! {
         let client = t.kube();
         for (index, &(_, _, kind, plural, namespaced)) in KINDS.iter().enumerate() {
             let (api, _) = dynamic_api(&client, index, Some("team-a"));
-            let created = api
-                .create(&PostParams::default(), &to_dynamic(sample_object(index, "r1", Some("team-a"))))
-                .await
-                .unwrap();
+            let input = sample_object(index, "r1", Some("team-a"));
+            let created = api.create(&PostParams::default(), &to_dynamic(input.clone())).await.unwrap();
             let meta = &created.metadata;
             assert!(meta.uid.as_deref().is_some_and(|u| u.len() == 36), "{kind}: uid");
             assert!(meta.creation_timestamp.is_some(), "{kind}: creationTimestamp");
@@ -30,7 +28,14 @@ on_both_stores! {
 
             let fetched = api.get("r1").await.unwrap();
             assert_eq!(fetched.metadata.resource_version, created.metadata.resource_version);
-            assert_eq!(fetched.data, created.data, "{kind}: stored content comes back as written");
+            // The content (all but apiVersion, kind and metadata) is what the client sent.
+            let mut content = input.clone();
+            for key in ["apiVersion", "kind", "metadata"] {
+                content.as_object_mut().unwrap().remove(key);
+            }
+            assert_eq!(fetched.data, content, "{kind}: stored content comes back as written");
+            assert_eq!(created.data, content, "{kind}: the create answers with the content as written");
+            assert_eq!(fetched.metadata.labels.as_ref().unwrap()["app"], "demo", "{kind}: labels as written");
 
             // Create of an existing name is 409 AlreadyExists, never an upsert.
             let mut again = sample_object(index, "r1", Some("team-a"));

@@ -3,7 +3,7 @@
 use reqwest::header;
 use serde_json::Value;
 
-use crate::harness::TestServer;
+use crate::harness::{TestServer, KINDS};
 
 const V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 const CLIENT_GO_ACCEPT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
@@ -32,6 +32,31 @@ async fn legacy_discovery_documents_list_every_kind() {
     assert_eq!(polr["namespaced"], true);
     assert_eq!(polr["storageVersionHash"], "oABByl1YGQo=");
     assert_eq!(polr["verbs"].as_array().unwrap().len(), 8);
+
+    // Every kind, in the resource list of its group version, as its CRD declares it.
+    for (group, version, kind, plural, namespaced) in KINDS {
+        let list: Value =
+            http.get(t.url(&format!("/apis/{group}/{version}"))).send().await.unwrap().json().await.unwrap();
+        assert_eq!(list["groupVersion"], format!("{group}/{version}"));
+        let resources = list["resources"].as_array().unwrap();
+        let names: Vec<&str> = resources.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        let expected: Vec<&str> = KINDS.iter().filter(|k| k.0 == group).map(|k| k.3).collect();
+        assert_eq!(names, expected, "{group}/{version}: exactly its kinds");
+        let resource = resources.iter().find(|r| r["name"] == plural).unwrap();
+        assert_eq!(resource["kind"], kind);
+        assert_eq!(resource["namespaced"], namespaced, "{kind}");
+        assert_eq!(resource["singularName"], kind.to_lowercase(), "{kind}");
+        assert!(!resource["shortNames"].as_array().unwrap().is_empty(), "{kind}: short names");
+        assert!(!resource["storageVersionHash"].as_str().unwrap().is_empty(), "{kind}: storage hash");
+        let mut verbs: Vec<&str> =
+            resource["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        verbs.sort();
+        assert_eq!(
+            verbs,
+            ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "{kind}"
+        );
+    }
 
     let missing = http.get(t.url("/apis/wgpolicyk8s.io/v1beta1")).send().await.unwrap();
     assert_eq!(missing.status(), 404);

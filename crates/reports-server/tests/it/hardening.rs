@@ -40,7 +40,10 @@ async fn huge_watch_timeouts_are_served_not_panicked_on() {
         let url = t.url(&format!("{NS}?watch=true&timeoutSeconds={timeout}"));
         let mut response = t.http().get(url).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
-        let first = response.chunk().await.unwrap().expect("the watch sends the current object");
+        let first = crate::harness::within("the first event", response.chunk())
+            .await
+            .unwrap()
+            .expect("the watch sends the current object");
         let event: Value = serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap();
         assert_eq!(event["type"], "ADDED", "{event}");
     }

@@ -1,7 +1,9 @@
 //! Test harness: a live server on loopback over real TLS, and the real clients that talk to it
 //! (kube-rs, reqwest for raw wire checks, the kubectl binary).
 
-use std::{path::PathBuf, process::Command, sync::Once};
+use std::{future::Future, path::PathBuf, process::Command, sync::Once, time::Duration};
+
+use futures::{TryStream, TryStreamExt as _};
 
 use kube::{
     api::{Api, DynamicObject},
@@ -243,4 +245,28 @@ pub fn status_of(error: kube::Error) -> kube::core::Status {
         kube::Error::Api(status) => *status,
         other => panic!("expected an API error, got {other:?}"),
     }
+}
+
+/// How long a test waits for an awaited step (a watch event above all) before it fails: far
+/// beyond what a loaded machine needs, far short of the clients' own timeouts (kube-rs waits
+/// 290 s for a watch event, raw watches and `kubectl -w` forever), and shorter than the
+/// server's 60 s bookmark interval, so that a loop skipping bookmarks cannot wait for a lost
+/// event for ever.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Awaits `step`, failing the test, naming `what`, if it takes longer than [`DEADLINE`].
+pub async fn within<T>(what: &str, step: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, step)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {DEADLINE:?}, the event or answer was lost"))
+}
+
+/// The next item of a watch stream (None: it ended), failing the test on a transport error or
+/// when nothing arrives within [`DEADLINE`].
+pub async fn next_event<S>(stream: &mut S) -> Option<S::Ok>
+where
+    S: TryStream + Unpin,
+    S::Error: std::fmt::Debug,
+{
+    within("the next watch event", stream.try_next()).await.expect("the watch stream fails")
 }

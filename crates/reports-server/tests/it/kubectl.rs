@@ -1,8 +1,9 @@
 //! The real kubectl binary against the server: what operators type every day.
 
+use kube::api::{Patch, PatchParams};
 use serde_json::Value;
 
-use crate::harness::{sample_object, TestServer};
+use crate::harness::{dynamic_api, sample_object, within, TestServer, KINDS};
 
 // kubectl runs with its default `--validate=strict`: it finds `fieldValidation` on our PATCH
 // operations in /openapi/v3 and leaves validation to the server instead of downloading schemas.
@@ -85,12 +86,20 @@ on_both_stores! {
                 write_manifest(&t, &format!("r{i}.json"), &sample_object(4, &format!("r{i}"), Some("paged")));
             ok(&t, &["create", "-f", &file]);
         }
+        // Every object once, in order: a page repeated or skipped shows.
+        let expected: Vec<String> = (0..7).map(|i| format!("report.openreports.io/r{i}")).collect();
         let out = ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=2", "-o", "name"]);
-        assert_eq!(out.lines().count(), 7, "{out}");
+        assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{out}");
         let json: Value =
             serde_json::from_str(&ok(&t, &["get", "reps", "-n", "paged", "--chunk-size=3", "-o", "json"]))
                 .unwrap();
-        assert_eq!(json["items"].as_array().unwrap().len(), 7);
+        let names: Vec<String> = json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| format!("report.openreports.io/{}", o["metadata"]["name"].as_str().unwrap()))
+            .collect();
+        assert_eq!(names, expected);
     }
 }
 
@@ -178,28 +187,68 @@ async fn explain_and_waiting_for_deletion() {
     let recursive = ok(&t, &["explain", "ephr.spec", "--recursive"]);
     assert!(recursive.contains("owner") && recursive.contains("summary"), "{recursive}");
 
-    for name in ["gone", "waited"] {
-        let file = write_manifest(&t, &format!("{name}.json"), &sample_object(0, name, Some("default")));
+    // Both commands must really wait, on a watch: the objects carry a finalizer, so a delete
+    // only marks them, and they are gone once the test removes it while kubectl watches.
+    let client = t.kube();
+    let spawn = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(t.kubeconfig())
+            .args(args)
+            .env("HOME", t.dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for (index, short, name, waiting) in [
+        (0, "polr", "gone", vec!["delete", "polr", "gone", "--wait", "--timeout=60s"]),
+        (4, "reps", "waited", vec!["wait", "--for=delete", "reps/waited", "--timeout=60s"]),
+    ] {
+        let mut object = sample_object(index, name, Some("default"));
+        object["metadata"]["finalizers"] = serde_json::json!(["example.com/hold"]);
+        let file = write_manifest(&t, &format!("{name}.json"), &object);
         ok(&t, &["create", "-f", &file]);
+        let api = dynamic_api(&client, index, Some("default")).0;
+        let mut child = spawn(&waiting);
+        if short == "reps" {
+            api.delete(name, &Default::default()).await.unwrap();
+        }
+        // kubectl has deleted (the object is marked) and watches it.
+        wait_for_watch(&t, KINDS[index].3).await;
+        let marked = api.get(name).await.expect("the finalizer keeps the object");
+        assert!(marked.metadata.deletion_timestamp.is_some(), "{short}/{name} is marked for deletion");
+        assert!(child.try_wait().unwrap().is_none(), "kubectl waits while {short}/{name} exists");
+        let release = serde_json::json!({"metadata": {"finalizers": null}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&release)).await.unwrap();
+        let out = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kubectl {waiting:?}: {stderr}");
+        assert!(api.get_opt(name).await.unwrap().is_none());
     }
-    // `delete --wait` (the default) watches until the object is gone.
-    let deleted = ok(&t, &["delete", "polr", "gone", "--wait"]);
-    assert!(deleted.contains("deleted"), "{deleted}");
-    // `wait --for=delete` returns once another client deletes the object.
-    let waiter = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(t.kubeconfig())
-        .args(["wait", "--for=delete", "polr/waited", "--timeout=60s"])
-        .env("HOME", t.dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let api = crate::harness::polr_api(&t.kube(), "default");
-    api.delete("waited", &Default::default()).await.unwrap();
-    let out = tokio::task::block_in_place(|| waiter.wait_with_output().unwrap());
-    assert!(out.status.success(), "kubectl wait: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Waits until the server has an open watch on `plural` (kubectl's own watch).
+async fn wait_for_watch(t: &TestServer, plural: &str) {
+    let http = t.http();
+    let gauge = format!("resource=\"{plural}\"");
+    within(&format!("a watch on {plural}"), async {
+        loop {
+            let metrics = http.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            let watching = metrics.lines().any(|line| {
+                line.starts_with("apiserver_longrunning_requests{")
+                    && line.contains(&gauge)
+                    && line.contains("verb=\"WATCH\"")
+                    && !line.ends_with(" 0")
+            });
+            if watching {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

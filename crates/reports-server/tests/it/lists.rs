@@ -207,9 +207,88 @@ on_both_stores! {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        // The list of deleted items is streamed as they go; the response is complete at its end.
         let deleted: Value = response.json().await.unwrap();
         assert_eq!(deleted["items"].as_array().unwrap().len(), 2);
         assert_eq!(keys(&all.list(&ListParams::default()).await.unwrap()), ["a/r2"]);
+    }
+}
+
+on_both_stores! {
+    /// Objects in three of the stores' 256-row list chunks, each chunk deleted and streamed
+    /// out in turn, while other clients update them and create more in the namespace.
+    async fn delete_collection_spans_chunks_and_deletes_objects_changed_meanwhile(t) {
+        use futures::StreamExt as _;
+        const N: usize = 600;
+        let http = t.http();
+        let collection = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/bulk/policyreports");
+        let created: Vec<u16> = futures::stream::iter(0..N)
+            .map(|i| {
+                let request = http.post(&collection).json(&sample_object(0, &format!("r{i:03}"), Some("bulk")));
+                async move { request.send().await.unwrap().status().as_u16() }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        assert!(created.iter().all(|s| *s == 201));
+        // Meanwhile: updates of the objects from the last one back (the ones deleted last), and
+        // new objects, until the deletecollection has answered.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let busy = {
+            let (http, collection, stopped) = (http.clone(), collection.clone(), stopped.clone());
+            tokio::spawn(async move {
+                let (mut updated, mut added) = (0, Vec::new());
+                for i in (0..N).rev() {
+                    if *stopped.borrow() {
+                        break;
+                    }
+                    let patch = json!({"metadata": {"labels": {"touched": "yes"}}});
+                    let response = http
+                        .patch(format!("{collection}/r{i:03}"))
+                        .header("Content-Type", "application/merge-patch+json")
+                        .json(&patch)
+                        .send()
+                        .await
+                        .unwrap();
+                    updated += usize::from(response.status() == 200);
+                    let name = format!("late{i:03}");
+                    let response =
+                        http.post(&collection).json(&sample_object(0, &name, Some("bulk"))).send().await.unwrap();
+                    if response.status() == 201 {
+                        added.push(name);
+                    }
+                }
+                (updated, added)
+            })
+        };
+        let response = http.delete(&collection).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let deleted: Value = response.json().await.unwrap();
+        stop.send(true).unwrap();
+        let (updated, added) = busy.await.unwrap();
+        let mut names: Vec<&str> =
+            deleted["items"].as_array().unwrap().iter().map(|o| o["metadata"]["name"].as_str().unwrap()).collect();
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count, "each deleted object is returned once");
+        // kube deletes every listed object whatever happened to it meanwhile (no RV precondition).
+        let originals: Vec<String> = (0..N).map(|i| format!("r{i:03}")).collect();
+        let missing: Vec<&String> = originals.iter().filter(|n| names.binary_search(&n.as_str()).is_err()).collect();
+        assert!(missing.is_empty(), "objects listed but not deleted ({updated} updates raced): {missing:?}");
+        let (api, _) = dynamic_api(&t.kube(), 0, Some("bulk"));
+        let left: Vec<String> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| o.metadata.name.unwrap())
+            .collect();
+        assert!(left.iter().all(|n| n.starts_with("late")), "only objects created meanwhile may be left: {left:?}");
+        // A new object is either deleted (and returned) or left, never lost.
+        for name in &added {
+            let returned = names.binary_search(&name.as_str()).is_ok();
+            assert!(returned != left.contains(name), "{name}: returned {returned}, left {}", !returned);
+        }
     }
 }

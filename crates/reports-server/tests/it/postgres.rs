@@ -2,69 +2,110 @@
 //! configuration, and surviving a database outage. (Every behaviour shared with the embedded
 //! store is tested on both stores by `on_both_stores!` in the other modules.)
 
-use futures::{StreamExt as _, TryStreamExt as _};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use futures::StreamExt as _;
+use kube::api::{
+    DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use reports_test_support::PgCluster;
 use serde_json::{json, Value};
 
 use crate::{
-    harness::{polr_api, postgres_database, sample_object, to_dynamic, TestServer},
+    harness::{next_event, polr_api, postgres_database, sample_object, to_dynamic, TestServer},
     process::{insecure_client, start_binary},
 };
 
-fn rv(object: &kube::api::DynamicObject) -> String {
+fn rv(object: &DynamicObject) -> String {
     object.metadata.resource_version.clone().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_on_one_replica_sees_every_write_made_through_another() {
-    let url = postgres_database().await;
-    let a = TestServer::start_with(|c| c.storage = url.clone()).await;
-    let b = TestServer::start_with(|c| c.storage = url.clone()).await;
-    let on_a = polr_api(&a.kube(), "ns");
-    let on_b = polr_api(&b.kube(), "ns");
-    let start = on_b.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    let mut events = on_b.watch(&WatchParams::default(), &start).await.unwrap().boxed();
-    let mut expected = Vec::new();
-    for i in 0..10 {
-        let created = on_a
-            .create(&PostParams::default(), &to_dynamic(sample_object(0, &format!("r{i}"), Some("ns"))))
-            .await
-            .unwrap();
-        expected.push(("ADDED", format!("r{i}"), rv(&created)));
+/// Events of a watch up to and including `last`, as (type, name, RV); bookmarks skipped.
+async fn events_until(
+    events: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<DynamicObject>>> + Unpin),
+    last: u64,
+) -> Vec<(&'static str, String, u64)> {
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|(_, _, rv)| *rv < last) {
+        let (kind, object) = match next_event(events).await.expect("the watch stays open") {
+            WatchEvent::Added(o) => ("ADDED", o),
+            WatchEvent::Modified(o) => ("MODIFIED", o),
+            WatchEvent::Deleted(o) => ("DELETED", o),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("{e:?}"),
+        };
+        seen.push((kind, object.metadata.name.clone().unwrap(), rv(&object).parse().unwrap()));
     }
-    let patch = json!({"metadata": {"labels": {"rescanned": "yes"}}});
-    let patched = on_a.patch("r3", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    expected.push(("MODIFIED", "r3".into(), rv(&patched)));
-    on_a.delete("r4", &DeleteParams::default()).await.unwrap();
-    // Writes through B interleave with A's in one sequence.
-    let created_on_b = on_b
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_on_either_replica_see_concurrent_writes_through_both_by_notification() {
+    let url = postgres_database().await;
+    // A safety poll far beyond the test's deadlines: only NOTIFY tells a replica of the other's
+    // commits in time.
+    let replica = |url: String| {
+        TestServer::start_with(move |c| {
+            c.storage = url;
+            c.postgres.safety_poll = std::time::Duration::from_secs(3600);
+        })
+    };
+    let (a, b) = (replica(url.clone()).await, replica(url).await);
+    let (on_a, on_b) = (polr_api(&a.kube(), "ns"), polr_api(&b.kube(), "ns"));
+    let start: u64 =
+        on_b.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap().parse().unwrap();
+    let mut on_a_events = on_a.watch(&WatchParams::default(), &start.to_string()).await.unwrap().boxed();
+    let mut on_b_events = on_b.watch(&WatchParams::default(), &start.to_string()).await.unwrap().boxed();
+    // Four writers at once, two through each replica: create, patch, and finally delete one.
+    let mut writers = Vec::new();
+    for (w, api) in [on_a.clone(), on_b.clone(), on_a.clone(), on_b.clone()].into_iter().enumerate() {
+        writers.push(tokio::spawn(async move {
+            let patch = json!({"metadata": {"labels": {"rescanned": "yes"}}});
+            for i in 0..8 {
+                let name = format!("w{w}-{i}");
+                api.create(&PostParams::default(), &to_dynamic(sample_object(0, &name, Some("ns"))))
+                    .await
+                    .unwrap();
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+            }
+            api.delete(&format!("w{w}-0"), &DeleteParams::default()).await.unwrap();
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let writes = 4 * (8 * 2 + 1);
+    // Then one write through A that B can only hear of by notification (no later commit of its
+    // own carries it), and one through B that A can only hear of that way.
+    let from_a: u64 = rv(&on_a
+        .create(&PostParams::default(), &to_dynamic(sample_object(0, "from-a", Some("ns"))))
+        .await
+        .unwrap())
+    .parse()
+    .unwrap();
+    assert_eq!(from_a, start + writes + 1, "one RV per write across both replicas");
+    let seen_on_b = events_until(&mut on_b_events, from_a).await;
+    let from_b: u64 = rv(&on_b
         .create(&PostParams::default(), &to_dynamic(sample_object(0, "from-b", Some("ns"))))
         .await
-        .unwrap();
-    let mut seen = Vec::new();
-    while seen.len() < expected.len() + 2 {
-        match events.try_next().await.unwrap().expect("stream stays open") {
-            WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.clone().unwrap(), rv(&o))),
-            WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.clone().unwrap(), rv(&o))),
-            WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.clone().unwrap(), rv(&o))),
-            WatchEvent::Bookmark(_) => {}
-            WatchEvent::Error(e) => panic!("{e:?}"),
-        }
+        .unwrap())
+    .parse()
+    .unwrap();
+    let seen_on_a = events_until(&mut on_a_events, from_b).await;
+    for (replica, seen, last) in [("B", &seen_on_b, from_a), ("A", &seen_on_a, from_b)] {
+        let rvs: Vec<u64> = seen.iter().map(|(_, _, rv)| *rv).collect();
+        assert_eq!(rvs, (start + 1..=last).collect::<Vec<_>>(), "{replica}: every RV, in order, once");
+        let count = |kind: &str| seen.iter().filter(|(k, _, _)| *k == kind).count();
+        assert_eq!((count("MODIFIED"), count("DELETED")), (32, 4), "{replica}: {seen:?}");
     }
-    assert_eq!(&seen[..expected.len()], &expected[..], "B streams A's writes in commit order");
-    assert_eq!((seen[11].0, seen[11].1.as_str()), ("DELETED", "r4"));
-    assert_eq!(seen[12], ("ADDED", "from-b".to_string(), rv(&created_on_b)));
-    let rvs: Vec<u64> = seen.iter().map(|(_, _, rv)| rv.parse().unwrap()).collect();
-    assert!(rvs.windows(2).all(|w| w[0] < w[1]), "one increasing RV sequence across replicas: {rvs:?}");
+    assert_eq!(seen_on_a[..seen_on_b.len()], seen_on_b[..], "both replicas stream one history");
+    assert_eq!(seen_on_b.last().unwrap().1, "from-a");
+    assert_eq!(seen_on_a.last().unwrap().1, "from-b");
     // A list on either replica agrees.
-    let names = |list: kube::core::ObjectList<kube::api::DynamicObject>| {
+    let names = |list: kube::core::ObjectList<DynamicObject>| {
         list.items.into_iter().map(|o| o.metadata.name.unwrap()).collect::<Vec<_>>()
     };
-    assert_eq!(
-        names(on_a.list(&ListParams::default()).await.unwrap()),
-        names(on_b.list(&ListParams::default()).await.unwrap())
-    );
+    let listed = names(on_a.list(&ListParams::default()).await.unwrap());
+    assert_eq!(listed.len(), 4 * 7 + 2);
+    assert_eq!(listed, names(on_b.list(&ListParams::default()).await.unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +247,7 @@ async fn a_database_outage_is_a_503_and_loses_no_acknowledged_write() {
     let mut seen = Vec::new();
     let mut last_rv = 0u64;
     while last_rv < newest {
-        match events.try_next().await.unwrap().expect("the watch stays open") {
+        match next_event(&mut events).await.expect("the watch stays open") {
             WatchEvent::Added(o) => {
                 let rv: u64 = rv(&o).parse().unwrap();
                 assert!(rv > last_rv, "events in RV order");

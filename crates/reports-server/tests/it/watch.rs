@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader};
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use kube::{
     api::{
         Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -12,7 +12,7 @@ use kube::{
 };
 use serde_json::{json, Value};
 
-use crate::harness::{dynamic_api, polr_api, sample_object, to_dynamic, TestServer};
+use crate::harness::{dynamic_api, next_event, polr_api, sample_object, to_dynamic, within, TestServer};
 
 fn rv_of(object: &DynamicObject) -> u64 {
     object.metadata.resource_version.as_deref().unwrap().parse().unwrap()
@@ -32,19 +32,22 @@ async fn list_rv(api: &Api<DynamicObject>) -> String {
 }
 
 /// Reads newline-delimited watch events from a raw HTTP response.
-struct Lines {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
+pub(crate) struct Lines {
+    pub(crate) response: reqwest::Response,
+    pub(crate) buffer: Vec<u8>,
 }
 
 impl Lines {
-    async fn next(&mut self) -> Option<Value> {
+    /// The next event; None at a clean end. Fails the test on a transport error, a torn line
+    /// or nothing within the deadline.
+    pub(crate) async fn next(&mut self) -> Option<Value> {
         loop {
             if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
                 return Some(serde_json::from_slice(&line).expect("each line is one JSON event"));
             }
-            match self.response.chunk().await.unwrap() {
+            let chunk = within("the next line of a raw watch", self.response.chunk()).await;
+            match chunk.expect("the watch stream fails (a connection cut mid-stream?)") {
                 Some(chunk) => self.buffer.extend_from_slice(&chunk),
                 None => {
                     assert!(self.buffer.is_empty(), "stream ended mid-line");
@@ -79,7 +82,7 @@ on_both_stores! {
         api.delete("b", &DeleteParams::default()).await.unwrap();
         let mut seen = Vec::new();
         while seen.len() < 3 {
-            match events.try_next().await.unwrap().unwrap() {
+            match next_event(&mut events).await.unwrap() {
                 WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.clone().unwrap(), rv_of(&o))),
                 WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.clone().unwrap(), rv_of(&o))),
                 WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.clone().unwrap(), rv_of(&o))),
@@ -100,13 +103,13 @@ on_both_stores! {
         let api = polr_api(&t.kube(), "ns");
         create(&api, 0, "existing", Some("ns")).await;
         let mut events = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
-        match events.try_next().await.unwrap().unwrap() {
+        match next_event(&mut events).await.unwrap() {
             WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("existing")),
             other => panic!("expected a synthetic ADDED first, got {other:?}"),
         }
         create(&api, 0, "new", Some("ns")).await;
         loop {
-            match events.try_next().await.unwrap().unwrap() {
+            match next_event(&mut events).await.unwrap() {
                 WatchEvent::Added(o) => {
                     assert_eq!(o.metadata.name.as_deref(), Some("new"));
                     break;
@@ -153,7 +156,7 @@ on_both_stores! {
         let mut stream = watcher(api.clone(), config).boxed();
         let mut initial = Vec::new();
         loop {
-            match stream.try_next().await.unwrap().unwrap() {
+            match next_event(&mut stream).await.unwrap() {
                 watcher::Event::Init => {}
                 watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap()),
                 watcher::Event::InitDone => break,
@@ -174,15 +177,15 @@ on_both_stores! {
         let mut stream = reflector(writer, watcher(api.clone(), watcher::Config::default().page_size(1)))
             .applied_objects()
             .boxed();
-        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("one"));
+        assert_eq!(next_event(&mut stream).await.unwrap().metadata.name.as_deref(), Some("one"));
         create(&api, 3, "two", None).await;
-        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("two"));
+        assert_eq!(next_event(&mut stream).await.unwrap().metadata.name.as_deref(), Some("two"));
         label(&api, "one", "k", "v").await;
-        let updated = stream.try_next().await.unwrap().unwrap();
+        let updated = next_event(&mut stream).await.unwrap();
         assert_eq!(updated.metadata.labels.unwrap()["k"], "v");
         api.delete("two", &DeleteParams::default()).await.unwrap();
         create(&api, 3, "three", None).await;
-        assert_eq!(stream.try_next().await.unwrap().unwrap().metadata.name.as_deref(), Some("three"));
+        assert_eq!(next_event(&mut stream).await.unwrap().metadata.name.as_deref(), Some("three"));
         let mut names: Vec<String> = reader.state().iter().map(|o| o.metadata.name.clone().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["one", "three"], "the delete reached the cache before the later create");
@@ -196,14 +199,14 @@ on_both_stores! {
         label(&api, "a", "k", "v").await;
         t.store().compact(0).await.unwrap();
         let mut events = api.watch(&WatchParams::default(), &rv_of(&first).to_string()).await.unwrap().boxed();
-        match events.try_next().await.unwrap().unwrap() {
+        match next_event(&mut events).await.unwrap() {
             WatchEvent::Error(status) => {
                 assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
                 assert!(status.message.starts_with("too old resource version"), "{}", status.message);
             }
             other => panic!("expected a 410 ERROR event, got {other:?}"),
         }
-        assert!(events.try_next().await.unwrap().is_none(), "the stream ends after the error");
+        assert!(next_event(&mut events).await.is_none(), "the stream ends after the error");
     }
 }
 
@@ -212,7 +215,7 @@ on_both_stores! {
         let api = polr_api(&t.kube(), "ns");
         let current: u64 = list_rv(&api).await.parse().unwrap();
         let mut events = api.watch(&WatchParams::default(), &(current + 1000).to_string()).await.unwrap().boxed();
-        match events.try_next().await.unwrap().unwrap() {
+        match next_event(&mut events).await.unwrap() {
             WatchEvent::Error(status) => {
                 assert_eq!((status.code, status.reason.as_str()), (504, "Timeout"));
                 assert!(status.message.contains("Too large resource version"), "{}", status.message);
@@ -245,7 +248,7 @@ on_both_stores! {
 
         let mut seen = Vec::new();
         while seen.last().map(|(_, n): &(&str, String)| n.as_str()) != Some("sentinel") {
-            let (kind, object) = match events.try_next().await.unwrap().unwrap() {
+            let (kind, object) = match next_event(&mut events).await.unwrap() {
                 WatchEvent::Added(o) => ("ADDED", o),
                 WatchEvent::Modified(o) => ("MODIFIED", o),
                 WatchEvent::Deleted(o) => ("DELETED", o),
@@ -331,13 +334,26 @@ async fn kubectl_get_watch_prints_new_rows() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let header = tokio::task::block_in_place(|| lines.next().unwrap().unwrap());
+    // kubectl's lines through a thread, so that every read has a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || {
+        tokio::task::block_in_place(|| rx.recv_timeout(crate::harness::DEADLINE))
+            .expect("kubectl -w prints the next row within the deadline")
+    };
+    let header = next_line();
     assert!(header.starts_with("NAMESPACE") && header.contains("PASS"), "{header}");
-    let row = tokio::task::block_in_place(|| lines.next().unwrap().unwrap());
+    let row = next_line();
     assert!(row.starts_with("team") && row.contains("before"), "{row}");
     create(&api, 0, "after", Some("team")).await;
-    let row = tokio::task::block_in_place(|| lines.next().unwrap().unwrap());
+    let row = next_line();
     assert!(row.contains("after"), "{row}");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -373,7 +389,7 @@ on_both_stores! {
         for mut events in watchers {
             let mut expected = start + 1;
             while expected <= last {
-                match events.try_next().await.unwrap().unwrap() {
+                match next_event(&mut events).await.unwrap() {
                     WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                         assert_eq!(rv_of(&o), expected, "every RV, in order, once");
                         expected += 1;
@@ -392,16 +408,41 @@ async fn timeouts_and_shutdown_end_streams_cleanly() {
     let api = polr_api(&t.kube(), "ns");
     let rv = list_rv(&api).await;
     let mut short = api.watch(&WatchParams::default().timeout(1), &rv).await.unwrap().boxed();
-    while let Some(event) = short.try_next().await.unwrap() {
+    while let Some(event) = next_event(&mut short).await {
         assert!(matches!(event, WatchEvent::Bookmark(_)), "{event:?}");
     }
-    let mut long = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    // Raw watches on both protocols: kube-rs ends a stream silently when the connection is cut
+    // mid-message, but reqwest reports it, and `Lines` fails the test on it or on a torn line.
+    let url = t.url(&format!(
+        "/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1&resourceVersion={rv}\
+         &allowWatchBookmarks=true"
+    ));
+    let mut open = Vec::new();
+    for http1 in [true, false] {
+        let response = client(&t, http1).get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(Lines { response, buffer: Vec::new() });
+    }
     t.server.take().unwrap().shutdown().await;
-    while let Some(event) = long.next().await {
-        if let Ok(event) = event {
-            assert!(matches!(event, WatchEvent::Bookmark(_)), "{event:?}");
+    for mut lines in open {
+        while let Some(event) = lines.next().await {
+            assert_eq!(event["type"], "BOOKMARK", "{event}");
         }
     }
+}
+
+/// A raw client trusting the test CA, speaking only HTTP/1.1 or only HTTP/2.
+fn client(t: &TestServer, http1: bool) -> reqwest::Client {
+    client_trusting(&t.pki.ca_pem, http1)
+}
+
+/// A raw client trusting `ca_pem`, speaking only HTTP/1.1 or only HTTP/2.
+pub(crate) fn client_trusting(ca_pem: &str, http1: bool) -> reqwest::Client {
+    crate::harness::install_crypto();
+    let builder = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap());
+    let builder = if http1 { builder.http1_only() } else { builder.http2_prior_knowledge() };
+    builder.build().unwrap()
 }
 
 #[tokio::test]
@@ -411,10 +452,7 @@ async fn watch_streams_are_chunked_on_http1_and_framed_on_http2() {
     create(&api, 0, "a", Some("ns")).await;
     let url = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/ns/policyreports?watch=1&timeoutSeconds=60");
     for http1 in [true, false] {
-        let mut builder = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap());
-        builder = if http1 { builder.http1_only() } else { builder.http2_prior_knowledge() };
-        let response = builder.build().unwrap().get(&url).send().await.unwrap();
+        let response = client(&t, http1).get(&url).send().await.unwrap();
         let expected = if http1 { reqwest::Version::HTTP_11 } else { reqwest::Version::HTTP_2 };
         assert_eq!(response.version(), expected);
         if http1 {
@@ -427,4 +465,171 @@ async fn watch_streams_are_chunked_on_http1_and_framed_on_http2() {
             "the first event arrives without waiting for more"
         );
     }
+}
+
+/// The change log is trimmed by the server's own timer once entries are older than the
+/// retention, and an informer whose resourceVersion was trimmed away gets 410 and relists.
+async fn compaction_on_the_timer_makes_informers_relist(t: TestServer) {
+    let quiet = polr_api(&t.kube(), "quiet");
+    let busy = polr_api(&t.kube(), "busy");
+    let first = create(&quiet, 0, "q1", Some("quiet")).await;
+    // An informer on a namespace nothing else writes to: its watches end every second (so it
+    // resumes often, from the RV it last saw) and it gets no bookmarks (which would move it on).
+    let config = watcher::Config::default().timeout(1).disable_bookmarks();
+    let mut informer = watcher(quiet.clone(), config).boxed();
+    let mut listed = Vec::new();
+    loop {
+        match next_event(&mut informer).await.unwrap() {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(o) => listed.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(listed, ["q1"]);
+    // Writes elsewhere, then nothing but time: the timer trims them all once they are older than
+    // the one-second retention, past the informer's RV.
+    for i in 0..3 {
+        create(&busy, 0, &format!("b{i}"), Some("busy")).await;
+    }
+    let newest: u64 = list_rv(&busy).await.parse().unwrap();
+    within("compaction on the server's timer", async {
+        while t.store().compacted_rv().await.unwrap() < newest {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(newest > rv_of(&first));
+    // The informer's next watch, from q1's RV, is refused with 410 Gone and it lists again.
+    let mut relisted = Vec::new();
+    let gone = match within("the informer's next event", informer.next()).await.expect("the informer runs on")
+    {
+        Err(watcher::Error::WatchError(status)) => status.code,
+        Ok(other) => panic!("expected the 410 first, got {other:?}"),
+        Err(other) => panic!("{other:?}"),
+    };
+    assert_eq!(gone, 410);
+    loop {
+        match next_event(&mut informer).await.unwrap() {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(o) => relisted.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(relisted, ["q1"]);
+    create(&quiet, 0, "q2", Some("quiet")).await;
+    match next_event(&mut informer).await.unwrap() {
+        watcher::Event::Apply(o) => assert_eq!(o.metadata.name.as_deref(), Some("q2")),
+        other => panic!("after the relist the informer watches on: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_on_the_timer_makes_informers_relist_sqlite() {
+    compaction_on_the_timer_makes_informers_relist(
+        TestServer::start_with(|c| c.change_log_retention_seconds = 1).await,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_on_the_timer_makes_informers_relist_postgres() {
+    let url = crate::harness::postgres_database().await;
+    let t = TestServer::start_with(|c| {
+        c.storage = url;
+        c.change_log_retention_seconds = 1;
+    })
+    .await;
+    compaction_on_the_timer_makes_informers_relist(t).await
+}
+
+/// A watch stream's open watchers, from the server's own gauge.
+async fn watch_subscribers(t: &TestServer) -> u64 {
+    let metrics = t.http().get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("reports_server_watch_subscribers ")).unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Back-pressure through the server: with a one-byte window and clients that stop reading,
+/// writers and a reading watcher go on at full speed; a client that resumes reading gets every
+/// change from the database, in order; one that never does is disconnected after the grace
+/// period, its stream ending cleanly after what it was sent (it re-watches from there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_watchers_catch_up_and_stalled_ones_are_disconnected() {
+    let t = TestServer::start_with(|c| c.watch_window_bytes = 1).await;
+    let api = polr_api(&t.kube(), "load");
+    let start: u64 = list_rv(&api).await.parse().unwrap();
+    let path = format!(
+        "/apis/wgpolicyk8s.io/v1alpha2/namespaces/load/policyreports?watch=1&resourceVersion={start}\
+         &timeoutSeconds=600"
+    );
+    let open = |path: String| {
+        let http = client(&t, true);
+        let url = t.url(&path);
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            Lines { response, buffer: Vec::new() }
+        }
+    };
+    let mut slow = open(path.clone()).await;
+    let mut stalled = open(path).await;
+    let mut fast = api.watch(&WatchParams::default(), &start.to_string()).await.unwrap().boxed();
+    assert_eq!(watch_subscribers(&t).await, 3);
+    // Far more than the stalled client's queue and socket buffers hold (about 40 MB).
+    const WRITES: u64 = 200;
+    let reader = tokio::spawn(async move {
+        let mut rvs = Vec::new();
+        while rvs.len() < WRITES as usize {
+            match next_event(&mut fast).await.unwrap() {
+                WatchEvent::Added(o) => rvs.push(rv_of(&o)),
+                WatchEvent::Bookmark(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        rvs
+    });
+    let http = t.http();
+    let collection = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/load/policyreports");
+    for i in 0..WRITES {
+        let mut object = sample_object(0, &format!("big{i:03}"), Some("load"));
+        object["results"][0]["message"] = json!("x".repeat(200_000));
+        let response =
+            within("a write while watchers stall", http.post(&collection).json(&object).send()).await;
+        assert_eq!(response.unwrap().status(), 201, "writers never wait for watchers");
+    }
+    let last = start + WRITES;
+    let expected: Vec<u64> = (start + 1..=last).collect();
+    assert_eq!(reader.await.unwrap(), expected, "the reading watcher got every change in order");
+    let metrics = t.http().get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let floor: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("reports_server_watch_window_floor_resource_version "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(floor > start + 1, "the window moved past the stopped clients ({floor})");
+    // The slow client reads again: every change, from the database, in order.
+    let mut rvs = Vec::new();
+    while rvs.len() < WRITES as usize {
+        let event = slow.next().await.expect("the slow client's watch stays open");
+        rvs.push(event["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(rvs, expected, "the slow client missed nothing");
+    // The stalled one is closed by the server after its grace period (30 s).
+    tokio::time::timeout(std::time::Duration::from_secs(90), async {
+        while watch_subscribers(&t).await > 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the stalled watch is closed within 90 s");
+    let mut received = Vec::new();
+    while let Some(event) = stalled.next().await {
+        received
+            .push(event["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    assert!(received.len() < WRITES as usize, "closed before it was sent everything");
+    assert_eq!(received[..], expected[..received.len()], "what it got is a gap-free prefix");
 }

@@ -1,6 +1,6 @@
 //! Hearing of other replicas' commits: LISTEN on a dedicated connection, and re-reading the
-//! counter after every (re)connect and every [`SAFETY_POLL`], so a lost notification delays an
-//! event but never loses it.
+//! counter after every (re)connect and every safety poll (`PgSettings::safety_poll`, 5 s by
+//! default), so a lost notification delays an event but never loses it.
 
 use std::time::Duration;
 
@@ -10,15 +10,13 @@ use tokio_postgres::AsyncMessage;
 
 use super::{errors::db_error, reads, target::Target};
 
-/// How often the listener re-reads the counter even without notifications.
-const SAFETY_POLL: Duration = Duration::from_secs(5);
-
 /// Keeps `committed` up to date with commits made by any replica: LISTEN on a dedicated
-/// connection, re-read the counter after every (re)connect and every [`SAFETY_POLL`].
+/// connection, re-read the counter after every (re)connect and every `safety_poll`.
 pub(super) async fn listen(
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     target: Target,
+    safety_poll: Duration,
     mut stop: watch::Receiver<()>,
 ) {
     let (channel, committed) = (target.channel.clone(), target.committed.clone());
@@ -70,7 +68,7 @@ pub(super) async fn listen(
                     Some(rv) => committed.learned(rv),
                     None => break, // connection lost: reconnect
                 },
-                _ = tokio::time::sleep(SAFETY_POLL) => {
+                _ = tokio::time::sleep(safety_poll) => {
                     if let Ok(rv) = read_counter().await {
                         committed.learned(rv);
                     }

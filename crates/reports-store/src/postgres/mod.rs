@@ -125,7 +125,7 @@ impl PgStore {
             committed: Arc::new(CommitSignal::new(rv)),
         };
         let (stop, stopped) = watch::channel(());
-        tokio::spawn(listen::listen(config, tls, target.clone(), stopped));
+        tokio::spawn(listen::listen(config, tls, target.clone(), settings.safety_poll, stopped));
         Ok(Self {
             creates: Combiner::start(Creates(target.clone())),
             updates: Combiner::start(Updates(target.clone())),

@@ -63,6 +63,10 @@ pub struct PgSettings {
     pub cluster_id: Option<String>,
     /// A name recorded with the cluster (upstream's `--clustername`).
     pub cluster_name: Option<String>,
+    /// How often the notification listener re-reads the counter without a notification: the
+    /// most a lost NOTIFY delays another replica's events. Not a flag; tests lengthen it to show
+    /// that notifications alone deliver.
+    pub safety_poll: Duration,
 }
 
 impl Default for PgSettings {
@@ -79,6 +83,7 @@ impl Default for PgSettings {
             startup_timeout: Duration::from_secs(60),
             cluster_id: None,
             cluster_name: None,
+            safety_poll: Duration::from_secs(5),
         }
     }
 }

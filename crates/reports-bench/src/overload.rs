@@ -8,8 +8,9 @@
 //! latencies are reported alone first, then under the flood, with the server's limits on (its
 //! defaults) or off (`--unlimited`), with the flood's 429 counts and the process's peak RSS.
 //!
-//! The server runs in this process on a temporary SQLite file, so the RSS includes the load
-//! generator (which discards list bodies as they stream).
+//! The server is the `reports-server` binary built beside this one, in its own process on a
+//! temporary SQLite file (its RSS is the server's alone); the probe runs on a thread and runtime
+//! of its own, so the flooding client's tasks cannot delay it on the client side.
 
 use std::{
     sync::{
@@ -19,7 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reports_server::{limits::ServingLimits, tls::CertificatePem, Server, ServerConfig};
+use std::io::BufRead as _;
+
+use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use crate::{
@@ -76,24 +79,29 @@ impl Counts {
 /// Runs the probe alone, then under the flood; returns the figures.
 pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
-    let limits = if flood.unlimited {
-        ServingLimits { max_read_only: 0, max_mutating: 0, ..Default::default() }
-    } else {
-        ServingLimits::default()
+    let binary = std::env::current_exe()?.with_file_name("reports-server");
+    let mut command = std::process::Command::new(&binary);
+    command
+        .arg("--storage")
+        .arg(format!("sqlite://{}", dir.path().join("reports.db").display()))
+        .args(["--secure-port", "0"]);
+    if flood.unlimited {
+        command.args(["--max-requests-inflight", "0", "--max-mutating-requests-inflight", "0"]);
+    }
+    let mut server = ServerChild(
+        command.env("RUST_LOG", "info").stderr(std::process::Stdio::piped()).spawn().with_context(|| {
+            format!("starting {} (cargo build --release -p reports-server)", binary.display())
+        })?,
+    );
+    let mut log = std::io::BufReader::new(server.0.stderr.take().context("server stderr")?).lines();
+    let base = loop {
+        let line = log.next().context("the server exited before it was ready")??;
+        if let Some(rest) = line.split("is ready on ").nth(1) {
+            break rest.split(';').next().unwrap_or_default().trim().to_string();
+        }
     };
-    let server = Server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
-        certificate: CertificatePem::self_signed()?,
-        storage: format!("sqlite://{}", dir.path().join("reports.db").display()),
-        postgres: Default::default(),
-        limits: limits.clone(),
-        change_log_retention_seconds: 900,
-        watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
-        commit_trace: None,
-        cluster: None,
-    })
-    .await?;
-    let base = format!("https://127.0.0.1:{}", server.local_addr.port());
+    // Keep reading the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || log.for_each(drop));
     let seeding = api::Api::connect(&base, 4).await?;
     let flood_collection = seeding.collection("policyreports", Some("flood"));
     for chunk in (0..flood.items).collect::<Vec<_>>().chunks(32) {
@@ -113,17 +121,9 @@ pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
         .create(0, &quiet, api::to_bytes(&small))
         .await
         .map_err(|s| anyhow::anyhow!("probe report: {s}"))?;
-    // Another client: another address (127.0.0.2 is loopback too), as a standalone server tells
-    // clients apart by address (in a cluster, by user).
-    let probe_client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .http2_prior_knowledge()
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .build()?;
     let probe_url = format!("{quiet}/probe");
-    probe_client.get(&probe_url).send().await?.error_for_status()?;
 
-    let alone = probe(&probe_client, &probe_url, flood.probe_rate, flood.seconds / 3.0).await;
+    let alone = probe_on_own_thread(&probe_url, flood.probe_rate, flood.seconds / 3.0).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (list_counts, write_counts) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
@@ -158,35 +158,67 @@ pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
         }));
     }
     let peak_rss = Arc::new(AtomicU64::new(0));
+    let server_pid = server.0.id();
     let sampler = {
         let (stop, peak) = (stop.clone(), peak_rss.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(crate::procs::rss_bytes(std::process::id()), Ordering::Relaxed);
+                peak.fetch_max(crate::procs::rss_bytes(server_pid), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     };
-    let flooded = probe(&probe_client, &probe_url, flood.probe_rate, flood.seconds).await;
+    let flooded = probe_on_own_thread(&probe_url, flood.probe_rate, flood.seconds).await?;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
     }
     let _ = sampler.await;
-    server.shutdown().await;
+    drop(server);
     Ok(json!({
         "benchmark": "overload",
-        "limits": if flood.unlimited { json!("off") } else {
-            json!({"max_requests_inflight": limits.max_read_only, "max_mutating_requests_inflight": limits.max_mutating})
-        },
+        "limits": if flood.unlimited { "off" } else { "defaults (400 reads, 200 writes, a quarter per client)" },
         "flood": {"list_loops": flood.lists, "write_loops": flood.writes, "items_per_list": flood.items,
                   "seconds": flood.seconds},
         "probe_alone": alone,
         "probe_under_flood": flooded,
         "flood_lists": list_counts.summary(flood.seconds),
         "flood_writes": write_counts.summary(flood.seconds),
-        "peak_rss_mib": peak_rss.load(Ordering::Relaxed) / (1 << 20),
+        "server_peak_rss_mib": peak_rss.load(Ordering::Relaxed) / (1 << 20),
     }))
+}
+
+/// The server process, killed when the run ends however it ends.
+struct ServerChild(std::process::Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// [`probe`] from a client of its own, on a thread and runtime of its own (its connection is
+/// driven there too). Another address (127.0.0.2 is loopback too) makes it another client to a
+/// standalone server, which tells clients apart by address (in a cluster, by user).
+async fn probe_on_own_thread(url: &str, rate: f64, seconds: f64) -> anyhow::Result<Value> {
+    let url = url.to_string();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .http2_prior_knowledge()
+                .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+                .build()?;
+            client.get(&url).send().await?.error_for_status()?;
+            anyhow::Ok(probe(&client, &url, rate, seconds).await)
+        })
+    });
+    tokio::task::spawn_blocking(move || {
+        thread.join().map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+    })
+    .await?
 }
 
 /// Reads a response to its end, discarding it; its status, or None when the request failed.

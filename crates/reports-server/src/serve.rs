@@ -29,6 +29,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 const DRAIN_FACTOR: usize = 4;
 /// How long that discarding may take.
 const DRAIN_TIMEOUT_PER_REQUEST: Duration = Duration::from_secs(10);
+/// A pause of the client this long ends the discarding.
+const DRAIN_PAUSE: Duration = Duration::from_secs(1);
 /// Longest pause of the accept loop after an accept error (out of file descriptors, say): long
 /// enough not to spin, short enough to resume soon after descriptors free up.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -237,7 +239,8 @@ impl SharedBody {
     }
 
     /// Reads and discards up to `limit` bytes of what is left, for at most
-    /// [`DRAIN_TIMEOUT_PER_REQUEST`].
+    /// [`DRAIN_TIMEOUT_PER_REQUEST`], and stops as soon as the client pauses for
+    /// [`DRAIN_PAUSE`] (a body that stopped arriving has nothing to drain).
     async fn drain(self, limit: usize) {
         use http_body::Body as _;
         if self.is_end_stream() {
@@ -247,9 +250,10 @@ impl SharedBody {
         let mut drained = 0usize;
         let _ = tokio::time::timeout(DRAIN_TIMEOUT_PER_REQUEST, async {
             while drained <= limit {
-                match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
-                    Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
-                    Some(Err(_)) | None => return,
+                let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+                match tokio::time::timeout(DRAIN_PAUSE, next).await {
+                    Ok(Some(Ok(frame))) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                    Ok(Some(Err(_)) | None) | Err(_) => return,
                 }
             }
         })

@@ -209,6 +209,9 @@ enum Command {
         /// Serve without in-flight limits (the comparison).
         #[arg(long)]
         unlimited: bool,
+        /// A further flag for the server (repeatable), e.g. `--server-arg=--max-requests-inflight=64`.
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
     },
     /// Regenerate a Markdown section from a result file.
     Render {
@@ -249,8 +252,8 @@ fn main() -> anyhow::Result<()> {
             println!("{result}");
             Ok(())
         }
-        Command::Overload { lists, writes, items, probe_rate, seconds, unlimited } => {
-            let flood = overload::Flood { lists, writes, items, probe_rate, seconds, unlimited };
+        Command::Overload { lists, writes, items, probe_rate, seconds, unlimited, server_args } => {
+            let flood = overload::Flood { lists, writes, items, probe_rate, seconds, unlimited, server_args };
             println!("{}", runtime.block_on(overload::overload(flood))?);
             Ok(())
         }

@@ -45,6 +45,8 @@ pub struct Flood {
     pub seconds: f64,
     /// Serve without in-flight limits.
     pub unlimited: bool,
+    /// Further server flags.
+    pub server_args: Vec<String>,
 }
 
 /// Outcome counts of one kind of flood request.
@@ -88,6 +90,7 @@ pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
     if flood.unlimited {
         command.args(["--max-requests-inflight", "0", "--max-mutating-requests-inflight", "0"]);
     }
+    command.args(&flood.server_args);
     let mut server = ServerChild(
         command.env("RUST_LOG", "info").stderr(std::process::Stdio::piped()).spawn().with_context(|| {
             format!("starting {} (cargo build --release -p reports-server)", binary.display())
@@ -104,7 +107,8 @@ pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
     std::thread::spawn(move || log.for_each(drop));
     let seeding = api::Api::connect(&base, 4).await?;
     let flood_collection = seeding.collection("policyreports", Some("flood"));
-    for chunk in (0..flood.items).collect::<Vec<_>>().chunks(32) {
+    // Four at a time: within one client's share of even a small write limit.
+    for chunk in (0..flood.items).collect::<Vec<_>>().chunks(4) {
         let creates = chunk.iter().map(|&i| {
             let body =
                 api::to_bytes(&shapes::kyverno_policy_report(Some("flood"), &format!("r{i}"), i as u64, 10));
@@ -177,7 +181,7 @@ pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
     drop(server);
     Ok(json!({
         "benchmark": "overload",
-        "limits": if flood.unlimited { "off" } else { "defaults (400 reads, 200 writes, a quarter per client)" },
+        "limits": if flood.unlimited { "off".to_string() } else { format!("a quarter per client of {:?}", flood.server_args) },
         "flood": {"list_loops": flood.lists, "write_loops": flood.writes, "items_per_list": flood.items,
                   "seconds": flood.seconds},
         "probe_alone": alone,

@@ -13,6 +13,7 @@ pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod field_validation;
+pub mod fuzzing;
 pub mod negotiate;
 pub mod object;
 pub mod object_errors;

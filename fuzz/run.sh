@@ -11,7 +11,7 @@
 #   RUNS_<target>   executions for one target, e.g. RUNS_request_body=50000
 #   TIMEOUT         seconds one input may take before it counts as a timeout (default 10)
 #   RSS_LIMIT_MB    memory limit of the fuzzing process (default 2048)
-#   GROW=1          keep the new inputs found, minimised, in fuzz/corpus (commit them)
+#   GROW=1          add the inputs that reached new coverage to fuzz/corpus (commit them)
 #
 # New inputs go to fuzz/target/corpus/<target>; the committed corpus is only read unless
 # GROW=1. A crash or timeout leaves its input in fuzz/artifacts/<target>/ and makes the script
@@ -20,12 +20,18 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 
-# Cheap parsers run 1.5M times each; decoding, validating and patching whole reports cost about
+# Cheap parsers run 1.6M times each; decoding, validating and patching whole reports cost about
 # a millisecond per input, so fewer.
 declare -A DEFAULT_RUNS=(
-    [label_selector]=1500000 [field_selector]=1500000 [continue_token]=1500000
-    [list_options]=1500000 [accept_header]=1500000 [request_path]=1500000
+    [label_selector]=1600000 [field_selector]=1600000 [continue_token]=1600000
+    [list_options]=1600000 [accept_header]=1600000 [request_path]=1600000
     [request_body]=200000 [patch]=500000
+)
+# Selectors, tokens, headers, query strings and paths are short in practice; longer inputs only
+# slow the search down. Bodies and patches keep libFuzzer's default (the largest seed).
+declare -A MAX_LEN=(
+    [label_selector]=1024 [field_selector]=1024 [continue_token]=1024
+    [list_options]=2048 [accept_header]=1024 [request_path]=2048
 )
 ALL_TARGETS=(label_selector field_selector continue_token list_options accept_header request_path request_body patch)
 TIMEOUT="${TIMEOUT:-10}"
@@ -59,8 +65,12 @@ for target in "${targets[@]}"; do
     start=$(date +%s)
     status=0
     # One job at a time: the machine is shared.
+    limits=()
+    if [ -n "${MAX_LEN[$target]:-}" ]; then
+        limits=(-max_len="${MAX_LEN[$target]}")
+    fi
     cargo +nightly fuzz run -a "$target" "$work" "corpus/${target}" -- \
-        -runs="$runs" -timeout="$TIMEOUT" -rss_limit_mb="$RSS_LIMIT_MB" -print_final_stats=1 \
+        "${limits[@]}" -runs="$runs" -timeout="$TIMEOUT" -rss_limit_mb="$RSS_LIMIT_MB" -print_final_stats=1 \
         >"$log" 2>&1 || status=$?
     seconds=$(($(date +%s) - start))
     done_runs=$(grep -oE '^Done [0-9]+ runs' "$log" | grep -oE '[0-9]+' || true)
@@ -81,8 +91,9 @@ for target in "${targets[@]}"; do
     total_runs=$((total_runs + done_runs))
     total_findings=$((total_findings + findings))
     if [ "${GROW:-0}" = 1 ]; then
-        cp -n "$work"/* "corpus/${target}/" 2>/dev/null || true
-        cargo +nightly fuzz cmin -a "$target" "corpus/${target}" >>"$log" 2>&1
+        # Merge: adds only the inputs that reach new coverage, and keeps the seeds as they are.
+        cargo +nightly fuzz run -a "$target" "corpus/${target}" "$work" -- "${limits[@]}" -merge=1 \
+            >>"$log" 2>&1
     fi
 done
 echo "total            ${total_runs} executions, ${total_findings} findings (crashes, timeouts, out-of-memory)"

@@ -7,6 +7,9 @@
 //! type that every failure becomes. The store and server crates build on it; nothing here
 //! touches a socket, a file, a database, a clock or a random number generator: the time, uids
 //! and generated-name randomness come from the caller, so everything here is deterministic.
+//!
+//! [`fuzzing`] drives the parsers of client input with arbitrary bytes, for `fuzz/` and the
+//! smoke test in this crate's tests.
 
 pub mod catalogue;
 pub mod deletion;

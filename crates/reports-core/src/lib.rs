@@ -7,12 +7,16 @@
 //! type that every failure becomes. The store and server crates build on it; nothing here
 //! touches a socket, a file, a database, a clock or a random number generator: the time, uids
 //! and generated-name randomness come from the caller, so everything here is deterministic.
+//!
+//! [`fuzzing`] drives the parsers of client input with arbitrary bytes, for `fuzz/` and the
+//! smoke test in this crate's tests.
 
 pub mod catalogue;
 pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod field_validation;
+pub mod fuzzing;
 pub mod negotiate;
 pub mod object;
 pub mod object_errors;

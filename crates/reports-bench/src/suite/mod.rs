@@ -170,7 +170,6 @@ struct Prepared {
     namespace: String,
     name: String,
     body: Bytes,
-    labels: String,
 }
 
 /// Builds `count` core reports of `results` results each (bodies serialised up front).
@@ -181,8 +180,7 @@ fn prepare_core(count: usize, results: usize) -> Arc<Vec<Prepared>> {
                 let namespace = shapes::namespace_of(i as u64);
                 let name = format!("pod-{i:07}");
                 let document = shapes::kyverno_policy_report(Some(&namespace), &name, i as u64, results);
-                let labels = document["metadata"]["labels"].to_string();
-                Prepared { body: api::to_bytes(&document), namespace, name, labels }
+                Prepared { body: api::to_bytes(&document), namespace, name }
             })
             .collect(),
     )

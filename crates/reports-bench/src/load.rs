@@ -115,9 +115,11 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// How late an open-loop writer may reach a slot and still send it: one period, and never less
-/// than 2 ms (tokio's timer wakes up to a millisecond after the deadline it was given).
+/// than 5 ms. Tokio's timer wakes up to a millisecond after its deadline, and a thread woken on
+/// two cores shared with the server, the database and the watchers often waits a few more; a
+/// writer later than that was stalled. At 500/s this sends at most three writes together.
 pub fn late_tolerance(period: Duration) -> Duration {
-    period.max(Duration::from_millis(2))
+    period.max(Duration::from_millis(5))
 }
 
 /// Whether an open-loop writer that reaches a slot `late` after its intended send time still
@@ -232,8 +234,8 @@ mod tests {
         assert!(send_slot(Duration::ZERO, ms(10)));
         assert!(send_slot(ms(10), ms(10)));
         assert!(!send_slot(ms(11), ms(10)));
-        // 1,000/s: the timer's millisecond of slack is not lateness.
-        assert!(send_slot(ms(2), ms(1)));
-        assert!(!send_slot(ms(3), ms(1)));
+        // 500/s: scheduling jitter of a few milliseconds is not a stall.
+        assert!(send_slot(ms(5), ms(2)));
+        assert!(!send_slot(ms(6), ms(2)));
     }
 }

@@ -214,37 +214,23 @@ pub async fn watch_lag(
     // RV -> (intended send time, answer read).
     let sent: Arc<Mutex<HashMap<u64, (Instant, Instant)>>> =
         Arc::new(Mutex::new(HashMap::with_capacity(total)));
-    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let mut writes = Vec::with_capacity(total);
-    let mut skipped = 0usize;
-    let began = tokio::time::Instant::now();
     let (server_cpu_before, bench_cpu_before) = (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
-    for (i, body) in bodies.into_iter().enumerate() {
-        let intended = began + period.mul_f64(i as f64);
-        tokio::time::sleep_until(intended).await;
-        if !send_slot(intended.elapsed(), period) {
-            skipped += 1;
-            continue;
-        }
-        let (http, url, sent) = (http.clone(), collection.clone(), sent.clone());
-        let intended = intended.into_std();
-        writes.push(tokio::spawn(async move {
-            let rv = write(&http, &url, body).await?;
-            let answered = Instant::now();
-            sent.lock().unwrap().insert(rv, (intended, answered));
-            Ok::<_, u16>(answered.duration_since(intended))
-        }));
-    }
-    let mut write_latencies = Vec::new();
-    // Failed writes by HTTP status (0: transport failure or an answer without an RV).
-    let mut write_errors: BTreeMap<u16, usize> = BTreeMap::new();
-    for write in writes {
-        match write.await? {
-            Ok(latency) => write_latencies.push(latency),
-            Err(status) => *write_errors.entry(status).or_default() += 1,
-        }
-    }
-    let write_seconds = began.elapsed().as_secs_f64();
+    // The writer has a thread and a runtime of its own: on the main runtime its timer waited for
+    // a worker thread behind the watchers' reads (100 watchers decrypt about 300 MB/s), so it
+    // kept missing its send times.
+    let writer = {
+        let (base, url, sent) = (server.base.clone(), collection.clone(), sent.clone());
+        std::thread::Builder::new().name("watch-writer".into()).spawn(
+            move || -> anyhow::Result<Written> {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(open_loop_writes(&base, &url, bodies, rate, sent))
+            },
+        )?
+    };
+    let Written { latencies: mut write_latencies, errors: write_errors, skipped, seconds: write_seconds } =
+        tokio::task::spawn_blocking(move || writer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
     let failed: usize = write_errors.values().sum();
     expected_tx.send_replace(write_latencies.len());
     let (mut lags, mut lags_after_ack, mut lags_from_commit) = (Vec::new(), Vec::new(), Vec::new());
@@ -329,6 +315,60 @@ pub async fn watch_lag(
     );
     println!("{result}");
     Ok(result)
+}
+
+/// What the open-loop writer did.
+struct Written {
+    /// Latencies of the successful writes, from their intended send times.
+    latencies: Vec<Duration>,
+    /// Failed writes by HTTP status (0: transport failure or an answer without an RV).
+    errors: BTreeMap<u16, usize>,
+    /// Slots the writer reached too late and skipped (see [`send_slot`]).
+    skipped: usize,
+    /// Seconds from the first intended send time to the last answer.
+    seconds: f64,
+}
+
+/// Creates `bodies` at `url`, one every `1 / rate` s from the start whatever the answers do;
+/// records each successful write's RV in `sent` with its intended send time and answer time.
+async fn open_loop_writes(
+    base: &str,
+    url: &str,
+    bodies: Vec<bytes::Bytes>,
+    rate: u64,
+    sent: Arc<Mutex<HashMap<u64, (Instant, Instant)>>>,
+) -> anyhow::Result<Written> {
+    // A connection of this runtime, opened before the clock starts.
+    let http = client()?;
+    http.get(format!("{base}/version")).send().await?.error_for_status()?;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut writes = Vec::with_capacity(bodies.len());
+    let mut skipped = 0usize;
+    let began = tokio::time::Instant::now();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let intended = began + period.mul_f64(i as f64);
+        tokio::time::sleep_until(intended).await;
+        if !send_slot(intended.elapsed(), period) {
+            skipped += 1;
+            continue;
+        }
+        let (http, url, sent) = (http.clone(), url.to_string(), sent.clone());
+        let intended = intended.into_std();
+        writes.push(tokio::spawn(async move {
+            let rv = write(&http, &url, body).await?;
+            let answered = Instant::now();
+            sent.lock().unwrap().insert(rv, (intended, answered));
+            Ok::<_, u16>(answered.duration_since(intended))
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), BTreeMap::new());
+    for write in writes {
+        match write.await? {
+            Ok(latency) => latencies.push(latency),
+            Err(status) => *errors.entry(status).or_default() += 1,
+        }
+    }
+    Ok(Written { latencies, errors, skipped, seconds: began.elapsed().as_secs_f64() })
 }
 
 /// Sends one create; its RV, or the failure's HTTP status (0: transport, or no RV in the answer).

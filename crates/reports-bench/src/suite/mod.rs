@@ -208,6 +208,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Value> {
         Run { settings, postgres, dir: tempfile::tempdir()?, results: Vec::new(), notes: Vec::new() };
     // pg_test_fsync takes about 15 s; the smoke run does without it.
     let fsync = if run.settings.name == "quick" { None } else { crate::procs::fsync_rate() };
+    // Taken now: the load average and the date are the start's, as the report says.
+    let machine = crate::report::machine(fsync);
     let started = Instant::now();
     let docs = prepare_core(run.settings.core_reports, CORE_RESULTS);
     let size = docs.first().map_or(0, |d| d.body.len());
@@ -228,7 +230,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Value> {
         run.etcd(&docs).await.context("etcd baseline")?;
     }
     Ok(json!({
-        "machine": crate::report::machine(fsync),
+        "machine": machine,
         "settings": run.settings.to_json(),
         "postgres_settings": run.postgres.as_ref().map(|p| p.settings.clone()),
         "core_document_bytes": size,

@@ -159,6 +159,10 @@ enum Command {
         /// Keep reports in a throwaway PostgreSQL started for the run (instead of --storage).
         #[arg(long, conflicts_with = "storage")]
         postgres: bool,
+        /// Durability of the --postgres cluster (durable: fsync and synchronous_commit on, as
+        /// production runs; fast: fsync off, an upper bound).
+        #[arg(long, value_enum, default_value = "durable")]
+        durability: procs::Durability,
         /// Watch through a second server process on the same PostgreSQL (cross-replica lag).
         #[arg(long)]
         replica: bool,
@@ -262,19 +266,33 @@ fn main() -> anyhow::Result<()> {
             println!("{result}");
             Ok(())
         }
-        Command::WatchLag { watchers, rate, seconds, storage, postgres, replica, connections } => {
-            let cluster = postgres.then(reports_test_support::PgCluster::start).transpose()?;
+        Command::WatchLag {
+            watchers,
+            rate,
+            seconds,
+            storage,
+            postgres,
+            durability,
+            replica,
+            connections,
+        } => {
+            let cluster = postgres.then(|| procs::Postgres::start(durability)).transpose()?;
+            let durability = cluster.is_some().then_some(durability);
             for (run, count) in watchers.into_iter().enumerate() {
                 // Each run starts from an empty database, as it does from a fresh SQLite file.
                 let storage = match &cluster {
-                    Some(pg) => {
-                        let database = format!("reports{run}");
-                        pg.create_database(&database, None)?;
-                        Some(pg.url(&database))
-                    }
+                    Some(pg) => Some(pg.database(&format!("reports{run}"))?),
                     None => storage.clone(),
                 };
-                runtime.block_on(watch::watch_lag(count, rate, seconds, storage, replica, connections))?;
+                runtime.block_on(watch::watch_lag(
+                    count,
+                    rate,
+                    seconds,
+                    storage,
+                    replica,
+                    connections,
+                    durability,
+                ))?;
             }
             Ok(())
         }

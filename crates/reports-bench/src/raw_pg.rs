@@ -1,28 +1,89 @@
-//! The raw PostgreSQL baseline: the same documents written and read by a minimal tokio-postgres
-//! client into a table equivalent to the store's `report_objects` (same key, columns, collation
-//! and lz4 body), with prepared statements and nothing else: no HTTP, no TLS, no JSON work, no
-//! change log, no resourceVersion counter. It is the floor for the server's overhead.
+//! The raw PostgreSQL baselines: the same documents written and read by a minimal tokio-postgres
+//! client, with prepared statements and no HTTP, TLS or JSON work, in the store's own tables.
+//!
+//! Both baselines open a fresh database with the store itself, so its migrations create the
+//! tables: the same columns (`label_hashes`, no `labels` column), the same body compression
+//! (pglz) and `toast_tuple_target`, the same keys. The bodies are what the store keeps (the
+//! metadata the server adds on create, and the RV inside the JSON), so bytes per report compare
+//! like with like.
+//!
+//! - [`Work::Floor`]: one `INSERT` into `report_objects` per create, nothing else: no
+//!   resourceVersion counter, no change log, no `NOTIFY`. The floor, not a competitor.
+//! - [`Work::CounterAndLog`]: the store's own statement for a lone create
+//!   ([`reports_store::postgres::CREATE_SQL`]: counter row, object row, change row, `pg_notify`),
+//!   one per create, with a listening connection open as the server has. What the database
+//!   charges for a create done the store's way, without our server: no combining of concurrent
+//!   creates (that is the server's work, so ours can beat this one in a closed loop).
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio_postgres::{Client, NoTls, Statement};
+use serde_json::Value;
+use tokio_postgres::{types::ToSql, Client, NoTls, Statement};
+use uuid::Uuid;
 
-/// The baseline's table: `report_objects` without the cluster column's foreign meaning.
-const SCHEMA: &str = r#"
-CREATE TABLE raw_objects (
-    cluster_id UUID NOT NULL DEFAULT '00000000-0000-4000-8000-000000000000',
-    resource   TEXT COLLATE "C" NOT NULL,
-    namespace  TEXT COLLATE "C" NOT NULL,
-    name       TEXT COLLATE "C" NOT NULL,
-    uid        TEXT NOT NULL,
-    rv         BIGINT NOT NULL,
-    labels     JSONB NOT NULL,
-    body       TEXT NOT NULL,
-    PRIMARY KEY (cluster_id, resource, namespace, name)
-);
-ALTER TABLE raw_objects ALTER COLUMN body SET COMPRESSION lz4;
-"#;
+/// What a baseline create does in the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// The object row alone.
+    Floor,
+    /// The store's create statement: counter, object row, change row, notification.
+    CounterAndLog,
+}
+
+/// A document as the store keeps it: its JSON split around the RV, and its label hashes.
+pub struct StoredShape {
+    /// The JSON up to the value of `metadata.resourceVersion`.
+    pub prefix: String,
+    /// The JSON after it.
+    pub suffix: String,
+    /// The label hashes as a PostgreSQL array literal (what the store writes to `label_hashes`).
+    pub label_hashes: String,
+    /// The labels as JSON text (what the change log records).
+    pub labels: String,
+    /// `metadata.uid`.
+    pub uid: String,
+}
+
+impl StoredShape {
+    /// The shape of `body` (a create's JSON as sent) once stored: the metadata the server adds on
+    /// create (uid, creationTimestamp, generation) and the RV placed where the store places it.
+    pub fn of(body: &[u8]) -> anyhow::Result<Self> {
+        const MARKER: &str = "rv-marker-of-the-raw-baseline";
+        let mut object: Value = serde_json::from_slice(body).context("a document is not JSON")?;
+        let meta = object
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .context("a document has no metadata")?;
+        let uid = Uuid::new_v4().to_string();
+        meta.insert("uid".into(), Value::String(uid.clone()));
+        meta.insert("creationTimestamp".into(), Value::String("2026-12-05T06:00:00Z".into()));
+        meta.insert("generation".into(), Value::from(1));
+        meta.insert("resourceVersion".into(), Value::String(MARKER.into()));
+        let labels = meta.get("labels").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+        let mut hashes: Vec<i32> = labels
+            .as_object()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| {
+                        v.as_str().map(|v| reports_store::postgres::labels::label_hash(k, v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        hashes.sort_unstable();
+        let hashes: Vec<String> = hashes.iter().map(i32::to_string).collect();
+        let text = serde_json::to_string(&object)?;
+        let at = text.find(MARKER).context("the marker is in the JSON")?;
+        Ok(Self {
+            prefix: text[..at].to_string(),
+            suffix: text[at + MARKER.len()..].to_string(),
+            label_hashes: format!("{{{}}}", hashes.join(",")),
+            labels: labels.to_string(),
+            uid,
+        })
+    }
+}
 
 /// One connection and its prepared statements.
 struct Connection {
@@ -32,10 +93,16 @@ struct Connection {
     get: Statement,
 }
 
-/// A few connections to the baseline database.
+/// A few connections to one baseline database.
 #[derive(Clone)]
 pub struct RawPg {
+    work: Work,
+    cluster: Uuid,
+    channel: String,
     connections: Arc<Vec<Connection>>,
+    /// The `LISTEN` connection of [`Work::CounterAndLog`] (the server keeps one too); its
+    /// notifications are read and dropped by its connection task.
+    _listener: Option<Arc<Client>>,
 }
 
 async fn connect(url: &str) -> anyhow::Result<Client> {
@@ -44,55 +111,93 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// The floor's insert: the object row with its RV fixed at 1 (there is no counter).
+const FLOOR_INSERT_SQL: &str = "INSERT INTO report_objects
+    (cluster_id, resource, namespace, name, uid, rv, label_hashes, body)
+    VALUES ($1, 'policyreports', $2, $3, $4, 1, $5::text::integer[], $6::text || '1' || $7::text)";
+
+/// The floor's update with an RV precondition (`$4` the expected RV, `$5` the new one).
+const FLOOR_UPDATE_SQL: &str = "UPDATE report_objects
+    SET rv = $5, label_hashes = $6::text::integer[], body = $7::text || $5::bigint::text || $8::text
+    WHERE cluster_id = $1 AND resource = 'policyreports' AND namespace = $2 AND name = $3 AND rv = $4";
+
 impl RawPg {
-    /// Creates the table in the (empty) database at `url` and opens `connections` connections.
-    pub async fn open(url: &str, connections: usize) -> anyhow::Result<Self> {
-        connect(url).await?.batch_execute(SCHEMA).await.context("creating the baseline table")?;
+    /// Lets the store create its tables in the (empty) database at `url`, then opens
+    /// `connections` connections doing `work`.
+    pub async fn open(url: &str, connections: usize, work: Work) -> anyhow::Result<Self> {
+        let cluster = {
+            let store = reports_store::postgres::PgStore::connect(url, &Default::default())
+                .await
+                .context("creating the store's tables")?;
+            store.cluster_id()
+        };
+        let channel = format!("reports_{}", cluster.simple());
+        let listener = match work {
+            Work::Floor => None,
+            Work::CounterAndLog => {
+                let client = connect(url).await?;
+                client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+                Some(Arc::new(client))
+            }
+        };
+        let insert_sql = match work {
+            Work::Floor => FLOOR_INSERT_SQL,
+            Work::CounterAndLog => reports_store::postgres::CREATE_SQL,
+        };
         let mut opened = Vec::new();
         for _ in 0..connections.max(1) {
             let client = connect(url).await?;
-            let insert = client
-                .prepare(
-                    "INSERT INTO raw_objects (resource, namespace, name, uid, rv, labels, body)
-                     VALUES ('policyreports', $1, $2, $3, $4, $5::text::jsonb, $6)",
-                )
-                .await?;
-            let update = client
-                .prepare(
-                    "UPDATE raw_objects SET rv = $4, labels = $5::text::jsonb, body = $6
-                     WHERE cluster_id = '00000000-0000-4000-8000-000000000000' AND resource = 'policyreports'
-                       AND namespace = $1 AND name = $2 AND rv = $3",
-                )
-                .await?;
+            let insert = client.prepare(insert_sql).await.context("preparing the create")?;
+            let update = client.prepare(FLOOR_UPDATE_SQL).await.context("preparing the update")?;
             let get = client
                 .prepare(
-                    "SELECT body FROM raw_objects
-                     WHERE cluster_id = '00000000-0000-4000-8000-000000000000' AND resource = 'policyreports'
-                       AND namespace = $1 AND name = $2",
+                    "SELECT body FROM report_objects
+                     WHERE cluster_id = $1 AND resource = 'policyreports' AND namespace = $2 AND name = $3",
                 )
-                .await?;
+                .await
+                .context("preparing the get")?;
             opened.push(Connection { client, insert, update, get });
         }
-        Ok(Self { connections: Arc::new(opened) })
+        Ok(Self { work, cluster, channel, connections: Arc::new(opened), _listener: listener })
     }
 
     fn connection(&self, i: usize) -> &Connection {
         &self.connections[i % self.connections.len()]
     }
 
-    /// Inserts one document.
-    pub async fn insert(
-        &self,
-        i: usize,
-        namespace: &str,
-        name: &str,
-        rv: i64,
-        labels: &str,
-        body: &str,
-    ) -> bool {
+    /// Creates one document; `Err(23505)` for a taken name, `Err(0)` for any other failure.
+    pub async fn insert(&self, i: usize, namespace: &str, name: &str, doc: &StoredShape) -> Result<(), u16> {
         let c = self.connection(i);
-        let uid = crate::shapes::uid(9, i as u64);
-        c.client.execute(&c.insert, &[&namespace, &name, &uid, &rv, &labels, &body]).await.is_ok()
+        let result = match self.work {
+            Work::Floor => {
+                let params: [&(dyn ToSql + Sync); 7] =
+                    [&self.cluster, &namespace, &name, &doc.uid, &doc.label_hashes, &doc.prefix, &doc.suffix];
+                c.client.execute(&c.insert, &params).await.map(drop)
+            }
+            Work::CounterAndLog => {
+                let channel: &str = &self.channel;
+                let params: [&(dyn ToSql + Sync); 10] = [
+                    &self.cluster,
+                    &"policyreports",
+                    &namespace,
+                    &name,
+                    &doc.uid,
+                    &doc.labels,
+                    &doc.prefix,
+                    &doc.suffix,
+                    &channel,
+                    &doc.label_hashes,
+                ];
+                c.client.query_one(&c.insert, &params).await.map(drop)
+            }
+        };
+        result.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                409
+            } else {
+                0
+            }
+        })
     }
 
     /// Updates one document if its rv is still `expected` (the resourceVersion precondition),
@@ -102,12 +207,13 @@ impl RawPg {
         i: usize,
         key: (&str, &str),
         versions: (i64, i64),
-        labels: &str,
-        body: &str,
+        doc: &StoredShape,
     ) -> Result<(), u16> {
         let ((namespace, name), (expected, rv)) = (key, versions);
         let c = self.connection(i);
-        match c.client.execute(&c.update, &[&namespace, &name, &expected, &rv, &labels, &body]).await {
+        let params: [&(dyn ToSql + Sync); 8] =
+            [&self.cluster, &namespace, &name, &expected, &rv, &doc.label_hashes, &doc.prefix, &doc.suffix];
+        match c.client.execute(&c.update, &params).await {
             Ok(1) => Ok(()),
             Ok(_) => Err(409),
             Err(_) => Err(0),
@@ -117,7 +223,7 @@ impl RawPg {
     /// Reads one document's body.
     pub async fn get(&self, i: usize, namespace: &str, name: &str) -> bool {
         let c = self.connection(i);
-        matches!(c.client.query_opt(&c.get, &[&namespace, &name]).await, Ok(Some(_)))
+        matches!(c.client.query_opt(&c.get, &[&self.cluster, &namespace, &name]).await, Ok(Some(_)))
     }
 
     /// Reads every body in key order, `page` rows at a time (keyset pagination, like a list with
@@ -126,16 +232,15 @@ impl RawPg {
         let client = &self.connection(0).client;
         let statement = client
             .prepare(
-                "SELECT namespace, name, body FROM raw_objects
-                 WHERE cluster_id = '00000000-0000-4000-8000-000000000000' AND resource = 'policyreports'
-                   AND (namespace, name) > ($1, $2)
-                 ORDER BY cluster_id, resource, namespace, name LIMIT $3",
+                "SELECT namespace, name, body FROM report_objects
+                 WHERE cluster_id = $1 AND resource = 'policyreports' AND (namespace, name) > ($2, $3)
+                 ORDER BY cluster_id, resource, namespace, name LIMIT $4",
             )
             .await?;
         let (mut rows, mut bytes) = (0, 0);
         let mut after = (String::new(), String::new());
         loop {
-            let page_rows = client.query(&statement, &[&after.0, &after.1, &page]).await?;
+            let page_rows = client.query(&statement, &[&self.cluster, &after.0, &after.1, &page]).await?;
             for row in &page_rows {
                 bytes += row.get::<_, &str>(2).len();
             }
@@ -146,15 +251,27 @@ impl RawPg {
             }
         }
     }
+}
 
-    /// Bytes per row of the table including its indexes and TOAST, after VACUUM; and the rows.
-    pub async fn bytes_per_row(&self) -> anyhow::Result<(f64, i64)> {
-        let client = &self.connection(0).client;
-        client.batch_execute("VACUUM (ANALYZE) raw_objects").await?;
-        let row = client
-            .query_one("SELECT pg_total_relation_size('raw_objects')::float8, count(*) FROM raw_objects", &[])
-            .await?;
-        let (size, count): (f64, i64) = (row.get(0), row.get(1));
-        Ok((size / count.max(1) as f64, count))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_shape_is_the_document_with_the_servers_metadata_and_its_rv() {
+        let body = br#"{"apiVersion":"v1","metadata":{"name":"a","labels":{"k":"v","j":"w"}},"results":[]}"#;
+        let shape = StoredShape::of(body).unwrap();
+        let stored: Value = serde_json::from_str(&format!("{}42{}", shape.prefix, shape.suffix)).unwrap();
+        assert_eq!(stored["metadata"]["resourceVersion"], "42");
+        assert_eq!(stored["metadata"]["uid"], shape.uid.as_str());
+        assert_eq!(stored["metadata"]["generation"], 1);
+        assert_eq!(stored["results"], serde_json::json!([]));
+        assert_eq!(shape.labels, r#"{"k":"v","j":"w"}"#);
+        let mut hashes = [
+            reports_store::postgres::labels::label_hash("k", "v"),
+            reports_store::postgres::labels::label_hash("j", "w"),
+        ];
+        hashes.sort_unstable();
+        assert_eq!(shape.label_hashes, format!("{{{},{}}}", hashes[0], hashes[1]));
     }
 }

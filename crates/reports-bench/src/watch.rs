@@ -2,14 +2,19 @@
 //! ephemeral reports (19 results, about 6 KB) at a fixed rate; event delivery lag to the moment
 //! each watcher read the event, and the server's resident memory per idle watcher.
 //!
+//! The writer is open-loop: write `i` is due `i / rate` seconds after the start whatever the
+//! server does, and its latency runs from that intended send time. A writer that falls behind
+//! (the load generator shares the cores) skips the slots it missed and counts them, instead of
+//! sending them together to catch up. Failed writes are counted by status, never dropped.
+//!
 //! The lag is measured from the commit: the server records the wall-clock instant of each of its
 //! commits (`--commit-trace`), and each watcher's read is stamped on the same clock. As cross-
-//! checks, the lag is also reported from both ends of the write: from its request (an upper
-//! bound that includes the whole write) and from its answer (a lower bound, zero when the event
-//! arrived first).
+//! checks, the lag is also reported from both ends of the write: from its request's intended
+//! send time (an upper bound that includes the whole write) and from its answer (a lower bound,
+//! zero when the event arrived first).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -21,8 +26,8 @@ use serde_json::{json, Value};
 
 use crate::{
     api::client,
-    load::percentile,
-    procs::{cpu_seconds, ServerProcess},
+    load::{percentile, send_slot},
+    procs::{cpu_seconds, Durability, ServerProcess},
 };
 
 /// How the watchers reach the server.
@@ -105,7 +110,9 @@ impl CommitTimes {
 
 /// Runs one watch fan-out measurement on a fresh server; prints and returns the result. With
 /// `replica`, the watchers read from a second server process on the same storage (PostgreSQL),
-/// so the lag includes the way from one replica's commit to the other's watch.
+/// so the lag includes the way from one replica's commit to the other's watch. `durability`
+/// says how the PostgreSQL cluster behind `storage` was started (None: not PostgreSQL), for the
+/// record.
 pub async fn watch_lag(
     watchers: usize,
     rate: u64,
@@ -113,6 +120,7 @@ pub async fn watch_lag(
     storage: Option<String>,
     replica: bool,
     connections: Connections,
+    durability: Option<Durability>,
 ) -> anyhow::Result<Value> {
     let server = ServerProcess::start_with(storage.as_deref(), true)?;
     let watched = if replica {
@@ -133,6 +141,9 @@ pub async fn watch_lag(
     let list: Value = http.get(&collection).send().await?.json().await?;
     let start_rv = list["metadata"]["resourceVersion"].as_str().context("list rv")?.to_string();
     let total = (rate * seconds) as usize;
+    // How many events each watcher waits for: every slot until the writes are done, then the
+    // writes that succeeded (skipped slots and failed writes make no event).
+    let (expected_tx, expected_rx) = tokio::sync::watch::channel(total);
     let mut readers = Vec::new();
     // One client keeps one connection: every watch is a stream on it.
     let shared = client()?;
@@ -145,13 +156,21 @@ pub async fn watch_lag(
             Connections::H2Shared => shared.clone(),
         };
         let response = watch_client.get(&url).send().await?.error_for_status()?;
+        let mut expected = expected_rx.clone();
         readers.push(tokio::spawn(async move {
             let mut received: Vec<(u64, Instant)> = Vec::with_capacity(total);
             let mut stream = response.bytes_stream();
             let mut buffer: Vec<u8> = Vec::new();
             let rv_key = memchr::memmem::Finder::new(br#""resourceVersion":""#);
-            while received.len() < total {
-                let Some(Ok(chunk)) = stream.next().await else { break };
+            while received.len() < *expected.borrow_and_update() {
+                let chunk = tokio::select! {
+                    chunk = stream.next() => chunk,
+                    changed = expected.changed() => match changed {
+                        Ok(()) => continue,
+                        Err(_) => break,
+                    },
+                };
+                let Some(Ok(chunk)) = chunk else { break };
                 let now = Instant::now();
                 // Complete lines are scanned where they lie; only a line cut by the chunk's end
                 // is copied, to be completed by the next chunk.
@@ -192,32 +211,28 @@ pub async fn watch_lag(
     // server, and building a 6 KB report costs about as much CPU as the server's create.
     let bodies: Vec<bytes::Bytes> =
         (0..total).map(|i| crate::api::to_bytes(&ephemeral_report(&format!("r-{i}")))).collect();
-    // RV -> (request sent, answer read).
+    // RV -> (intended send time, answer read).
     let sent: Arc<Mutex<HashMap<u64, (Instant, Instant)>>> =
         Arc::new(Mutex::new(HashMap::with_capacity(total)));
-    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
-    let mut writes = Vec::with_capacity(total);
-    let began = Instant::now();
     let (server_cpu_before, bench_cpu_before) = (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
-    for body in bodies {
-        ticker.tick().await;
-        let (http, url, sent) = (http.clone(), collection.clone(), sent.clone());
-        writes.push(tokio::spawn(async move {
-            let started = Instant::now();
-            let response =
-                http.post(&url).header("content-type", "application/json").body(body).send().await.ok()?;
-            let rv = crate::api::resource_version_in(&response.bytes().await.ok()?)?;
-            sent.lock().unwrap().insert(rv, (started, Instant::now()));
-            Some(started.elapsed())
-        }));
-    }
-    let mut write_latencies = Vec::new();
-    for write in writes {
-        if let Some(latency) = write.await? {
-            write_latencies.push(latency);
-        }
-    }
-    let write_seconds = began.elapsed().as_secs_f64();
+    // The writer has a thread and a runtime of its own: on the main runtime its timer waited for
+    // a worker thread behind the watchers' reads (100 watchers decrypt about 300 MB/s), so it
+    // kept missing its send times.
+    let writer = {
+        let (base, url, sent) = (server.base.clone(), collection.clone(), sent.clone());
+        std::thread::Builder::new().name("watch-writer".into()).spawn(
+            move || -> anyhow::Result<Written> {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(open_loop_writes(&base, &url, bodies, rate, sent))
+            },
+        )?
+    };
+    let Written { latencies: mut write_latencies, errors: write_errors, skipped, seconds: write_seconds } =
+        tokio::task::spawn_blocking(move || writer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+    let failed: usize = write_errors.values().sum();
+    expected_tx.send_replace(write_latencies.len());
     let (mut lags, mut lags_after_ack, mut lags_from_commit) = (Vec::new(), Vec::new(), Vec::new());
     let mut readings = Vec::with_capacity(readers.len());
     for reader in readers {
@@ -244,12 +259,19 @@ pub async fn watch_lag(
     lags_from_commit.sort();
     write_latencies.sort();
     let per_watcher = rss_watching.saturating_sub(rss_before) / watchers.max(1) as u64;
+    let write_errors: serde_json::Map<String, Value> =
+        write_errors.iter().map(|(status, count)| (status.to_string(), json!(count))).collect();
     let result = json!({
         "scenario": "watch-lag",
         "watchers": watchers,
         "watch_connections": connections.describe(),
+        "postgres_durability": durability.map(|d| format!("{d:?}").to_lowercase()),
         "target_writes_per_s": rate,
         "achieved_writes_per_s": (write_latencies.len() as f64 / write_seconds).round(),
+        "writes_ok": write_latencies.len(),
+        "writes_failed": failed,
+        "write_errors": write_errors,
+        "slots_skipped_generator_late": skipped,
         "events_delivered": lags.len(),
         "events_expected": watchers * write_latencies.len(),
         "events_with_commit_instant": lags_from_commit.len(),
@@ -268,11 +290,14 @@ pub async fn watch_lag(
         "load_generator_cpu_s": bench_cpu,
     });
     println!(
-        "watch-lag  watchers={watchers:<4} {} writes/s={:<5} delivered={}/{}  lag from commit p50={:.1}ms p99={:.1}ms max={:.1}ms \
+        "watch-lag  watchers={watchers:<4} {} writes/s={:<5} failed={} {} skipped={} delivered={}/{}  lag from commit p50={:.1}ms p99={:.1}ms max={:.1}ms \
          (from request p50={:.1}ms p99={:.1}ms; from answer p50={:.1}ms p99={:.1}ms)  \
          write p50={:.1}ms p99={:.1}ms  rss/watcher={:.0}KiB  cpu server={:.1}s client={:.1}s",
         connections.describe(),
         result["achieved_writes_per_s"],
+        failed,
+        result["write_errors"],
+        skipped,
         result["events_delivered"],
         result["events_expected"],
         result["lag_p50_ms"].as_f64().unwrap_or_default(),
@@ -290,6 +315,77 @@ pub async fn watch_lag(
     );
     println!("{result}");
     Ok(result)
+}
+
+/// What the open-loop writer did.
+struct Written {
+    /// Latencies of the successful writes, from their intended send times.
+    latencies: Vec<Duration>,
+    /// Failed writes by HTTP status (0: transport failure or an answer without an RV).
+    errors: BTreeMap<u16, usize>,
+    /// Slots the writer reached too late and skipped (see [`send_slot`]).
+    skipped: usize,
+    /// Seconds from the first intended send time to the last answer.
+    seconds: f64,
+}
+
+/// Creates `bodies` at `url`, one every `1 / rate` s from the start whatever the answers do;
+/// records each successful write's RV in `sent` with its intended send time and answer time.
+async fn open_loop_writes(
+    base: &str,
+    url: &str,
+    bodies: Vec<bytes::Bytes>,
+    rate: u64,
+    sent: Arc<Mutex<HashMap<u64, (Instant, Instant)>>>,
+) -> anyhow::Result<Written> {
+    // A connection of this runtime, opened before the clock starts.
+    let http = client()?;
+    http.get(format!("{base}/version")).send().await?.error_for_status()?;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut writes = Vec::with_capacity(bodies.len());
+    let mut skipped = 0usize;
+    let began = tokio::time::Instant::now();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let intended = began + period.mul_f64(i as f64);
+        tokio::time::sleep_until(intended).await;
+        if !send_slot(intended.elapsed(), period) {
+            skipped += 1;
+            continue;
+        }
+        let (http, url, sent) = (http.clone(), url.to_string(), sent.clone());
+        let intended = intended.into_std();
+        writes.push(tokio::spawn(async move {
+            let rv = write(&http, &url, body).await?;
+            let answered = Instant::now();
+            sent.lock().unwrap().insert(rv, (intended, answered));
+            Ok::<_, u16>(answered.duration_since(intended))
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), BTreeMap::new());
+    for write in writes {
+        match write.await? {
+            Ok(latency) => latencies.push(latency),
+            Err(status) => *errors.entry(status).or_default() += 1,
+        }
+    }
+    Ok(Written { latencies, errors, skipped, seconds: began.elapsed().as_secs_f64() })
+}
+
+/// Sends one create; its RV, or the failure's HTTP status (0: transport, or no RV in the answer).
+async fn write(http: &reqwest::Client, url: &str, body: bytes::Bytes) -> Result<u64, u16> {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|_| 0u16)?;
+    let status = response.status();
+    let answer = response.bytes().await.map_err(|_| 0u16)?;
+    if !status.is_success() {
+        return Err(status.as_u16());
+    }
+    crate::api::resource_version_in(&answer).ok_or(0)
 }
 
 #[cfg(test)]

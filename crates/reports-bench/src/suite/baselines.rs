@@ -1,5 +1,7 @@
 //! The baselines: the core workload's documents created, updated, read and listed on raw
-//! PostgreSQL and on etcd, in the same run as our server.
+//! PostgreSQL (the floor, in the store's own object table) and on etcd, and created with the
+//! store's own create statement (counter, change log, NOTIFY) issued directly, in the same run
+//! as our server.
 
 use std::{
     sync::{
@@ -11,51 +13,69 @@ use std::{
 
 use serde_json::json;
 
-use super::{updates::is_stale, Prepared, Run};
+use super::{updates::is_stale, Prepared, Run, StoreKind};
 use crate::{
-    api,
     etcd::{self, Etcd},
     load::{closed_loop, op, CpuProbe},
     procs::cpu_seconds,
-    raw_pg::RawPg,
+    raw_pg::{RawPg, StoredShape, Work},
+    report::RAW_COUNTER_AND_LOG,
 };
 
 impl Run {
-    /// The core workload as plain SQL on a table shaped like ours (the raw PostgreSQL baseline).
+    /// The raw PostgreSQL baselines on the core workload's documents, each in a fresh database
+    /// with the store's tables: the floor (object rows only) through the whole workload, then
+    /// the store's create statement (counter, change log, NOTIFY) for the creates.
     pub(super) async fn raw_postgres(&mut self, docs: &Arc<Vec<Prepared>>) -> anyhow::Result<()> {
-        let system = "raw-postgres";
-        let url = self.pg()?.database("raw")?;
-        let raw = RawPg::open(&url, self.settings.concurrency).await?;
+        // Before the clock, as the server's bodies are.
+        let shapes: Arc<Vec<StoredShape>> =
+            Arc::new(docs.iter().map(|d| StoredShape::of(&d.body)).collect::<anyhow::Result<_>>()?);
+        self.raw_floor(docs, &shapes).await?;
+        self.raw_counter_and_log(docs, &shapes).await
+    }
+
+    /// Creates of `docs` by `raw`, in the same sweep as the server's, then bytes per report.
+    async fn raw_creates(
+        &mut self,
+        system: &str,
+        raw: &RawPg,
+        url: &str,
+        docs: &Arc<Vec<Prepared>>,
+        shapes: &Arc<Vec<StoredShape>>,
+    ) -> anyhow::Result<()> {
         let probe = self.probe(None);
-        let rvs: Arc<Vec<AtomicU64>> = Arc::new((0..docs.len()).map(|_| AtomicU64::new(1)).collect());
         let insert = {
-            let (raw, docs) = (raw.clone(), docs.clone());
+            let (raw, docs, shapes) = (raw.clone(), docs.clone(), shapes.clone());
             op(move |i| {
-                let (raw, docs) = (raw.clone(), docs.clone());
-                async move {
-                    let d = &docs[i];
-                    let body = std::str::from_utf8(&d.body).unwrap_or_default();
-                    if raw.insert(i, &d.namespace, &d.name, 1, &d.labels, body).await {
-                        Ok(())
-                    } else {
-                        Err(0)
-                    }
-                }
+                let (raw, docs, shapes) = (raw.clone(), docs.clone(), shapes.clone());
+                async move { raw.insert(i, &docs[i].namespace, &docs[i].name, &shapes[i]).await }
             })
         };
         self.create_sweep(system, &probe, insert, docs.len(), json!({})).await;
-        let (per_row, rows) = raw.bytes_per_row().await?;
-        self.record_value(
-            system,
-            "storage",
-            json!({"stage": "after the creates", "objects": rows, "table_bytes_per_report": per_row.round()}),
-        );
+        self.storage_per_report(StoreKind::Postgres, system, url, "after the creates", docs.len(), false)
+            .await
+    }
+
+    /// The floor: the core workload as plain SQL on the object table alone.
+    async fn raw_floor(
+        &mut self,
+        docs: &Arc<Vec<Prepared>>,
+        shapes: &Arc<Vec<StoredShape>>,
+    ) -> anyhow::Result<()> {
+        let system = "raw-postgres";
+        let url = self.pg()?.database("raw")?;
+        let raw = RawPg::open(&url, self.settings.concurrency, Work::Floor).await?;
+        self.raw_creates(system, &raw, &url, docs, shapes).await?;
+        let probe = self.probe(None);
+        let rvs: Arc<Vec<AtomicU64>> = Arc::new((0..docs.len()).map(|_| AtomicU64::new(1)).collect());
         let concurrency = self.settings.concurrency;
         let next_rv = Arc::new(AtomicU64::new(10));
         let update = |stale_every: usize| {
-            let (raw, docs, rvs, next_rv) = (raw.clone(), docs.clone(), rvs.clone(), next_rv.clone());
+            let (raw, docs, shapes, rvs, next_rv) =
+                (raw.clone(), docs.clone(), shapes.clone(), rvs.clone(), next_rv.clone());
             op(move |i| {
-                let (raw, docs, rvs, next_rv) = (raw.clone(), docs.clone(), rvs.clone(), next_rv.clone());
+                let (raw, docs, shapes, rvs, next_rv) =
+                    (raw.clone(), docs.clone(), shapes.clone(), rvs.clone(), next_rv.clone());
                 async move {
                     let index = i % docs.len();
                     let d = &docs[index];
@@ -63,9 +83,7 @@ impl Run {
                     let stale = is_stale(i, stale_every);
                     let expected = if stale { current + 1_000_000_000 } else { current };
                     let rv = next_rv.fetch_add(1, Ordering::Relaxed);
-                    let body = api::with_resource_version(&d.body, rv, i as u64);
-                    let body = std::str::from_utf8(&body).unwrap_or_default();
-                    raw.update(i, (&d.namespace, &d.name), (expected as i64, rv as i64), &d.labels, body)
+                    raw.update(i, (&d.namespace, &d.name), (expected as i64, rv as i64), &shapes[index])
                         .await?;
                     rvs[index].store(rv, Ordering::Relaxed);
                     Ok(())
@@ -92,13 +110,27 @@ impl Run {
         let started = Instant::now();
         let (items, bytes) = raw.list_all(500).await?;
         self.record_full_list(system, &probe, &before, started, docs.len(), (items, bytes), json!({}));
-        let (per_row, rows) = raw.bytes_per_row().await?;
-        self.record_value(
+        self.storage_per_report(
+            StoreKind::Postgres,
             system,
-            "storage",
-            json!({"objects": rows, "table_bytes_per_report": per_row.round()}),
-        );
-        Ok(())
+            &url,
+            "after updates and lists",
+            docs.len(),
+            false,
+        )
+        .await
+    }
+
+    /// The store's create statement issued directly: what the database charges for a create
+    /// with its counter, change row and NOTIFY, apart from the server's work.
+    async fn raw_counter_and_log(
+        &mut self,
+        docs: &Arc<Vec<Prepared>>,
+        shapes: &Arc<Vec<StoredShape>>,
+    ) -> anyhow::Result<()> {
+        let url = self.pg()?.database("rawlog")?;
+        let raw = RawPg::open(&url, self.settings.concurrency, Work::CounterAndLog).await?;
+        self.raw_creates(RAW_COUNTER_AND_LOG, &raw, &url, docs, shapes).await
     }
 
     /// The core workload on etcd's JSON gateway, under the keys the Kubernetes API server would use

@@ -11,9 +11,17 @@ impl Run {
         let system = store.label();
         let (watchers, rate, seconds) = self.settings.watch;
         let storage = self.storage(store, "watch")?;
-        let mut result =
-            crate::watch::watch_lag(watchers, rate, seconds, Some(storage), false, Default::default())
-                .await?;
+        let durability = (store == StoreKind::Postgres).then_some(self.settings.durability);
+        let mut result = crate::watch::watch_lag(
+            watchers,
+            rate,
+            seconds,
+            Some(storage),
+            false,
+            Default::default(),
+            durability,
+        )
+        .await?;
         result["system"] = json!(system);
         result["workload"] = json!("watch fan-out");
         self.results.push(result);

@@ -27,8 +27,11 @@ use crate::{
 /// Most creates written by one statement.
 const MAX_BATCH: usize = 128;
 
-/// The statement of a lone create: counter, object row, change row, notification.
-pub(super) const CREATE_SQL: &str = "WITH c AS (
+/// The statement of a lone create: counter, object row, change row, notification. Parameters:
+/// `$1` cluster, `$2` resource, `$3` namespace, `$4` name, `$5` uid, `$6` labels (JSON text),
+/// `$7`/`$8` the body before and after its RV, `$9` notification channel, `$10` label hashes (an
+/// array literal). Returns the RV. Public so the benchmark's raw baseline issues this very text.
+pub const CREATE_SQL: &str = "WITH c AS (
     UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
 o AS (
     INSERT INTO report_objects (cluster_id, resource, namespace, name, uid, rv, label_hashes, body)

@@ -54,6 +54,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+pub use self::creates::CREATE_SQL;
 pub use self::settings::{PgSettings, SslMode};
 use self::{
     body::SplitBody,

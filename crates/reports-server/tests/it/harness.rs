@@ -39,6 +39,17 @@ impl TestPki {
     }
 }
 
+impl TestPki {
+    /// Writes the serving certificate and key into `dir` (`tls.crt`, `tls.key`), as a binary
+    /// started with `--tls-cert-file` reads them; returns both paths.
+    pub fn write_serving_files(&self, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, &self.serving.cert_pem).unwrap();
+        std::fs::write(&key, &self.serving.key_pem).unwrap();
+        (cert, key)
+    }
+}
+
 static CRYPTO: Once = Once::new();
 
 /// rustls needs one process-wide crypto provider; the project uses ring only.

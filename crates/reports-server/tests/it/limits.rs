@@ -260,9 +260,7 @@ async fn at_the_connection_limit_new_clients_wait_for_a_free_place() {
 async fn out_of_file_descriptors_the_server_recovers() {
     let pki = crate::harness::TestPki::new();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &pki.serving.cert_pem).unwrap();
-    std::fs::write(&key, &pki.serving.key_pem).unwrap();
+    let (cert, key) = pki.write_serving_files(dir.path());
     let storage = format!("sqlite://{}", dir.path().join("reports.db").display());
     let mut command = std::process::Command::new("bash");
     command

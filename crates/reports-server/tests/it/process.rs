@@ -241,9 +241,7 @@ fn uninstall_is_a_subcommand_that_needs_a_cluster() {
 async fn serving_flags_warnings_and_sigterm_with_open_watches() {
     let dir = tempfile::tempdir().unwrap();
     let pki = crate::harness::TestPki::new();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &pki.serving.cert_pem).unwrap();
-    std::fs::write(&key, &pki.serving.key_pem).unwrap();
+    let (cert, key) = pki.write_serving_files(dir.path());
     let storage = format!("sqlite://{}", dir.path().join("reports.db").display());
     let (mut child, url, log) = start_binary(
         &[

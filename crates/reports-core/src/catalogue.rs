@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::validation::SchemaValidator;
+use crate::{error::ApiError, validation::SchemaValidator};
 
 /// The CRDs we serve, verbatim. The wgpolicyk8s.io pair is Kyverno's variant (a single
 /// `v1alpha2` version, Kind/Name printer columns without priority), which is what clusters running
@@ -96,6 +96,24 @@ impl ResourceKind {
     }
 }
 
+/// What a resource path names ([`Catalogue::resolve_path`]).
+#[derive(Debug)]
+pub struct ResourcePath<'a> {
+    /// The kind served there.
+    pub kind: &'a ResourceKind,
+    /// Namespace from the path (None on cluster-scoped and all-namespaces paths).
+    pub namespace: Option<String>,
+    /// Object name, for item paths.
+    pub name: Option<String>,
+}
+
+impl ResourcePath<'_> {
+    /// The namespace as stored ("" for cluster-scoped kinds and all-namespaces paths).
+    pub fn storage_namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or_default()
+    }
+}
+
 /// A served group with its (single) version.
 #[derive(Debug, Clone)]
 pub struct GroupInfo {
@@ -135,6 +153,31 @@ impl Catalogue {
     /// Finds a resource by group, version and plural.
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceKind> {
         self.kinds.iter().find(|k| k.group == group && k.version == version && k.plural == plural)
+    }
+
+    /// What the rest of a path under `/apis/{group}/{version}/` names (after percent-decoding):
+    /// `PLURAL`, `PLURAL/NAME`, `namespaces/NS/PLURAL` or `namespaces/NS/PLURAL/NAME`. Anything
+    /// else (an empty segment, a subresource: the CRDs declare none, a namespace on a
+    /// cluster-scoped kind, an unknown resource) is kube's 404.
+    pub fn resolve_path(&self, group: &str, version: &str, rest: &str) -> Result<ResourcePath<'_>, ApiError> {
+        let segments: Vec<&str> = rest.split('/').collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(ApiError::path_not_found());
+        }
+        let (namespace, tail) = match segments.as_slice() {
+            ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail),
+            tail => (None, tail),
+        };
+        let (plural, name) = match tail {
+            [plural] => (*plural, None),
+            [plural, name] => (*plural, Some(name.to_string())),
+            _ => return Err(ApiError::path_not_found()),
+        };
+        let kind = self.find(group, version, plural).ok_or_else(ApiError::path_not_found)?;
+        if namespace.is_some() && !kind.namespaced {
+            return Err(ApiError::path_not_found());
+        }
+        Ok(ResourcePath { kind, namespace, name })
     }
 
     /// Served groups, in first-seen order.

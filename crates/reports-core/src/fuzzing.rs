@@ -202,7 +202,8 @@ pub fn accept_header(data: &[u8]) {
 }
 
 /// A request line, `METHOD target` (a bare target is a GET): what authorization, audit and
-/// metrics derive from it, and the check that refuses undecodable paths.
+/// metrics derive from it, the check that refuses undecodable paths, and the handler's lookup
+/// of the kind, namespace and name a decoded path names ([`Catalogue::resolve_path`]).
 ///
 /// When a list or watch is authorized as being about one name taken from a `metadata.name`
 /// field selector, the selector the list then runs must not select any other valid name.
@@ -215,7 +216,9 @@ pub fn request_path(data: &[u8]) {
     };
     let decoded = options::percent_decode(path, false);
     assert!(decoded.len() <= path.len());
-    let _ = std::str::from_utf8(&decoded);
+    if let Ok(decoded) = std::str::from_utf8(&decoded) {
+        resource_path(decoded);
+    }
     let info = RequestInfo::resolve(method, path, query);
     if !info.is_resource_request {
         assert_eq!(info.verb, method.to_ascii_lowercase());
@@ -242,6 +245,25 @@ pub fn request_path(data: &[u8]) {
                 info.name
             );
         }
+    }
+}
+
+/// The server's own lookup of a decoded `/apis/GROUP/VERSION/REST` path: what it finds is of
+/// that group and version, namespaced where a namespace was given, and anything else is 404.
+fn resource_path(decoded: &str) {
+    let Some(under_apis) = decoded.strip_prefix("/apis/") else { return };
+    let mut parts = under_apis.splitn(3, '/');
+    let (Some(group), Some(version), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
+    let rest = rest.strip_prefix("watch/").unwrap_or(rest);
+    match CATALOGUE.resolve_path(group, version, rest) {
+        Ok(found) => {
+            assert_eq!((found.kind.group.as_str(), found.kind.version.as_str()), (group, version));
+            assert!(found.namespace.is_none() || found.kind.namespaced, "{decoded:?}");
+            assert!(found.name.as_deref().is_none_or(|n| !n.is_empty() && !n.contains('/')), "{decoded:?}");
+        }
+        Err(error) => assert_eq!(error.code, 404, "{decoded:?}"),
     }
 }
 

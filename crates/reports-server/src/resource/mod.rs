@@ -38,47 +38,7 @@ use crate::{
 const WRITE_ATTEMPTS: usize = 16;
 
 /// What a resource path names.
-struct Target<'a> {
-    kind: &'a ResourceKind,
-    /// Namespace from the URL (None on cluster-scope and all-namespaces paths).
-    namespace: Option<String>,
-    /// Object name, for item paths.
-    name: Option<String>,
-}
-
-impl Target<'_> {
-    /// The namespace column value of the object ("" for cluster-scoped kinds).
-    fn storage_namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or_default()
-    }
-}
-
-fn parse_target<'a>(
-    state: &'a AppState,
-    group: &str,
-    version: &str,
-    rest: &str,
-) -> Result<Target<'a>, ApiError> {
-    let segments: Vec<&str> = rest.split('/').collect();
-    if segments.iter().any(|s| s.is_empty()) {
-        return Err(ApiError::path_not_found());
-    }
-    let (namespace, tail) = match segments.as_slice() {
-        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail),
-        tail => (None, tail),
-    };
-    let (plural, name) = match tail {
-        [plural] => (*plural, None),
-        [plural, name] => (*plural, Some(name.to_string())),
-        // No subresources: the CRDs declare none (no /status, no /scale).
-        _ => return Err(ApiError::path_not_found()),
-    };
-    let kind = state.catalogue.find(group, version, plural).ok_or_else(ApiError::path_not_found)?;
-    if namespace.is_some() && !kind.namespaced {
-        return Err(ApiError::path_not_found());
-    }
-    Ok(Target { kind, namespace, name })
-}
+type Target<'a> = reports_core::catalogue::ResourcePath<'a>;
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -110,7 +70,7 @@ pub(crate) async fn handle(
         Some(rest) => (rest, true),
         None => (rest.as_str(), false),
     };
-    let mut target = parse_target(&state, &group, &version, rest)?;
+    let mut target = state.catalogue.resolve_path(&group, &version, rest)?;
     // No name or namespace holds a NUL byte (neither is valid with one, and PostgreSQL cannot
     // even compare with one), so both stores give the same answer without being asked.
     // A create reaches the namespace and name validation, which refuses it with 422.

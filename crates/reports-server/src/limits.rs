@@ -8,10 +8,11 @@
 //! - **Requests in flight** ([`admit`]): at most `max_read_only` reads and `max_mutating` writes
 //!   are served at once (kube's `--max-requests-inflight` 400 and
 //!   `--max-mutating-requests-inflight` 200); one more gets 429 with `Retry-After: 1` at once,
-//!   which every client-go and kube-rs client retries, instead of everyone queueing. One client
-//!   (a user; on a standalone server, an address) holds at most a quarter of each, so a flood
-//!   from one client leaves slots for the others, the way kube's priority and fairness keeps
-//!   flows apart. A slot is
+//!   which every client-go client retries, instead of everyone queueing. One client (a user; on
+//!   a standalone server, an address) holds at most a quarter of each, so a flood from one
+//!   client leaves slots for the others, the way kube's priority and fairness keeps flows apart;
+//!   a request beyond its client's share waits up to a second for one of them (a burst queues
+//!   briefly), then gets 429. A slot is
 //!   held until the response body has been sent, so the memory of streamed lists is bounded by
 //!   the read-only limit. Watches are long-running and counted apart (they cost a slot of the
 //!   watch window, not a request), and the health endpoints and `/metrics` are exempt, so probes
@@ -30,7 +31,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -113,10 +117,17 @@ fn open_file_limit() -> Option<u64> {
 /// server, one address) may hold at most this fraction of the slots, so the others always find
 /// some free.
 const CLIENT_SHARE_DIVISOR: usize = 4;
+/// How long a request beyond its client's share waits for one of that client's slots before it
+/// gets 429: a client's burst queues briefly (as kube's priority and fairness queues it) instead
+/// of being refused, while a client that keeps more requests coming than its share is refused.
+const CLIENT_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// The address a connection comes from, for telling clients apart where no user is known.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PeerAddress(pub(crate) std::net::IpAddr);
+
+/// A client and a kind of slot (true: mutating).
+type ClientKey = (String, bool);
 
 /// The in-flight slots and the request timeout, shared by every request.
 pub(crate) struct Admission {
@@ -128,17 +139,34 @@ pub(crate) struct Admission {
     client_read_only: usize,
     /// Most writes one client may have in flight.
     client_mutating: usize,
-    /// Slots held per client and kind (true: mutating); entries go when their count is zero.
-    clients: Mutex<HashMap<(String, bool), usize>>,
+    /// Each active client's share per kind; an entry goes when nobody holds or awaits it.
+    clients: Mutex<HashMap<ClientKey, Arc<Semaphore>>>,
     /// See [`ServingLimits::request_timeout`].
     request_timeout: Duration,
+    /// Requests waiting for one of their client's read slots, for `/metrics`.
+    waiting_read_only: AtomicI64,
+    /// Requests waiting for one of their client's write slots.
+    waiting_mutating: AtomicI64,
+}
+
+impl crate::metrics::MetricsSource for Admission {
+    fn render(&self, out: &mut String) {
+        out.push_str(
+            "# HELP apiserver_current_inqueue_requests Requests waiting for one of their client's slots.\n\
+             # TYPE apiserver_current_inqueue_requests gauge\n",
+        );
+        for (kind, waiting) in [("readOnly", &self.waiting_read_only), ("mutating", &self.waiting_mutating)] {
+            let value = waiting.load(Ordering::Relaxed);
+            out.push_str(&format!("apiserver_current_inqueue_requests{{request_kind=\"{kind}\"}} {value}\n"));
+        }
+    }
 }
 
 impl Admission {
     /// The admission rules of `limits`.
     pub(crate) fn new(limits: &ServingLimits) -> Self {
         let slots = |n: usize| (n > 0).then(|| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
-        let share = |n: usize| if n == 0 { usize::MAX } else { (n / CLIENT_SHARE_DIVISOR).max(1) };
+        let share = |n: usize| (n / CLIENT_SHARE_DIVISOR).max(1);
         Self {
             read_only: slots(limits.max_read_only),
             mutating: slots(limits.max_mutating),
@@ -146,48 +174,69 @@ impl Admission {
             client_mutating: share(limits.max_mutating),
             clients: Mutex::default(),
             request_timeout: limits.request_timeout,
+            waiting_read_only: AtomicI64::new(0),
+            waiting_mutating: AtomicI64::new(0),
         }
     }
 
-    /// A slot for `client`, or None when the client or the server is at its limit.
-    fn acquire(self: &Arc<Self>, client: String, mutating: bool) -> Option<Slot> {
-        let (slots, client_max) = if mutating {
+    /// A slot for `client`, or None when the client stayed at its share for
+    /// [`CLIENT_QUEUE_WAIT`] or the server is at its limit.
+    async fn acquire(self: &Arc<Self>, client: String, mutating: bool) -> Option<Slot> {
+        let (slots, share) = if mutating {
             (&self.mutating, self.client_mutating)
         } else {
             (&self.read_only, self.client_read_only)
         };
-        let Some(slots) = slots else { return Some(Slot { permit: None, client: None }) };
+        let Some(slots) = slots else { return Some(Slot { _permit: None, _client: None }) };
         let key = (client, mutating);
-        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = clients.get(&key).copied().unwrap_or(0);
-        if held >= client_max {
-            return None;
-        }
+        let client_slots = Arc::clone(
+            self.lock_clients().entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(share))),
+        );
+        let mut client_slot = ClientSlot { admission: Arc::clone(self), key, permit: None };
+        client_slot.permit = match Arc::clone(&client_slots).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let waiting = if mutating { &self.waiting_mutating } else { &self.waiting_read_only };
+                waiting.fetch_add(1, Ordering::Relaxed);
+                let waited =
+                    tokio::time::timeout(CLIENT_QUEUE_WAIT, Arc::clone(&client_slots).acquire_owned()).await;
+                waiting.fetch_sub(1, Ordering::Relaxed);
+                waited.ok()?.ok()
+            }
+        };
+        drop(client_slots);
+        client_slot.permit.as_ref()?;
         let permit = Arc::clone(slots).try_acquire_owned().ok()?;
-        clients.insert(key.clone(), held + 1);
-        Some(Slot { permit: Some(permit), client: Some((Arc::clone(self), key)) })
+        Some(Slot { _permit: Some(permit), _client: Some(client_slot) })
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, Arc<Semaphore>>> {
+        self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// A request's place in flight: the server-wide permit and the client's count, both given back
+/// A request's place in flight: the server-wide permit and one of its client's, both given back
 /// when the response has been sent.
 struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    client: Option<(Arc<Admission>, (String, bool))>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _client: Option<ClientSlot>,
 }
 
-impl Drop for Slot {
+/// One of a client's slots; the client's entry goes with the last one held or awaited.
+struct ClientSlot {
+    admission: Arc<Admission>,
+    key: ClientKey,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if let Some((admission, key)) = self.client.take() {
-            let mut clients = admission.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(held) = clients.get_mut(&key) {
-                *held -= 1;
-                if *held == 0 {
-                    clients.remove(&key);
-                }
-            }
-        }
         drop(self.permit.take());
+        let mut clients = self.admission.lock_clients();
+        // Every holder and waiter keeps a reference: only the map's own left means neither.
+        if clients.get(&self.key).is_some_and(|slots| Arc::strong_count(slots) == 1) {
+            clients.remove(&self.key);
+        }
     }
 }
 
@@ -210,7 +259,7 @@ pub(crate) async fn admit(admission: Arc<Admission>, request: Request, next: Nex
         (None, Some(PeerAddress(ip))) => format!("address:{ip}"),
         (None, None) => String::new(),
     };
-    let Some(slot) = admission.acquire(client, mutating) else {
+    let Some(slot) = admission.acquire(client, mutating).await else {
         return ErrorResponse(ApiError::too_many_requests()).into_response();
     };
     match tokio::time::timeout(admission.request_timeout, next.run(request)).await {

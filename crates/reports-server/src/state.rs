@@ -78,6 +78,8 @@ impl AppState {
         metrics: Arc<crate::metrics::Metrics>,
         in_cluster: InCluster,
     ) -> Self {
+        let admission = Arc::new(crate::limits::Admission::new(limits));
+        metrics.add_source(admission.clone());
         let discovery = DiscoveryDocs::new(&catalogue);
         Self(Arc::new(Shared {
             catalogue,
@@ -85,7 +87,7 @@ impl AppState {
             changes,
             discovery,
             max_body_bytes: limits.max_body_bytes,
-            admission: Arc::new(crate::limits::Admission::new(limits)),
+            admission,
             shutting_down,
             ready: AtomicBool::new(false),
             metrics,

@@ -70,16 +70,21 @@ fn body_of(response: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not a JSON body ({e}): {response:?}"))
 }
 
-/// The value of `apiserver_current_inflight_requests{request_kind=KIND}` now.
-async fn in_flight(t: &TestServer, kind: &str) -> i64 {
+/// The value of the series `series` (name and labels as scraped) now.
+async fn metric(t: &TestServer, series: &str) -> i64 {
     let text = t.http().get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let prefix = format!("apiserver_current_inflight_requests{{request_kind=\"{kind}\"}} ");
+    let prefix = format!("{series} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in the scrape"))
+        .unwrap_or_else(|| panic!("no {series} in the scrape"))
         .trim()
         .parse()
         .unwrap()
+}
+
+/// The value of `apiserver_current_inflight_requests{request_kind=KIND}` now.
+async fn in_flight(t: &TestServer, kind: &str) -> i64 {
+    metric(t, &format!("apiserver_current_inflight_requests{{request_kind=\"{kind}\"}}")).await
 }
 
 /// Waits until `apiserver_current_inflight_requests{request_kind=KIND}` is `value`.
@@ -382,4 +387,24 @@ async fn one_client_cannot_take_every_slot() {
     let other_client = other.post(t.url(REPORTS)).json(&report("other")).send().await.unwrap();
     assert_eq!(other_client.status(), 201, "another client still has its share");
     drop(stalled);
+}
+
+/// A request beyond its client's share waits (up to a second) for one of that client's slots
+/// instead of being refused at once: a burst is served as soon as the client's earlier request
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_a_clients_share_waits_for_its_slot() {
+    let t = start(ServingLimits { max_mutating: 4, ..Default::default() }).await;
+    let stalled = start_stalled_create(&t).await;
+    wait_for_in_flight(&t, "mutating", 1).await;
+    let queued = tokio::spawn(t.http().post(t.url(REPORTS)).json(&report("queued")).send());
+    let waited = tokio::time::timeout(DEADLINE, async {
+        while metric(&t, "apiserver_current_inqueue_requests{request_kind=\"mutating\"}").await != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the second write never waited for its client's slot");
+    drop(stalled);
+    assert_eq!(queued.await.unwrap().unwrap().status(), 201, "served once its client's slot was free");
 }

@@ -192,8 +192,7 @@ impl Admission {
         let client_slots = Arc::clone(
             self.lock_clients().entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(share))),
         );
-        let mut client_slot = ClientSlot { admission: Arc::clone(self), key, permit: None };
-        client_slot.permit = match Arc::clone(&client_slots).try_acquire_owned() {
+        let permit = match Arc::clone(&client_slots).try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
                 let waiting = if mutating { &self.waiting_mutating } else { &self.waiting_read_only };
@@ -201,10 +200,13 @@ impl Admission {
                 let waited =
                     tokio::time::timeout(CLIENT_QUEUE_WAIT, Arc::clone(&client_slots).acquire_owned()).await;
                 waiting.fetch_sub(1, Ordering::Relaxed);
-                waited.ok()?.ok()
+                waited.ok().and_then(Result::ok)
             }
         };
+        // Before the client slot exists: dropping it (on a refusal too) removes the client's
+        // entry only when no other reference to its semaphore is left.
         drop(client_slots);
+        let client_slot = ClientSlot { admission: Arc::clone(self), key, permit };
         client_slot.permit.as_ref()?;
         let permit = Arc::clone(slots).try_acquire_owned().ok()?;
         Some(Slot { _permit: Some(permit), _client: Some(client_slot) })
@@ -245,12 +247,13 @@ impl Drop for ClientSlot {
 /// priority and fairness names flows) and inside the metrics layer, which resolves the request
 /// info and counts the 429s and 504s as kube-apiserver counts them.
 pub(crate) async fn admit(admission: Arc<Admission>, request: Request, next: Next) -> Response {
-    let exempt = request.extensions().get::<RequestInfo>().is_none_or(RequestInfo::is_long_running)
+    let info = request.extensions().get::<RequestInfo>();
+    let exempt = info.is_none_or(RequestInfo::is_long_running)
         || matches!(request.uri().path(), "/healthz" | "/livez" | "/readyz" | "/metrics");
+    let mutating = !info.is_some_and(RequestInfo::is_read_only);
     if exempt {
         return next.run(request).await;
     }
-    let mutating = !request.extensions().get::<RequestInfo>().is_some_and(RequestInfo::is_read_only);
     let client = match (
         request.extensions().get::<reports_auth::UserInfo>(),
         request.extensions().get::<PeerAddress>(),

@@ -219,6 +219,25 @@ pub fn go_bool(value: &str) -> Result<bool, String> {
 }
 
 /// A Go `time.ParseDuration` duration (`10s`, `1m30s`, `1.5h`, `300ms`, `0`); negative ones are
+/// The container arguments upstream's chart and `config/install.yaml` render, verbatim: a
+/// manifest written for upstream passes exactly these, and this server must start with them.
+pub const UPSTREAM_CHART_ARGS: [&str; 14] = [
+    "--dbsslmode=disable",
+    "--dbsslrootcert=",
+    "--dbsslkey=",
+    "--dbsslcert=",
+    "--servicename=reports-server",
+    "--servicens=reports-server",
+    "--clusterrolename=reports-server",
+    "--storereports=true",
+    "--storeephemeralreports=true",
+    "--storeopenreports=true",
+    "--cert-dir=/tmp",
+    "--secure-port=4443",
+    "--authorization-always-allow-paths=/metrics",
+    "--clustername=",
+];
+
 /// refused, as none of these flags means anything with them.
 pub fn go_duration(value: &str) -> Result<Duration, String> {
     let bad = || format!("{value:?} is not a duration such as 10s, 1m30s or 500ms");

@@ -10,7 +10,7 @@ use std::{ffi::OsString, net::IpAddr, path::PathBuf};
 
 use clap::{parser::ValueSource, CommandFactory as _, FromArgMatches as _, Parser};
 pub use cluster::ClusterFlags;
-pub use compat::{go_bool, go_duration, normalise_args, Inert, NO_EFFECT_HEADING};
+pub use compat::{go_bool, go_duration, normalise_args, Inert, NO_EFFECT_HEADING, UPSTREAM_CHART_ARGS};
 
 /// reports-server: a Kubernetes aggregated API server that stores policy reports in a relational
 /// database instead of etcd.

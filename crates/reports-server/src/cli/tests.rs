@@ -34,27 +34,10 @@ fn storage_flag_wins_and_default_is_the_embedded_file() {
     assert_eq!(args.storage_url_from(|_| None), "sqlite://reports-server.db");
 }
 
-/// The container arguments upstream's chart and `config/install.yaml` render.
-pub const UPSTREAM_ARGS: [&str; 14] = [
-    "--dbsslmode=disable",
-    "--dbsslrootcert=",
-    "--dbsslkey=",
-    "--dbsslcert=",
-    "--servicename=reports-server",
-    "--servicens=reports-server",
-    "--clusterrolename=reports-server",
-    "--storereports=true",
-    "--storeephemeralreports=true",
-    "--storeopenreports=true",
-    "--cert-dir=/tmp",
-    "--secure-port=4443",
-    "--authorization-always-allow-paths=/metrics",
-    "--clustername=",
-];
-
 #[test]
 fn upstream_manifest_arguments_parse_with_one_warning_naming_the_inert_ones() {
-    let args = Args::try_from_args(std::iter::once("reports-server").chain(UPSTREAM_ARGS)).unwrap();
+    let args =
+        Args::try_from_args(std::iter::once("reports-server").chain(super::UPSTREAM_CHART_ARGS)).unwrap();
     assert_eq!(args.secure_port, 4443);
     assert_eq!(args.dbsslmode.as_deref(), Some("disable"));
     assert_eq!(
@@ -213,7 +196,9 @@ fn a_cluster_is_joined_with_a_kubeconfig_or_in_a_pod() {
     assert!(config.apiservices.is_none(), "no --servicename: nothing registered");
 
     let upstream = Args::try_from_args(
-        std::iter::once("reports-server").chain(UPSTREAM_ARGS).chain(["--storeephemeralreports=false"]),
+        std::iter::once("reports-server")
+            .chain(super::UPSTREAM_CHART_ARGS)
+            .chain(["--storeephemeralreports=false"]),
     )
     .unwrap();
     let registration = upstream.cluster_config(in_pod, &pem).unwrap().apiservices.unwrap();

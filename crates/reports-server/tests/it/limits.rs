@@ -109,6 +109,16 @@ async fn start_stalled_create(t: &TestServer) -> TlsStream<TcpStream> {
     stream
 }
 
+/// A client from another loopback address (127.0.0.2): another client to a standalone server,
+/// which tells clients apart by address.
+fn other_client(t: &TestServer) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap()
+}
+
 fn report(name: &str) -> Value {
     json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport", "metadata": {"name": name}})
 }
@@ -119,7 +129,8 @@ async fn writes_beyond_the_in_flight_limit_get_429_and_reads_and_probes_still_pa
     let stalled = start_stalled_create(&t).await;
     wait_for_in_flight(&t, "mutating", 1).await;
 
-    let refused = t.http().post(t.url(REPORTS)).json(&report("r1")).send().await.unwrap();
+    // From another client: its own share is free, the server-wide limit is what refuses it.
+    let refused = other_client(&t).post(t.url(REPORTS)).json(&report("r1")).send().await.unwrap();
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "1");
     let status: Value = refused.json().await.unwrap();
@@ -379,12 +390,7 @@ async fn one_client_cannot_take_every_slot() {
 
     let same_client = t.http().post(t.url(REPORTS)).json(&report("same")).send().await.unwrap();
     assert_eq!(same_client.status(), 429, "the first client's share is one write");
-    let other = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(t.pki.ca_pem.as_bytes()).unwrap())
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .build()
-        .unwrap();
-    let other_client = other.post(t.url(REPORTS)).json(&report("other")).send().await.unwrap();
+    let other_client = other_client(&t).post(t.url(REPORTS)).json(&report("other")).send().await.unwrap();
     assert_eq!(other_client.status(), 201, "another client still has its share");
     drop(stalled);
 }

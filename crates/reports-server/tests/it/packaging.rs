@@ -11,24 +11,6 @@ use std::{
 
 const BINARY: &str = env!("CARGO_BIN_EXE_reports-server");
 
-/// The container arguments upstream's chart and `config/install.yaml` render, verbatim.
-const UPSTREAM_ARGS: [&str; 14] = [
-    "--dbsslmode=disable",
-    "--dbsslrootcert=",
-    "--dbsslkey=",
-    "--dbsslcert=",
-    "--servicename=reports-server",
-    "--servicens=reports-server",
-    "--clusterrolename=reports-server",
-    "--storereports=true",
-    "--storeephemeralreports=true",
-    "--storeopenreports=true",
-    "--cert-dir=/tmp",
-    "--secure-port=4443",
-    "--authorization-always-allow-paths=/metrics",
-    "--clustername=",
-];
-
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap().to_path_buf()
 }
@@ -41,7 +23,7 @@ fn text(out: &Output) -> String {
 async fn upstream_manifest_arguments_start_the_server_with_one_warning() {
     // The harness picks the port (`--secure-port 0`), so upstream's fixed port is left out; the
     // store is in memory instead of upstream's DB_* environment.
-    let args: Vec<&str> = UPSTREAM_ARGS
+    let args: Vec<&str> = reports_server::cli::UPSTREAM_CHART_ARGS
         .iter()
         .copied()
         .filter(|a| !a.starts_with("--secure-port"))
@@ -76,7 +58,7 @@ async fn upstream_manifest_arguments_start_the_server_with_one_warning() {
 fn the_exact_upstream_argument_list_is_accepted() {
     // With upstream's own --secure-port=4443 too: parse only (no server: the port may be taken).
     let mut line = vec!["reports-server"];
-    line.extend(UPSTREAM_ARGS);
+    line.extend(reports_server::cli::UPSTREAM_CHART_ARGS);
     let args = reports_server::cli::Args::try_from_args(line).expect("upstream's arguments parse");
     assert_eq!(args.secure_port, 4443);
     assert_eq!(args.unimplemented_flags(true).len(), 1);

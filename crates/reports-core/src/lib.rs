@@ -16,6 +16,7 @@ pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod field_validation;
+pub mod findings;
 pub mod fuzzing;
 pub mod negotiate;
 pub mod object;

@@ -33,7 +33,8 @@ mod store;
 
 pub use error::{Failure, SettingError, StoreError, StoreResult};
 pub use model::{
-    labels_json, parse_labels, Change, ChangeType, ListChunk, ListQuery, ListStream, StoredObject,
+    labels_json, parse_labels, Change, ChangeType, FindingChunk, FindingStream, ListChunk, ListQuery,
+    ListStream, StoredObject,
 };
 pub use store::{DynStore, Store};
 

@@ -71,6 +71,27 @@ pub struct ListStream {
     pub chunks: mpsc::Receiver<StoreResult<ListChunk>>,
 }
 
+/// A piece of a streamed findings list.
+#[derive(Debug)]
+pub enum FindingChunk {
+    /// Findings in key order.
+    Items(Vec<reports_core::findings::query::FindingRecord>),
+    /// The end; `more` is true when findings beyond `limit` exist.
+    End {
+        /// More findings match after the last one sent.
+        more: bool,
+    },
+}
+
+/// A findings list being read: the RV it reflects is known up front, findings arrive in bounded
+/// chunks (as [`ListStream`]).
+pub struct FindingStream {
+    /// The counter value in the same snapshot as the rows.
+    pub snapshot_rv: u64,
+    /// Chunks, ending with [`FindingChunk::End`] (or an error).
+    pub chunks: mpsc::Receiver<StoreResult<FindingChunk>>,
+}
+
 /// Type of a change-log entry, as watch events name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeType {

@@ -7,8 +7,9 @@ use serde_json::Value;
 use crate::{
     commits::CommitSignal,
     error::StoreResult,
-    model::{Change, ListQuery, ListStream, StoredObject},
+    model::{Change, FindingStream, ListQuery, ListStream, StoredObject},
 };
+use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
 
 /// Durable storage of report objects.
 #[async_trait::async_trait]
@@ -80,6 +81,27 @@ pub trait Store: Send + Sync + 'static {
     /// How many objects each resource holds (resources with none are absent). A full count, for
     /// the `apiserver_storage_objects` gauge, which refreshes it about once a minute.
     async fn count_by_resource(&self) -> StoreResult<Vec<(String, u64)>>;
+
+    /// Streams the findings matching `query` (see `reports_core::findings`), in key order, read
+    /// only from where `query.visibility` allows.
+    async fn findings(&self, query: FindingQuery) -> StoreResult<FindingStream> {
+        let _ = query;
+        Err(crate::StoreError::backend("findings are not indexed by this store"))
+    }
+
+    /// Counts the findings matching `query` per group, largest group first (see
+    /// `reports_core::findings::query::sort_counts`), with the RV they reflect.
+    async fn count_findings(&self, query: CountQuery) -> StoreResult<(u64, Vec<FindingCount>)> {
+        let _ = query;
+        Err(crate::StoreError::backend("findings are not indexed by this store"))
+    }
+
+    /// The namespaces that hold at least one object of `resource`, in order (what the server asks
+    /// the authorizer about when a caller may not list `resource` cluster-wide).
+    async fn namespaces_of(&self, resource: &str) -> StoreResult<Vec<String>> {
+        let _ = resource;
+        Err(crate::StoreError::backend("not implemented by this store"))
+    }
 
     /// Checks that the database answers (readiness).
     async fn ping(&self) -> StoreResult<()>;

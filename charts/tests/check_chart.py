@@ -48,6 +48,7 @@ APISERVICES = {
     "v1alpha2.wgpolicyk8s.io": ("wgpolicyk8s.io", "v1alpha2"),
     "v1.reports.kyverno.io": ("reports.kyverno.io", "v1"),
     "v1alpha1.openreports.io": ("openreports.io", "v1alpha1"),
+    "v1alpha1.query.reports-server.io": ("query.reports-server.io", "v1alpha1"),
 }
 SIX = {
     "wgpolicyk8s.io": {"policyreports", "clusterpolicyreports"},
@@ -262,6 +263,8 @@ def check_objects(objects: list[dict], values: dict, release: str, namespace: st
             expected.add("v1.reports.kyverno.io")
         if install.get("installOpenreportsService", True):
             expected.add("v1alpha1.openreports.io")
+        if install.get("installQueryService", True):
+            expected.add("v1alpha1.query.reports-server.io")
     apiservices = by_kind(objects, "APIService")
     check({a["metadata"]["name"] for a in apiservices} == expected, f"{label}: APIServices {apiservices}")
     mode = tls.get("mode", "generate")

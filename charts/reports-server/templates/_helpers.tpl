@@ -100,4 +100,5 @@ app.kubernetes.io/part-of: reports-server
 - {group: wgpolicyk8s.io, version: v1alpha2, install: true}
 - {group: reports.kyverno.io, version: v1, install: {{ $m.installEphemeralReportsService }}}
 - {group: openreports.io, version: v1alpha1, install: {{ $m.installOpenreportsService }}}
+- {group: query.reports-server.io, version: v1alpha1, install: {{ $m.installQueryService }}}
 {{- end }}

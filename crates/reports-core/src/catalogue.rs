@@ -26,6 +26,19 @@ const EMBEDDED_CRDS: &[(&str, &str)] = &[
     ("clusterreports.openreports.io", include_str!("crds/clusterreports.openreports.io.yaml")),
 ];
 
+/// The server's own read-only query resources (see [`crate::findings`]), described as CRDs so
+/// their names, scope and printer columns come out of the same derivation.
+const QUERY_CRDS: &[(&str, &str)] = &[
+    ("findings.query.reports-server.io", include_str!("crds/query/findings.query.reports-server.io.yaml")),
+    (
+        "findingcounts.query.reports-server.io",
+        include_str!("crds/query/findingcounts.query.reports-server.io.yaml"),
+    ),
+];
+
+/// The verbs of the query resources: they are computed, so they are only listed.
+pub const QUERY_VERBS: [&str; 1] = ["list"];
+
 /// One printer column of a CRD version (`additionalPrinterColumns`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrinterColumn {
@@ -72,6 +85,8 @@ pub struct ResourceKind {
     pub validator: Arc<SchemaValidator>,
     /// `base64(sha256("group/version/kind")[..8])`, as k8s.io/apiserver computes it.
     pub storage_version_hash: String,
+    /// True for the server's own query resources (computed, list only, never stored).
+    pub query: bool,
 }
 
 impl ResourceKind {
@@ -123,10 +138,14 @@ pub struct GroupInfo {
     pub version: String,
 }
 
-/// All served resources, in a stable order (the order of [`EMBEDDED_CRDS`]).
+/// All served resources, in a stable order (the order of [`EMBEDDED_CRDS`], then the query
+/// resources).
 #[derive(Debug, Clone)]
 pub struct Catalogue {
+    /// The report kinds, stored.
     kinds: Vec<ResourceKind>,
+    /// The query resources, computed.
+    query: Vec<ResourceKind>,
 }
 
 /// Failure to derive the catalogue from a CRD document (a build defect, never user input).
@@ -142,17 +161,36 @@ impl Catalogue {
     pub fn embedded() -> Result<Self, CatalogueError> {
         let kinds =
             EMBEDDED_CRDS.iter().map(|(name, yaml)| parse_crd(name, yaml)).collect::<Result<_, _>>()?;
-        Ok(Self { kinds })
+        let query = QUERY_CRDS
+            .iter()
+            .map(|(name, yaml)| parse_crd(name, yaml).map(|kind| ResourceKind { query: true, ..kind }))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { kinds, query })
     }
 
-    /// Every served resource.
+    /// Every stored resource: the report kinds.
     pub fn kinds(&self) -> &[ResourceKind] {
         &self.kinds
     }
 
-    /// Finds a resource by group, version and plural.
+    /// The query resources (`findings`, `findingcounts`).
+    pub fn query_kinds(&self) -> &[ResourceKind] {
+        &self.query
+    }
+
+    /// Every served resource: the report kinds, then the query resources.
+    pub fn served(&self) -> impl Iterator<Item = &ResourceKind> {
+        self.kinds.iter().chain(&self.query)
+    }
+
+    /// Finds a served resource by group, version and plural.
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceKind> {
-        self.kinds.iter().find(|k| k.group == group && k.version == version && k.plural == plural)
+        self.served().find(|k| k.group == group && k.version == version && k.plural == plural)
+    }
+
+    /// Finds a report kind by its resource plural (the storage key).
+    pub fn by_storage_key(&self, resource: &str) -> Option<&ResourceKind> {
+        self.kinds.iter().find(|k| k.storage_key() == resource)
     }
 
     /// What the rest of a path under `/apis/{group}/{version}/` names (after percent-decoding):
@@ -183,7 +221,7 @@ impl Catalogue {
     /// Served groups, in first-seen order.
     pub fn groups(&self) -> Vec<GroupInfo> {
         let mut out: Vec<GroupInfo> = Vec::new();
-        for k in &self.kinds {
+        for k in self.served() {
             if !out.iter().any(|g| g.group == k.group) {
                 out.push(GroupInfo { group: k.group.clone(), version: k.version.clone() });
             }
@@ -197,7 +235,7 @@ impl Catalogue {
         group: &'a str,
         version: &'a str,
     ) -> impl Iterator<Item = &'a ResourceKind> {
-        self.kinds.iter().filter(move |k| k.group == group && k.version == version)
+        self.served().filter(move |k| k.group == group && k.version == version)
     }
 }
 
@@ -252,6 +290,7 @@ fn parse_crd(name: &str, yaml: &str) -> Result<ResourceKind, CatalogueError> {
         validator: Arc::new(SchemaValidator::compile(&version["schema"]["openAPIV3Schema"]).map_err(err)?),
         schema: version["schema"]["openAPIV3Schema"].clone(),
         storage_version_hash,
+        query: false,
         group,
         version: version_name,
         kind,
@@ -337,6 +376,6 @@ mod tests {
             ]
         );
         assert!(polr.schema["properties"]["results"].is_object());
-        assert_eq!(cat.groups().len(), 3);
+        assert_eq!(cat.groups().len(), 4, "three report groups and the query group");
     }
 }

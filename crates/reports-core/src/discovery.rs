@@ -45,7 +45,7 @@ fn api_resource(kind: &ResourceKind) -> Value {
         "group": kind.group,
         "version": kind.version,
         "kind": kind.kind,
-        "verbs": VERBS,
+        "verbs": if kind.query { &crate::catalogue::QUERY_VERBS[..] } else { &VERBS[..] },
         "shortNames": kind.short_names,
         "storageVersionHash": kind.storage_version_hash,
     });
@@ -83,7 +83,7 @@ pub fn aggregated_discovery(catalogue: &Catalogue, version: &str) -> Value {
                         "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
                         "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
                         "singularResource": k.singular,
-                        "verbs": VERBS,
+                        "verbs": if k.query { &crate::catalogue::QUERY_VERBS[..] } else { &VERBS[..] },
                         "shortNames": k.short_names,
                     });
                     if !k.categories.is_empty() {
@@ -119,7 +119,7 @@ mod tests {
     fn documents_have_the_contract_shape() {
         let cat = Catalogue::embedded().unwrap();
         let list = api_group_list(&cat);
-        assert_eq!(list["groups"].as_array().unwrap().len(), 3);
+        assert_eq!(list["groups"].as_array().unwrap().len(), 4);
         assert_eq!(list["groups"][0]["preferredVersion"]["groupVersion"], "wgpolicyk8s.io/v1alpha2");
         let resources = api_resource_list(&cat, "reports.kyverno.io", "v1").unwrap();
         assert_eq!(resources["resources"][0]["categories"], json!(["kyverno"]));
@@ -130,5 +130,11 @@ mod tests {
         assert_eq!(openreports["metadata"]["name"], "openreports.io");
         assert_eq!(openreports["versions"][0]["resources"][1]["scope"], "Cluster");
         assert_eq!(openreports["versions"][0]["resources"][0]["responseKind"]["kind"], "Report");
+        let query = &v2["items"][3];
+        assert_eq!(query["metadata"]["name"], "query.reports-server.io");
+        assert_eq!(query["versions"][0]["resources"][0]["verbs"], json!(["list"]), "computed: list only");
+        let legacy = api_resource_list(&cat, "query.reports-server.io", "v1alpha1").unwrap();
+        assert_eq!(legacy["resources"][1]["name"], "findingcounts");
+        assert_eq!(legacy["resources"][1]["verbs"], json!(["list"]));
     }
 }

@@ -547,9 +547,10 @@ fn document<'a>(kinds: impl Iterator<Item = &'a ResourceKind>, dialect: Dialect)
     }
 }
 
-/// The OpenAPI v3 document of one group/version, or `None` if nothing is served there.
+/// The OpenAPI v3 document of one group/version, or `None` if nothing is served there. The query
+/// resources have none: their objects are computed and free-form.
 pub fn group_version_doc(catalogue: &Catalogue, group: &str, version: &str) -> Option<Value> {
-    let mut kinds = catalogue.in_group_version(group, version).peekable();
+    let mut kinds = catalogue.in_group_version(group, version).filter(|k| !k.query).peekable();
     kinds.peek()?;
     Some(document(kinds, Dialect::V3))
 }

@@ -30,6 +30,7 @@ mod discovery;
 pub mod glibc;
 pub mod limits;
 pub mod metrics;
+mod query;
 mod render;
 mod resource;
 mod response;

@@ -13,6 +13,9 @@ pub const GROUP: &str = "query.reports-server.io";
 /// Its one version.
 pub const VERSION: &str = "v1alpha1";
 
+/// The `result` values the report schemas allow.
+pub const STANDARD_RESULTS: [&str; 5] = ["pass", "fail", "warn", "error", "skip"];
+
 /// `apiVersion` of the query objects.
 pub fn api_version() -> String {
     format!("{GROUP}/{VERSION}")
@@ -105,8 +108,13 @@ pub fn count_object(count: &FindingCount, group_by: &[FindingField]) -> Value {
     if let Some(ns) = namespace.filter(|ns| !ns.is_empty()) {
         metadata["namespace"] = Value::String(ns);
     }
-    let results: Map<String, Value> =
-        count.by_result.iter().map(|(result, n)| (result.clone(), Value::from(*n))).collect();
+    // The five outcomes the schema knows are always there (0 rather than a missing column in a
+    // table); anything else a producer wrote is counted under its own name.
+    let mut results: Map<String, Value> =
+        STANDARD_RESULTS.iter().map(|result| (result.to_string(), Value::from(0u64))).collect();
+    for (result, n) in &count.by_result {
+        results.insert(result.clone(), Value::from(*n));
+    }
     json!({
         "apiVersion": api_version(),
         "kind": "FindingCount",
@@ -157,7 +165,7 @@ mod tests {
         let object = count_object(&count, &[FindingField::Namespace, FindingField::Severity]);
         assert_eq!(object["metadata"], json!({"name": "critical", "namespace": "prod"}));
         assert_eq!(object["group"], json!({"namespace": "prod", "severity": "critical"}));
-        assert_eq!(object["results"], json!({"fail": 2, "warn": 1}));
+        assert_eq!(object["results"], json!({"pass": 0, "fail": 2, "warn": 1, "error": 0, "skip": 0}));
         let cluster = FindingCount { key: vec!["".into()], total: 1, by_result: vec![] };
         assert_eq!(count_object(&cluster, &[FindingField::Namespace])["metadata"], json!({"name": "<none>"}));
     }

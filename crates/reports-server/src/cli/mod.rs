@@ -360,6 +360,8 @@ impl Args {
                     group_versions.push((group.to_string(), version.to_string()));
                 }
             }
+            // The query API is this server's own group: nothing else serves it.
+            group_versions.push(query_group_version());
             crate::cluster::ApiServiceRegistration {
                 group_versions,
                 service_name: service.clone(),
@@ -433,3 +435,10 @@ pub fn storage_url(storage: Option<&str>, env: impl Fn(&str) -> Option<String>) 
 
 #[cfg(test)]
 mod tests;
+
+/// The group version of the query API (`findings`, `findingcounts`), registered beside the
+/// report groups and removed by `uninstall`.
+pub(crate) fn query_group_version() -> (String, String) {
+    use reports_core::findings::render::{GROUP, VERSION};
+    (GROUP.to_string(), VERSION.to_string())
+}

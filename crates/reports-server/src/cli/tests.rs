@@ -210,7 +210,8 @@ fn a_cluster_is_joined_with_a_kubeconfig_or_in_a_pod() {
         registration.group_versions,
         vec![
             ("wgpolicyk8s.io".to_string(), "v1alpha2".to_string()),
-            ("openreports.io".into(), "v1alpha1".into())
+            ("openreports.io".into(), "v1alpha1".into()),
+            ("query.reports-server.io".into(), "v1alpha1".into())
         ]
     );
     assert_eq!(registration.identity, "reports-server-0");

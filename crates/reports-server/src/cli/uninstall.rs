@@ -52,6 +52,8 @@ impl UninstallArgs {
         .into_iter()
         .filter(|(enabled, _, _)| *enabled)
         .map(|(_, group, version)| (group.to_string(), version.to_string()))
+        // The query API goes with the server: no CRD serves it afterwards.
+        .chain([super::query_group_version()])
         .collect()
     }
 }

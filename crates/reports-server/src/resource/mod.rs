@@ -45,7 +45,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// `pretty` query parameter, or implied by a human-looking user agent (as k8s.io/apiserver does).
-fn wants_pretty(query: &Query, headers: &HeaderMap) -> bool {
+pub(crate) fn wants_pretty(query: &Query, headers: &HeaderMap) -> bool {
     match query.get("pretty") {
         Some(_) => query.flag("pretty"),
         None => header_str(headers, header::USER_AGENT).is_some_and(|ua| {
@@ -71,6 +71,17 @@ pub(crate) async fn handle(
         None => (rest.as_str(), false),
     };
     let mut target = state.catalogue.resolve_path(&group, &version, rest)?;
+    if target.kind.query {
+        let request = crate::query::QueryRequest {
+            state: &state,
+            target,
+            method,
+            query: Query::parse(uri.query()),
+            headers: &headers,
+            user: user.map(|axum::Extension(user)| user),
+        };
+        return request.serve().await;
+    }
     // No name or namespace holds a NUL byte (neither is valid with one, and PostgreSQL cannot
     // even compare with one), so both stores give the same answer without being asked.
     // A create reaches the namespace and name validation, which refuses it with 422.

@@ -30,7 +30,7 @@ mod discovery;
 pub mod glibc;
 pub mod limits;
 pub mod metrics;
-mod query;
+pub mod query;
 mod render;
 mod resource;
 mod response;

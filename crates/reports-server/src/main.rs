@@ -35,6 +35,14 @@ async fn run(memcpy: Memcpy) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "query") {
+        let args = reports_server::cli::query::QueryArgs::parse_from(std::env::args_os().skip(1));
+        if let Err(e) = reports_server::query::client::run(&args, &mut std::io::stdout().lock()).await {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let args = Args::parse();
     init_logging(&args.log_format);
     memcpy.log();

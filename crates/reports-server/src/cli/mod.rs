@@ -4,6 +4,7 @@
 
 mod cluster;
 mod compat;
+pub mod query;
 pub mod uninstall;
 
 use std::{ffi::OsString, net::IpAddr, path::PathBuf};

@@ -13,6 +13,7 @@
 //! Findings have no labels: a label selector matches all of them or none, as it would match an
 //! object without labels. Watches and every other verb are 405, as discovery says `list` only.
 
+pub mod client;
 mod visibility;
 
 use std::sync::{Arc, Mutex};

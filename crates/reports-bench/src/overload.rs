@@ -20,9 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use std::io::BufRead as _;
-
-use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use crate::{
@@ -81,30 +78,16 @@ impl Counts {
 /// Runs the probe alone, then under the flood; returns the figures.
 pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
-    let binary = std::env::current_exe()?.with_file_name("reports-server");
-    let mut command = std::process::Command::new(&binary);
-    command
-        .arg("--storage")
-        .arg(format!("sqlite://{}", dir.path().join("reports.db").display()))
-        .args(["--secure-port", "0"]);
+    let mut server_args =
+        vec!["--storage".to_string(), format!("sqlite://{}", dir.path().join("reports.db").display())];
     if flood.unlimited {
-        command.args(["--max-requests-inflight", "0", "--max-mutating-requests-inflight", "0"]);
+        server_args.extend(
+            ["--max-requests-inflight", "0", "--max-mutating-requests-inflight", "0"].map(String::from),
+        );
     }
-    command.args(&flood.server_args);
-    let mut server = ServerChild(
-        command.env("RUST_LOG", "info").stderr(std::process::Stdio::piped()).spawn().with_context(|| {
-            format!("starting {} (cargo build --release -p reports-server)", binary.display())
-        })?,
-    );
-    let mut log = std::io::BufReader::new(server.0.stderr.take().context("server stderr")?).lines();
-    let base = loop {
-        let line = log.next().context("the server exited before it was ready")??;
-        if let Some(rest) = line.split("is ready on ").nth(1) {
-            break rest.split(';').next().unwrap_or_default().trim().to_string();
-        }
-    };
-    // Keep reading the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || log.for_each(drop));
+    server_args.extend(flood.server_args.iter().cloned());
+    let server = crate::procs::ReleaseServer::start(&server_args)?;
+    let base = server.base.clone();
     let seeding = api::Api::connect(&base, 4).await?;
     let flood_collection = seeding.collection("policyreports", Some("flood"));
     // Four at a time: within one client's share of even a small write limit.
@@ -162,7 +145,7 @@ pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
         }));
     }
     let peak_rss = Arc::new(AtomicU64::new(0));
-    let server_pid = server.0.id();
+    let server_pid = server.pid();
     let sampler = {
         let (stop, peak) = (stop.clone(), peak_rss.clone());
         tokio::spawn(async move {
@@ -190,16 +173,6 @@ pub async fn overload(flood: Flood) -> anyhow::Result<Value> {
         "flood_writes": write_counts.summary(flood.seconds),
         "server_peak_rss_mib": peak_rss.load(Ordering::Relaxed) / (1 << 20),
     }))
-}
-
-/// The server process, killed when the run ends however it ends.
-struct ServerChild(std::process::Child);
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// [`probe`] from a client of its own, on a thread and runtime of its own (its connection is

@@ -118,6 +118,53 @@ pub enum Durability {
     Fast,
 }
 
+/// The release `reports-server` binary beside this one, run with the given flags on a free
+/// loopback port (as production runs it: its own process, its own flags), killed when dropped.
+pub struct ReleaseServer {
+    child: Child,
+    /// `https://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl ReleaseServer {
+    /// Starts `reports-server --secure-port 0 ARGS` and waits until it is ready.
+    pub fn start(args: &[String]) -> anyhow::Result<Self> {
+        let binary = std::env::current_exe()?.with_file_name("reports-server");
+        let mut child = Command::new(&binary)
+            .args(["--secure-port", "0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!("starting {} (cargo build --release -p reports-server)", binary.display())
+            })?;
+        let mut log = BufReader::new(child.stderr.take().context("server stderr")?).lines();
+        let mut server = Self { child, base: String::new() };
+        server.base = loop {
+            let line = log.next().context("the server exited before it was ready")??;
+            if let Some(rest) = line.split("is ready on ").nth(1) {
+                break rest.split(';').next().unwrap_or_default().trim().to_string();
+            }
+        };
+        // Keep reading the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || log.for_each(drop));
+        Ok(server)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ReleaseServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A throwaway PostgreSQL cluster for one run.
 pub struct Postgres {
     /// The cluster (stopped and removed by its watchdog when the harness exits).

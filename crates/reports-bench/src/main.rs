@@ -18,6 +18,8 @@
 //! - `auth-overhead`: what delegated authentication and authorization add to a request;
 //! - `migration`: how fast reports stored as CRD objects are copied at start;
 //! - `overload`: one client's flood of lists and writes against another's small GETs;
+//! - `findings`: the CVSS question over a million results against listing every report, and
+//!   what indexing results costs a create;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
 //! Modules: [`shapes`] (documents), [`load`] (open and closed loops, CPU accounting), [`api`]
@@ -30,6 +32,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod api;
 mod etcd;
+mod findings;
 mod in_cluster;
 mod load;
 mod overload;
@@ -217,6 +220,31 @@ enum Command {
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
     },
+    /// The findings query API over many results (PostgreSQL) against listing every report, and
+    /// create throughput with result indexing on and off.
+    Findings {
+        /// Results in the queried database.
+        #[arg(long, default_value_t = 1_000_000)]
+        results: usize,
+        /// Results per report.
+        #[arg(long, default_value_t = 100)]
+        per_report: usize,
+        /// Reports per server and round of the write-cost comparison.
+        #[arg(long, default_value_t = 1_000)]
+        write_reports: usize,
+        /// Rounds of the write-cost comparison (alternating indexed and not).
+        #[arg(long, default_value_t = 2)]
+        write_rounds: usize,
+        /// Closed-loop clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Repetitions of the first-page and counts questions.
+        #[arg(long, default_value_t = 50)]
+        repeats: usize,
+        /// Repetitions of the whole answer and of the client-side alternative.
+        #[arg(long, default_value_t = 3)]
+        full_repeats: usize,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -259,6 +287,27 @@ fn main() -> anyhow::Result<()> {
         Command::Overload { lists, writes, items, probe_rate, seconds, unlimited, server_args } => {
             let flood = overload::Flood { lists, writes, items, probe_rate, seconds, unlimited, server_args };
             println!("{}", runtime.block_on(overload::overload(flood))?);
+            Ok(())
+        }
+        Command::Findings {
+            results,
+            per_report,
+            write_reports,
+            write_rounds,
+            concurrency,
+            repeats,
+            full_repeats,
+        } => {
+            let run = findings::FindingsRun {
+                results,
+                per_report,
+                write_reports,
+                write_rounds,
+                concurrency,
+                repeats,
+                full_repeats,
+            };
+            println!("{}", runtime.block_on(findings::run(run))?);
             Ok(())
         }
         Command::AuthOverhead { requests, concurrency, rounds } => {

@@ -26,6 +26,7 @@ pub mod commits;
 pub mod conformance;
 mod counter;
 mod error;
+pub mod findings;
 mod model;
 pub mod postgres;
 pub mod sqlite;

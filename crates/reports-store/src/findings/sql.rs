@@ -67,9 +67,7 @@ impl Sql {
             Arg::Int(_) => "int8",
         };
         let arg = match (self.dialect, arg) {
-            (Dialect::Sqlite, Arg::Texts(values)) => {
-                Arg::Text(serde_json::Value::from(values).to_string())
-            }
+            (Dialect::Sqlite, Arg::Texts(values)) => Arg::Text(serde_json::Value::from(values).to_string()),
             (_, arg) => arg,
         };
         self.args.push(arg);
@@ -286,14 +284,22 @@ mod tests {
             condition(FindingField::Policy, FilterOp::NotIn, &["a'b", "c"]),
             condition(FindingField::Search, FilterOp::Equals, &["50%_\\"]),
         ]);
-        assert!(!sql.text.contains("1=1") && !sql.text.contains("a'b") && !sql.text.contains("50"), "{}", sql.text);
+        assert!(
+            !sql.text.contains("1=1") && !sql.text.contains("a'b") && !sql.text.contains("50"),
+            "{}",
+            sql.text
+        );
         assert!(sql.args.contains(&Arg::Text("%50\\%\\_\\\\%".into())), "{:?}", sql.args);
     }
 
     #[test]
     fn the_score_reads_its_column() {
         let mut sql = Sql::new(Dialect::Sqlite, 0);
-        sql.push_conditions(&[condition(FindingField::Property("score".into()), FilterOp::GreaterOrEqual, &["8"])]);
+        sql.push_conditions(&[condition(
+            FindingField::Property("score".into()),
+            FilterOp::GreaterOrEqual,
+            &["8"],
+        )]);
         assert_eq!(sql.text, " AND ((f.score >= ?1) IS TRUE)");
     }
 }

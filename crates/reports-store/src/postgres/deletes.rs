@@ -52,7 +52,8 @@ fn delete_set_sql(on: bool) -> &'static str {
         return DELETE_SET_SQL;
     }
     SQL.get_or_init(|| {
-        let delete = "fd AS (DELETE FROM report_findings f USING unnest($4::text[], $5::text[]) AS k(namespace, name)
+        let delete =
+            "fd AS (DELETE FROM report_findings f USING unnest($4::text[], $5::text[]) AS k(namespace, name)
     WHERE f.cluster_id = $1 AND f.resource = $2 AND f.namespace = k.namespace AND f.name = k.name)";
         with_findings(DELETE_SET_SQL, &[delete.to_string()])
     })

@@ -121,7 +121,8 @@ impl PgStore {
         };
         let rv = reads::newest_rv(&pool.get().await.map_err(pool_error)?, cluster).await?;
         let on = settings.findings.is_on();
-        connect::fill_pool(&pool, &[creates::batch_sql(on), creates::create_sql(on), row_write::LOCK_SQL]).await;
+        connect::fill_pool(&pool, &[creates::batch_sql(on), creates::create_sql(on), row_write::LOCK_SQL])
+            .await;
         let target = Target {
             pool,
             cluster,

@@ -113,7 +113,8 @@ fn statement_with_findings(change: &RowChange, on: bool) -> &'static str {
         (_, false) => statement(change),
         (RowChange::Update { .. }, true) => UPDATE.get_or_init(|| {
             let count = 13 + ARRAYS;
-            let delete = format!("fd AS (DELETE FROM report_findings WHERE {KEY} AND ordinal >= ${count}::int4)");
+            let delete =
+                format!("fd AS (DELETE FROM report_findings WHERE {KEY} AND ordinal >= ${count}::int4)");
             with_findings(statement(change), &[delete, insert(13, ONE_KEY, true)])
         }),
         (RowChange::Delete, true) => DELETE.get_or_init(|| {

@@ -200,20 +200,20 @@ impl TxWork for UpdateSet {
             found.iter().map(|f| i32::try_from(f.findings.len()).unwrap_or(i32::MAX)).collect();
         let channel: &str = &target.channel;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-                &target.cluster,
-                &count,
-                &resources,
-                &namespaces,
-                &names,
-                &old_rvs,
-                &uids,
-                &new_labels,
-                &prev_labels,
-                &prefixes,
-                &suffixes,
-                &hashes,
-                &channel,
-            ];
+            &target.cluster,
+            &count,
+            &resources,
+            &namespaces,
+            &names,
+            &old_rvs,
+            &uids,
+            &new_labels,
+            &prev_labels,
+            &prefixes,
+            &suffixes,
+            &hashes,
+            &channel,
+        ];
         let on = target.findings.is_on();
         if on {
             params.extend(findings.params());

@@ -77,7 +77,11 @@ impl SqliteStore {
 
     /// [`open`](Self::open) with other limits and another set of indexed report kinds (a set
     /// that differs from the one the file was indexed with rebuilds the kinds that differ).
-    pub fn open_with_options(path: &Path, limits: SqliteLimits, findings: FindingsIndex) -> StoreResult<Self> {
+    pub fn open_with_options(
+        path: &Path,
+        limits: SqliteLimits,
+        findings: FindingsIndex,
+    ) -> StoreResult<Self> {
         Self::open_with(path, None, limits, findings)
     }
 

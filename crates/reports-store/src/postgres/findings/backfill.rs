@@ -60,14 +60,22 @@ pub(in crate::postgres) async fn backfill(
 
 async fn drop_rows(client: &Object, cluster: Uuid, resource: &str) -> StoreResult<()> {
     client
-        .execute("DELETE FROM report_findings WHERE cluster_id = $1 AND resource = $2", &[&cluster, &resource])
+        .execute(
+            "DELETE FROM report_findings WHERE cluster_id = $1 AND resource = $2",
+            &[&cluster, &resource],
+        )
         .await
         .map_err(db_error)?;
     Ok(())
 }
 
 /// Writes the findings of every report of `resource`, a batch per transaction.
-async fn rebuild(client: &mut Object, cluster: Uuid, resource: &str, index: &FindingsIndex) -> StoreResult<()> {
+async fn rebuild(
+    client: &mut Object,
+    cluster: Uuid,
+    resource: &str,
+    index: &FindingsIndex,
+) -> StoreResult<()> {
     let write = format!(
         "WITH k AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS k(resource, namespace, name, i)),
 {}
@@ -100,7 +108,8 @@ SELECT 1",
         for (i, rows) in findings.iter().enumerate() {
             arrays.push(i + 1, rows);
         }
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&cluster, &keys.0, &keys.1, &keys.2];
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&cluster, &keys.0, &keys.1, &keys.2];
         params.extend(arrays.params());
         tx.execute(&write, &params).await.map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;

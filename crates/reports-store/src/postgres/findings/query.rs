@@ -174,10 +174,8 @@ pub(in crate::postgres) async fn count_findings(
     let mut select = groups.clone();
     select.push("f.result".into());
     let positions: Vec<String> = (1..=select.len()).map(|i| i.to_string()).collect();
-    let head = format!(
-        "SELECT {}, count(*) FROM report_findings f WHERE f.cluster_id = $1",
-        select.join(", ")
-    );
+    let head =
+        format!("SELECT {}, count(*) FROM report_findings f WHERE f.cluster_id = $1", select.join(", "));
     sql.text = head;
     sql.push_scope(query.namespace.as_deref(), &query.visibility);
     sql.push_conditions(&query.conditions);

@@ -112,9 +112,11 @@ pub(in crate::postgres) fn insert(first: usize, keys: &str, replace: bool) -> St
     ]
     .join(", ");
     let on_conflict = if replace {
-        let set: Vec<String> =
-            COLUMNS.split(", ").skip(1).map(|c| format!("{c} = excluded.{c}")).collect();
-        format!(" ON CONFLICT (cluster_id, namespace, name, resource, ordinal) DO UPDATE SET {}", set.join(", "))
+        let set: Vec<String> = COLUMNS.split(", ").skip(1).map(|c| format!("{c} = excluded.{c}")).collect();
+        format!(
+            " ON CONFLICT (cluster_id, namespace, name, resource, ordinal) DO UPDATE SET {}",
+            set.join(", ")
+        )
     } else {
         String::new()
     };
@@ -152,7 +154,10 @@ mod tests {
     #[test]
     fn ctes_go_before_the_final_select() {
         let sql = "WITH c AS (SELECT 1)\nSELECT c.rv FROM c";
-        assert_eq!(with_findings(sql, &["x AS (SELECT 2)".into()]), "WITH c AS (SELECT 1),\nx AS (SELECT 2)\nSELECT c.rv FROM c");
+        assert_eq!(
+            with_findings(sql, &["x AS (SELECT 2)".into()]),
+            "WITH c AS (SELECT 1),\nx AS (SELECT 2)\nSELECT c.rv FROM c"
+        );
         let statement = insert(12, "t AS k", true);
         assert!(statement.contains("$30::float8[]") && !statement.contains("$31"), "{statement}");
         assert!(statement.contains("DO UPDATE SET policy = excluded.policy"));

@@ -61,7 +61,10 @@ pub(in crate::sqlite) fn insert(
 }
 
 /// Deletes a report's findings rows.
-pub(in crate::sqlite) fn delete(tx: &Transaction<'_>, (resource, namespace, name): (&str, &str, &str)) -> StoreResult<()> {
+pub(in crate::sqlite) fn delete(
+    tx: &Transaction<'_>,
+    (resource, namespace, name): (&str, &str, &str),
+) -> StoreResult<()> {
     tx.prepare_cached("DELETE FROM findings WHERE namespace = ?1 AND name = ?2 AND resource = ?3")
         .map_err(sqlite_error)?
         .execute(params![namespace, name, resource])
@@ -101,7 +104,9 @@ pub(in crate::sqlite) fn backfill(conn: &mut Connection, index: &FindingsIndex) 
                     )
                     .map_err(sqlite_error)?;
                 let rows = statement
-                    .query_map(params![resource, namespace, name, BATCH], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_map(params![resource, namespace, name, BATCH], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .map_err(sqlite_error)?;
                 rows.collect::<Result<_, _>>().map_err(sqlite_error)?
             };
@@ -110,7 +115,9 @@ pub(in crate::sqlite) fn backfill(conn: &mut Connection, index: &FindingsIndex) 
             }
             tx.commit().map_err(sqlite_error)?;
             match reports.last() {
-                Some((ns, report, _)) if reports.len() as i64 == BATCH => (namespace, name) = (ns.clone(), report.clone()),
+                Some((ns, report, _)) if reports.len() as i64 == BATCH => {
+                    (namespace, name) = (ns.clone(), report.clone())
+                }
                 _ => break,
             }
         }

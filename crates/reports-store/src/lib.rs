@@ -26,12 +26,16 @@ pub mod commits;
 pub mod conformance;
 mod counter;
 mod error;
+pub mod findings;
+#[cfg(feature = "testing")]
+pub mod findings_conformance;
 mod model;
 pub mod postgres;
 pub mod sqlite;
 mod store;
 
 pub use error::{Failure, SettingError, StoreError, StoreResult};
+pub use findings::FindingsIndex;
 pub use model::{
     labels_json, parse_labels, Change, ChangeType, FindingChunk, FindingStream, ListChunk, ListQuery,
     ListStream, StoredObject,

@@ -733,3 +733,22 @@ async fn schema_version_1_is_migrated_keeping_labels_selectable() {
     assert_eq!(change.labels.len(), 1);
     assert_eq!(pg.psql(&db, "SELECT max(version) FROM reports_server_migrations").unwrap().trim(), "2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_findings_pass_the_findings_conformance_suite() {
+    reports_store::findings_conformance::run_all(|findings| async move {
+        let url = fresh_database().await;
+        store_on(&url, &PgSettings { findings, ..Default::default() }).await as DynStore
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_findings_backfill_existing_reports() {
+    let url = fresh_database().await;
+    reports_store::findings_conformance::backfill_indexes_existing_reports(|findings| {
+        let url = url.clone();
+        async move { store_on(&url, &PgSettings { findings, ..Default::default() }).await as DynStore }
+    })
+    .await;
+}

@@ -240,3 +240,25 @@ async fn an_older_file_is_converted_to_incremental_vacuum() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(conn.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0)).unwrap(), 2, "incremental");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_findings_pass_the_findings_conformance_suite() {
+    reports_store::findings_conformance::run_all(|index| async move {
+        Arc::new(SqliteStore::open_temporary_with(index).unwrap()) as DynStore
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_findings_backfill_existing_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reports.db");
+    reports_store::findings_conformance::backfill_indexes_existing_reports(|index| {
+        let path = path.clone();
+        async move {
+            let limits = reports_store::sqlite::SqliteLimits::default();
+            Arc::new(SqliteStore::open_with_options(&path, limits, index).unwrap()) as DynStore
+        }
+    })
+    .await;
+}

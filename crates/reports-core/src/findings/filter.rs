@@ -11,7 +11,7 @@
 //! `severity`, `category`, `source`, `scored` (`true`/`false`), `resource.apiVersion`,
 //! `resource.kind`, `resource.namespace`, `resource.name`, `resource.uid`, `timestamp`
 //! (RFC 3339 or Unix seconds), `properties.<key>` (the key may itself contain dots), and
-//! `search` (a case-insensitive substring of the policy, rule, message or resource name).
+//! `search` (an ASCII-case-insensitive substring of the policy, rule, message or resource name).
 //!
 //! Text fields compare exactly. Order comparisons exist for `timestamp` and properties; on a
 //! property they compare numbers (see [`super::numeric`]), so the value must be a number, and a
@@ -211,10 +211,11 @@ impl Condition {
                 finding.numbers.get(key).and_then(|v| v.as_f64()),
             ),
             FindingField::Search => {
-                let needle = self.values[0].to_lowercase();
+                // ASCII case only: what SQL's lower() does on both stores' byte-ordered text.
+                let needle = self.values[0].to_ascii_lowercase();
                 return [&finding.policy, &finding.rule, &finding.message, &finding.subject.name]
                     .iter()
-                    .any(|hay| hay.to_lowercase().contains(&needle));
+                    .any(|hay| hay.to_ascii_lowercase().contains(&needle));
             }
         };
         let any_equal = (0..self.values.len()).any(|i| equal(text.as_deref(), number, i));

@@ -7,7 +7,7 @@
 //! key, and its creates are then written one by one, so each gets its own answer
 //! (AlreadyExists or success) as if it had been sent alone.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_postgres::{error::SqlState, types::ToSql};
 
@@ -16,12 +16,14 @@ use super::{
     body::SplitBody,
     combine::{fail_all, Combine, Pending},
     errors::{db_error, pool_error},
+    findings::write::{insert, with_findings, FindingArrays, ONE_KEY},
     retry::Retry,
     target::Target,
 };
 use crate::{
     counter::CombinedWrites,
     error::{StoreError, StoreResult},
+    findings::FindingRow,
 };
 
 /// Most creates written by one statement.
@@ -61,6 +63,26 @@ ch AS (
 n AS (SELECT pg_notify($10, (c.base + $9)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
 
+/// [`BATCH_SQL`], or with findings indexing on, [`BATCH_SQL`] that also inserts the findings
+/// (arrays from `$12`, see [`super::findings::write`]).
+pub(super) fn batch_sql(findings: bool) -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    match findings {
+        false => BATCH_SQL,
+        true => SQL.get_or_init(|| with_findings(BATCH_SQL, &[insert(12, "t AS k", false)])),
+    }
+}
+
+/// [`CREATE_SQL`], or with findings indexing on, [`CREATE_SQL`] that also inserts the findings
+/// (arrays from `$11`).
+pub(super) fn create_sql(findings: bool) -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    match findings {
+        false => CREATE_SQL,
+        true => SQL.get_or_init(|| with_findings(CREATE_SQL, &[insert(11, ONE_KEY, false)])),
+    }
+}
+
 /// One create waiting to be written; it is answered with its RV.
 pub(super) struct NewObject {
     /// Resource plural.
@@ -77,6 +99,8 @@ pub(super) struct NewObject {
     pub label_hashes: String,
     /// The body split around its RV.
     pub body: Arc<SplitBody>,
+    /// Its findings (none when its kind is not indexed).
+    pub findings: Vec<FindingRow>,
 }
 
 /// The combining task's writer of creates.
@@ -132,7 +156,11 @@ async fn write_together(
     let (prefixes, suffixes) = (column(|p| &p.body.prefix), column(|p| &p.body.suffix));
     let count = batch.len() as i64;
     let channel: &str = &target.channel;
-    let params: [&(dyn ToSql + Sync); 11] = [
+    let mut findings = FindingArrays::default();
+    for (i, pending) in batch.iter().enumerate() {
+        findings.push(i + 1, &pending.write.findings);
+    }
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &target.cluster,
         &resources,
         &namespaces,
@@ -145,9 +173,13 @@ async fn write_together(
         &channel,
         &label_hashes,
     ];
+    let on = target.findings.is_on();
+    if on {
+        params.extend(findings.params());
+    }
     let mut retry = Retry::default();
     loop {
-        if let Some(done) = retry.settle(take_block(client, BATCH_SQL, &params).await) {
+        if let Some(done) = retry.settle(take_block(client, batch_sql(on), &params).await) {
             return done;
         }
     }
@@ -160,7 +192,9 @@ async fn write_one(
     create: &NewObject,
 ) -> StoreResult<u64> {
     let channel: &str = &target.channel;
-    let params: [&(dyn ToSql + Sync); 10] = [
+    let mut findings = FindingArrays::default();
+    findings.push(1, &create.findings);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &target.cluster,
         &create.resource,
         &create.namespace,
@@ -172,7 +206,11 @@ async fn write_one(
         &channel,
         &create.label_hashes,
     ];
-    let stmt = client.prepare_cached(CREATE_SQL).await.map_err(db_error)?;
+    let on = target.findings.is_on();
+    if on {
+        params.extend(findings.params());
+    }
+    let stmt = client.prepare_cached(create_sql(on)).await.map_err(db_error)?;
     let mut retry = Retry::default();
     loop {
         match retry.settle(client.query_one(&stmt, &params).await) {

@@ -3,13 +3,14 @@
 //! deadlock each other), then one statement that takes a block of RVs, logs every final state,
 //! deletes the rows and notifies.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::OnceLock};
 
 use deadpool_postgres::Transaction;
 
 use super::{
     blocks::{block_rv, take_block},
     body::FinalState,
+    findings::write::with_findings,
     target::Target,
     writes::TxWork,
 };
@@ -43,6 +44,20 @@ ch AS (
     FROM c, d),
 n AS (SELECT pg_notify($11, (c.base + $3)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
+
+/// [`DELETE_SET_SQL`], with findings indexing on, also deleting the objects' findings.
+fn delete_set_sql(on: bool) -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    if !on {
+        return DELETE_SET_SQL;
+    }
+    SQL.get_or_init(|| {
+        let delete =
+            "fd AS (DELETE FROM report_findings f USING unnest($4::text[], $5::text[]) AS k(namespace, name)
+    WHERE f.cluster_id = $1 AND f.resource = $2 AND f.namespace = k.namespace AND f.name = k.name)";
+        with_findings(DELETE_SET_SQL, &[delete.to_string()])
+    })
+}
 
 /// Several deletes of one resource, checked against their expected RVs as a set. Keys that
 /// moved or vanished are `None` in the answer, in the order given.
@@ -100,7 +115,7 @@ impl TxWork for DeleteSet {
             let count = found.len() as i64;
             let base = take_block(
                 tx,
-                DELETE_SET_SQL,
+                delete_set_sql(target.findings.is_on()),
                 &[
                     &target.cluster,
                     &self.resource,

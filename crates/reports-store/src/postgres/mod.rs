@@ -70,9 +70,10 @@ use self::{
 use crate::{
     commits::CommitSignal,
     error::{StoreError, StoreResult},
-    model::{labels_json, meta_text, Change, ListQuery, ListStream, StoredObject},
+    model::{labels_json, meta_text, Change, FindingStream, ListQuery, ListStream, StoredObject},
     store::Store,
 };
+use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
 
 mod blocks;
 mod body;
@@ -82,6 +83,7 @@ mod connect;
 mod creates;
 mod deletes;
 mod errors;
+mod findings;
 pub mod labels;
 mod list;
 mod listen;
@@ -118,12 +120,15 @@ impl PgStore {
             schema::setup(&mut client, settings).await?
         };
         let rv = reads::newest_rv(&pool.get().await.map_err(pool_error)?, cluster).await?;
-        connect::fill_pool(&pool, &[creates::BATCH_SQL, creates::CREATE_SQL, row_write::LOCK_SQL]).await;
+        let on = settings.findings.is_on();
+        connect::fill_pool(&pool, &[creates::batch_sql(on), creates::create_sql(on), row_write::LOCK_SQL])
+            .await;
         let target = Target {
             pool,
             cluster,
             channel: format!("reports_{}", cluster.simple()).into(),
             committed: Arc::new(CommitSignal::new(rv)),
+            findings: Arc::new(settings.findings.clone()),
         };
         let (stop, stopped) = watch::channel(());
         tokio::spawn(listen::listen(config, tls, target.clone(), settings.safety_poll, stopped));
@@ -173,6 +178,7 @@ impl Store for PgStore {
         let namespace = meta_text(&object, "namespace").to_string();
         let name = meta_text(&object, "name").to_string();
         let uid = meta_text(&object, "uid").to_string();
+        let findings = self.target.findings.rows(resource, &object);
         let body = Arc::new(SplitBody::new(&mut object)?);
         let create = NewObject {
             resource: resource.to_string(),
@@ -182,6 +188,7 @@ impl Store for PgStore {
             labels: labels_json(&object),
             label_hashes: labels::label_hashes_literal(&object),
             body: body.clone(),
+            findings,
         };
         let rv = self.creates.submit(create).await?;
         Ok(body.stored(namespace, name, uid, rv))
@@ -197,6 +204,7 @@ impl Store for PgStore {
                 uid: meta_text(&object, "uid").to_string(),
                 labels: labels_json(&object),
                 hashes: labels::label_hashes(&object),
+                findings: self.target.findings.rows(resource, &object),
                 body: SplitBody::new(&mut object)?,
             },
         };
@@ -289,6 +297,39 @@ impl Store for PgStore {
 
     fn commits(&self) -> &CommitSignal {
         &self.target.committed
+    }
+
+    async fn findings(&self, query: FindingQuery) -> StoreResult<FindingStream> {
+        let (snapshot_tx, snapshot_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(2);
+        let (pool, cluster) = (self.target.pool.clone(), self.target.cluster);
+        tokio::spawn(async move {
+            match pool.get().await {
+                Ok(client) => {
+                    findings::query::stream_findings(client, cluster, query, snapshot_tx, chunk_tx).await
+                }
+                Err(e) => {
+                    let _ = snapshot_tx.send(Err(pool_error(e)));
+                }
+            }
+        });
+        let snapshot_rv =
+            snapshot_rx.await.map_err(|_| StoreError::backend("findings reader ended early"))??;
+        Ok(FindingStream { snapshot_rv, chunks: chunk_rx })
+    }
+
+    async fn count_findings(&self, query: CountQuery) -> StoreResult<(u64, Vec<FindingCount>)> {
+        let cluster = self.target.cluster;
+        self.target
+            .run(move |client| async move { findings::query::count_findings(client, cluster, query).await })
+            .await
+    }
+
+    async fn namespaces_of(&self, resource: &str) -> StoreResult<Vec<String>> {
+        let (cluster, resource) = (self.target.cluster, resource.to_string());
+        self.target
+            .run(move |client| async move { findings::query::namespaces_of(&client, cluster, &resource).await })
+            .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

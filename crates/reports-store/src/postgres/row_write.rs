@@ -10,12 +10,14 @@ use tokio_postgres::types::ToSql;
 
 use super::{
     body::{FinalState, SplitBody},
+    findings::write::{insert, with_findings, FindingArrays, ARRAYS, ONE_KEY},
     labels,
     target::Target,
     writes::TxWork,
 };
 use crate::{
     error::{StoreError, StoreResult},
+    findings::FindingRow,
     model::StoredObject,
 };
 
@@ -56,6 +58,8 @@ pub(super) enum RowChange {
         labels: String,
         /// Label hashes after the write.
         hashes: Vec<i32>,
+        /// The findings after the write (none when the kind is not indexed).
+        findings: Vec<FindingRow>,
     },
     /// Delete the object.
     Delete,
@@ -98,6 +102,27 @@ SELECT c.rv FROM c, n"
     }
 }
 
+/// [`statement`], with findings indexing on, also replacing the object's findings: an update
+/// overwrites ordinals both versions have and deletes those beyond the new count (`$32`), so the
+/// two CTEs touch different rows; a delete deletes them all. The update's arrays are `$13..$31`.
+fn statement_with_findings(change: &RowChange, on: bool) -> &'static str {
+    static UPDATE: OnceLock<String> = OnceLock::new();
+    static DELETE: OnceLock<String> = OnceLock::new();
+    const KEY: &str = "cluster_id = $1 AND namespace = $3 AND name = $4 AND resource = $2";
+    match (change, on) {
+        (_, false) => statement(change),
+        (RowChange::Update { .. }, true) => UPDATE.get_or_init(|| {
+            let count = 13 + ARRAYS;
+            let delete =
+                format!("fd AS (DELETE FROM report_findings WHERE {KEY} AND ordinal >= ${count}::int4)");
+            with_findings(statement(change), &[delete, insert(13, ONE_KEY, true)])
+        }),
+        (RowChange::Delete, true) => DELETE.get_or_init(|| {
+            with_findings(statement(change), &[format!("fd AS (DELETE FROM report_findings WHERE {KEY})")])
+        }),
+    }
+}
+
 #[async_trait::async_trait]
 impl TxWork for RowWrite {
     type Output = StoredObject;
@@ -119,8 +144,14 @@ impl TxWork for RowWrite {
         let prev_labels = labels::body_labels_json(old_body);
         // A delete's final state is the stored object at the deletion's RV.
         let deleted: FinalState;
+        let mut findings = FindingArrays::default();
+        let mut count = 0i32;
         let (body, uid, labels, hashes) = match &self.change {
-            RowChange::Update { body, uid, labels, hashes } => (body, uid, labels, Some(hashes)),
+            RowChange::Update { body, uid, labels, hashes, findings: rows } => {
+                findings.push(1, rows);
+                count = i32::try_from(rows.len()).unwrap_or(i32::MAX);
+                (body, uid, labels, Some(hashes))
+            }
             RowChange::Delete => {
                 deleted = match FinalState::of(old_body) {
                     Ok(state) => state,
@@ -129,7 +160,8 @@ impl TxWork for RowWrite {
                 (&deleted.body, &deleted.uid, &prev_labels, None)
             }
         };
-        let stmt = tx.prepare_cached(statement(&self.change)).await?;
+        let on = target.findings.is_on();
+        let stmt = tx.prepare_cached(statement_with_findings(&self.change, on)).await?;
         let channel: &str = &target.channel;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &target.cluster,
@@ -146,6 +178,10 @@ impl TxWork for RowWrite {
         ];
         if let Some(hashes) = hashes {
             params.push(hashes);
+            if on {
+                params.extend(findings.params());
+                params.push(&count);
+            }
         }
         let rv: i64 = tx.query_one(&stmt, &params).await?.get(0);
         Ok(Ok(body.stored(self.namespace.clone(), self.name.clone(), uid.clone(), rv as u64)))

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::{errors::db_error, settings::PgSettings, upstream};
+use super::{errors::db_error, findings, settings::PgSettings, upstream};
 use crate::error::{SettingError, StoreError, StoreResult};
 
 /// Schema migrations, applied in order under an advisory lock; the index + 1 is the version.
@@ -71,6 +71,8 @@ ALTER TABLE report_objects ALTER COLUMN body SET COMPRESSION pglz;
 -- default target, about 2 KB, keeps 1.7 KB rows inline at four per page: the worst of both.)
 ALTER TABLE report_objects SET (toast_tuple_target = 1624);
 "#,
+    findings::schema::TABLE,
+    findings::schema::VIEWS,
 ];
 
 /// Advisory lock key that serializes schema work between replicas starting together.
@@ -84,7 +86,11 @@ pub(super) async fn setup(
     // longer than the request statement timeout.
     client.batch_execute("SET statement_timeout = 0").await.map_err(db_error)?;
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
-    let result = setup_locked(client, settings).await;
+    let mut result = setup_locked(client, settings).await;
+    if let Ok(cluster) = result {
+        // Still under the lock: replicas starting together index existing reports once.
+        result = findings::backfill::backfill(client, cluster, &settings.findings).await.map(|()| cluster);
+    }
     // Unlock even after a failure; a lost connection releases the lock anyway.
     let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
     let _ = client.batch_execute("RESET statement_timeout").await;

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::error::SettingError;
+use crate::{error::SettingError, findings::FindingsIndex};
 
 /// How to verify the server's certificate (libpq's `sslmode`, as upstream's `--dbsslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +67,9 @@ pub struct PgSettings {
     /// most a lost NOTIFY delays another replica's events. Not a flag; tests lengthen it to show
     /// that notifications alone deliver.
     pub safety_poll: Duration,
+    /// Which report kinds' results are kept as findings rows (all replicas of a database must
+    /// agree; a start with another set rebuilds the kinds that differ).
+    pub findings: FindingsIndex,
 }
 
 impl Default for PgSettings {
@@ -84,6 +87,7 @@ impl Default for PgSettings {
             cluster_id: None,
             cluster_name: None,
             safety_poll: Duration::from_secs(5),
+            findings: FindingsIndex::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use super::errors::pool_error;
 use crate::{
     commits::CommitSignal,
     error::{StoreError, StoreResult},
+    findings::FindingsIndex,
 };
 
 /// The database and cluster a store works on.
@@ -24,6 +25,8 @@ pub(super) struct Target {
     pub channel: Arc<str>,
     /// Newest committed RV known here (own commits and notifications); wakes the watch feed.
     pub committed: Arc<CommitSignal>,
+    /// Which report kinds get findings rows.
+    pub findings: Arc<FindingsIndex>,
 }
 
 impl Target {

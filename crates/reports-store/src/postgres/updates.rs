@@ -13,21 +13,23 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 use super::{
     blocks::{block_rv, take_block},
     body::SplitBody,
     combine::{fail_all, Combine, Pending},
+    findings::write::{insert, with_findings, FindingArrays, ARRAYS},
     labels,
     row_write::{RowChange, RowWrite},
     target::Target,
     writes::{write_transaction, TxWork},
 };
-use crate::{counter::CombinedWrites, error::StoreResult, model::StoredObject};
+use crate::{counter::CombinedWrites, error::StoreResult, findings::FindingRow, model::StoredObject};
 
 /// Most updates written by one transaction.
 const MAX_BATCH: usize = 128;
@@ -64,6 +66,25 @@ ch AS (
     FROM u, c),
 n AS (SELECT pg_notify($13, (c.base + $2)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
+
+/// [`UPDATE_SET_SQL`], with findings indexing on, also replacing each object's findings (arrays
+/// `$14..$32`, the new counts per update `$33`), as a lone update does
+/// (see `row_write::statement_with_findings`).
+fn update_set_sql(on: bool) -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    if !on {
+        return UPDATE_SET_SQL;
+    }
+    SQL.get_or_init(|| {
+        let delete = format!(
+            "fd AS (DELETE FROM report_findings d USING u
+    WHERE d.cluster_id = $1 AND d.namespace = u.namespace AND d.name = u.name AND d.resource = u.resource
+      AND d.ordinal >= (${}::int4[])[u.i::int4])",
+            14 + ARRAYS
+        );
+        with_findings(UPDATE_SET_SQL, &[delete, insert(14, "u AS k", true)])
+    })
+}
 
 /// The combining task's writer of updates (each a [`RowWrite`] with [`RowChange::Update`]).
 pub(super) struct Updates(pub Target);
@@ -125,6 +146,8 @@ struct Found<'a> {
     /// Labels after the write (JSON object text).
     labels: &'a str,
     hashes: &'a [i32],
+    /// Findings after the write.
+    findings: &'a [FindingRow],
     /// Labels before the write, from the locked row's body.
     prev_labels: String,
 }
@@ -150,10 +173,10 @@ impl TxWork for UpdateSet {
         // The updates whose row is locked, with what their rows and change rows need.
         let mut found: Vec<Found<'_>> = Vec::with_capacity(locked.len());
         for (index, write) in self.writes.iter().enumerate() {
-            let RowChange::Update { body, uid, labels, hashes } = &write.change else { continue };
+            let RowChange::Update { body, uid, labels, hashes, findings } = &write.change else { continue };
             let key = (write.resource.as_str(), write.namespace.as_str(), write.name.as_str());
             if let Some(prev_labels) = locked.remove(&key) {
-                found.push(Found { index, write, body, uid, labels, hashes, prev_labels });
+                found.push(Found { index, write, body, uid, labels, hashes, findings, prev_labels });
             }
         }
         let mut out: Vec<Option<StoredObject>> = (0..self.writes.len()).map(|_| None).collect();
@@ -169,26 +192,34 @@ impl TxWork for UpdateSet {
         let old_rvs: Vec<i64> = found.iter().map(|f| f.write.expected_rv as i64).collect();
         let hashes: Vec<String> = found.iter().map(|f| labels::hashes_literal(f.hashes)).collect();
         let count = found.len() as i64;
-        let base = take_block(
-            tx,
-            UPDATE_SET_SQL,
-            &[
-                &target.cluster,
-                &count,
-                &resources,
-                &namespaces,
-                &names,
-                &old_rvs,
-                &uids,
-                &new_labels,
-                &prev_labels,
-                &prefixes,
-                &suffixes,
-                &hashes,
-                &target.channel.as_ref(),
-            ],
-        )
-        .await?;
+        let mut findings = FindingArrays::default();
+        for (i, f) in found.iter().enumerate() {
+            findings.push(i + 1, f.findings);
+        }
+        let finding_counts: Vec<i32> =
+            found.iter().map(|f| i32::try_from(f.findings.len()).unwrap_or(i32::MAX)).collect();
+        let channel: &str = &target.channel;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &target.cluster,
+            &count,
+            &resources,
+            &namespaces,
+            &names,
+            &old_rvs,
+            &uids,
+            &new_labels,
+            &prev_labels,
+            &prefixes,
+            &suffixes,
+            &hashes,
+            &channel,
+        ];
+        let on = target.findings.is_on();
+        if on {
+            params.extend(findings.params());
+            params.push(&finding_counts);
+        }
+        let base = take_block(tx, update_set_sql(on), &params).await?;
         for (i, f) in found.iter().enumerate() {
             let (namespace, name) = (f.write.namespace.clone(), f.write.name.clone());
             out[f.index] = Some(f.body.stored(namespace, name, f.uid.to_string(), block_rv(base, i)));

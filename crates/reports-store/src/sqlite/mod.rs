@@ -24,15 +24,18 @@ use self::{
 use crate::{
     commits::CommitSignal,
     error::{StoreError, StoreResult},
-    model::{Change, ListQuery, ListStream, StoredObject},
+    findings::FindingsIndex,
+    model::{Change, FindingStream, ListQuery, ListStream, StoredObject},
     store::Store,
 };
+use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
 
 mod changes;
 mod checkpoint;
 
 pub use checkpoint::SqliteLimits;
 mod errors;
+mod findings;
 mod group_commit;
 mod list;
 mod readers;
@@ -49,6 +52,8 @@ pub struct SqliteStore {
     readers: Readers,
     /// Newest committed RV; watchers wait on it instead of polling the file.
     committed: Arc<CommitSignal>,
+    /// Which report kinds get findings rows.
+    findings: Arc<FindingsIndex>,
     /// The newest changes, in RV order, so the watch feed reads what was just committed from
     /// memory instead of the file.
     recent: Arc<RecentChanges>,
@@ -62,12 +67,22 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating and migrating when needed) the database file at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        Self::open_with(path, None, SqliteLimits::default())
+        Self::open_with(path, None, SqliteLimits::default(), FindingsIndex::default())
     }
 
     /// [`open`](Self::open) with other limits for the WAL and free pages (tests use small ones).
     pub fn open_with_limits(path: &Path, limits: SqliteLimits) -> StoreResult<Self> {
-        Self::open_with(path, None, limits)
+        Self::open_with(path, None, limits, FindingsIndex::default())
+    }
+
+    /// [`open`](Self::open) with other limits and another set of indexed report kinds (a set
+    /// that differs from the one the file was indexed with rebuilds the kinds that differ).
+    pub fn open_with_options(
+        path: &Path,
+        limits: SqliteLimits,
+        findings: FindingsIndex,
+    ) -> StoreResult<Self> {
+        Self::open_with(path, None, limits, findings)
     }
 
     /// A store in a private temporary file, removed when the store is dropped (`sqlite::memory:`;
@@ -76,13 +91,22 @@ impl SqliteStore {
         let dir = tempfile::tempdir()
             .map_err(|e| StoreError::backend_caused("creating a temporary directory", e))?;
         let path = dir.path().join("reports.db");
-        Self::open_with(&path, Some(dir), SqliteLimits::default())
+        Self::open_with(&path, Some(dir), SqliteLimits::default(), FindingsIndex::default())
+    }
+
+    /// [`open_temporary`](Self::open_temporary) indexing the findings of `findings`' kinds.
+    pub fn open_temporary_with(findings: FindingsIndex) -> StoreResult<Self> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| StoreError::backend_caused("creating a temporary directory", e))?;
+        let path = dir.path().join("reports.db");
+        Self::open_with(&path, Some(dir), SqliteLimits::default(), findings)
     }
 
     fn open_with(
         path: &Path,
         temporary_dir: Option<tempfile::TempDir>,
         limits: SqliteLimits,
+        findings: FindingsIndex,
     ) -> StoreResult<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
@@ -90,6 +114,7 @@ impl SqliteStore {
         }
         let mut writer = schema::open_connection(path)?;
         schema::migrate(&mut writer)?;
+        findings::write::backfill(&mut writer, &findings)?;
         // Checkpoints are the checkpoint thread's job, never a committing writer's.
         writer.execute_batch("PRAGMA wal_autocheckpoint = 0").map_err(sqlite_error)?;
         let rv: i64 = writer.query_row("SELECT rv FROM counter", [], |r| r.get(0)).map_err(sqlite_error)?;
@@ -100,6 +125,7 @@ impl SqliteStore {
         Ok(Self {
             writes,
             readers: Readers::new(path),
+            findings: Arc::new(findings),
             committed,
             recent,
             _checkpointer: checkpointer,
@@ -135,13 +161,13 @@ impl Store for SqliteStore {
     }
 
     async fn create(&self, resource: &str, object: Value) -> StoreResult<StoredObject> {
-        let resource = resource.to_string();
-        self.writes.write(move |tx| writes::create(tx, &resource, object)).await
+        let (resource, index) = (resource.to_string(), self.findings.clone());
+        self.writes.write(move |tx| writes::create(tx, &index, &resource, object)).await
     }
 
     async fn update(&self, resource: &str, object: Value, expected_rv: u64) -> StoreResult<StoredObject> {
-        let resource = resource.to_string();
-        self.writes.write(move |tx| writes::update(tx, &resource, object, expected_rv)).await
+        let (resource, index) = (resource.to_string(), self.findings.clone());
+        self.writes.write(move |tx| writes::update(tx, &index, &resource, object, expected_rv)).await
     }
 
     async fn delete(
@@ -152,7 +178,8 @@ impl Store for SqliteStore {
         expected_rv: u64,
     ) -> StoreResult<StoredObject> {
         let key = (resource.to_string(), namespace.to_string(), name.to_string());
-        self.writes.write(move |tx| writes::delete(tx, &key.0, &key.1, &key.2, expected_rv)).await
+        let index = self.findings.clone();
+        self.writes.write(move |tx| writes::delete(tx, &index, &key.0, &key.1, &key.2, expected_rv)).await
     }
 
     async fn delete_batch(
@@ -160,11 +187,11 @@ impl Store for SqliteStore {
         resource: &str,
         keys: Vec<(String, String, u64)>,
     ) -> StoreResult<Vec<Option<StoredObject>>> {
-        let resource = resource.to_string();
+        let (resource, index) = (resource.to_string(), self.findings.clone());
         self.writes
             .write(move |tx| {
                 keys.iter()
-                    .map(|(ns, name, rv)| match writes::delete(tx, &resource, ns, name, *rv) {
+                    .map(|(ns, name, rv)| match writes::delete(tx, &index, &resource, ns, name, *rv) {
                         Ok(object) => Ok(Some(object)),
                         Err(StoreError::NotFound | StoreError::Conflict) => Ok(None),
                         Err(e) => Err(e),
@@ -257,6 +284,45 @@ impl Store for SqliteStore {
 
     fn commits(&self) -> &CommitSignal {
         &self.committed
+    }
+
+    async fn findings(&self, query: FindingQuery) -> StoreResult<FindingStream> {
+        let readers = self.readers.clone();
+        let (snapshot_tx, snapshot_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = match readers.take() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let _ = snapshot_tx.send(Err(e));
+                    return;
+                }
+            };
+            if let Err(e) = findings::query::stream_findings(&mut conn, &query, snapshot_tx, &chunk_tx) {
+                let _ = chunk_tx.blocking_send(Err(e));
+            }
+            readers.give_back(conn);
+        });
+        let snapshot_rv =
+            snapshot_rx.await.map_err(|_| StoreError::backend("findings reader ended early"))??;
+        Ok(FindingStream { snapshot_rv, chunks: chunk_rx })
+    }
+
+    async fn count_findings(&self, query: CountQuery) -> StoreResult<(u64, Vec<FindingCount>)> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = readers.take()?;
+            let out = findings::query::count_findings(&mut conn, &query);
+            readers.give_back(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::backend_caused("a read task failed", e))?
+    }
+
+    async fn namespaces_of(&self, resource: &str) -> StoreResult<Vec<String>> {
+        let resource = resource.to_string();
+        self.readers.read(move |conn| findings::query::namespaces_of(conn, &resource)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

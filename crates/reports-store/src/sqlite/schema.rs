@@ -44,6 +44,36 @@ INSERT INTO meta (key, value) VALUES ('compacted_rv', '0');
     // the list's RV would send "0", which means "any version, with the current state first" rather
     // than "changes after this point" (etcd's revisions likewise start at 1).
     "UPDATE counter SET rv = 1 WHERE rv = 0;",
+    // Findings: one row per result and resource of a report (see sqlite/findings).
+    r#"
+CREATE TABLE findings (
+    namespace           TEXT NOT NULL,
+    name                TEXT NOT NULL,
+    resource            TEXT NOT NULL,
+    ordinal             INTEGER NOT NULL,
+    policy              TEXT NOT NULL,
+    rule                TEXT NOT NULL,
+    result              TEXT NOT NULL,
+    severity            TEXT NOT NULL,
+    category            TEXT NOT NULL,
+    source              TEXT NOT NULL,
+    scored              INTEGER NOT NULL,
+    timestamp           INTEGER,
+    score               REAL,
+    message             TEXT NOT NULL,
+    subject_api_version TEXT NOT NULL,
+    subject_kind        TEXT NOT NULL,
+    subject_namespace   TEXT NOT NULL,
+    subject_name        TEXT NOT NULL,
+    subject_uid         TEXT NOT NULL,
+    properties          TEXT NOT NULL,
+    numbers             TEXT,
+    PRIMARY KEY (namespace, name, resource, ordinal)
+);
+CREATE INDEX findings_by_score ON findings (score) WHERE score IS NOT NULL;
+CREATE INDEX findings_by_severity ON findings (severity, result);
+CREATE INDEX findings_by_subject ON findings (subject_name);
+"#,
 ];
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.

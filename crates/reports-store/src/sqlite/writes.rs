@@ -5,16 +5,22 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
-use super::{errors::sqlite_error, group_commit::WriteTx};
+use super::{errors::sqlite_error, findings::write as findings, group_commit::WriteTx};
 use crate::{
     error::{StoreError, StoreResult},
+    findings::FindingsIndex,
     model::{
         labels_json, meta_text, now_seconds, parse_body, parse_labels, Change, ChangeType, StoredObject,
     },
 };
 
-/// Inserts a new object; AlreadyExists if the key is taken.
-pub(super) fn create(tx: &WriteTx<'_>, resource: &str, mut object: Value) -> StoreResult<StoredObject> {
+/// Inserts a new object (and its findings); AlreadyExists if the key is taken.
+pub(super) fn create(
+    tx: &WriteTx<'_>,
+    index: &FindingsIndex,
+    resource: &str,
+    mut object: Value,
+) -> StoreResult<StoredObject> {
     let namespace = meta_text(&object, "namespace").to_string();
     let name = meta_text(&object, "name").to_string();
     if current_version(tx, resource, &namespace, &name)?.is_some() {
@@ -28,12 +34,16 @@ pub(super) fn create(tx: &WriteTx<'_>, resource: &str, mut object: Value) -> Sto
     .execute(params![resource, stored.namespace, stored.name, stored.uid, stored.rv as i64, labels, stored.body])
     .map_err(sqlite_error)?;
     append_change(tx, resource, &stored, ChangeType::Added, &labels, None)?;
+    if index.is_on() {
+        findings::insert(tx, (resource, &stored.namespace, &stored.name), &index.rows(resource, &object))?;
+    }
     Ok(stored)
 }
 
-/// Replaces an object whose stored RV is `expected_rv`.
+/// Replaces an object whose stored RV is `expected_rv` (and its findings).
 pub(super) fn update(
     tx: &WriteTx<'_>,
+    index: &FindingsIndex,
     resource: &str,
     mut object: Value,
     expected_rv: u64,
@@ -61,12 +71,19 @@ pub(super) fn update(
     ])
     .map_err(sqlite_error)?;
     append_change(tx, resource, &stored, ChangeType::Modified, &labels, Some(&prev_labels))?;
+    if index.is_on() {
+        let key = (resource, stored.namespace.as_str(), stored.name.as_str());
+        findings::delete(tx, key)?;
+        findings::insert(tx, key, &index.rows(resource, &object))?;
+    }
     Ok(stored)
 }
 
-/// Deletes one object after checking its RV; returns its final state at the deletion's RV.
+/// Deletes one object (and its findings) after checking its RV; returns its final state at the
+/// deletion's RV.
 pub(super) fn delete(
     tx: &WriteTx<'_>,
+    index: &FindingsIndex,
     resource: &str,
     namespace: &str,
     name: &str,
@@ -82,6 +99,9 @@ pub(super) fn delete(
         .execute(params![resource, namespace, name])
         .map_err(sqlite_error)?;
     append_change(tx, resource, &final_state, ChangeType::Deleted, &labels, Some(&labels))?;
+    if index.is_on() {
+        findings::delete(tx, (resource, namespace, name))?;
+    }
     Ok(final_state)
 }
 

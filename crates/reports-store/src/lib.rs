@@ -51,23 +51,26 @@ pub fn is_postgres_url(url: &str) -> bool {
 }
 
 /// Opens the store named by a `--storage` URL: `sqlite://PATH`, `sqlite::memory:`, or a
-/// PostgreSQL URL or key=value string (see [`is_postgres_url`]) with `postgres` settings.
-/// To record commit instants, attach a [`commits::CommitTrace`] to [`Store::commits`].
+/// PostgreSQL URL or key=value string (see [`is_postgres_url`]) with `postgres` settings, whose
+/// `findings` (the report kinds whose results are indexed) both stores honour. To record commit instants, attach a [`commits::CommitTrace`] to [`Store::commits`].
 pub async fn open(url: &str, postgres: &postgres::PgSettings) -> StoreResult<DynStore> {
     if is_postgres_url(url) {
         return Ok(Arc::new(postgres::PgStore::connect(url, postgres).await?));
     }
     let url = url.to_string();
-    tokio::task::spawn_blocking(move || open_sqlite(&url))
+    // The indexed report kinds are the one setting both stores honour.
+    let findings = postgres.findings.clone();
+    tokio::task::spawn_blocking(move || open_sqlite(&url, findings))
         .await
         .map_err(|e| StoreError::backend_caused("opening the SQLite store", e))?
 }
 
-fn open_sqlite(url: &str) -> StoreResult<DynStore> {
+fn open_sqlite(url: &str, findings: findings::FindingsIndex) -> StoreResult<DynStore> {
     if url == "sqlite::memory:" {
-        Ok(Arc::new(sqlite::SqliteStore::open_temporary()?))
+        Ok(Arc::new(sqlite::SqliteStore::open_temporary_with(findings)?))
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path))?))
+        let limits = sqlite::SqliteLimits::default();
+        Ok(Arc::new(sqlite::SqliteStore::open_with_options(std::path::Path::new(path), limits, findings)?))
     } else {
         Err(SettingError::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_string()).into())
     }

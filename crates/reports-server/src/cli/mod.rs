@@ -84,6 +84,13 @@ pub struct Args {
     #[arg(long, env = "REPORTS_STORAGE", help_heading = "Storage")]
     pub storage: Option<String>,
 
+    /// Which reports' results are indexed as findings for the query API (docs/query.md):
+    /// `reports` (PolicyReport, ClusterPolicyReport, Report, ClusterReport), `all` (also the
+    /// ephemeral kinds) or `off`. Every replica of a database must agree; a start with another
+    /// choice rebuilds the findings of the kinds that changed.
+    #[arg(long, value_enum, default_value_t = FindingsChoice::Reports, help_heading = "Storage")]
+    pub index_findings: FindingsChoice,
+
     /// The cluster whose reports this server keeps, as a UUID (in a cluster: the kube-system
     /// namespace UID). Without it, the only cluster recorded in the database is used, or a new
     /// one is recorded. One PostgreSQL database can hold many clusters.
@@ -304,6 +311,11 @@ impl Args {
             startup_timeout: secs(self.postgres_startup_timeout_seconds),
             cluster_id: self.cluster_id.clone(),
             cluster_name: self.clustername.clone().filter(|n| !n.is_empty()),
+            findings: match self.index_findings {
+                FindingsChoice::Reports => reports_store::FindingsIndex::default(),
+                FindingsChoice::All => reports_store::FindingsIndex::with_ephemeral(),
+                FindingsChoice::Off => reports_store::FindingsIndex::off(),
+            },
             ..Default::default()
         })
     }
@@ -436,6 +448,17 @@ pub fn storage_url(storage: Option<&str>, env: impl Fn(&str) -> Option<String>) 
 
 #[cfg(test)]
 mod tests;
+
+/// The values of `--index-findings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FindingsChoice {
+    /// The lasting report kinds.
+    Reports,
+    /// The lasting and the ephemeral report kinds.
+    All,
+    /// None: no findings are written, and the query API finds nothing.
+    Off,
+}
 
 /// The group version of the query API (`findings`, `findingcounts`), registered beside the
 /// report groups and removed by `uninstall`.

@@ -685,3 +685,74 @@ async fn admission_webhooks_that_match_our_resources_are_called_as_for_crds() {
     );
     assert!(c.t.store().get("policyreports", "team-a", "good").await.unwrap().is_some());
 }
+
+/// Names of the findings `user` is shown at `path` (through the proxy), or the refusal's code.
+async fn findings_seen(c: &InCluster, user: &str, path: &str) -> Result<Vec<String>, u16> {
+    let response = c.proxy().get(c.t.url(path)).header("X-Remote-User", user).send().await.unwrap();
+    let (code, body) = status(response).await;
+    if code != 200 {
+        return Err(code);
+    }
+    let mut names: Vec<String> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let ns = i["metadata"]["namespace"].as_str().unwrap_or("-");
+            format!("{ns}/{}", i["metadata"]["name"].as_str().unwrap())
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[tokio::test]
+async fn findings_show_only_what_the_caller_may_list() {
+    let c = in_cluster().await;
+    // tenant: may list findings, and policy reports in team-a only; admin: may list anything.
+    c.fake.set_access_policy(|spec| {
+        let attributes = &spec["resourceAttributes"];
+        let text = |key: &str| attributes[key].as_str().unwrap_or_default().to_string();
+        let allowed = match spec["user"].as_str().unwrap_or_default() {
+            "admin" => text("verb") == "list",
+            "tenant" => {
+                text("verb") == "list"
+                    && (text("group") == "query.reports-server.io"
+                        || (text("resource") == "policyreports" && text("namespace") == "team-a"))
+            }
+            _ => false,
+        };
+        (allowed, if allowed { String::new() } else { "no RBAC rule allows it".into() })
+    });
+    let masters = c.client_ca.client("root", &["system:masters"]);
+    for (path, ns) in [
+        (format!("{POLR}/team-a/policyreports"), Some("team-a")),
+        (format!("{POLR}/default/policyreports"), Some("default")),
+        ("/apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports".to_string(), None),
+    ] {
+        let index = if ns.is_some() { 0 } else { 1 };
+        let mut report = sample_object(index, "r1", ns);
+        report["results"] = json!([{"policy": "p", "result": "fail", "severity": "high"}]);
+        let created = c.client(Some(&masters)).post(c.t.url(&path)).json(&report).send().await.unwrap();
+        assert_eq!(created.status(), 201, "{path}");
+    }
+    const ALL: &str = "/apis/query.reports-server.io/v1alpha1/findings";
+    assert_eq!(findings_seen(&c, "admin", ALL).await.unwrap(), ["-/r1.0", "default/r1.0", "team-a/r1.0"]);
+    assert_eq!(
+        findings_seen(&c, "tenant", ALL).await.unwrap(),
+        ["team-a/r1.0"],
+        "its namespace only: not default's, not the cluster report's"
+    );
+    let default = "/apis/query.reports-server.io/v1alpha1/namespaces/default/findings";
+    assert_eq!(findings_seen(&c, "tenant", default).await.unwrap(), Vec::<String>::new());
+    assert_eq!(findings_seen(&c, "mallory", ALL).await, Err(403), "no list on findings at all");
+
+    // Counts count only what the caller may see.
+    let counts = "/apis/query.reports-server.io/v1alpha1/findingcounts?fieldSelector=groupBy%3Dseverity";
+    for (user, total) in [("admin", 3), ("tenant", 1)] {
+        let response = c.proxy().get(c.t.url(counts)).header("X-Remote-User", user).send().await.unwrap();
+        let (code, body) = status(response).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["items"][0]["total"], total, "{user}: {body}");
+    }
+}

@@ -30,6 +30,7 @@ mod controllers;
 mod crud;
 mod discovery;
 mod errors;
+mod findings;
 mod hardening;
 mod harness;
 mod kubectl;

@@ -347,6 +347,7 @@ async fn serve(storage: String, commit_trace: Option<PathBuf>) -> anyhow::Result
         commit_trace,
         cluster: None,
         postgres: Default::default(),
+        result_metrics: Default::default(),
     };
     let server = reports_server::Server::start(config).await?;
     println!("READY {}", server.local_addr.port());

@@ -1,0 +1,178 @@
+//! The task that keeps the tally in step with the store: one full read, then the change log.
+
+use std::{sync::Arc, time::Duration};
+
+use reports_store::{Change, ChangeType, DynStore, ListChunk, ListQuery, StoreResult};
+use tokio::sync::watch;
+
+use super::{
+    labels::{rows, RESOURCES},
+    tally::Tally,
+    ResultMetrics,
+};
+
+/// Changes read from the log at a time.
+const BATCH: usize = 500;
+/// Reports read per chunk of the initial list (bounds what is held at once).
+const LIST_CHUNK: u64 = 200;
+/// Pause before retrying after the store failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Why the tailing loop stopped reading incrementally.
+enum Stop {
+    /// The server is shutting down.
+    Shutdown,
+    /// The log no longer reaches back to a cursor: read everything again.
+    Expired,
+    /// The store failed; retry after a pause.
+    Failed(reports_store::StoreError),
+}
+
+impl From<reports_store::StoreError> for Stop {
+    fn from(e: reports_store::StoreError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// Builds the tally from a full read, then follows the log until `shutting_down` flips; reads
+/// everything again whenever the log was compacted past a cursor.
+pub(super) async fn run(
+    store: DynStore,
+    metrics: Arc<ResultMetrics>,
+    mut shutting_down: watch::Receiver<bool>,
+) {
+    let mut commits = store.subscribe();
+    loop {
+        let outcome = tokio::select! {
+            outcome = follow(&store, &metrics, &mut commits) => outcome,
+            _ = shutting_down.wait_for(|stop| *stop) => Stop::Shutdown,
+        };
+        match outcome {
+            Stop::Shutdown => return,
+            Stop::Expired => {
+                tracing::info!(
+                    "the change log was compacted past the result metrics; reading every report again"
+                );
+            }
+            Stop::Failed(e) => {
+                tracing::warn!(error = %e, "updating the result metrics failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = shutting_down.wait_for(|stop| *stop) => return,
+                }
+            }
+        }
+    }
+}
+
+/// One full read, swapped in whole, then the log from each resource's snapshot onwards.
+async fn follow(store: &DynStore, metrics: &ResultMetrics, commits: &mut watch::Receiver<u64>) -> Stop {
+    let mut cursors = match rebuild(store, metrics).await {
+        Ok(cursors) => cursors,
+        Err(e) => return Stop::Failed(e),
+    };
+    loop {
+        // Taken before the reads: every change up to it is committed, so a resource whose read
+        // comes back short has nothing more up to it, and its cursor may move there (an idle
+        // resource's cursor would otherwise fall behind compaction).
+        let committed = *commits.borrow_and_update();
+        let before = cursors;
+        for (index, (resource, top_level_source)) in RESOURCES.iter().enumerate() {
+            loop {
+                let changes = match store.changes_since(Some(resource), cursors[index], BATCH).await {
+                    Ok(changes) => changes,
+                    Err(e) => return Stop::Failed(e),
+                };
+                apply(metrics, index as u8, *top_level_source, &changes);
+                if let Some(last) = changes.last() {
+                    cursors[index] = last.rv;
+                }
+                if changes.len() < BATCH {
+                    cursors[index] = cursors[index].max(committed);
+                    break;
+                }
+            }
+        }
+        // Read after the changes: compaction only moves forward, so a compacted RV still at or
+        // below a cursor now was so during that resource's read, which therefore missed nothing.
+        match store.compacted_rv().await {
+            Ok(compacted) if before.iter().any(|c| compacted > *c) => return Stop::Expired,
+            Ok(_) => {}
+            Err(e) => return Stop::Failed(e),
+        }
+        metrics.reached(cursors.iter().copied().min().unwrap_or_default());
+        if commits.changed().await.is_err() {
+            // The store is gone; nothing more will change.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Applies changes of one resource to the live tally, one report at a time (each takes the
+/// lock briefly, so scrapes are not held up by a long batch).
+fn apply(metrics: &ResultMetrics, resource: u8, top_level_source: bool, changes: &[Change]) {
+    for change in changes {
+        let object = &change.object;
+        let report = match change.change_type {
+            ChangeType::Deleted => serde_json::Value::Null,
+            ChangeType::Added | ChangeType::Modified => parse(&object.body),
+        };
+        let rows = rows(&report, top_level_source, metrics.simple());
+        metrics.tally().set(resource, &object.namespace, &object.name, &rows);
+    }
+}
+
+/// A stored body as JSON; a corrupt one counts as no results (and is logged), never stops the
+/// tailer.
+fn parse(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "a stored report is not JSON; its results are not counted");
+        serde_json::Value::Null
+    })
+}
+
+/// Reads every report of the counted kinds into a fresh tally, in bounded chunks, and swaps it
+/// in; returns each resource's snapshot RV, where its tail starts.
+async fn rebuild(store: &DynStore, metrics: &ResultMetrics) -> StoreResult<[u64; RESOURCES.len()]> {
+    let mut tally = Tally::new(metrics.simple(), metrics.max_series());
+    let mut cursors = [0; RESOURCES.len()];
+    for (index, (resource, top_level_source)) in RESOURCES.iter().enumerate() {
+        let mut after = None;
+        loop {
+            let query = ListQuery {
+                resource: resource.to_string(),
+                after: after.take(),
+                limit: Some(LIST_CHUNK),
+                ..Default::default()
+            };
+            let mut stream = store.list(query).await?;
+            // Each page is its own snapshot; the first one's RV is where the tail starts, and
+            // replaying the changes a later page already shows converges on the same state, as
+            // each change replaces its report's whole contribution.
+            if cursors[index] == 0 || stream.snapshot_rv < cursors[index] {
+                cursors[index] = stream.snapshot_rv;
+            }
+            let mut more = false;
+            while let Some(chunk) = stream.chunks.recv().await {
+                match chunk? {
+                    ListChunk::Items(objects) => {
+                        for object in &objects {
+                            let report = parse(&object.body);
+                            let rows = rows(&report, *top_level_source, metrics.simple());
+                            tally.set(index as u8, &object.namespace, &object.name, &rows);
+                        }
+                        if let Some(last) = objects.last() {
+                            after = Some((last.namespace.clone(), last.name.clone()));
+                        }
+                    }
+                    ListChunk::End { more: m } => more = m,
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+    metrics.replace(tally);
+    Ok(cursors)
+}

@@ -125,6 +125,16 @@ pub(crate) struct ResultMetrics {
 }
 
 impl ResultMetrics {
+    fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            tally: Mutex::new(Tally::new(settings.mode == Mode::Simple, settings.max_series)),
+            ready: AtomicBool::new(false),
+            resource_version: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
+        }
+    }
+
     fn simple(&self) -> bool {
         self.settings.mode == Mode::Simple
     }
@@ -189,13 +199,7 @@ pub(crate) fn start(
     if settings.mode == Mode::Off {
         return;
     }
-    let result_metrics = Arc::new(ResultMetrics {
-        settings,
-        tally: Mutex::new(Tally::new(settings.mode == Mode::Simple, settings.max_series)),
-        ready: AtomicBool::new(false),
-        resource_version: AtomicU64::new(0),
-        rebuilds: AtomicU64::new(0),
-    });
+    let result_metrics = Arc::new(ResultMetrics::new(settings));
     metrics.add_source(result_metrics.clone());
     tokio::spawn(tail::run(store, result_metrics, shutting_down));
 }

@@ -72,40 +72,49 @@ async fn follow(store: &DynStore, metrics: &ResultMetrics, commits: &mut watch::
         Err(e) => return Stop::Failed(e),
     };
     loop {
-        // Taken before the reads: every change up to it is committed, so a resource whose read
-        // comes back short has nothing more up to it, and its cursor may move there (an idle
-        // resource's cursor would otherwise fall behind compaction).
+        // Taken before the reads: every change up to it is committed (see `step`).
         let committed = *commits.borrow_and_update();
-        let before = cursors;
-        for (index, (resource, top_level_source)) in RESOURCES.iter().enumerate() {
-            loop {
-                let changes = match store.changes_since(Some(resource), cursors[index], BATCH).await {
-                    Ok(changes) => changes,
-                    Err(e) => return Stop::Failed(e),
-                };
-                apply(metrics, index as u8, *top_level_source, &changes);
-                if let Some(last) = changes.last() {
-                    cursors[index] = last.rv;
-                }
-                if changes.len() < BATCH {
-                    cursors[index] = cursors[index].max(committed);
-                    break;
-                }
-            }
+        if let Err(stop) = step(store, metrics, &mut cursors, committed).await {
+            return stop;
         }
-        // Read after the changes: compaction only moves forward, so a compacted RV still at or
-        // below a cursor now was so during that resource's read, which therefore missed nothing.
-        match store.compacted_rv().await {
-            Ok(compacted) if before.iter().any(|c| compacted > *c) => return Stop::Expired,
-            Ok(_) => {}
-            Err(e) => return Stop::Failed(e),
-        }
-        metrics.reached(cursors.iter().copied().min().unwrap_or_default());
         if commits.changed().await.is_err() {
             // The store is gone; nothing more will change.
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Reads and applies every change after the cursors. `committed` is an RV committed before the
+/// first read, so a resource whose read comes back short has nothing more up to it, and its
+/// cursor moves there (an idle resource's cursor would otherwise fall behind compaction).
+async fn step(
+    store: &DynStore,
+    metrics: &ResultMetrics,
+    cursors: &mut [u64; RESOURCES.len()],
+    committed: u64,
+) -> Result<(), Stop> {
+    let before = *cursors;
+    for (index, (resource, top_level_source)) in RESOURCES.iter().enumerate() {
+        loop {
+            let changes = store.changes_since(Some(resource), cursors[index], BATCH).await?;
+            apply(metrics, index as u8, *top_level_source, &changes);
+            if let Some(last) = changes.last() {
+                cursors[index] = last.rv;
+            }
+            if changes.len() < BATCH {
+                cursors[index] = cursors[index].max(committed);
+                break;
+            }
+        }
+    }
+    // Read after the changes: compaction only moves forward, so a compacted RV still at or
+    // below a cursor now was so during that resource's read, which therefore missed nothing.
+    let compacted = store.compacted_rv().await?;
+    if before.iter().any(|c| compacted > *c) {
+        return Err(Stop::Expired);
+    }
+    metrics.reached(cursors.iter().copied().min().unwrap_or_default());
+    Ok(())
 }
 
 /// Applies changes of one resource to the live tally, one report at a time (each takes the
@@ -175,4 +184,58 @@ async fn rebuild(store: &DynStore, metrics: &ResultMetrics) -> StoreResult<[u64;
     }
     metrics.replace(tally);
     Ok(cursors)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::result_metrics::{Mode, Settings};
+
+    fn polr(name: &str, policy: &str) -> serde_json::Value {
+        json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
+            "metadata": {"name": name, "namespace": "a"},
+            "results": [{"policy": policy, "result": "fail"}]})
+    }
+
+    fn series(metrics: &ResultMetrics) -> usize {
+        metrics.tally().series()
+    }
+
+    #[tokio::test]
+    async fn a_tail_compacted_past_reads_everything_again() {
+        let store = reports_store::open("sqlite::memory:", &Default::default()).await.unwrap();
+        store.create("policyreports", polr("one", "p")).await.unwrap();
+        let metrics = Arc::new(ResultMetrics::new(Settings { mode: Mode::Simple, max_series: 10 }));
+        let mut cursors = rebuild(&store, &metrics).await.unwrap();
+        assert_eq!(series(&metrics), 1);
+        store.create("policyreports", polr("two", "q")).await.unwrap();
+        step(&store, &metrics, &mut cursors, store.current_rv().await.unwrap()).await.ok().unwrap();
+        assert_eq!(series(&metrics), 2, "the tail counts a new report");
+        // A write the tail has not read yet, then compaction of everything committed.
+        store.create("policyreports", polr("three", "r")).await.unwrap();
+        store.compact(0).await.unwrap();
+        let outcome = step(&store, &metrics, &mut cursors, store.current_rv().await.unwrap()).await;
+        assert!(matches!(outcome, Err(Stop::Expired)), "the tail notices the gap");
+        rebuild(&store, &metrics).await.unwrap();
+        assert_eq!(series(&metrics), 3, "and the full read finds what the log lost");
+        assert_eq!(metrics.rebuilds.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_task_stops_on_shutdown() {
+        let store = reports_store::open("sqlite::memory:", &Default::default()).await.unwrap();
+        let metrics = Arc::new(ResultMetrics::new(Settings::default()));
+        let (stop, stopping) = watch::channel(false);
+        let task = tokio::spawn(run(store.clone(), metrics.clone(), stopping));
+        store.create("policyreports", polr("one", "p")).await.unwrap();
+        while metrics.resource_version.load(std::sync::atomic::Ordering::Relaxed) < 1 {
+            tokio::task::yield_now().await;
+        }
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("the task ends").unwrap();
+    }
 }

@@ -17,6 +17,7 @@
 //! - `watch-lag`: watch fan-out alone;
 //! - `auth-overhead`: what delegated authentication and authorization add to a request;
 //! - `migration`: how fast reports stored as CRD objects are copied at start;
+//! - `result-metrics`: memory and scrape time of the result gauges, per mode;
 //! - `overload`: one client's flood of lists and writes against another's small GETs;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
@@ -36,6 +37,7 @@ mod overload;
 mod procs;
 mod raw_pg;
 mod report;
+mod result_metrics;
 mod shapes;
 mod suite;
 mod watch;
@@ -217,6 +219,18 @@ enum Command {
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
     },
+    /// Memory and scrape time of the result gauges with Trivy-shaped reports, per mode.
+    ResultMetrics {
+        /// Reports created.
+        #[arg(long, default_value_t = 1000)]
+        reports: usize,
+        /// Results per report.
+        #[arg(long, default_value_t = 100)]
+        results: usize,
+        /// Scrapes timed per mode.
+        #[arg(long, default_value_t = 20)]
+        scrapes: usize,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -259,6 +273,11 @@ fn main() -> anyhow::Result<()> {
         Command::Overload { lists, writes, items, probe_rate, seconds, unlimited, server_args } => {
             let flood = overload::Flood { lists, writes, items, probe_rate, seconds, unlimited, server_args };
             println!("{}", runtime.block_on(overload::overload(flood))?);
+            Ok(())
+        }
+        Command::ResultMetrics { reports, results, scrapes } => {
+            let sizes = result_metrics::Sizes { reports, results, scrapes };
+            println!("{}", runtime.block_on(result_metrics::run(sizes))?);
             Ok(())
         }
         Command::AuthOverhead { requests, concurrency, rounds } => {

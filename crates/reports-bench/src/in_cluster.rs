@@ -60,6 +60,7 @@ pub async fn auth_overhead(requests: usize, concurrency: usize, rounds: usize) -
             watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
             commit_trace: None,
             cluster: cluster.clone(),
+            result_metrics: Default::default(),
         })
         .await?;
         let mut builder = reqwest::Client::builder()
@@ -201,6 +202,7 @@ pub async fn migration_rate(reports: usize, storage: Option<String>) -> anyhow::
             watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
             commit_trace: None,
             cluster: Some(cluster),
+            result_metrics: Default::default(),
         })
         .await?;
         result[label] = json!(started.elapsed().as_secs_f64());

@@ -17,6 +17,7 @@
 //! - `watch-lag`: watch fan-out alone;
 //! - `auth-overhead`: what delegated authentication and authorization add to a request;
 //! - `migration`: how fast reports stored as CRD objects are copied at start;
+//! - `result-metrics`: memory and scrape time of the result gauges, per mode;
 //! - `overload`: one client's flood of lists and writes against another's small GETs;
 //! - `findings`: the CVSS question over a million results against listing every report, and
 //!   what indexing results costs a create;
@@ -39,6 +40,7 @@ mod overload;
 mod procs;
 mod raw_pg;
 mod report;
+mod result_metrics;
 mod shapes;
 mod suite;
 mod watch;
@@ -245,6 +247,18 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         full_repeats: usize,
     },
+    /// Memory and scrape time of the result gauges with Trivy-shaped reports, per mode.
+    ResultMetrics {
+        /// Reports created.
+        #[arg(long, default_value_t = 1000)]
+        reports: usize,
+        /// Results per report.
+        #[arg(long, default_value_t = 100)]
+        results: usize,
+        /// Scrapes timed per mode.
+        #[arg(long, default_value_t = 20)]
+        scrapes: usize,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -308,6 +322,11 @@ fn main() -> anyhow::Result<()> {
                 full_repeats,
             };
             println!("{}", runtime.block_on(findings::run(run))?);
+            Ok(())
+        }
+        Command::ResultMetrics { reports, results, scrapes } => {
+            let sizes = result_metrics::Sizes { reports, results, scrapes };
+            println!("{}", runtime.block_on(result_metrics::run(sizes))?);
             Ok(())
         }
         Command::AuthOverhead { requests, concurrency, rounds } => {
@@ -396,6 +415,7 @@ async fn serve(storage: String, commit_trace: Option<PathBuf>) -> anyhow::Result
         commit_trace,
         cluster: None,
         postgres: Default::default(),
+        result_metrics: Default::default(),
     };
     let server = reports_server::Server::start(config).await?;
     println!("READY {}", server.local_addr.port());

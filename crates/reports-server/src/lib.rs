@@ -9,6 +9,7 @@
 //! - `render`: stored JSON to responses (splice, stream, transform);
 //! - `response`: the error edge (`ApiError` to `metav1.Status`);
 //! - [`watch`]: change streams from the change log;
+//! - [`result_metrics`]: Policy Reporter's result gauges, kept from the change log;
 //! - [`limits`]: requests in flight, timeouts and connections, so one client cannot hurt others;
 //! - `serve`: the TLS accept loop with graceful shutdown;
 //! - [`tls`], [`cli`], [`glibc`]: what the binary and the benchmark use.
@@ -34,6 +35,7 @@ pub mod query;
 mod render;
 mod resource;
 mod response;
+pub mod result_metrics;
 mod serve;
 mod state;
 pub mod tls;
@@ -64,6 +66,8 @@ pub struct ServerConfig {
     /// The cluster this server serves, if any: delegated authentication and authorization,
     /// APIServices, admission. None for a standalone server.
     pub cluster: Option<cluster::ClusterConfig>,
+    /// Policy Reporter's result gauges on `/metrics` (see [`result_metrics`]).
+    pub result_metrics: result_metrics::Settings,
 }
 
 /// A running server.
@@ -119,6 +123,7 @@ impl Server {
         metrics.add_source(changes.clone());
         let storage_objects = Arc::new(metrics::StorageObjects::default());
         metrics.add_source(storage_objects.clone());
+        result_metrics::start(config.result_metrics, store.clone(), &metrics, shutting_down.clone());
         tokio::spawn(metrics::refresh_storage_objects(
             store.clone(),
             catalogue.clone(),

@@ -107,6 +107,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         watch_window_bytes: args.watch_window_bytes,
         commit_trace: args.commit_trace.clone(),
         cluster,
+        result_metrics: args.result_metrics_settings(),
     };
     let config_storage = config.storage.clone();
     let server = Server::start(config).await.context("starting the server")?;

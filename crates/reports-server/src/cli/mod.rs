@@ -134,6 +134,17 @@ pub struct Args {
     #[arg(long, value_name = "FILE", help_heading = "Storage")]
     pub commit_trace: Option<std::path::PathBuf>,
 
+    /// Policy Reporter's result gauges on /metrics (policy_report_result,
+    /// cluster_policy_report_result): detailed (one series per result, Policy Reporter's default),
+    /// simple (counts by namespace, policy, status, severity, category, source) or off.
+    #[arg(long, value_enum, default_value_t = crate::result_metrics::Mode::Detailed, help_heading = "Metrics")]
+    pub result_metrics: crate::result_metrics::Mode,
+
+    /// Most series the result gauges hold; results that would need more are not counted, and
+    /// reports_server_result_metrics_dropped_results says how many.
+    #[arg(long, default_value_t = crate::result_metrics::DEFAULT_MAX_SERIES, help_heading = "Metrics")]
+    pub result_metrics_max_series: usize,
+
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"], help_heading = "Logging")]
     pub log_format: String,
@@ -293,6 +304,14 @@ impl Args {
             header_read_timeout: self.read_header_timeout,
             idle_timeout: self.idle_connection_timeout,
             http2_max_streams: self.http2_max_streams_per_connection,
+        }
+    }
+
+    /// The result-metrics settings from the flags.
+    pub fn result_metrics_settings(&self) -> crate::result_metrics::Settings {
+        crate::result_metrics::Settings {
+            mode: self.result_metrics,
+            max_series: self.result_metrics_max_series,
         }
     }
 

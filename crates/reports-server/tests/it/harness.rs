@@ -86,6 +86,7 @@ impl TestServer {
             commit_trace: None,
             cluster: None,
             postgres: Default::default(),
+            result_metrics: Default::default(),
         };
         adjust(&mut config);
         let server = Server::start(config).await.expect("server starts");

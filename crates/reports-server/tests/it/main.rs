@@ -41,6 +41,7 @@ mod negotiation;
 mod packaging;
 mod postgres;
 mod process;
+mod result_metrics;
 mod samples;
 mod tls;
 mod validation;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::harness::{dynamic_api, to_dynamic, TestServer, KINDS};
 
 /// Every object in every sample file, as (file name, object).
-fn load_samples() -> Vec<(String, Value)> {
+pub(crate) fn load_samples() -> Vec<(String, Value)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/samples");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -36,7 +36,7 @@ fn load_samples() -> Vec<(String, Value)> {
 
 /// The index in KINDS a sample belongs to, mapping legacy versions and kinds to the served ones
 /// (v1alpha1/v1beta1 wgpolicy reports, pre-1.12 Kyverno intermediate reports).
-fn served_kind(object: &Value) -> usize {
+pub(crate) fn served_kind(object: &Value) -> usize {
     let kind = object["kind"].as_str().unwrap();
     let served = match kind {
         "BackgroundScanReport" | "AdmissionReport" => "EphemeralReport",
@@ -48,7 +48,7 @@ fn served_kind(object: &Value) -> usize {
 
 /// Turns a captured object into something a client could create: served apiVersion, no server
 /// fields, a name for the chainsaw assertions that have none, owner uids where they lack them.
-fn creatable(index: usize, n: usize, mut object: Value) -> Value {
+pub(crate) fn creatable(index: usize, n: usize, mut object: Value) -> Value {
     let (group, version, kind, _, namespaced) = KINDS[index];
     let legacy_kind = object["kind"].as_str() != Some(kind);
     if legacy_kind && object["spec"].is_object() && object["spec"].get("owner").is_none() {

@@ -18,6 +18,8 @@
 //! - `auth-overhead`: what delegated authentication and authorization add to a request;
 //! - `migration`: how fast reports stored as CRD objects are copied at start;
 //! - `overload`: one client's flood of lists and writes against another's small GETs;
+//! - `findings`: findings on PostgreSQL, store-level: create throughput with indexing on and
+//!   off, bytes per finding, the CVSS >= 8 question over a million findings;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
 //! Modules: [`shapes`] (documents), [`load`] (open and closed loops, CPU accounting), [`api`]
@@ -30,6 +32,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod api;
 mod etcd;
+mod findings;
 mod in_cluster;
 mod load;
 mod overload;
@@ -217,6 +220,34 @@ enum Command {
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
     },
+    /// Findings on PostgreSQL (store-level): create throughput with indexing on and off,
+    /// bytes per finding, and the CVSS >= 8 question's latency.
+    Findings {
+        /// Reports per throughput round.
+        #[arg(long, default_value_t = 2_500)]
+        reports: usize,
+        /// Results per report.
+        #[arg(long, default_value_t = 40)]
+        results: usize,
+        /// Rounds per side (indexing on and off alternate).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Findings in the query dataset (0 skips the queries).
+        #[arg(long, default_value_t = 1_000_000)]
+        query_findings: usize,
+        /// Repetitions of each query.
+        #[arg(long, default_value_t = 20)]
+        repetitions: usize,
+        /// PostgreSQL durability.
+        #[arg(long, value_enum, default_value = "durable")]
+        durability: procs::Durability,
+        /// Another `toast_tuple_target` for the findings table, to compare with the schema's.
+        #[arg(long)]
+        toast_target: Option<u32>,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -295,6 +326,28 @@ fn main() -> anyhow::Result<()> {
                 ))?;
             }
             Ok(())
+        }
+        Command::Findings {
+            reports,
+            results,
+            rounds,
+            concurrency,
+            query_findings,
+            repetitions,
+            durability,
+            toast_target,
+        } => {
+            let plan = findings::Plan {
+                reports,
+                results,
+                rounds,
+                concurrency,
+                query_findings,
+                repetitions,
+                durability,
+                toast_target,
+            };
+            runtime.block_on(findings::run(plan))
         }
         Command::Quick { output } => run_suite(&runtime, suite::Settings::quick(), output, &command_line),
         Command::Pg { output, overrides } => {

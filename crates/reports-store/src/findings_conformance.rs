@@ -162,6 +162,8 @@ pub async fn findings_follow_every_write(store: DynStore) {
     assert_in_step(&store, &index, "concurrent updates").await;
     // Deletes, alone and as a set (with one key that moved on).
     store.delete(POLR, "ns", "a", a.rv).await.unwrap();
+    let doomed = &created[13];
+    store.delete(POLR, "ns", &doomed.name, doomed.rv).await.unwrap();
     assert_in_step(&store, &index, "a delete").await;
     let mut keys: Vec<(String, String, u64)> =
         updated.iter().take(6).map(|o| (o.namespace.clone(), o.name.clone(), o.rv)).collect();

@@ -40,8 +40,9 @@ pub struct Plan {
     pub repetitions: usize,
     /// PostgreSQL durability.
     pub durability: procs::Durability,
-    /// Another `toast_tuple_target` for the findings table (the schema's is 256), to compare.
-    pub toast_target: Option<u32>,
+    /// SQL run on each database after its migration, to compare a variant of the schema (e.g.
+    /// another `toast_tuple_target`, or an index dropped).
+    pub variant: Option<String>,
 }
 
 /// Opens a store on a fresh database of `pg`, with the plan's table setting.
@@ -53,12 +54,10 @@ async fn open(
 ) -> anyhow::Result<(Arc<PgStore>, String)> {
     let url = pg.database(name)?;
     let store = Arc::new(PgStore::connect(&url, &PgSettings { findings, ..Default::default() }).await?);
-    if let Some(target) = plan.toast_target {
+    if let Some(variant) = &plan.variant {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        client
-            .batch_execute(&format!("ALTER TABLE report_findings SET (toast_tuple_target = {target})"))
-            .await?;
+        client.batch_execute(variant).await?;
     }
     Ok((store, url))
 }
@@ -147,7 +146,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
     if let Some(url) = sized {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        client.batch_execute("VACUUM ANALYZE report_findings; VACUUM ANALYZE report_objects").await?;
+        client.batch_execute("VACUUM ANALYZE report_findings").await?;
+        client.batch_execute("VACUUM ANALYZE report_objects").await?;
         let row = client
             .query_one(
                 "SELECT (SELECT count(*) FROM report_findings),

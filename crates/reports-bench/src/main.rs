@@ -244,9 +244,10 @@ enum Command {
         /// PostgreSQL durability.
         #[arg(long, value_enum, default_value = "durable")]
         durability: procs::Durability,
-        /// Another `toast_tuple_target` for the findings table, to compare with the schema's.
+        /// SQL run on each database after its migration, to compare a variant of the schema
+        /// (e.g. another `toast_tuple_target`, or an index dropped).
         #[arg(long)]
-        toast_target: Option<u32>,
+        variant: Option<String>,
     },
     /// Regenerate a Markdown section from a result file.
     Render {
@@ -335,7 +336,7 @@ fn main() -> anyhow::Result<()> {
             query_findings,
             repetitions,
             durability,
-            toast_target,
+            variant,
         } => {
             let plan = findings::Plan {
                 reports,
@@ -345,7 +346,7 @@ fn main() -> anyhow::Result<()> {
                 query_findings,
                 repetitions,
                 durability,
-                toast_target,
+                variant,
             };
             runtime.block_on(findings::run(plan))
         }

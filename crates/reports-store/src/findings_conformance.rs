@@ -46,7 +46,7 @@ pub fn report(resource: &str, namespace: &str, name: &str, results: Value) -> Va
     report
 }
 
-/// Every finding the store holds, in list order, read in pages of `page`.
+/// Every finding a query streams, in list order, and whether more were left.
 pub async fn all_findings(store: &DynStore, query: FindingQuery) -> (Vec<FindingRecord>, bool) {
     let mut stream = store.findings(query).await.expect("findings");
     let mut items = Vec::new();
@@ -407,7 +407,8 @@ pub async fn visibility_bounds_what_is_read(store: DynStore) {
                 .collect(),
         )
     };
-    let cases: Vec<(Visibility, Option<&str>, Box<dyn Fn(&FindingKey) -> bool>)> = vec![
+    type Visible = Box<dyn Fn(&FindingKey) -> bool>;
+    let cases: Vec<(Visibility, Option<&str>, Visible)> = vec![
         (
             only(vec![(POLR, Some(vec!["ns1"]))]),
             None,

@@ -21,6 +21,8 @@
 //! - `overload`: one client's flood of lists and writes against another's small GETs;
 //! - `findings`: the CVSS question over a million results against listing every report, and
 //!   what indexing results costs a create;
+//! - `findings-store`: findings on PostgreSQL, store-level: create throughput with indexing on and
+//!   off, bytes per finding, the CVSS >= 8 question over a million findings;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
 //! Modules: [`shapes`] (documents), [`load`] (open and closed loops, CPU accounting), [`api`]
@@ -34,6 +36,7 @@ use clap::{Args, Parser, Subcommand};
 mod api;
 mod etcd;
 mod findings;
+mod findings_store;
 mod in_cluster;
 mod load;
 mod overload;
@@ -259,6 +262,35 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         scrapes: usize,
     },
+    /// Findings on PostgreSQL (store-level): create throughput with indexing on and off,
+    /// bytes per finding, and the CVSS >= 8 question's latency.
+    FindingsStore {
+        /// Reports per throughput round.
+        #[arg(long, default_value_t = 2_500)]
+        reports: usize,
+        /// Results per report.
+        #[arg(long, default_value_t = 40)]
+        results: usize,
+        /// Rounds per side (indexing on and off alternate).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Findings in the query dataset (0 skips the queries).
+        #[arg(long, default_value_t = 1_000_000)]
+        query_findings: usize,
+        /// Repetitions of each query.
+        #[arg(long, default_value_t = 20)]
+        repetitions: usize,
+        /// PostgreSQL durability.
+        #[arg(long, value_enum, default_value = "durable")]
+        durability: procs::Durability,
+        /// SQL run on each database after its migration, to compare a variant of the schema
+        /// (e.g. another `toast_tuple_target`, or an index dropped).
+        #[arg(long)]
+        variant: Option<String>,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -363,6 +395,28 @@ fn main() -> anyhow::Result<()> {
                 ))?;
             }
             Ok(())
+        }
+        Command::FindingsStore {
+            reports,
+            results,
+            rounds,
+            concurrency,
+            query_findings,
+            repetitions,
+            durability,
+            variant,
+        } => {
+            let plan = findings_store::Plan {
+                reports,
+                results,
+                rounds,
+                concurrency,
+                query_findings,
+                repetitions,
+                durability,
+                variant,
+            };
+            runtime.block_on(findings_store::run(plan))
         }
         Command::Quick { output } => run_suite(&runtime, suite::Settings::quick(), output, &command_line),
         Command::Pg { output, overrides } => {

@@ -46,7 +46,7 @@ pub fn report(resource: &str, namespace: &str, name: &str, results: Value) -> Va
     report
 }
 
-/// Every finding the store holds, in list order, read in pages of `page`.
+/// Every finding a query streams, in list order, and whether more were left.
 pub async fn all_findings(store: &DynStore, query: FindingQuery) -> (Vec<FindingRecord>, bool) {
     let mut stream = store.findings(query).await.expect("findings");
     let mut items = Vec::new();
@@ -162,6 +162,8 @@ pub async fn findings_follow_every_write(store: DynStore) {
     assert_in_step(&store, &index, "concurrent updates").await;
     // Deletes, alone and as a set (with one key that moved on).
     store.delete(POLR, "ns", "a", a.rv).await.unwrap();
+    let doomed = &created[13];
+    store.delete(POLR, "ns", &doomed.name, doomed.rv).await.unwrap();
     assert_in_step(&store, &index, "a delete").await;
     let mut keys: Vec<(String, String, u64)> =
         updated.iter().take(6).map(|o| (o.namespace.clone(), o.name.clone(), o.rv)).collect();
@@ -405,7 +407,8 @@ pub async fn visibility_bounds_what_is_read(store: DynStore) {
                 .collect(),
         )
     };
-    let cases: Vec<(Visibility, Option<&str>, Box<dyn Fn(&FindingKey) -> bool>)> = vec![
+    type Visible = Box<dyn Fn(&FindingKey) -> bool>;
+    let cases: Vec<(Visibility, Option<&str>, Visible)> = vec![
         (
             only(vec![(POLR, Some(vec!["ns1"]))]),
             None,

@@ -84,24 +84,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Streams the findings matching `query` (see `reports_core::findings`), in key order, read
     /// only from where `query.visibility` allows.
-    async fn findings(&self, query: FindingQuery) -> StoreResult<FindingStream> {
-        let _ = query;
-        Err(crate::StoreError::backend("findings are not indexed by this store"))
-    }
+    async fn findings(&self, query: FindingQuery) -> StoreResult<FindingStream>;
 
     /// Counts the findings matching `query` per group, largest group first (see
     /// `reports_core::findings::query::sort_counts`), with the RV they reflect.
-    async fn count_findings(&self, query: CountQuery) -> StoreResult<(u64, Vec<FindingCount>)> {
-        let _ = query;
-        Err(crate::StoreError::backend("findings are not indexed by this store"))
-    }
+    async fn count_findings(&self, query: CountQuery) -> StoreResult<(u64, Vec<FindingCount>)>;
 
     /// The namespaces that hold at least one object of `resource`, in order (what the server asks
     /// the authorizer about when a caller may not list `resource` cluster-wide).
-    async fn namespaces_of(&self, resource: &str) -> StoreResult<Vec<String>> {
-        let _ = resource;
-        Err(crate::StoreError::backend("not implemented by this store"))
-    }
+    async fn namespaces_of(&self, resource: &str) -> StoreResult<Vec<String>>;
 
     /// Checks that the database answers (readiness).
     async fn ping(&self) -> StoreResult<()>;

@@ -145,6 +145,12 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Value> {
             }
         };
         let rss_restarted = procs::rss_bytes(child.0.id());
+        // Again once the allocator has had time to give back what the read freed, and after
+        // the timed number of scrapes.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss_restarted_settled = procs::rss_bytes(child.0.id());
+        let _ = time_scrapes(&api::client()?, &base, sizes.scrapes).await?;
+        let rss_restarted_scraped = procs::rss_bytes(child.0.id());
         drop(child);
         let row = json!({
             "mode": mode,
@@ -154,6 +160,8 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Value> {
             "rss_empty_mib": rss_empty as f64 / 1048576.0,
             "rss_loaded_mib": rss as f64 / 1048576.0,
             "rss_after_restart_mib": rss_restarted as f64 / 1048576.0,
+            "rss_after_restart_3s_mib": rss_restarted_settled as f64 / 1048576.0,
+            "rss_after_restart_and_scrapes_mib": rss_restarted_scraped as f64 / 1048576.0,
             "scrape_median_ms": median,
             "scrape_p90_ms": p90,
             "scrape_bytes": bytes,

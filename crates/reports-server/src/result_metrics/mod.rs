@@ -77,7 +77,7 @@ use crate::metrics::{Metrics, MetricsSource};
 use tally::Tally;
 
 /// The default of `--result-metrics-max-series`: enough for a cluster's results in the simple
-/// mode, and for a mid-sized cluster's in the detailed one, about 10 MB held.
+/// mode, and for a mid-sized cluster's in the detailed one, about 20 MB held.
 pub const DEFAULT_MAX_SERIES: usize = 100_000;
 
 /// Which labels the result gauges carry (`--result-metrics`).

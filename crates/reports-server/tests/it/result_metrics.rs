@@ -128,7 +128,9 @@ fn report(index: usize, ns: Option<&str>, name: &str, results: Value) -> Value {
 
 async fn create(t: &TestServer, index: usize, ns: Option<&str>, object: &Value) {
     let response = t.http().post(t.url(&collection(index, ns))).json(object).send().await.unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 201, "{body}");
 }
 
 /// Replaces the results of a report (read, change, put).
@@ -137,12 +139,18 @@ async fn set_results(t: &TestServer, index: usize, ns: Option<&str>, name: &str,
     let mut object: Value = t.http().get(&url).send().await.unwrap().json().await.unwrap();
     object["results"] = results;
     let response = t.http().put(&url).json(&object).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
 }
 
+/// Deletes one report or a collection; reads the whole answer, as a deletecollection streams
+/// its answer while it deletes.
 async fn delete(t: &TestServer, target: &str) {
     let response = t.http().delete(t.url(target)).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
 }
 
 fn result(policy: &str, rule: &str, status: &str, severity: &str, resource: Option<(&str, &str)>) -> Value {
@@ -161,7 +169,7 @@ const NS: &str = "policy_report_result";
 const CLUSTER: &str = "cluster_policy_report_result";
 
 on_both_stores! {
-    /// Creates, updates (a severity change, results shrinking to none), deletes and
+    /// Creates, updates (a severity change, results shrinking to none), patches, deletes and
     /// deletecollection move the detailed gauges exactly.
     async fn detailed_gauges_follow_every_write(t) {
         let pod = Some(("Pod", "web"));
@@ -211,6 +219,17 @@ on_both_stores! {
         set_results(&t, POLR, Some("a"), "polr", json!([])).await;
         let text = settled(&t).await;
         assert_eq!(family(&text, NS), BTreeMap::from([(labels_open, 1.0)]), "{text}");
+
+        // A merge patch is a write like any other.
+        let response = t.http().patch(t.url(&format!("{}/cpolr", collection(CPOLR, None))))
+            .header("content-type", "application/merge-patch+json")
+            .body(json!({"results": [{"policy": "ns-owner", "result": "fail"}]}).to_string())
+            .send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = settled(&t).await;
+        let mut labels_cpolr_fail = labels_cpolr.clone();
+        labels_cpolr_fail.insert("status".into(), "fail".into());
+        assert_eq!(family(&text, CLUSTER), BTreeMap::from([(labels_cpolr_fail, 1.0), (labels_cr.clone(), 1.0)]));
 
         delete(&t, &format!("{}/cpolr", collection(CPOLR, None))).await;
         let text = settled(&t).await;

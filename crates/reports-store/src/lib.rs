@@ -28,6 +28,7 @@ mod counter;
 mod error;
 mod model;
 pub mod postgres;
+mod snapshot;
 pub mod sqlite;
 mod store;
 

@@ -731,5 +731,5 @@ async fn schema_version_1_is_migrated_keeping_labels_selectable() {
         "the labels before the update, read from the migrated body"
     );
     assert_eq!(change.labels.len(), 1);
-    assert_eq!(pg.psql(&db, "SELECT max(version) FROM reports_server_migrations").unwrap().trim(), "2");
+    assert_eq!(pg.psql(&db, "SELECT max(version) FROM reports_server_migrations").unwrap().trim(), "3");
 }

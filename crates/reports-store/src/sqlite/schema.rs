@@ -44,6 +44,30 @@ INSERT INTO meta (key, value) VALUES ('compacted_rv', '0');
     // the list's RV would send "0", which means "any version, with the current state first" rather
     // than "changes after this point" (etcd's revisions likewise start at 1).
     "UPDATE counter SET rv = 1 WHERE rv = 0;",
+    // Snapshot reads (see snapshot.rs): an update's or delete's change keeps the body it replaced
+    // (`prev_body`); the body at a change's own RV is the object row's or the next change's, so
+    // it is no longer copied (`body` stays for rows written before).
+    r#"
+CREATE TABLE changes_new (
+    rv          INTEGER PRIMARY KEY,
+    resource    TEXT NOT NULL,
+    namespace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    uid         TEXT NOT NULL,
+    type        TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
+    labels      TEXT NOT NULL,
+    prev_labels TEXT,
+    body        TEXT,
+    prev_body   TEXT,
+    created_at  INTEGER NOT NULL
+);
+INSERT INTO changes_new (rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at)
+    SELECT rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at FROM changes;
+DROP TABLE changes;
+ALTER TABLE changes_new RENAME TO changes;
+CREATE INDEX changes_by_resource ON changes (resource, rv);
+CREATE INDEX changes_by_key ON changes (resource, namespace, name, rv);
+"#,
 ];
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.

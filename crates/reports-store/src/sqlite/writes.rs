@@ -8,9 +8,8 @@ use serde_json::Value;
 use super::{errors::sqlite_error, group_commit::WriteTx};
 use crate::{
     error::{StoreError, StoreResult},
-    model::{
-        labels_json, meta_text, now_seconds, parse_body, parse_labels, Change, ChangeType, StoredObject,
-    },
+    model::{labels_json, meta_text, now_seconds, parse_labels, Change, ChangeType, StoredObject},
+    snapshot::with_rv,
 };
 
 /// Inserts a new object; AlreadyExists if the key is taken.
@@ -27,7 +26,7 @@ pub(super) fn create(tx: &WriteTx<'_>, resource: &str, mut object: Value) -> Sto
     .map_err(sqlite_error)?
     .execute(params![resource, stored.namespace, stored.name, stored.uid, stored.rv as i64, labels, stored.body])
     .map_err(sqlite_error)?;
-    append_change(tx, resource, &stored, ChangeType::Added, &labels, None)?;
+    append_change(tx, resource, &stored, ChangeType::Added, &labels, None, None)?;
     Ok(stored)
 }
 
@@ -45,6 +44,16 @@ pub(super) fn update(
         return Err(StoreError::Conflict);
     }
     let (stored, labels) = stamp(tx, &mut object, namespace, name)?;
+    // First, while the row still has it, the body this update replaces goes to its change.
+    append_change(
+        tx,
+        resource,
+        &stored,
+        ChangeType::Modified,
+        &labels,
+        Some(&prev_labels),
+        Some(PrevBody::Row),
+    )?;
     tx.prepare_cached(
         "UPDATE objects SET uid = ?4, rv = ?5, labels = ?6, body = ?7
          WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
@@ -60,7 +69,6 @@ pub(super) fn update(
         stored.body
     ])
     .map_err(sqlite_error)?;
-    append_change(tx, resource, &stored, ChangeType::Modified, &labels, Some(&prev_labels))?;
     Ok(stored)
 }
 
@@ -72,16 +80,32 @@ pub(super) fn delete(
     name: &str,
     expected_rv: u64,
 ) -> StoreResult<StoredObject> {
-    let (rv, labels, body) = current_body(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
+    let (rv, labels, body, uid) = current_body(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
     if rv != expected_rv {
         return Err(StoreError::Conflict);
     }
-    let (final_state, _) = stamp(tx, &mut parse_body(&body)?, namespace.to_string(), name.to_string())?;
+    let (rv, uid) = (next_rv(tx)?, uid);
+    // The final state is the stored object at the deletion's RV.
+    let final_state = StoredObject {
+        body: with_rv(&body, rv)?,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        uid,
+        rv,
+    };
     tx.prepare_cached("DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
         .map_err(sqlite_error)?
         .execute(params![resource, namespace, name])
         .map_err(sqlite_error)?;
-    append_change(tx, resource, &final_state, ChangeType::Deleted, &labels, Some(&labels))?;
+    append_change(
+        tx,
+        resource,
+        &final_state,
+        ChangeType::Deleted,
+        &labels,
+        Some(&labels),
+        Some(PrevBody::Text(&body)),
+    )?;
     Ok(final_state)
 }
 
@@ -93,11 +117,7 @@ fn stamp(
     namespace: String,
     name: String,
 ) -> StoreResult<(StoredObject, String)> {
-    let rv = tx
-        .prepare_cached("UPDATE counter SET rv = rv + 1 WHERE id = 1 RETURNING rv")
-        .map_err(sqlite_error)?
-        .query_row([], |r| r.get::<_, i64>(0))
-        .map_err(sqlite_error)? as u64;
+    let rv = next_rv(tx)?;
     object
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -114,7 +134,26 @@ fn stamp(
     Ok((stored, labels_json(object)))
 }
 
-/// Appends a change to the log and to the transaction's record of what it appended.
+/// Takes the next RV.
+fn next_rv(tx: &Transaction<'_>) -> StoreResult<u64> {
+    Ok(tx
+        .prepare_cached("UPDATE counter SET rv = rv + 1 WHERE id = 1 RETURNING rv")
+        .map_err(sqlite_error)?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map_err(sqlite_error)? as u64)
+}
+
+/// Where a change finds the body it replaced (see `crate::snapshot`).
+enum PrevBody<'a> {
+    /// The object row, still unchanged: copied inside SQLite.
+    Row,
+    /// This text.
+    Text(&'a str),
+}
+
+/// Appends a change to the log and to the transaction's record of what it appended. The row
+/// holds no copy of `object`'s body (the object row, or the key's next change, has it); it
+/// keeps the body the write replaced.
 fn append_change(
     tx: &WriteTx<'_>,
     resource: &str,
@@ -122,10 +161,19 @@ fn append_change(
     change_type: ChangeType,
     labels: &str,
     prev_labels: Option<&str>,
+    prev_body: Option<PrevBody<'_>>,
 ) -> StoreResult<()> {
+    let from_row = matches!(prev_body, Some(PrevBody::Row));
+    let prev_text = match prev_body {
+        Some(PrevBody::Text(text)) => Some(text),
+        _ => None,
+    };
     tx.prepare_cached(
-        "INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                 CASE WHEN ?11 THEN (SELECT body FROM objects WHERE resource = ?2 AND namespace = ?3 AND name = ?4)
+                      ELSE ?9 END,
+                 ?10)",
     )
     .map_err(sqlite_error)?
     .execute(params![
@@ -137,8 +185,9 @@ fn append_change(
         change_type.as_str(),
         labels,
         prev_labels,
-        object.body,
+        prev_text,
         now_seconds() as i64,
+        from_row,
     ])
     .map_err(sqlite_error)?;
     tx.appended(Change {
@@ -167,18 +216,20 @@ fn current_version(
         .map_err(sqlite_error)
 }
 
-/// The RV, labels and body of a stored object.
+/// The RV, labels, body and uid of a stored object.
 fn current_body(
     tx: &Transaction<'_>,
     resource: &str,
     namespace: &str,
     name: &str,
-) -> StoreResult<Option<(u64, String, String)>> {
+) -> StoreResult<Option<(u64, String, String, String)>> {
     tx.prepare_cached(
-        "SELECT rv, labels, body FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
+        "SELECT rv, labels, body, uid FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
     )
     .map_err(sqlite_error)?
-    .query_row(params![resource, namespace, name], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))
+    .query_row(params![resource, namespace, name], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+    })
     .optional()
     .map_err(sqlite_error)
 }

@@ -101,8 +101,7 @@ impl Request<'_> {
             namespace: self.target.namespace.clone(),
             labels: list_options.label_selector,
             fields: list_options.field_selector,
-            after: None,
-            limit: None,
+            ..Default::default()
         };
         let stream = self.state.store.list(query).await.map_err(store_error)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -115,7 +114,7 @@ impl Request<'_> {
         let renderer = Renderer::new(kind, self.renderer.negotiated, None)?;
         let store = self.state.store.clone();
         let current = store.current_rv().await.map_err(store_error)?;
-        Ok(renderer.list(deleted, move |_, last, _| {
+        Ok(renderer.list(deleted, move |_, last, _, _| {
             let rv = last.map(|o| o.rv).unwrap_or(current).max(current);
             json!({"resourceVersion": rv.to_string()})
         }))
@@ -212,7 +211,7 @@ async fn delete_collection_task(
             let _ = tx.send(Ok(ListChunk::Items(out))).await;
         }
     }
-    let _ = tx.send(Ok(reports_store::ListChunk::End { more: false })).await;
+    let _ = tx.send(Ok(reports_store::ListChunk::End { more: false, remaining: None })).await;
 }
 
 /// Deletes (or marks) one object of a deletecollection that changed after it was listed, from

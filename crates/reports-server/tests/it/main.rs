@@ -41,6 +41,7 @@ mod packaging;
 mod postgres;
 mod process;
 mod samples;
+mod snapshots;
 mod tls;
 mod validation;
 mod watch;

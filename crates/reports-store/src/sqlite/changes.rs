@@ -48,8 +48,8 @@ pub(super) fn changes_since(
                 resource: r.get(1)?,
                 key: (r.get(2)?, r.get(3)?, r.get(4)?),
                 change_type: r.get(5)?,
-                body: r.get(7)?,
-                prev_body: r.get(9)?,
+                body: super::body::unpack_opt(r.get_ref(7)?)?,
+                prev_body: super::body::unpack_opt(r.get_ref(9)?)?,
                 labels: r.get(8)?,
                 prev_labels: r.get(6)?,
             })

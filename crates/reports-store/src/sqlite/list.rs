@@ -27,7 +27,7 @@ pub(super) fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredO
         name: r.get(1)?,
         uid: r.get(2)?,
         rv: r.get::<_, i64>(3)? as u64,
-        body: r.get(4)?,
+        body: super::body::unpack(r.get_ref(4)?)?,
     })
 }
 
@@ -170,7 +170,12 @@ impl Replaced {
 }
 
 fn replaced_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Replaced> {
-    Ok(Replaced { namespace: r.get(0)?, name: r.get(1)?, uid: r.get(2)?, body: r.get(3)? })
+    Ok(Replaced {
+        namespace: r.get(0)?,
+        name: r.get(1)?,
+        uid: r.get(2)?,
+        body: super::body::unpack_opt(r.get_ref(3)?)?,
+    })
 }
 
 /// The statements of one list and their arguments. Every statement starts with the resource and

@@ -28,6 +28,7 @@ use crate::{
     store::Store,
 };
 
+mod body;
 mod changes;
 mod checkpoint;
 

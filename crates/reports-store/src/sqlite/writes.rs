@@ -5,7 +5,11 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
-use super::{errors::sqlite_error, group_commit::WriteTx};
+use super::{
+    body::{pack, unpack},
+    errors::sqlite_error,
+    group_commit::WriteTx,
+};
 use crate::{
     error::{StoreError, StoreResult},
     model::{labels_json, meta_text, now_seconds, parse_labels, Change, ChangeType, StoredObject},
@@ -24,9 +28,9 @@ pub(super) fn create(tx: &WriteTx<'_>, resource: &str, mut object: Value) -> Sto
         "INSERT INTO objects (resource, namespace, name, uid, rv, labels, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .map_err(sqlite_error)?
-    .execute(params![resource, stored.namespace, stored.name, stored.uid, stored.rv as i64, labels, stored.body])
+    .execute(params![resource, stored.namespace, stored.name, stored.uid, stored.rv as i64, labels, pack(&stored.body)?])
     .map_err(sqlite_error)?;
-    append_change(tx, resource, &stored, ChangeType::Added, &labels, None, None)?;
+    append_change(tx, resource, &stored, ChangeType::Added, &labels, None, false)?;
     Ok(stored)
 }
 
@@ -45,15 +49,7 @@ pub(super) fn update(
     }
     let (stored, labels) = stamp(tx, &mut object, namespace, name)?;
     // First, while the row still has it, the body this update replaces goes to its change.
-    append_change(
-        tx,
-        resource,
-        &stored,
-        ChangeType::Modified,
-        &labels,
-        Some(&prev_labels),
-        Some(PrevBody::Row),
-    )?;
+    append_change(tx, resource, &stored, ChangeType::Modified, &labels, Some(&prev_labels), true)?;
     tx.prepare_cached(
         "UPDATE objects SET uid = ?4, rv = ?5, labels = ?6, body = ?7
          WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
@@ -66,7 +62,7 @@ pub(super) fn update(
         stored.uid,
         stored.rv as i64,
         labels,
-        stored.body
+        pack(&stored.body)?
     ])
     .map_err(sqlite_error)?;
     Ok(stored)
@@ -93,19 +89,12 @@ pub(super) fn delete(
         uid,
         rv,
     };
+    // First, while the row still has it, the body this delete removes goes to its change.
+    append_change(tx, resource, &final_state, ChangeType::Deleted, &labels, Some(&labels), true)?;
     tx.prepare_cached("DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
         .map_err(sqlite_error)?
         .execute(params![resource, namespace, name])
         .map_err(sqlite_error)?;
-    append_change(
-        tx,
-        resource,
-        &final_state,
-        ChangeType::Deleted,
-        &labels,
-        Some(&labels),
-        Some(PrevBody::Text(&body)),
-    )?;
     Ok(final_state)
 }
 
@@ -143,17 +132,10 @@ fn next_rv(tx: &Transaction<'_>) -> StoreResult<u64> {
         .map_err(sqlite_error)? as u64)
 }
 
-/// Where a change finds the body it replaced (see `crate::snapshot`).
-enum PrevBody<'a> {
-    /// The object row, still unchanged: copied inside SQLite.
-    Row,
-    /// This text.
-    Text(&'a str),
-}
-
 /// Appends a change to the log and to the transaction's record of what it appended. The row
-/// holds no copy of `object`'s body (the object row, or the key's next change, has it); it
-/// keeps the body the write replaced.
+/// holds no copy of `object`'s body (the object row, or the key's next change, has it); with
+/// `replaces`, it keeps the body the write replaces, copied (compressed as it is) from the object
+/// row, so this runs before the row is rewritten or deleted.
 fn append_change(
     tx: &WriteTx<'_>,
     resource: &str,
@@ -161,19 +143,13 @@ fn append_change(
     change_type: ChangeType,
     labels: &str,
     prev_labels: Option<&str>,
-    prev_body: Option<PrevBody<'_>>,
+    replaces: bool,
 ) -> StoreResult<()> {
-    let from_row = matches!(prev_body, Some(PrevBody::Row));
-    let prev_text = match prev_body {
-        Some(PrevBody::Text(text)) => Some(text),
-        _ => None,
-    };
     tx.prepare_cached(
         "INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
-                 CASE WHEN ?11 THEN (SELECT body FROM objects WHERE resource = ?2 AND namespace = ?3 AND name = ?4)
-                      ELSE ?9 END,
-                 ?10)",
+                 CASE WHEN ?10 THEN (SELECT body FROM objects WHERE resource = ?2 AND namespace = ?3 AND name = ?4) END,
+                 ?9)",
     )
     .map_err(sqlite_error)?
     .execute(params![
@@ -185,9 +161,8 @@ fn append_change(
         change_type.as_str(),
         labels,
         prev_labels,
-        prev_text,
         now_seconds() as i64,
-        from_row,
+        replaces,
     ])
     .map_err(sqlite_error)?;
     tx.appended(Change {
@@ -228,7 +203,7 @@ fn current_body(
     )
     .map_err(sqlite_error)?
     .query_row(params![resource, namespace, name], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, unpack(r.get_ref(2)?)?, r.get(3)?))
     })
     .optional()
     .map_err(sqlite_error)

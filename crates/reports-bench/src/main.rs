@@ -18,6 +18,7 @@
 //! - `auth-overhead`: what delegated authentication and authorization add to a request;
 //! - `migration`: how fast reports stored as CRD objects are copied at start;
 //! - `overload`: one client's flood of lists and writes against another's small GETs;
+//! - `flood`: a million admission reports created and label-deleted, with disk and RSS over time;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
 //! Modules: [`shapes`] (documents), [`load`] (open and closed loops, CPU accounting), [`api`]
@@ -30,6 +31,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod api;
 mod etcd;
+mod flood;
 mod in_cluster;
 mod load;
 mod overload;
@@ -217,6 +219,28 @@ enum Command {
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
     },
+    /// Kyverno's admission reports all at once: create `reports` ~6 KB EphemeralReports, then
+    /// label-delete them, printing disk use and server RSS every few seconds.
+    Flood {
+        /// The store to run on.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        store: flood::FloodStore,
+        /// Reports to create, then delete.
+        #[arg(long, default_value_t = 1_000_000)]
+        reports: usize,
+        /// Concurrent creating clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Namespaces (one deletecollection each).
+        #[arg(long, default_value_t = 20)]
+        namespaces: usize,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 5.0)]
+        interval: f64,
+        /// The server's change-log retention in seconds (deleted bodies stay in the log as long).
+        #[arg(long, default_value_t = 60)]
+        retention_seconds: u64,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -259,6 +283,11 @@ fn main() -> anyhow::Result<()> {
         Command::Overload { lists, writes, items, probe_rate, seconds, unlimited, server_args } => {
             let flood = overload::Flood { lists, writes, items, probe_rate, seconds, unlimited, server_args };
             println!("{}", runtime.block_on(overload::overload(flood))?);
+            Ok(())
+        }
+        Command::Flood { store, reports, clients, namespaces, interval, retention_seconds } => {
+            let run = flood::FloodRun { store, reports, clients, namespaces, interval, retention_seconds };
+            println!("{}", serde_json::to_string_pretty(&runtime.block_on(flood::flood(run))?)?);
             Ok(())
         }
         Command::AuthOverhead { requests, concurrency, rounds } => {

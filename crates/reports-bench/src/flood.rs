@@ -146,6 +146,8 @@ pub async fn flood(run: FloodRun) -> anyhow::Result<Value> {
             (format!("sqlite://{}", file.display()), Disk::Sqlite(file))
         }
     };
+    // One report as sent, for measuring the codec on its own (`zstd -b3 FILE`).
+    std::fs::write(std::env::temp_dir().join("flood-sample.json"), api::to_bytes(&report("flood-0", 0)))?;
     let binary = std::env::current_exe()?.with_file_name("reports-server");
     let mut server = ServerChild(
         std::process::Command::new(&binary)

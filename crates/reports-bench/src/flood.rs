@@ -294,12 +294,15 @@ pub async fn flood(run: FloodRun) -> anyhow::Result<Value> {
     for ns in 0..run.namespaces {
         let url = format!("{base}/apis/reports.kyverno.io/v1/namespaces/flood-{ns}/ephemeralreports?labelSelector=flood%3Drun");
         let mut response = client.delete(&url).send().await?.error_for_status()?;
-        // Count the returned items as they stream (each carries its own "kind").
+        // Count the returned items as they stream (each item's stored text starts with its
+        // apiVersion and kind; the list's own kind is EphemeralReportList). The carried tail is
+        // shorter than the needle, so no item is counted twice.
+        const ITEM: &[u8] = b"\"kind\":\"EphemeralReport\",\"metadata\"";
         let mut carry = Vec::new();
         while let Some(chunk) = response.chunk().await? {
             carry.extend_from_slice(&chunk);
-            let n = memchr::memmem::find_iter(&carry, b"\"kind\":\"EphemeralReport\"").count() as u64;
-            let keep = carry.len().saturating_sub(32);
+            let n = memchr::memmem::find_iter(&carry, ITEM).count() as u64;
+            let keep = carry.len().saturating_sub(ITEM.len() - 1);
             carry.drain(..keep);
             deleted += n;
             done.fetch_add(n, Ordering::Relaxed);

@@ -307,4 +307,6 @@ async fn a_file_of_schema_2_keeps_its_text_bodies_readable() {
     let kind: String =
         conn.query_row("SELECT typeof(body) FROM objects WHERE name = 'r1'", [], |r| r.get(0)).unwrap();
     assert_eq!(kind, "blob", "the new version is compressed");
+    let rowid: i64 = conn.query_row("SELECT rowid FROM objects WHERE name = 'r1'", [], |r| r.get(0)).unwrap();
+    assert!(rowid > 0, "objects is a rowid table, whose rows stay on their page");
 }

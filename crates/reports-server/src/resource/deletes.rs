@@ -156,7 +156,9 @@ async fn delete_collection_task(
             // A plan reads only metadata; the whole object is parsed only to mark it.
             let plan = match metadata_only(&item.body) {
                 Ok(metadata) => match deletion_plan(&metadata, options.propagation, &now()) {
-                    DeletionPlan::MarkDeleting(_) => item.parse().map(|o| deletion_plan(&o, options.propagation, &now())),
+                    DeletionPlan::MarkDeleting(_) => {
+                        item.parse().map(|o| deletion_plan(&o, options.propagation, &now()))
+                    }
                     plan => Ok(plan),
                 },
                 Err(e) => Err(e),

@@ -219,7 +219,22 @@ fn statements(
              ORDER BY namespace, name LIMIT $5)) page
          ORDER BY namespace, name LIMIT $5"
     );
-    let count = format!("SELECT ({count_objects} AND rv <= $6) + (SELECT count(*) FROM ({first_changes}) f)");
+    // The current objects after the key (the primary key's index alone), corrected by the keys
+    // changed since $6: one more for each that existed then (its first change is not its
+    // creation), one fewer for each that exists now (its last change is not its deletion).
+    let changed = |order: &str, exists: &str| {
+        format!(
+            "(SELECT count(*) FILTER (WHERE {exists}) FROM (
+                SELECT DISTINCT ON (namespace, name) type FROM report_changes
+                WHERE cluster_id = $1 AND resource = $2 AND (namespace, name) > ($3, $4) AND rv > $6{common}
+                ORDER BY namespace, name, rv {order}) c)"
+        )
+    };
+    let count = format!(
+        "SELECT ({count_objects}) + {} - {}",
+        changed("ASC", "type <> 'ADDED'"),
+        changed("DESC", "type <> 'DELETED'")
+    );
     (page, count)
 }
 

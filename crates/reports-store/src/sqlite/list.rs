@@ -2,7 +2,7 @@
 //! snapshot, and rows go out in chunks of bounded size while the statement runs. A list at a
 //! past RV merges in the versions the change log kept (`crate::snapshot`).
 
-use rusqlite::{types::Value as SqlValue, Connection};
+use rusqlite::{types::Value as SqlValue, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -64,30 +64,37 @@ pub(super) fn stream_list(
     };
     let mut changes = match changes_stmt.as_mut() {
         Some(stmt) => Some(
-            stmt.query_map(rusqlite::params_from_iter(reads.args(query.after.as_ref())), replaced_from_row)
-                .map_err(sqlite_error)?
-                .peekable(),
+            stmt.query_map(
+                rusqlite::params_from_iter(reads.key_args(query.after.as_ref())),
+                replaced_from_row,
+            )
+            .map_err(sqlite_error)?
+            .peekable(),
         ),
         None => None,
     };
+    let mut version_stmt = tx.prepare(&reads.version_at_snapshot()).map_err(sqlite_error)?;
     let mut next = || -> StoreResult<Option<StoredObject>> {
-        let take_change = match (objects.peek(), changes.as_mut().and_then(|c| c.peek())) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(Ok(o)), Some(Ok(c))) => (&c.namespace, &c.name) < (&o.namespace, &o.name),
-            (Some(Err(_)), _) => false,
-            (_, Some(Err(_))) => true,
-        };
-        let row = match take_change {
-            true => changes
-                .as_mut()
-                .and_then(|c| c.next())
-                .transpose()
-                .map_err(sqlite_error)?
-                .map(|c| c.into_object()),
-            false => objects.next().transpose().map_err(sqlite_error)?.map(Ok),
-        };
-        row.transpose()
+        loop {
+            let take_change = match (objects.peek(), changes.as_mut().and_then(|c| c.peek())) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(Ok(o)), Some(Ok(c))) => (&c.namespace, &c.name) < (&o.namespace, &o.name),
+                (Some(Err(_)), _) => false,
+                (_, Some(Err(_))) => true,
+            };
+            if !take_change {
+                return objects.next().transpose().map_err(sqlite_error);
+            }
+            let Some(first) = changes.as_mut().and_then(|c| c.next()).transpose().map_err(sqlite_error)?
+            else {
+                return Ok(None);
+            };
+            // Its creation, or a version the selector leaves out: nothing at the snapshot.
+            if let Some(object) = first.version(&mut version_stmt, &reads.label_args)? {
+                return Ok(Some(object));
+            }
+        }
     };
     let limit = query.limit.unwrap_or(u64::MAX);
     let mut sent: u64 = 0;
@@ -147,35 +154,38 @@ fn plan(tx: &rusqlite::Transaction<'_>, query: &ListQuery) -> StoreResult<(u64, 
     Ok((at, super::changes::changed_since(tx, &query.resource, at)?))
 }
 
-/// A key's version at the snapshot as the change log keeps it.
+/// A key changed after the snapshot: its first change after it.
 struct Replaced {
     namespace: String,
     name: String,
-    uid: String,
-    body: Option<String>,
+    rv: i64,
 }
 
 impl Replaced {
-    /// The object; a change written before the log kept replaced bodies cannot give it back.
-    fn into_object(self) -> StoreResult<StoredObject> {
-        let body = self.body.ok_or(StoreError::Expired)?;
-        Ok(StoredObject {
-            namespace: self.namespace,
-            name: self.name,
-            uid: self.uid,
-            rv: body_rv(&body)?,
-            body,
-        })
+    /// The version the key had at the snapshot, which its first change after it kept; None when
+    /// that change is the key's creation or the version fails the label selector. A change
+    /// written before the log kept replaced bodies cannot give it back (expired).
+    fn version(
+        self,
+        stmt: &mut rusqlite::Statement<'_>,
+        label_args: &[SqlValue],
+    ) -> StoreResult<Option<StoredObject>> {
+        let mut args = vec![SqlValue::Integer(self.rv)];
+        args.extend(label_args.iter().cloned());
+        let row = stmt
+            .query_row(rusqlite::params_from_iter(args), |r| {
+                Ok((r.get::<_, String>(0)?, super::body::unpack_opt(r.get_ref(1)?)?))
+            })
+            .optional()
+            .map_err(sqlite_error)?;
+        let Some((uid, body)) = row else { return Ok(None) };
+        let body = body.ok_or(StoreError::Expired)?;
+        Ok(Some(StoredObject { namespace: self.namespace, name: self.name, uid, rv: body_rv(&body)?, body }))
     }
 }
 
 fn replaced_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Replaced> {
-    Ok(Replaced {
-        namespace: r.get(0)?,
-        name: r.get(1)?,
-        uid: r.get(2)?,
-        body: super::body::unpack_opt(r.get_ref(3)?)?,
-    })
+    Ok(Replaced { namespace: r.get(0)?, name: r.get(1)?, rv: r.get(2)? })
 }
 
 /// The statements of one list and their arguments. Every statement starts with the resource and
@@ -246,20 +256,31 @@ impl<'a> Reads<'a> {
         sql
     }
 
-    /// The first change of each key after the snapshot RV, in key order, when it is not the
-    /// key's creation: it kept the version the key had at the snapshot (SQLite takes the bare
-    /// columns of a `min()` group from the row with the minimum). Labels are checked on that
-    /// version, after grouping.
+    /// The keys changed after the snapshot RV, in key order, with the RV of their first change
+    /// after it (SQLite takes the bare columns of a `min()` group from the row with the
+    /// minimum). Found by RV, so the work is that of the changes since the snapshot, not of the
+    /// whole log; only keys and RVs are sorted, the bodies are read one by one as the page
+    /// needs them ([`Self::version_at_snapshot`]).
     fn first_changes(&self) -> String {
         format!(
-            "SELECT namespace, name, uid, prev_body FROM (
-                SELECT namespace, name, uid, type, prev_body, prev_labels, min(rv) FROM changes
-                WHERE resource = ?1 AND rv > ?2{}{} GROUP BY namespace, name)
-             WHERE type <> 'ADDED'{} ORDER BY namespace, name",
+            "SELECT namespace, name, min(rv) FROM changes INDEXED BY changes_by_resource
+             WHERE resource = ?1 AND rv > ?2{}{} GROUP BY namespace, name ORDER BY namespace, name",
             Self::after(self.query.after.as_ref()),
             self.key_conds,
-            self.change_labels
         )
+    }
+
+    /// The version a first change after the snapshot kept (`?1`: its RV), unless it is the key's
+    /// creation; the label selector applies to the labels it had then.
+    fn version_at_snapshot(&self) -> String {
+        format!("SELECT uid, prev_body FROM changes WHERE rv = ?1 AND type <> 'ADDED'{}", self.change_labels)
+    }
+
+    /// [`Self::args`] without the label conditions' arguments.
+    fn key_args(&self, after: Option<&(String, String)>) -> Vec<SqlValue> {
+        let mut args = self.args(after);
+        args.truncate(args.len() - self.label_args.len());
+        args
     }
 
     /// Counts the objects after a key at the snapshot (lists without label selectors only).

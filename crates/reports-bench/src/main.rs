@@ -23,6 +23,7 @@
 //!   what indexing results costs a create;
 //! - `findings-store`: findings on PostgreSQL, store-level: create throughput with indexing on and
 //!   off, bytes per finding, the CVSS >= 8 question over a million findings;
+//! - `flood`: a million admission reports created and label-deleted, with disk and RSS over time;
 //! - `render`: regenerate a `docs/BENCHMARKS.md` section from a result file.
 //!
 //! Modules: [`shapes`] (documents), [`load`] (open and closed loops, CPU accounting), [`api`]
@@ -37,6 +38,7 @@ mod api;
 mod etcd;
 mod findings;
 mod findings_store;
+mod flood;
 mod in_cluster;
 mod load;
 mod overload;
@@ -291,6 +293,28 @@ enum Command {
         #[arg(long)]
         variant: Option<String>,
     },
+    /// Kyverno's admission reports all at once: create `reports` ~6 KB EphemeralReports, then
+    /// label-delete them, printing disk use and server RSS every few seconds.
+    Flood {
+        /// The store to run on.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        store: flood::FloodStore,
+        /// Reports to create, then delete.
+        #[arg(long, default_value_t = 1_000_000)]
+        reports: usize,
+        /// Concurrent creating clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Namespaces (one deletecollection each).
+        #[arg(long, default_value_t = 20)]
+        namespaces: usize,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 5.0)]
+        interval: f64,
+        /// The server's change-log retention in seconds (deleted bodies stay in the log as long).
+        #[arg(long, default_value_t = 60)]
+        retention_seconds: u64,
+    },
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -359,6 +383,11 @@ fn main() -> anyhow::Result<()> {
         Command::ResultMetrics { reports, results, scrapes } => {
             let sizes = result_metrics::Sizes { reports, results, scrapes };
             println!("{}", runtime.block_on(result_metrics::run(sizes))?);
+            Ok(())
+        }
+        Command::Flood { store, reports, clients, namespaces, interval, retention_seconds } => {
+            let run = flood::FloodRun { store, reports, clients, namespaces, interval, retention_seconds };
+            println!("{}", serde_json::to_string_pretty(&runtime.block_on(flood::flood(run))?)?);
             Ok(())
         }
         Command::AuthOverhead { requests, concurrency, rounds } => {

@@ -60,6 +60,8 @@ pub struct ApiError {
     pub details: Option<Box<StatusDetails>>,
     /// What went wrong, for the log only (may name SQL, files, drivers).
     pub internal: Option<String>,
+    /// The Status's `metadata.continue` (an expired continue token's way on).
+    pub continue_token: Option<String>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -77,7 +79,13 @@ impl std::error::Error for ApiError {}
 impl ApiError {
     /// A bare error with a code, reason and message.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None, internal: None }
+        Self { code, reason, message: message.into(), details: None, internal: None, continue_token: None }
+    }
+
+    /// Sets the Status's `metadata.continue`.
+    pub fn with_continue(mut self, token: impl Into<String>) -> Self {
+        self.continue_token = Some(token.into());
+        self
     }
 
     /// Adds `details`.
@@ -234,6 +242,9 @@ impl ApiError {
         });
         if self.reason.is_empty() {
             status.as_object_mut().map(|m| m.remove("reason"));
+        }
+        if let Some(token) = &self.continue_token {
+            status["metadata"]["continue"] = token.as_str().into();
         }
         if let Some(details) = &self.details {
             status["details"] = serde_json::to_value(details).unwrap_or(Value::Null);

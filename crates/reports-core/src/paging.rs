@@ -7,12 +7,13 @@
 //! newer RV would make the following watch skip the events in between. The token therefore
 //! carries the snapshot RV together with the last key returned.
 //!
-//! Later pages read current rows after that key, not the snapshot: we keep no MVCC history. That is
-//! what the contract allows as long as the change log still covers the snapshot RV, because every
-//! change made since the snapshot is then delivered by the watch that follows (duplicates are
-//! harmless to informers, deletions arrive as DELETED events). Once the change log has been
-//! compacted past the snapshot RV the token is expired and the client gets 410 Expired, after which
-//! client-go's pager relists in full.
+//! Later pages show the objects as they were at that snapshot, rebuilt from the change log
+//! (`reports_store`'s snapshot module), as kube serves every page at the token's revision. Once
+//! the change log has been compacted past the snapshot RV the token is expired: the client gets
+//! 410 Expired, and, as kube offers, a new token in that Status's `metadata.continue` that goes on
+//! from the same key at the newest RV ([`ContinueToken::inconsistent`]; the rest of the list is
+//! then not one snapshot with the pages before, which the Status message says). client-go's pager
+//! relists in full instead.
 //!
 //! The token is base64url (no padding) of a small JSON document with a version tag, so the format
 //! can change without misreading old tokens.
@@ -29,8 +30,9 @@ const TOKEN_VERSION: &str = "reports-server/v1";
 pub struct ContinueToken {
     /// Format version; see [`TOKEN_VERSION`].
     v: String,
-    /// The snapshot RV of the first page.
-    pub rv: u64,
+    /// The snapshot RV of the first page; -1 continues at the newest RV (kube's "inconsistent
+    /// continue", offered when the snapshot expired).
+    pub rv: i64,
     /// Namespace of the last item returned ("" for cluster-scoped kinds).
     pub ns: String,
     /// Name of the last item returned.
@@ -40,7 +42,17 @@ pub struct ContinueToken {
 impl ContinueToken {
     /// A token that resumes after `(ns, name)` for a list whose snapshot RV is `rv`.
     pub fn new(rv: u64, ns: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { v: TOKEN_VERSION.into(), rv, ns: ns.into(), name: name.into() }
+        Self { v: TOKEN_VERSION.into(), rv: rv.min(i64::MAX as u64) as i64, ns: ns.into(), name: name.into() }
+    }
+
+    /// A token that resumes after `(ns, name)` at the newest RV, whatever it is then.
+    pub fn inconsistent(ns: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { v: TOKEN_VERSION.into(), rv: -1, ns: ns.into(), name: name.into() }
+    }
+
+    /// The snapshot RV the next page is read at; `None` for the newest.
+    pub fn snapshot(&self) -> Option<u64> {
+        u64::try_from(self.rv).ok()
     }
 
     /// The opaque text sent to clients.
@@ -62,6 +74,9 @@ impl ContinueToken {
         if token.name.is_empty() {
             return Err(invalid("empty key"));
         }
+        if token.rv == 0 || token.rv < -1 {
+            return Err(invalid("bad resourceVersion"));
+        }
         // No stored key holds a NUL byte, and PostgreSQL cannot even compare with one.
         if token.name.contains('\0') || token.ns.contains('\0') {
             return Err(invalid("malformed"));
@@ -70,11 +85,16 @@ impl ContinueToken {
     }
 }
 
-/// The 410 for a token whose snapshot the change log no longer covers.
+/// The 410 for a token whose snapshot the change log no longer covers, with kube's words for
+/// the inconsistent-continue token the Status carries (the caller puts it in
+/// `metadata.continue`).
 pub fn expired_token() -> ApiError {
     ApiError::expired(
         "The provided continue parameter is too old to display a consistent list result. \
-         You can start a new list without the continue parameter.",
+         You can start a new list without the continue parameter, or use the continue token in \
+         this response to retrieve the remainder of the results. Continuing with the provided \
+         token results in an inconsistent list - objects that were created, modified, or deleted \
+         between the time the first chunk was returned and now may show up in the list.",
     )
 }
 
@@ -86,6 +106,17 @@ mod tests {
     fn round_trips() {
         let token = ContinueToken::new(42, "app", "polr-1");
         assert_eq!(ContinueToken::decode(&token.encode()).unwrap(), token);
+        assert_eq!(token.snapshot(), Some(42));
+        let newest = ContinueToken::inconsistent("app", "polr-1");
+        assert_eq!(ContinueToken::decode(&newest.encode()).unwrap().snapshot(), None);
+    }
+
+    #[test]
+    fn resource_versions_other_than_positive_or_newest_are_refused() {
+        for rv in [0, -2, i64::MIN] {
+            let token = ContinueToken { rv, ..ContinueToken::new(1, "a", "b") };
+            assert_eq!(ContinueToken::decode(&token.encode()).unwrap_err().code, 400, "{rv}");
+        }
     }
 
     #[test]

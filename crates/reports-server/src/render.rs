@@ -147,12 +147,12 @@ impl Renderer {
 
     /// Streams a list: header, items from the store cursor in bounded chunks, then `metadata` with
     /// the list RV and continue token. `finish` computes the metadata from (snapshot RV, last
-    /// object, more). Pretty JSON and YAML stream too, an item at a time, so memory stays
+    /// object, more, remaining count). Pretty JSON and YAML stream too, an item at a time, so memory stays
     /// bounded whatever the encoding.
     pub(crate) fn list(
         self,
         stream: ListStream,
-        finish: impl FnOnce(u64, Option<&StoredObject>, bool) -> Value + Send + 'static,
+        finish: impl FnOnce(u64, Option<&StoredObject>, bool, Option<u64>) -> Value + Send + 'static,
     ) -> Response {
         let n = self.negotiated;
         let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
@@ -169,7 +169,7 @@ impl Renderer {
     async fn produce_list(
         self,
         mut stream: ListStream,
-        finish: impl FnOnce(u64, Option<&StoredObject>, bool) -> Value,
+        finish: impl FnOnce(u64, Option<&StoredObject>, bool, Option<u64>) -> Value,
         tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) -> Result<(), ApiError> {
         const FLUSH_BYTES: usize = 256 * 1024;
@@ -178,7 +178,7 @@ impl Renderer {
         let mut item = Vec::new();
         let mut count = 0usize;
         let mut last: Option<StoredObject> = None;
-        let more = loop {
+        let (more, remaining) = loop {
             let chunk = stream
                 .chunks
                 .recv()
@@ -200,10 +200,10 @@ impl Renderer {
                     }
                     last = items.into_iter().last();
                 }
-                ListChunk::End { more } => break more,
+                ListChunk::End { more, remaining } => break (more, remaining),
             }
         };
-        let metadata = finish(stream.snapshot_rv, last.as_ref(), more);
+        let metadata = finish(stream.snapshot_rv, last.as_ref(), more, remaining);
         layout.end(count, &metadata, &mut out);
         let _ = tx.send(Ok(Bytes::from(out))).await;
         Ok(())

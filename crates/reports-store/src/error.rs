@@ -16,6 +16,8 @@ pub enum StoreError {
     AlreadyExists,
     /// The stored resourceVersion differs from the expected one.
     Conflict,
+    /// A list asked for a past resourceVersion that the change log no longer covers.
+    Expired,
     /// The database cannot be reached or refused to work; retrying later may succeed.
     Unavailable(Failure),
     /// Anything else: a defect or corrupt data. The text is for logs only.
@@ -50,6 +52,7 @@ impl fmt::Display for StoreError {
             StoreError::NotFound => f.write_str("not found"),
             StoreError::AlreadyExists => f.write_str("already exists"),
             StoreError::Conflict => f.write_str("resourceVersion conflict"),
+            StoreError::Expired => f.write_str("resourceVersion too old for the change log"),
             StoreError::Unavailable(failure) => write!(f, "store unavailable: {failure}"),
             StoreError::Backend(failure) => write!(f, "store failure: {failure}"),
             StoreError::InvalidSetting(setting) => write!(f, "invalid storage setting: {setting}"),

@@ -11,10 +11,11 @@
 //!
 //! # Change log
 //!
-//! Each write also appends `(rv, resource, namespace, name, type, labels, previous labels, body)`
-//! to the change log. Watches replay it (`rv > X`) and continue tokens are valid while it still
-//! covers their snapshot RV. Compaction drops entries older than the retention window and records
-//! the highest dropped RV as the *compacted RV*: any RV below it is "too old" (410).
+//! Each write also appends `(rv, resource, namespace, name, type, labels, previous labels, the body
+//! it replaced)` to the change log. Watches replay it (`rv > X`), and lists at a past RV (later
+//! pages of a paged list, exact-RV lists) are rebuilt from it while it still covers their RV
+//! (`snapshot`). Compaction drops entries older than the retention window and records the
+//! highest dropped RV as the *compacted RV*: any RV below it is "too old" (410).
 //!
 //! Both stores ([`sqlite`], the embedded default, and [`postgres`], for production and several
 //! replicas) pass the same conformance suite (`conformance`, with the `testing` feature).
@@ -31,6 +32,7 @@ pub mod findings;
 pub mod findings_conformance;
 mod model;
 pub mod postgres;
+mod snapshot;
 pub mod sqlite;
 mod store;
 

@@ -49,6 +49,14 @@ pub struct ListQuery {
     pub after: Option<(String, String)>,
     /// At most this many objects.
     pub limit: Option<u64>,
+    /// Read the objects as they were at this RV (a later page of a paged list, or an exact-RV
+    /// list) instead of the current ones; [`crate::StoreError::Expired`] when the change log no
+    /// longer covers it. An RV at or above the newest commit reads the current objects (the
+    /// stream's `snapshot_rv` then tells which).
+    pub at: Option<u64>,
+    /// Count the objects left after a full page ([`ListChunk::End::remaining`]); ignored with a
+    /// label selector (kube gives `remainingItemCount` for unfiltered lists only).
+    pub count_remaining: bool,
 }
 
 /// A piece of a streamed list.
@@ -60,12 +68,16 @@ pub enum ListChunk {
     End {
         /// More objects match after the last one sent.
         more: bool,
+        /// How many objects follow the last one sent, at the snapshot RV (only when `more` and
+        /// [`ListQuery::count_remaining`]).
+        remaining: Option<u64>,
     },
 }
 
 /// A list being read: the snapshot RV is known up front, objects arrive in bounded chunks.
 pub struct ListStream {
-    /// The counter value in the same snapshot as the rows.
+    /// The RV the objects are read at: [`ListQuery::at`] when it is below the newest commit,
+    /// else the counter value in the same snapshot as the rows.
     pub snapshot_rv: u64,
     /// Chunks, ending with [`ListChunk::End`] (or an error).
     pub chunks: mpsc::Receiver<StoreResult<ListChunk>>,
@@ -152,8 +164,12 @@ pub(crate) struct ChangeRow {
     pub key: (String, String, String),
     /// The stored type text.
     pub change_type: String,
-    /// The object's JSON at `rv`, if the row (or the object row it shares) still has it.
+    /// The object's JSON at `rv`, if the row (or the object row or later change it shares it
+    /// with) still has it.
     pub body: Option<String>,
+    /// The JSON of the version this change replaced (updates and deletes); a delete's final
+    /// state is this with the deletion's RV written in.
+    pub prev_body: Option<String>,
     /// Labels at `rv` as JSON text.
     pub labels: String,
     /// Labels before the write as JSON text.
@@ -163,13 +179,27 @@ pub(crate) struct ChangeRow {
 impl ChangeRow {
     /// The change this row records; an unknown type or a missing body is corrupt data.
     pub fn into_change(self) -> StoreResult<Change> {
-        let ChangeRow { rv, resource, key: (namespace, name, uid), change_type, body, labels, prev_labels } =
-            self;
+        let ChangeRow {
+            rv,
+            resource,
+            key: (namespace, name, uid),
+            change_type,
+            body,
+            prev_body,
+            labels,
+            prev_labels,
+        } = self;
+        let change_type = ChangeType::parse(&change_type)
+            .ok_or_else(|| StoreError::backend(format!("unknown change type {change_type}")))?;
+        let body = match (body, prev_body, change_type) {
+            (Some(body), _, _) => Some(body),
+            (None, Some(prev), ChangeType::Deleted) => Some(crate::snapshot::with_rv(&prev, rv)?),
+            _ => None,
+        };
         Ok(Change {
             rv,
             resource,
-            change_type: ChangeType::parse(&change_type)
-                .ok_or_else(|| StoreError::backend(format!("unknown change type {change_type}")))?,
+            change_type,
             object: StoredObject {
                 namespace,
                 name,

@@ -52,10 +52,9 @@ async fn the_wal_is_copied_into_the_database_file_in_the_background() {
     let empty = file_size();
     // About 2 MB of reports: the commits land in the WAL; with automatic checkpoints off on the
     // writer, only the checkpoint thread brings them into the database file.
-    let padding = "x".repeat(8 * 1024);
     for i in 0..256 {
         let body = json!({"metadata":{"name":format!("r{i}"),"namespace":"ns","uid":format!("u{i}")},
-            "results":[{"message":padding}]});
+            "results":[{"message":incompressible(8 * 1024, i)}]});
         store.create("policyreports", body).await.unwrap();
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -123,11 +122,24 @@ async fn concurrent_writes_share_commits_without_changing_any_answer() {
     assert_eq!(from_file.iter().map(|c| c.rv).collect::<Vec<_>>(), (start + 1..=end).collect::<Vec<_>>());
 }
 
-/// A report of about 8 KB.
+/// A report of about 8 KB, which stays about 8 KB compressed.
 fn padded_report(i: usize) -> serde_json::Value {
     json!({"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport",
         "metadata":{"name":format!("r{i}"),"namespace":"ns","uid":format!("u{i}")},
-        "results":[{"message":"x".repeat(8 * 1024)}]})
+        "results":[{"message":incompressible(8 * 1024, i)}]})
+}
+
+/// `len` hex digits that no compressor can shrink much (the store compresses bodies).
+fn incompressible(len: usize, seed: usize) -> String {
+    let mut state = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from_digit((state % 16) as u32, 16).unwrap_or('0')
+        })
+        .collect()
 }
 
 /// Waits (at most 30 s) until `condition` holds, failing the test with `what` otherwise.
@@ -192,7 +204,7 @@ async fn deleted_space_is_given_back_and_a_clean_close_leaves_a_compact_file() {
         let created = store.create("policyreports", padded_report(i)).await.unwrap();
         keys.push((created.namespace, created.name, created.rv));
     }
-    eventually("the reports reached the database file", || file_len(&path) > 8 << 20).await;
+    eventually("the reports reached the database file", || file_len(&path) > 4 << 20).await;
     let full = file_len(&path);
     for chunk in keys.chunks(256) {
         store.delete_batch("policyreports", chunk.to_vec()).await.unwrap();
@@ -261,4 +273,62 @@ async fn sqlite_findings_backfill_existing_reports() {
         }
     })
     .await;
+}
+
+/// A file written before bodies were compressed and before the change log kept replaced bodies
+/// (schema 2: TEXT bodies, a full copy in every change) is migrated in place and reads as before;
+/// its objects' next versions are compressed, and a list at an RV before the upgrade still shows
+/// the version of then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_schema_2_keeps_its_text_bodies_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reports.db");
+    let old = r#"{"apiVersion":"wgpolicyk8s.io/v1alpha2","kind":"PolicyReport","metadata":{"name":"r1","namespace":"ns","uid":"u1","resourceVersion":"2"},"summary":{"pass":1}}"#;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         INSERT INTO meta VALUES ('schema_version', '2'), ('compacted_rv', '0');
+         CREATE TABLE counter (id INTEGER PRIMARY KEY CHECK (id = 1), rv INTEGER NOT NULL);
+         INSERT INTO counter VALUES (1, 2);
+         CREATE TABLE objects (resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+             uid TEXT NOT NULL, rv INTEGER NOT NULL, labels TEXT NOT NULL, body TEXT NOT NULL,
+             PRIMARY KEY (resource, namespace, name)) WITHOUT ROWID;
+         CREATE TABLE changes (rv INTEGER PRIMARY KEY, resource TEXT NOT NULL, namespace TEXT NOT NULL,
+             name TEXT NOT NULL, uid TEXT NOT NULL,
+             type TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')), labels TEXT NOT NULL,
+             prev_labels TEXT, body TEXT NOT NULL, created_at INTEGER NOT NULL);
+         CREATE INDEX changes_by_resource ON changes (resource, rv);",
+    )
+    .unwrap();
+    conn.execute("INSERT INTO objects VALUES ('policyreports', 'ns', 'r1', 'u1', 2, '{}', ?1)", [old])
+        .unwrap();
+    conn.execute(
+        "INSERT INTO changes VALUES (2, 'policyreports', 'ns', 'r1', 'u1', 'ADDED', '{}', NULL, ?1, 0)",
+        [old],
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let stored = store.get("policyreports", "ns", "r1").await.unwrap().unwrap();
+    assert_eq!(stored.body, old, "the TEXT body served as stored");
+    let mut next = stored.parse().unwrap();
+    next["summary"]["pass"] = json!(2);
+    let updated = store.update("policyreports", next, 2).await.unwrap();
+    let changes = store.changes_since(Some("policyreports"), 0, 10).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.object.body.as_str()).collect::<Vec<_>>(),
+        [old, updated.body.as_str()]
+    );
+    let query =
+        reports_store::ListQuery { resource: "policyreports".into(), at: Some(2), ..Default::default() };
+    let (_, objects, _) = conformance::collect(&(Arc::new(store) as DynStore), query).await;
+    assert_eq!(objects.iter().map(|o| o.body.as_str()).collect::<Vec<_>>(), [old], "the version at RV 2");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let kind: String =
+        conn.query_row("SELECT typeof(body) FROM objects WHERE name = 'r1'", [], |r| r.get(0)).unwrap();
+    assert_eq!(kind, "blob", "the new version is compressed");
+    let rowid: i64 = conn.query_row("SELECT rowid FROM objects WHERE name = 'r1'", [], |r| r.get(0)).unwrap();
+    assert!(rowid > 0, "objects is a rowid table, whose rows stay on their page");
 }

@@ -158,7 +158,7 @@ impl QueryRequest<'_> {
                                 .collect(),
                         ))
                     }
-                    Ok(FindingChunk::End { more }) => Ok(ListChunk::End { more }),
+                    Ok(FindingChunk::End { more }) => Ok(ListChunk::End { more, remaining: None }),
                     Err(e) => Err(e),
                 };
                 if tx.send(chunk).await.is_err() {
@@ -167,7 +167,7 @@ impl QueryRequest<'_> {
             }
         });
         let stream = ListStream { snapshot_rv, chunks: rx };
-        Ok(renderer.list(stream, move |snapshot_rv, _, more| {
+        Ok(renderer.list(stream, move |snapshot_rv, _, more, _| {
             let rv = reported_rv.unwrap_or(snapshot_rv);
             let mut metadata = json!({"resourceVersion": rv.to_string()});
             let last = last.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -221,9 +221,9 @@ impl QueryRequest<'_> {
         while items.peek().is_some() {
             let _ = tx.try_send(Ok(ListChunk::Items(items.by_ref().take(CHUNK).collect())));
         }
-        let _ = tx.try_send(Ok(ListChunk::End { more }));
+        let _ = tx.try_send(Ok(ListChunk::End { more, remaining: None }));
         let stream = ListStream { snapshot_rv, chunks: rx };
-        Ok(renderer.list(stream, move |snapshot_rv, _, more| {
+        Ok(renderer.list(stream, move |snapshot_rv, _, more, _| {
             let rv = reported_rv.unwrap_or(snapshot_rv);
             let mut metadata = json!({"resourceVersion": rv.to_string()});
             if more {

@@ -5,17 +5,18 @@
 //!
 //! RVs come from one counter that every write increments inside its transaction, so they are
 //! unique and in commit order across all kinds, and a list's RV is the snapshot it was read
-//! from. We keep no history of past versions, only the change log, so:
+//! from. Past states are rebuilt from the change log while it covers them (the store's snapshot
+//! module), so:
 //!
 //! - unset or `0`, or any RV with `NotOlderThan` semantics (the legacy default without a
 //!   limit): the current data, which is never older than any committed RV. An RV newer than every
 //!   commit is 504 "Too large resource version", as kube's watch cache answers.
-//! - an exact RV (`resourceVersionMatch=Exact`, or a legacy RV together with a `limit`): only
-//!   the current data can be served, which is the data at that RV exactly when nothing of the
-//!   kind changed since. The change log tells, while it still reaches back to the RV; otherwise
-//!   410 Expired, after which clients list afresh.
-//! - continue tokens carry the first page's snapshot RV, which every page reports (see
-//!   `reports_core::paging`).
+//! - an exact RV (`resourceVersionMatch=Exact`, or a legacy RV together with a `limit`): the
+//!   objects as they were at that RV; 410 Expired once the change log no longer covers it,
+//!   after which clients list afresh.
+//! - continue tokens carry the first page's snapshot RV, which every page reports and is read
+//!   at (see `reports_core::paging`); an expired one gets 410 with kube's inconsistent-continue
+//!   token. `remainingItemCount` is set on pages of unfiltered lists, counted at the snapshot.
 
 use axum::{http::StatusCode, response::Response};
 use reports_core::{
@@ -23,7 +24,7 @@ use reports_core::{
     paging::{expired_token, ContinueToken},
     ApiError,
 };
-use reports_store::ListQuery;
+use reports_store::{ListQuery, StoreError};
 use serde_json::json;
 
 use super::Request;
@@ -55,6 +56,7 @@ impl Request<'_> {
         }
         let store = &self.state.store;
         let kind = self.kind();
+        let unfiltered = options.label_selector.is_empty() && options.field_selector.is_empty();
         let mut query = ListQuery {
             resource: kind.storage_key().to_string(),
             namespace: self.target.namespace.clone(),
@@ -62,42 +64,42 @@ impl Request<'_> {
             fields: options.field_selector.clone(),
             after: None,
             limit: options.limit,
+            at: None,
+            // kube counts what is left of unfiltered lists only.
+            count_remaining: unfiltered && options.limit.is_some(),
         };
-        // The RV every page reports: the first page's snapshot, carried in the token.
-        let mut reported_rv: Option<u64> = None;
+        // The RV asked for, which the list must not be behind.
+        let mut asked = None;
         if let Some(token) = &options.continue_token {
-            if token.rv < store.compacted_rv().await.map_err(store_error)? {
-                return Err(expired_token().into());
-            }
             query.after = Some((token.ns.clone(), token.name.clone()));
-            reported_rv = Some(token.rv);
-        }
-        let stream = store.list(query).await.map_err(store_error)?;
-        if let (None, RvParam::At(rv)) = (&options.continue_token, options.resource_version) {
-            if rv > stream.snapshot_rv {
-                return Err(ApiError::too_large_resource_version(rv, stream.snapshot_rv).into());
-            }
+            query.at = token.snapshot();
+            asked = token.snapshot();
+        } else if let RvParam::At(rv) = options.resource_version {
+            asked = Some(rv);
             let exact = options.rv_match == Some(RvMatch::Exact)
                 || (options.rv_match.is_none() && options.limit.is_some());
-            if exact && rv != stream.snapshot_rv {
-                // No MVCC history: the data at `rv` is the current data only if nothing of this
-                // kind changed since, which the change log can tell while it still covers `rv`.
-                let covered = rv >= store.compacted_rv().await.map_err(store_error)?;
-                if !covered || store.changed_since(kind.storage_key(), rv).await.map_err(store_error)? {
-                    return Err(
-                        ApiError::expired("The resourceVersion for the provided list is too old.").into()
-                    );
-                }
-                reported_rv = Some(rv);
+            if exact {
+                // The data at `rv`, from the change log while it covers `rv` (410 after).
+                query.at = Some(rv);
             }
         }
+        let stream = match store.list(query).await {
+            Ok(stream) => stream,
+            Err(StoreError::Expired) => return Err(expired(options.continue_token.as_ref()).into()),
+            Err(e) => return Err(store_error(e).into()),
+        };
+        if let Some(rv) = asked.filter(|&rv| rv > stream.snapshot_rv) {
+            return Err(ApiError::too_large_resource_version(rv, stream.snapshot_rv).into());
+        }
         let renderer = Renderer::new(kind, self.renderer.negotiated, self.query.get("includeObject"))?;
-        Ok(renderer.list(stream, move |snapshot_rv, last, more| {
-            let rv = reported_rv.unwrap_or(snapshot_rv);
+        Ok(renderer.list(stream, move |rv, last, more, remaining| {
             let mut metadata = json!({"resourceVersion": rv.to_string()});
             if let (true, Some(last)) = (more, last) {
                 metadata["continue"] =
                     json!(ContinueToken::new(rv, last.namespace.clone(), last.name.clone()).encode());
+                if let Some(remaining) = remaining {
+                    metadata["remainingItemCount"] = remaining.into();
+                }
             }
             metadata
         }))
@@ -118,5 +120,15 @@ impl Request<'_> {
             &self.state.changes,
             self.state.shutting_down.clone(),
         ))
+    }
+}
+
+/// The 410 for a list at a past RV that the change log no longer covers. An expired continue
+/// token gets kube's way on in the Status: a token for the same key at the newest RV.
+fn expired(token: Option<&ContinueToken>) -> ApiError {
+    match token {
+        Some(token) => expired_token()
+            .with_continue(ContinueToken::inconsistent(token.ns.clone(), token.name.clone()).encode()),
+        None => ApiError::expired("The resourceVersion for the provided list is too old."),
     }
 }

@@ -187,7 +187,7 @@ async fn rebuild(store: &DynStore, metrics: &ResultMetrics) -> StoreResult<[u64;
                             after = Some((last.namespace.clone(), last.name.clone()));
                         }
                     }
-                    ListChunk::End { more: m } => more = m,
+                    ListChunk::End { more: m, .. } => more = m,
                 }
             }
             if !more {

@@ -111,8 +111,7 @@ impl Filter {
             namespace: self.rules.namespace.clone(),
             labels: self.rules.labels.clone(),
             fields: self.rules.fields.clone(),
-            after: None,
-            limit: None,
+            ..Default::default()
         }
     }
 

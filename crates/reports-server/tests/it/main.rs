@@ -43,6 +43,7 @@ mod postgres;
 mod process;
 mod result_metrics;
 mod samples;
+mod snapshots;
 mod tls;
 mod validation;
 mod watch;

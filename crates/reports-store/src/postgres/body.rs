@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::{
     error::{StoreError, StoreResult},
-    model::{labels_json, meta_text, parse_body, StoredObject},
+    model::StoredObject,
 };
 
 /// The two halves of an object's JSON around its RV.
@@ -57,26 +57,5 @@ impl SplitBody {
         body.push_str(&rv);
         body.push_str(&self.suffix);
         body
-    }
-}
-
-/// An object's final state when it is deleted: the stored body split for the deletion's RV,
-/// with the uid and labels its DELETED change records.
-pub(super) struct FinalState {
-    /// The stored body, split around its RV.
-    pub body: SplitBody,
-    /// `metadata.uid`.
-    pub uid: String,
-    /// Labels as a JSON object text.
-    pub labels: String,
-}
-
-impl FinalState {
-    /// The final state of the object stored as `body`.
-    pub fn of(body: &str) -> StoreResult<Self> {
-        let mut object = parse_body(body)?;
-        let labels = labels_json(&object);
-        let body = SplitBody::new(&mut object)?;
-        Ok(Self { body, uid: meta_text(&object, "uid").to_string(), labels })
     }
 }

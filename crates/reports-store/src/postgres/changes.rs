@@ -29,7 +29,8 @@ pub(super) async fn changed_since<C: GenericClient>(
 }
 
 /// Up to `limit` changes above `after`, in RV order. A change row without a body shares it with
-/// the object row at the same RV.
+/// the object row at the same RV or, once that was replaced, with the next change of the key,
+/// which kept it (`crate::snapshot`); a delete's final state is the body it replaced.
 pub(super) async fn changes_since<C: GenericClient>(
     client: &C,
     cluster: Uuid,
@@ -40,11 +41,18 @@ pub(super) async fn changes_since<C: GenericClient>(
     let stmt = client
         .prepare_cached(
             "SELECT ch.rv, ch.resource, ch.namespace, ch.name, ch.uid, ch.type, ch.prev_labels::text,
-                    coalesce(ch.body, o.body), ch.labels::text
+                    coalesce(ch.body, o.body, nx.prev_body), ch.labels::text,
+                    CASE WHEN ch.type = 'DELETED' THEN ch.prev_body END
              FROM report_changes ch
-             LEFT JOIN report_objects o ON ch.body IS NULL AND o.cluster_id = ch.cluster_id
-                  AND o.resource = ch.resource AND o.namespace = ch.namespace AND o.name = ch.name
-                  AND o.rv = ch.rv
+             LEFT JOIN report_objects o ON ch.body IS NULL AND ch.type <> 'DELETED'
+                  AND o.cluster_id = ch.cluster_id AND o.resource = ch.resource
+                  AND o.namespace = ch.namespace AND o.name = ch.name AND o.rv = ch.rv
+             LEFT JOIN LATERAL (
+                  SELECT n.prev_body FROM report_changes n
+                  WHERE ch.body IS NULL AND ch.type <> 'DELETED' AND o.rv IS NULL
+                    AND n.cluster_id = ch.cluster_id AND n.resource = ch.resource
+                    AND n.namespace = ch.namespace AND n.name = ch.name AND n.rv > ch.rv
+                  ORDER BY n.rv LIMIT 1) nx ON true
              WHERE ch.cluster_id = $1 AND ch.rv > $2 AND ($3::text IS NULL OR ch.resource = $3)
              ORDER BY ch.rv LIMIT $4",
         )
@@ -62,6 +70,7 @@ pub(super) async fn changes_since<C: GenericClient>(
                 key: (row.get(2), row.get(3), row.get(4)),
                 change_type: row.get(5),
                 body: row.get(7),
+                prev_body: row.get(9),
                 labels: row.get(8),
                 prev_labels: row.get(6),
             }

@@ -1,7 +1,7 @@
 //! Deleting a set of objects (deletecollection) in one transaction of three round trips whatever
 //! the number of keys: lock the rows whose RV still matches (in key order, so sets cannot
-//! deadlock each other), then one statement that takes a block of RVs, logs every final state,
-//! deletes the rows and notifies.
+//! deadlock each other), then one statement that takes a block of RVs, deletes the rows, logs
+//! each with the body it had (moved inside the database, never sent back) and notifies.
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -9,40 +9,38 @@ use deadpool_postgres::Transaction;
 
 use super::{
     blocks::{block_rv, take_block},
-    body::FinalState,
     findings::write::with_findings,
+    labels,
     target::Target,
     writes::TxWork,
 };
-use crate::{error::StoreResult, model::StoredObject};
+use crate::{error::StoreResult, model::StoredObject, snapshot::with_rv};
 
 /// Locks the rows of a set whose RV still matches. `$1` cluster, `$2` resource, `$3..$5`
 /// namespace, name and expected RV per key.
-const LOCK_SET_SQL: &str = "SELECT o.namespace, o.name, o.rv, o.body FROM report_objects o
+const LOCK_SET_SQL: &str = "SELECT o.namespace, o.name, o.rv, o.body, o.uid FROM report_objects o
     JOIN unnest($3::text[], $4::text[], $5::bigint[]) AS k(namespace, name, rv)
       ON o.namespace = k.namespace AND o.name = k.name AND o.rv = k.rv
     WHERE o.cluster_id = $1 AND o.resource = $2
     ORDER BY o.namespace, o.name FOR UPDATE OF o";
 
-/// Deletes the locked rows. `$1` cluster, `$2` resource, `$3` count, `$4..$10` arrays
-/// (namespace, name, old RV, uid, labels, body prefix, body suffix), `$11` notification channel.
-/// Returns the RV before the block.
+/// Deletes the locked rows. `$1` cluster, `$2` resource, `$3` count, `$4..$7` arrays (namespace,
+/// name, old RV, labels), `$8` notification channel. Each DELETED change keeps the body it
+/// replaced (`prev_body`, see `crate::snapshot`), moved inside the database from the deleted
+/// row; its final state is that body with the deletion's RV. Returns the RV before the block.
 const DELETE_SET_SQL: &str = "WITH c AS (UPDATE report_counters SET rv = rv + $3 WHERE cluster_id = $1 RETURNING rv - $3 AS base),
-d AS (SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])
-      WITH ORDINALITY AS d(namespace, name, old_rv, uid, labels, prefix, suffix, i)),
-keep AS (
-    UPDATE report_changes ch SET body = o.body FROM report_objects o, d
-    WHERE ch.cluster_id = $1 AND ch.rv = d.old_rv AND ch.body IS NULL
-      AND o.cluster_id = $1 AND o.resource = $2 AND o.namespace = d.namespace AND o.name = d.name),
+d AS (SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[])
+      WITH ORDINALITY AS d(namespace, name, old_rv, labels, i)),
 del AS (
     DELETE FROM report_objects o USING d
-    WHERE o.cluster_id = $1 AND o.resource = $2 AND o.namespace = d.namespace AND o.name = d.name),
+    WHERE o.cluster_id = $1 AND o.resource = $2 AND o.namespace = d.namespace AND o.name = d.name
+      AND o.rv = d.old_rv
+    RETURNING o.namespace, o.name, o.uid, o.body),
 ch AS (
-    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
-    SELECT $1, c.base + d.i, $2, d.namespace, d.name, d.uid, 'DELETED', d.labels::jsonb, d.labels::jsonb,
-           d.prefix || (c.base + d.i)::text || d.suffix
-    FROM c, d),
-n AS (SELECT pg_notify($11, (c.base + $3)::text) AS sent FROM c)
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body)
+    SELECT $1, c.base + d.i, $2, d.namespace, d.name, del.uid, 'DELETED', d.labels::jsonb, d.labels::jsonb, del.body
+    FROM c, d JOIN del USING (namespace, name)),
+n AS (SELECT pg_notify($8, (c.base + $3)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
 
 /// [`DELETE_SET_SQL`], with findings indexing on, also deleting the objects' findings.
@@ -73,7 +71,9 @@ struct DoomedRow {
     namespace: String,
     name: String,
     old_rv: i64,
-    state: FinalState,
+    uid: String,
+    body: String,
+    labels: String,
 }
 
 #[async_trait::async_trait]
@@ -99,18 +99,21 @@ impl TxWork for DeleteSet {
             {
                 continue;
             }
-            let state = match FinalState::of(row.get::<_, &str>(3)) {
-                Ok(state) => state,
-                Err(e) => return Ok(Err(e)),
-            };
-            found.push(DoomedRow { namespace: row.get(0), name: row.get(1), old_rv: row.get(2), state });
+            let body: String = row.get(3);
+            let labels = labels::body_labels_json(&body);
+            found.push(DoomedRow {
+                namespace: row.get(0),
+                name: row.get(1),
+                old_rv: row.get(2),
+                uid: row.get(4),
+                body,
+                labels,
+            });
         }
         let mut objects: HashMap<(String, String), StoredObject> = HashMap::new();
         if !found.is_empty() {
             let column = |f: fn(&DoomedRow) -> &str| -> Vec<&str> { found.iter().map(f).collect() };
-            let (ns, name) = (column(|f| &f.namespace), column(|f| &f.name));
-            let (labels, uid) = (column(|f| &f.state.labels), column(|f| &f.state.uid));
-            let (prefix, suffix) = (column(|f| &f.state.body.prefix), column(|f| &f.state.body.suffix));
+            let (ns, name, labels) = (column(|f| &f.namespace), column(|f| &f.name), column(|f| &f.labels));
             let old_rv: Vec<i64> = found.iter().map(|f| f.old_rv).collect();
             let count = found.len() as i64;
             let base = take_block(
@@ -123,18 +126,25 @@ impl TxWork for DeleteSet {
                     &ns,
                     &name,
                     &old_rv,
-                    &uid,
                     &labels,
-                    &prefix,
-                    &suffix,
                     &target.channel.as_ref(),
                 ],
             )
             .await?;
             for (i, row) in found.into_iter().enumerate() {
-                let (key, state) = ((row.namespace, row.name), row.state);
-                let object = state.body.stored(key.0.clone(), key.1.clone(), state.uid, block_rv(base, i));
-                objects.insert(key, object);
+                // The final state is the stored object at the deletion's RV.
+                let body = match with_rv(&row.body, block_rv(base, i)) {
+                    Ok(body) => body,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let object = StoredObject {
+                    namespace: row.namespace.clone(),
+                    name: row.name.clone(),
+                    uid: row.uid,
+                    rv: block_rv(base, i),
+                    body,
+                };
+                objects.insert((row.namespace, row.name), object);
             }
         }
         Ok(Ok(self.keys.iter().map(|(ns, name, _)| objects.remove(&(ns.clone(), name.clone()))).collect()))

@@ -7,11 +7,13 @@
 //!   (`jsonb` would reorder keys and cost a conversion on every read), compressed (pglz) and out
 //!   of line; labels are there only as 4-byte hashes that label selectors are pushed down to, see
 //!   [`labels`].
-//! - `report_changes`: the change log, keyed by `(cluster_id, rv)`. To keep a flood of creates
-//!   from writing every report twice, a change row leaves `body` NULL while its object row still
-//!   holds that very version; the write that replaces or deletes the object first copies the old
-//!   body into the old change row. A log read joins the two, so it always yields the object as it
-//!   was at that RV.
+//! - `report_changes`: the change log, keyed by `(cluster_id, rv)`, and indexed by key. To keep a
+//!   flood of creates from writing every report twice, a change row holds no copy of its own
+//!   version (`body` is NULL but in rows written before `prev_body` existed); an update or delete
+//!   keeps the body it replaced in its own change row (`prev_body`, copied inside the database).
+//!   A log read finds a change's body in the object row or the key's next change, so it always
+//!   yields the object as it was at that RV; lists at a past RV use the same rows
+//!   (`crate::snapshot`).
 //! - `report_counters`: one row per cluster with the newest RV and the compacted RV.
 //! - `clusters`: `(id, name)`, the same shape as upstream's table of that name.
 //!

@@ -1,6 +1,6 @@
 //! One update or delete: lock the object row (`FOR UPDATE`), check its RV, then one statement
-//! that takes the counter, keeps the old body in its change row, rewrites or deletes the object,
-//! logs the change and notifies. The lock order is always row, then counter, so these writes
+//! that takes the counter, rewrites or deletes the object, logs the change with the body it
+//! replaced, and notifies. The lock order is always row, then counter, so these writes
 //! cannot deadlock with creates.
 
 use std::sync::OnceLock;
@@ -9,7 +9,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    body::{FinalState, SplitBody},
+    body::SplitBody,
     findings::write::{insert, with_findings, FindingArrays, ARRAYS, ONE_KEY},
     labels,
     target::Target,
@@ -19,18 +19,12 @@ use crate::{
     error::{StoreError, StoreResult},
     findings::FindingRow,
     model::StoredObject,
+    snapshot::with_rv,
 };
 
 /// Locks an object row for an update or delete and returns what the write needs.
-pub(super) const LOCK_SQL: &str = "SELECT rv, body FROM report_objects
+pub(super) const LOCK_SQL: &str = "SELECT rv, body, uid FROM report_objects
     WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 FOR UPDATE";
-
-/// Copies the body of an object's current version into its change row (if that row is still in
-/// the log) before the object row is replaced or deleted. `$1` cluster, `$2..$4` key, `$5` old RV.
-const KEEP_OLD_BODY: &str = "keep AS (
-    UPDATE report_changes ch SET body = o.body FROM report_objects o
-    WHERE ch.cluster_id = $1 AND ch.rv = $5 AND ch.body IS NULL
-      AND o.cluster_id = $1 AND o.resource = $2 AND o.namespace = $3 AND o.name = $4)";
 
 /// One update or delete of one object, checked against its locked row.
 pub(super) struct RowWrite {
@@ -65,40 +59,36 @@ pub(super) enum RowChange {
     Delete,
 }
 
-/// The statements of an update and a delete, which take the same parameters: `$1` cluster,
-/// `$2..$4` key, `$5` the RV being replaced, `$6` uid, `$7` labels after the write, `$8`/`$9` the
-/// body halves, `$10` labels before the write, `$11` the notification channel; an update also
-/// takes `$12`, the label hashes after the write.
+/// The statements of an update and a delete. Both take `$1` cluster, `$2..$4` key, `$5` the RV
+/// being replaced; an update then `$6` uid, `$7` labels after the write, `$8`/`$9` the body
+/// halves, `$10` labels before the write, `$11` the notification channel, `$12` the label hashes
+/// after the write; a delete `$6` its labels and `$7` the channel. The change row keeps the body
+/// the write replaces (`prev_body`, see `crate::snapshot`), copied inside the database: a
+/// delete sends no body at all.
 fn statement(change: &RowChange) -> &'static str {
-    static UPDATE: OnceLock<String> = OnceLock::new();
-    static DELETE: OnceLock<String> = OnceLock::new();
     match change {
-        RowChange::Update { .. } => UPDATE.get_or_init(|| {
-            format!(
-                "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
-{KEEP_OLD_BODY},
+        RowChange::Update { .. } => {
+            "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+old AS (SELECT body FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 AND rv = $5),
 o AS (
     UPDATE report_objects SET uid = $6, rv = c.rv, label_hashes = $12, body = $8 || c.rv::text || $9
     FROM c WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 RETURNING report_objects.rv),
 ch AS (
-    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels)
-    SELECT $1, o.rv, $2, $3, $4, $6, 'MODIFIED', $7::text::jsonb, $10::text::jsonb FROM o),
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body)
+    SELECT $1, o.rv, $2, $3, $4, $6, 'MODIFIED', $7::text::jsonb, $10::text::jsonb, old.body FROM o, old),
 n AS (SELECT pg_notify($11, o.rv::text) AS sent FROM o)
 SELECT o.rv FROM o, n"
-            )
-        }),
-        RowChange::Delete => DELETE.get_or_init(|| {
-            format!(
-                "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
-{KEEP_OLD_BODY},
-d AS (DELETE FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4),
+        }
+        RowChange::Delete => {
+            "WITH c AS (UPDATE report_counters SET rv = rv + 1 WHERE cluster_id = $1 RETURNING rv),
+d AS (DELETE FROM report_objects WHERE cluster_id = $1 AND resource = $2 AND namespace = $3 AND name = $4 AND rv = $5
+      RETURNING uid, body),
 ch AS (
-    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, body)
-    SELECT $1, c.rv, $2, $3, $4, $6, 'DELETED', $7::text::jsonb, $10::text::jsonb, $8 || c.rv::text || $9 FROM c),
-n AS (SELECT pg_notify($11, c.rv::text) AS sent FROM c)
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body)
+    SELECT $1, c.rv, $2, $3, $4, d.uid, 'DELETED', $6::text::jsonb, $6::text::jsonb, d.body FROM c, d),
+n AS (SELECT pg_notify($7, c.rv::text) AS sent FROM c)
 SELECT c.rv FROM c, n"
-            )
-        }),
+        }
     }
 }
 
@@ -142,27 +132,39 @@ impl TxWork for RowWrite {
         }
         let old_body: &str = row.get(1);
         let prev_labels = labels::body_labels_json(old_body);
-        // A delete's final state is the stored object at the deletion's RV.
-        let deleted: FinalState;
-        let mut findings = FindingArrays::default();
-        let mut count = 0i32;
-        let (body, uid, labels, hashes) = match &self.change {
-            RowChange::Update { body, uid, labels, hashes, findings: rows } => {
-                findings.push(1, rows);
-                count = i32::try_from(rows.len()).unwrap_or(i32::MAX);
-                (body, uid, labels, Some(hashes))
-            }
-            RowChange::Delete => {
-                deleted = match FinalState::of(old_body) {
-                    Ok(state) => state,
-                    Err(e) => return Ok(Err(e)),
-                };
-                (&deleted.body, &deleted.uid, &prev_labels, None)
-            }
-        };
         let on = target.findings.is_on();
         let stmt = tx.prepare_cached(statement_with_findings(&self.change, on)).await?;
         let channel: &str = &target.channel;
+        let (body, uid, labels, hashes) = match &self.change {
+            RowChange::Update { body, uid, labels, hashes, .. } => (body, uid, labels, hashes),
+            RowChange::Delete => {
+                let params: [&(dyn ToSql + Sync); 7] = [
+                    &target.cluster,
+                    &self.resource,
+                    &self.namespace,
+                    &self.name,
+                    &current_rv,
+                    &prev_labels,
+                    &channel,
+                ];
+                let rv: i64 = tx.query_one(&stmt, &params).await?.get(0);
+                // A delete's final state is the stored object at the deletion's RV.
+                let uid: String = row.get(2);
+                return Ok(with_rv(old_body, rv as u64).map(|body| StoredObject {
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    uid,
+                    rv: rv as u64,
+                    body,
+                }));
+            }
+        };
+        let mut findings = FindingArrays::default();
+        let mut count = 0i32;
+        if let RowChange::Update { findings: rows, .. } = &self.change {
+            findings.push(1, rows);
+            count = i32::try_from(rows.len()).unwrap_or(i32::MAX);
+        }
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &target.cluster,
             &self.resource,
@@ -175,13 +177,11 @@ impl TxWork for RowWrite {
             &body.suffix,
             &prev_labels,
             &channel,
+            hashes,
         ];
-        if let Some(hashes) = hashes {
-            params.push(hashes);
-            if on {
-                params.extend(findings.params());
-                params.push(&count);
-            }
+        if on {
+            params.extend(findings.params());
+            params.push(&count);
         }
         let rv: i64 = tx.query_one(&stmt, &params).await?.get(0);
         Ok(Ok(body.stored(self.namespace.clone(), self.name.clone(), uid.clone(), rv as u64)))

@@ -73,6 +73,16 @@ ALTER TABLE report_objects SET (toast_tuple_target = 1624);
 "#,
     findings::schema::TABLE,
     findings::schema::VIEWS,
+    r#"
+-- Snapshot reads (see snapshot.rs): an update's or delete's change row keeps the body it
+-- replaced, and a key's changes are found in key order. Rows written before keep `body`.
+ALTER TABLE report_changes ADD COLUMN prev_body TEXT;
+DO $$ BEGIN
+    ALTER TABLE report_changes ALTER COLUMN prev_body SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
+CREATE INDEX report_changes_by_key ON report_changes (cluster_id, resource, namespace, name, rv);
+"#,
 ];
 
 /// Advisory lock key that serializes schema work between replicas starting together.

@@ -42,8 +42,8 @@ const LOCK_SET_SQL: &str = "SELECT o.resource, o.namespace, o.name, o.body FROM 
     WHERE o.cluster_id = $1
     ORDER BY o.resource, o.namespace, o.name FOR UPDATE OF o";
 
-/// Rewrites the locked rows: one counter increment for all, the old bodies kept in their change
-/// rows, the objects rewritten, one MODIFIED change each, one notification. `$1` cluster, `$2`
+/// Rewrites the locked rows: one counter increment for all, the objects rewritten, the bodies
+/// they replace kept in their new change rows (see `crate::snapshot`), one MODIFIED change each, one notification. `$1` cluster, `$2`
 /// count, `$3..$12` arrays (resource, namespace, name, old RV, uid, labels, labels before, body
 /// prefix, body suffix, label hashes as array literals), `$13` notification channel. Returns the
 /// RV before the block.
@@ -51,19 +51,20 @@ const UPDATE_SET_SQL: &str = "WITH c AS (UPDATE report_counters SET rv = rv + $2
 u AS (
     SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
     WITH ORDINALITY AS u(resource, namespace, name, old_rv, uid, labels, prev_labels, prefix, suffix, hashes, i)),
-keep AS (
-    UPDATE report_changes ch SET body = o.body FROM report_objects o, u
-    WHERE ch.cluster_id = $1 AND ch.rv = u.old_rv AND ch.body IS NULL
-      AND o.cluster_id = $1 AND o.resource = u.resource AND o.namespace = u.namespace AND o.name = u.name),
+old AS (
+    SELECT o.resource, o.namespace, o.name, o.body FROM report_objects o, u
+    WHERE o.cluster_id = $1 AND o.resource = u.resource AND o.namespace = u.namespace AND o.name = u.name
+      AND o.rv = u.old_rv),
 o AS (
     UPDATE report_objects o SET uid = u.uid, rv = c.base + u.i, label_hashes = u.hashes::integer[],
            body = u.prefix || (c.base + u.i)::text || u.suffix
     FROM u, c
     WHERE o.cluster_id = $1 AND o.resource = u.resource AND o.namespace = u.namespace AND o.name = u.name),
 ch AS (
-    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels)
-    SELECT $1, c.base + u.i, u.resource, u.namespace, u.name, u.uid, 'MODIFIED', u.labels::jsonb, u.prev_labels::jsonb
-    FROM u, c),
+    INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body)
+    SELECT $1, c.base + u.i, u.resource, u.namespace, u.name, u.uid, 'MODIFIED', u.labels::jsonb, u.prev_labels::jsonb,
+           old.body
+    FROM u JOIN old USING (resource, namespace, name), c),
 n AS (SELECT pg_notify($13, (c.base + $2)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
 

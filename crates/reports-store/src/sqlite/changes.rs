@@ -19,7 +19,9 @@ pub(super) fn changed_since(conn: &Connection, resource: &str, rv: u64) -> Store
     .map_err(sqlite_error)
 }
 
-/// Up to `limit` changes above `after` from the file, in RV order.
+/// Up to `limit` changes above `after` from the file, in RV order. A change's body is the
+/// object row while it is at that RV, else the next change of the key kept it; a delete's final
+/// state is the body it replaced (see `crate::snapshot`).
 pub(super) fn changes_since(
     conn: &Connection,
     resource: Option<&str>,
@@ -28,8 +30,15 @@ pub(super) fn changes_since(
 ) -> StoreResult<Vec<Change>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT rv, resource, namespace, name, uid, type, prev_labels, body, labels FROM changes
-             WHERE rv > ?1 AND (?2 IS NULL OR resource = ?2) ORDER BY rv LIMIT ?3",
+            "SELECT c.rv, c.resource, c.namespace, c.name, c.uid, c.type, c.prev_labels,
+                    coalesce(c.body,
+                        (SELECT o.body FROM objects o WHERE c.type <> 'DELETED' AND o.resource = c.resource
+                            AND o.namespace = c.namespace AND o.name = c.name AND o.rv = c.rv),
+                        (SELECT n.prev_body FROM changes n WHERE c.type <> 'DELETED' AND n.resource = c.resource
+                            AND n.namespace = c.namespace AND n.name = c.name AND n.rv > c.rv
+                         ORDER BY n.rv LIMIT 1)),
+                    c.labels, CASE WHEN c.type = 'DELETED' THEN c.prev_body END
+             FROM changes c WHERE c.rv > ?1 AND (?2 IS NULL OR c.resource = ?2) ORDER BY c.rv LIMIT ?3",
         )
         .map_err(sqlite_error)?;
     let rows = stmt
@@ -39,7 +48,8 @@ pub(super) fn changes_since(
                 resource: r.get(1)?,
                 key: (r.get(2)?, r.get(3)?, r.get(4)?),
                 change_type: r.get(5)?,
-                body: Some(r.get(7)?),
+                body: super::body::unpack_opt(r.get_ref(7)?)?,
+                prev_body: super::body::unpack_opt(r.get_ref(9)?)?,
                 labels: r.get(8)?,
                 prev_labels: r.get(6)?,
             })

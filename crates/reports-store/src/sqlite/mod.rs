@@ -30,6 +30,7 @@ use crate::{
 };
 use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
 
+mod body;
 mod changes;
 mod checkpoint;
 

@@ -74,6 +74,51 @@ CREATE INDEX findings_by_score ON findings (score) WHERE score IS NOT NULL;
 CREATE INDEX findings_by_severity ON findings (severity, result);
 CREATE INDEX findings_by_subject ON findings (subject_name);
 "#,
+    // Snapshot reads (see snapshot.rs): an update's or delete's change keeps the body it replaced
+    // (`prev_body`); the body at a change's own RV is the object row's or the next change's, so
+    // it is no longer copied (`body` stays for rows written before).
+    r#"
+CREATE TABLE changes_new (
+    rv          INTEGER PRIMARY KEY,
+    resource    TEXT NOT NULL,
+    namespace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    uid         TEXT NOT NULL,
+    type        TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
+    labels      TEXT NOT NULL,
+    prev_labels TEXT,
+    body        TEXT,
+    prev_body   TEXT,
+    created_at  INTEGER NOT NULL
+);
+INSERT INTO changes_new (rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at)
+    SELECT rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at FROM changes;
+DROP TABLE changes;
+ALTER TABLE changes_new RENAME TO changes;
+CREATE INDEX changes_by_resource ON changes (resource, rv);
+CREATE INDEX changes_by_key ON changes (resource, namespace, name, rv);
+"#,
+    // The objects table becomes a rowid table. In a WITHOUT ROWID table a row is an index entry,
+    // and SQLite keeps at most about 1,000 bytes of one on its 4 KB page: a compressed 6 KB report
+    // (1.6 KB with its labels) spilled the rest to an overflow page of its own, most of it empty,
+    // about 4 KB of file per report. A table row stays whole on its page up to about 4 KB; the
+    // key order lists walk is the primary key's index.
+    r#"
+CREATE TABLE objects_new (
+    resource  TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    uid       TEXT NOT NULL,
+    rv        INTEGER NOT NULL,
+    labels    TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (resource, namespace, name)
+);
+INSERT INTO objects_new (resource, namespace, name, uid, rv, labels, body)
+    SELECT resource, namespace, name, uid, rv, labels, body FROM objects;
+DROP TABLE objects;
+ALTER TABLE objects_new RENAME TO objects;
+"#,
 ];
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.

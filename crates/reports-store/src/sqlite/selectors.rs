@@ -13,23 +13,23 @@ fn label_path(key: &str) -> String {
     format!("$.\"{key}\"")
 }
 
-/// Appends the WHERE conditions of the selectors, with their parameters.
-pub(super) fn push_selectors(
+/// Appends the conditions of a label selector on the labels JSON in `column`.
+pub(super) fn push_label_selector(
     labels: &LabelSelector,
-    fields: &FieldSelector,
+    column: &str,
     sql: &mut String,
     args: &mut Vec<SqlValue>,
 ) {
     for req in &labels.requirements {
         let path = SqlValue::Text(label_path(&req.key));
-        let value = "json_extract(labels, ?)";
+        let value = format!("json_extract({column}, ?)");
         match req.op {
             Operator::Exists => {
-                sql.push_str(" AND json_type(labels, ?) IS NOT NULL");
+                sql.push_str(&format!(" AND json_type({column}, ?) IS NOT NULL"));
                 args.push(path);
             }
             Operator::DoesNotExist => {
-                sql.push_str(" AND json_type(labels, ?) IS NULL");
+                sql.push_str(&format!(" AND json_type({column}, ?) IS NULL"));
                 args.push(path);
             }
             Operator::Equals => {
@@ -63,6 +63,10 @@ pub(super) fn push_selectors(
             }
         }
     }
+}
+
+/// Appends the conditions of a field selector (name and namespace columns).
+pub(super) fn push_field_selector(fields: &FieldSelector, sql: &mut String, args: &mut Vec<SqlValue>) {
     for req in &fields.requirements {
         let (column, op) = field_condition(req);
         sql.push_str(&format!(" AND {column} {op} ?"));

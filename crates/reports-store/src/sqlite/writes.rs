@@ -5,13 +5,17 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
-use super::{errors::sqlite_error, findings::write as findings, group_commit::WriteTx};
+use super::{
+    body::{pack, unpack},
+    errors::sqlite_error,
+    findings::write as findings,
+    group_commit::WriteTx,
+};
 use crate::{
     error::{StoreError, StoreResult},
     findings::FindingsIndex,
-    model::{
-        labels_json, meta_text, now_seconds, parse_body, parse_labels, Change, ChangeType, StoredObject,
-    },
+    model::{labels_json, meta_text, now_seconds, parse_labels, Change, ChangeType, StoredObject},
+    snapshot::with_rv,
 };
 
 /// Inserts a new object (and its findings); AlreadyExists if the key is taken.
@@ -31,9 +35,9 @@ pub(super) fn create(
         "INSERT INTO objects (resource, namespace, name, uid, rv, labels, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .map_err(sqlite_error)?
-    .execute(params![resource, stored.namespace, stored.name, stored.uid, stored.rv as i64, labels, stored.body])
+    .execute(params![resource, stored.namespace, stored.name, stored.uid, stored.rv as i64, labels, pack(&stored.body)?])
     .map_err(sqlite_error)?;
-    append_change(tx, resource, &stored, ChangeType::Added, &labels, None)?;
+    append_change(tx, resource, &stored, ChangeType::Added, &labels, None, false)?;
     if index.is_on() {
         findings::insert(tx, (resource, &stored.namespace, &stored.name), &index.rows(resource, &object))?;
     }
@@ -55,6 +59,8 @@ pub(super) fn update(
         return Err(StoreError::Conflict);
     }
     let (stored, labels) = stamp(tx, &mut object, namespace, name)?;
+    // First, while the row still has it, the body this update replaces goes to its change.
+    append_change(tx, resource, &stored, ChangeType::Modified, &labels, Some(&prev_labels), true)?;
     tx.prepare_cached(
         "UPDATE objects SET uid = ?4, rv = ?5, labels = ?6, body = ?7
          WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
@@ -67,10 +73,9 @@ pub(super) fn update(
         stored.uid,
         stored.rv as i64,
         labels,
-        stored.body
+        pack(&stored.body)?
     ])
     .map_err(sqlite_error)?;
-    append_change(tx, resource, &stored, ChangeType::Modified, &labels, Some(&prev_labels))?;
     if index.is_on() {
         let key = (resource, stored.namespace.as_str(), stored.name.as_str());
         findings::delete(tx, key)?;
@@ -89,16 +94,25 @@ pub(super) fn delete(
     name: &str,
     expected_rv: u64,
 ) -> StoreResult<StoredObject> {
-    let (rv, labels, body) = current_body(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
+    let (rv, labels, body, uid) = current_body(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
     if rv != expected_rv {
         return Err(StoreError::Conflict);
     }
-    let (final_state, _) = stamp(tx, &mut parse_body(&body)?, namespace.to_string(), name.to_string())?;
+    let (rv, uid) = (next_rv(tx)?, uid);
+    // The final state is the stored object at the deletion's RV.
+    let final_state = StoredObject {
+        body: with_rv(&body, rv)?,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        uid,
+        rv,
+    };
+    // First, while the row still has it, the body this delete removes goes to its change.
+    append_change(tx, resource, &final_state, ChangeType::Deleted, &labels, Some(&labels), true)?;
     tx.prepare_cached("DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
         .map_err(sqlite_error)?
         .execute(params![resource, namespace, name])
         .map_err(sqlite_error)?;
-    append_change(tx, resource, &final_state, ChangeType::Deleted, &labels, Some(&labels))?;
     if index.is_on() {
         findings::delete(tx, (resource, namespace, name))?;
     }
@@ -113,11 +127,7 @@ fn stamp(
     namespace: String,
     name: String,
 ) -> StoreResult<(StoredObject, String)> {
-    let rv = tx
-        .prepare_cached("UPDATE counter SET rv = rv + 1 WHERE id = 1 RETURNING rv")
-        .map_err(sqlite_error)?
-        .query_row([], |r| r.get::<_, i64>(0))
-        .map_err(sqlite_error)? as u64;
+    let rv = next_rv(tx)?;
     object
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -134,7 +144,19 @@ fn stamp(
     Ok((stored, labels_json(object)))
 }
 
-/// Appends a change to the log and to the transaction's record of what it appended.
+/// Takes the next RV.
+fn next_rv(tx: &Transaction<'_>) -> StoreResult<u64> {
+    Ok(tx
+        .prepare_cached("UPDATE counter SET rv = rv + 1 WHERE id = 1 RETURNING rv")
+        .map_err(sqlite_error)?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map_err(sqlite_error)? as u64)
+}
+
+/// Appends a change to the log and to the transaction's record of what it appended. The row
+/// holds no copy of `object`'s body (the object row, or the key's next change, has it); with
+/// `replaces`, it keeps the body the write replaces, copied (compressed as it is) from the object
+/// row, so this runs before the row is rewritten or deleted.
 fn append_change(
     tx: &WriteTx<'_>,
     resource: &str,
@@ -142,10 +164,13 @@ fn append_change(
     change_type: ChangeType,
     labels: &str,
     prev_labels: Option<&str>,
+    replaces: bool,
 ) -> StoreResult<()> {
     tx.prepare_cached(
-        "INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, body, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                 CASE WHEN ?10 THEN (SELECT body FROM objects WHERE resource = ?2 AND namespace = ?3 AND name = ?4) END,
+                 ?9)",
     )
     .map_err(sqlite_error)?
     .execute(params![
@@ -157,8 +182,8 @@ fn append_change(
         change_type.as_str(),
         labels,
         prev_labels,
-        object.body,
         now_seconds() as i64,
+        replaces,
     ])
     .map_err(sqlite_error)?;
     tx.appended(Change {
@@ -187,18 +212,20 @@ fn current_version(
         .map_err(sqlite_error)
 }
 
-/// The RV, labels and body of a stored object.
+/// The RV, labels, body and uid of a stored object.
 fn current_body(
     tx: &Transaction<'_>,
     resource: &str,
     namespace: &str,
     name: &str,
-) -> StoreResult<Option<(u64, String, String)>> {
+) -> StoreResult<Option<(u64, String, String, String)>> {
     tx.prepare_cached(
-        "SELECT rv, labels, body FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
+        "SELECT rv, labels, body, uid FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
     )
     .map_err(sqlite_error)?
-    .query_row(params![resource, namespace, name], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))
+    .query_row(params![resource, namespace, name], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, unpack(r.get_ref(2)?)?, r.get(3)?))
+    })
     .optional()
     .map_err(sqlite_error)
 }

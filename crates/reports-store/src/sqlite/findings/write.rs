@@ -105,7 +105,7 @@ pub(in crate::sqlite) fn backfill(conn: &mut Connection, index: &FindingsIndex) 
                     .map_err(sqlite_error)?;
                 let rows = statement
                     .query_map(params![resource, namespace, name, BATCH], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok((r.get(0)?, r.get(1)?, crate::sqlite::body::unpack(r.get_ref(2)?)?))
                     })
                     .map_err(sqlite_error)?;
                 rows.collect::<Result<_, _>>().map_err(sqlite_error)?

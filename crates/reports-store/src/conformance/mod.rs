@@ -8,6 +8,10 @@ use std::{collections::BTreeSet, sync::Arc};
 use reports_core::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Value};
 
+mod snapshots;
+
+pub use snapshots::{lists_at_a_past_rv_show_that_state, versions_outlive_the_compaction_of_their_creation};
+
 use crate::{
     commits::CommitTrace,
     error::StoreError,
@@ -33,7 +37,7 @@ pub async fn collect(store: &DynStore, query: ListQuery) -> (u64, Vec<StoredObje
     while let Some(chunk) = stream.chunks.recv().await {
         match chunk.expect("chunk") {
             ListChunk::Items(mut batch) => items.append(&mut batch),
-            ListChunk::End { more } => return (stream.snapshot_rv, items, more),
+            ListChunk::End { more, .. } => return (stream.snapshot_rv, items, more),
         }
     }
     panic!("list stream ended without End");
@@ -436,4 +440,6 @@ where
     compaction_moves_the_watermark(factory().await).await;
     change_log_replays_every_version(factory().await).await;
     an_empty_store_is_past_rv_zero(factory().await).await;
+    lists_at_a_past_rv_show_that_state(factory().await).await;
+    versions_outlive_the_compaction_of_their_creation(factory().await).await;
 }

@@ -16,7 +16,21 @@ async fn legacy_discovery_documents_list_every_kind() {
     assert_eq!(groups["kind"], "APIGroupList");
     let names: Vec<&str> =
         groups["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["wgpolicyk8s.io", "reports.kyverno.io", "openreports.io"]);
+    assert_eq!(names, ["wgpolicyk8s.io", "reports.kyverno.io", "openreports.io", "query.reports-server.io"]);
+
+    // The query resources are computed: listed, nothing else.
+    let query: Value =
+        http.get(t.url("/apis/query.reports-server.io/v1alpha1")).send().await.unwrap().json().await.unwrap();
+    let query: Vec<(&str, &Value)> = query["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), &r["verbs"]))
+        .collect();
+    assert_eq!(
+        query,
+        [("findings", &serde_json::json!(["list"])), ("findingcounts", &serde_json::json!(["list"]))]
+    );
 
     let group: Value =
         http.get(t.url("/apis/reports.kyverno.io")).send().await.unwrap().json().await.unwrap();

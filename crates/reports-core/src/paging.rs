@@ -57,17 +57,13 @@ impl ContinueToken {
 
     /// The opaque text sent to clients.
     pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        encode_token(self)
     }
 
     /// Parses a token received from a client; any defect is a 400 `invalid continue token`.
     pub fn decode(text: &str) -> Result<Self, ApiError> {
         let invalid = |why: &str| ApiError::bad_request(format!("invalid continue token: {why}"));
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text.trim_end_matches('='))
-            .map_err(|_| invalid("not base64url"))?;
-        let token: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| invalid("malformed"))?;
+        let token: ContinueToken = decode_token(text)?;
         if token.v != TOKEN_VERSION {
             return Err(invalid("unsupported version"));
         }
@@ -83,6 +79,20 @@ impl ContinueToken {
         }
         Ok(token)
     }
+}
+
+/// A token's text: base64url (no padding) of its JSON.
+pub(crate) fn encode_token(token: &impl Serialize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(token).unwrap_or_default())
+}
+
+/// Reads a token's text back; anything else is the 400 `invalid continue token`.
+pub(crate) fn decode_token<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    let invalid = |why: &str| ApiError::bad_request(format!("invalid continue token: {why}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map_err(|_| invalid("not base64url"))?;
+    serde_json::from_slice(&bytes).map_err(|_| invalid("malformed"))
 }
 
 /// The 410 for a token whose snapshot the change log no longer covers, with kube's words for

@@ -6,7 +6,6 @@
 //! RBAC which report kinds it may list everywhere and in which namespaces, and the store only
 //! reads rows from there (a count is then a count of what the caller may see).
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::{filter::Condition, filter::FindingField, Finding};
@@ -127,16 +126,13 @@ impl FindingsToken {
 
     /// The opaque text sent to clients.
     pub fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+        crate::paging::encode_token(self)
     }
 
     /// Parses a token from a client: 400 for anything that is not one of ours.
     pub fn decode(text: &str) -> Result<Self, ApiError> {
         let invalid = |why: &str| ApiError::bad_request(format!("invalid continue token: {why}"));
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text.trim_end_matches('='))
-            .map_err(|_| invalid("not base64url"))?;
-        let token: Self = serde_json::from_slice(&bytes).map_err(|_| invalid("malformed"))?;
+        let token: Self = crate::paging::decode_token(text)?;
         if token.v != TOKEN_VERSION {
             return Err(invalid("unsupported version"));
         }

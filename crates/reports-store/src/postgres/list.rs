@@ -204,12 +204,15 @@ fn statements(
     }
     // The first change of each key after $6 that is not its creation: it kept the body of the
     // version the key had at $6 (NULL for rows written before `prev_body` existed).
+    // Only keys, RVs and types are ordered (the planner picks the log's index by key or by RV,
+    // whichever reads less); each kept body is fetched by RV as the page reaches it.
     let first_changes = format!(
-        "SELECT * FROM (
-            SELECT DISTINCT ON (namespace, name) namespace, name, uid, type, prev_body FROM report_changes
+        "SELECT c.namespace, c.name, c.uid, c.prev_body FROM (
+            SELECT DISTINCT ON (namespace, name) namespace, name, rv, type FROM report_changes
             WHERE cluster_id = $1 AND resource = $2 AND (namespace, name) > ($3, $4) AND rv > $6{common}
             ORDER BY namespace, name, rv) first
-         WHERE type <> 'ADDED'"
+         JOIN report_changes c ON c.cluster_id = $1 AND c.rv = first.rv
+         WHERE first.type <> 'ADDED'"
     );
     let page = format!(
         "SELECT * FROM (

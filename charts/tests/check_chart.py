@@ -62,7 +62,8 @@ HONOURED = {
     "--bind-address", "--secure-port", "--log-format", "--tls-cert-file", "--tls-private-key-file",
     "--storage", "--postgres-pool-size", "--postgres-statement-timeout-seconds", "--dbsslmode",
     "--dbsslrootcert", "--dbsslcert", "--dbsslkey", "--clustername", "--skipmigration",
-    "--dangerously-serve-without-authentication",
+    "--dangerously-serve-without-authentication", "--index-findings", "--result-metrics",
+    "--result-metrics-max-series",
 }
 
 

@@ -16,7 +16,6 @@
 //! deletes it is stopped with SIGTERM (a clean shutdown) and the disk measured once more.
 
 use std::{
-    io::BufRead as _,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -25,7 +24,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use futures::StreamExt as _;
 use serde_json::{json, Value};
 
@@ -117,16 +115,6 @@ fn report(namespace: &str, index: u64) -> Value {
     object
 }
 
-/// The server process, stopped when the run ends however it ends.
-struct ServerChild(std::process::Child);
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// Runs the flood; prints progress lines and returns the summary.
@@ -148,29 +136,14 @@ pub async fn flood(run: FloodRun) -> anyhow::Result<Value> {
     };
     // One report as sent, for measuring the codec on its own (`zstd -b3 FILE`).
     std::fs::write(std::env::temp_dir().join("flood-sample.json"), api::to_bytes(&report("flood-0", 0)))?;
-    let binary = std::env::current_exe()?.with_file_name("reports-server");
-    let mut server = ServerChild(
-        std::process::Command::new(&binary)
-            .arg("--storage")
-            .arg(&storage)
-            .args(["--secure-port", "0", "--change-log-retention-seconds"])
-            .arg(run.retention_seconds.to_string())
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| {
-                format!("starting {} (cargo build --release -p reports-server)", binary.display())
-            })?,
-    );
-    let mut log = std::io::BufReader::new(server.0.stderr.take().context("server stderr")?).lines();
-    let base = loop {
-        let line = log.next().context("the server exited before it was ready")??;
-        if let Some(rest) = line.split("is ready on ").nth(1) {
-            break rest.split(';').next().unwrap_or_default().trim().to_string();
-        }
-    };
-    std::thread::spawn(move || log.for_each(drop));
-    let pid = server.0.id();
+    let server = crate::procs::ReleaseServer::start(&[
+        "--storage".to_string(),
+        storage.clone(),
+        "--change-log-retention-seconds".to_string(),
+        run.retention_seconds.to_string(),
+    ])?;
+    let base = server.base.clone();
+    let pid = server.pid();
     let api = api::Api::connect(&base, run.clients.min(8)).await?;
     let disk = Arc::new(disk);
     let (baseline_db, baseline_disk) = disk.bytes().await;
@@ -318,8 +291,7 @@ pub async fn flood(run: FloodRun) -> anyhow::Result<Value> {
     let (settled_db, settled_disk) = disk.bytes().await;
     let settled_rss = procs::rss_bytes(pid);
     // A clean shutdown.
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = tokio::task::spawn_blocking(move || server.0.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || server.terminate()).await;
     sampler.abort();
     let (closed_db, closed_disk) = disk.bytes().await;
     let mib = |b: u64| round3(b as f64 / MIB);

@@ -156,6 +156,13 @@ impl ReleaseServer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops the server as an orchestrator does (SIGTERM) and waits for it to exit, so that what
+    /// a clean shutdown leaves behind can be measured.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for ReleaseServer {

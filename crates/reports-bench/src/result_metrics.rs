@@ -5,12 +5,8 @@
 //! resident memory is read (against the same load with the gauges off) and `/metrics` is scraped
 //! repeatedly. Then it restarts on the same file, which times the full read at start.
 
-use std::{
-    io::BufRead as _,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use crate::{api, procs, shapes};
@@ -25,41 +21,18 @@ pub struct Sizes {
     pub scrapes: usize,
 }
 
-/// The server process, killed when the run ends however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the release server on `db` with the result metrics in `mode`; returns it and its URL.
-fn start(db: &std::path::Path, mode: &str) -> anyhow::Result<(Child, String)> {
-    let binary = std::env::current_exe()?.with_file_name("reports-server");
-    let mut child = Child(
-        std::process::Command::new(&binary)
-            .arg("--storage")
-            .arg(format!("sqlite://{}", db.display()))
-            .args(["--secure-port", "0", "--result-metrics", mode, "--result-metrics-max-series", "10000000"])
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| {
-                format!("starting {} (cargo build --release -p reports-server)", binary.display())
-            })?,
-    );
-    let mut log = std::io::BufReader::new(child.0.stderr.take().context("server stderr")?).lines();
-    let base = loop {
-        let line = log.next().context("the server exited before it was ready")??;
-        if let Some(rest) = line.split("is ready on ").nth(1) {
-            break rest.split(';').next().unwrap_or_default().trim().to_string();
-        }
-    };
-    // Keep reading the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || log.for_each(drop));
-    Ok((child, base))
+fn start(db: &std::path::Path, mode: &str) -> anyhow::Result<(procs::ReleaseServer, String)> {
+    let server = procs::ReleaseServer::start(&[
+        "--storage".to_string(),
+        format!("sqlite://{}", db.display()),
+        "--result-metrics".to_string(),
+        mode.to_string(),
+        "--result-metrics-max-series".to_string(),
+        "10000000".to_string(),
+    ])?;
+    let base = server.base.clone();
+    Ok((server, base))
 }
 
 /// The value of an unlabelled series in a scrape.
@@ -102,7 +75,7 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Value> {
         let (child, base) = start(&db, mode)?;
         let api = api::Api::connect(&base, 8).await?;
         let api = &api;
-        let rss_empty = procs::rss_bytes(child.0.id());
+        let rss_empty = procs::rss_bytes(child.pid());
         let mut newest = 0;
         for chunk in (0..sizes.reports).collect::<Vec<_>>().chunks(8) {
             let creates = chunk.iter().map(|&i| {
@@ -126,7 +99,7 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Value> {
         } else {
             settle(&client, &base, newest).await?
         };
-        let rss = procs::rss_bytes(child.0.id());
+        let rss = procs::rss_bytes(child.pid());
         let (median, p90, bytes) = time_scrapes(&client, &base, sizes.scrapes).await?;
         drop(child);
         // A restart reads every report once before the gauges are ready.
@@ -144,13 +117,13 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Value> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        let rss_restarted = procs::rss_bytes(child.0.id());
+        let rss_restarted = procs::rss_bytes(child.pid());
         // Again once the allocator has had time to give back what the read freed, and after
         // the timed number of scrapes.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss_restarted_settled = procs::rss_bytes(child.0.id());
+        let rss_restarted_settled = procs::rss_bytes(child.pid());
         let _ = time_scrapes(&api::client()?, &base, sizes.scrapes).await?;
-        let rss_restarted_scraped = procs::rss_bytes(child.0.id());
+        let rss_restarted_scraped = procs::rss_bytes(child.pid());
         drop(child);
         let row = json!({
             "mode": mode,

@@ -316,22 +316,7 @@ fn split_comparison(term: &str) -> Option<(&str, FilterOp, &str)> {
         ("<", FilterOp::Less),
         (">", FilterOp::Greater),
     ];
-    let mut escaped = false;
-    for (i, c) in term.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        if c == '\\' {
-            escaped = true;
-            continue;
-        }
-        let rest = &term[i..];
-        if let Some((text, op)) = OPS.iter().find(|(text, _)| rest.starts_with(text)) {
-            return Some((&term[..i], *op, &term[i + text.len()..]));
-        }
-    }
-    None
+    crate::selector::split_at_operator(term, &OPS)
 }
 
 /// Reads a timestamp value: RFC 3339 or Unix seconds.

@@ -120,6 +120,18 @@ pub fn numeric(text: &str) -> Option<f64> {
     t.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
+/// The properties whose value reads as a number (see [`numeric`]), with that number: what
+/// [`Finding::numbers`] holds, and what a store reading a finding back works out again.
+pub fn numeric_readings(properties: &Map<String, Value>) -> Map<String, Value> {
+    properties
+        .iter()
+        .filter_map(|(key, value)| {
+            let number = value.as_str().and_then(numeric).and_then(serde_json::Number::from_f64)?;
+            Some((key.clone(), Value::Number(number)))
+        })
+        .collect()
+}
+
 /// The results of a report: `results`, or `spec.results` (the ephemeral kinds).
 fn results_of(report: &Value) -> &[Value] {
     report
@@ -154,17 +166,15 @@ pub fn extract(report: &Value) -> Vec<Finding> {
     let scope = report.get("scope").filter(|s| s.is_object()).map(subject).unwrap_or_default();
     let mut findings = Vec::new();
     for result in results_of(report).iter().filter(|r| r.is_object()) {
-        let mut properties = Map::new();
-        let mut numbers = Map::new();
-        if let Some(props) = result.get("properties").and_then(Value::as_object) {
-            for (key, value) in props {
-                let Some(value) = value.as_str() else { continue };
-                if let Some(number) = numeric(value).and_then(serde_json::Number::from_f64) {
-                    numbers.insert(key.clone(), Value::Number(number));
-                }
-                properties.insert(key.clone(), Value::String(value.to_string()));
-            }
-        }
+        let properties: Map<String, Value> = result
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(_, value)| value.is_string())
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let numbers = numeric_readings(&properties);
         let source = match text(result, "source") {
             s if s.is_empty() => report_source.clone(),
             s => s,

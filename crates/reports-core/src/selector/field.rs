@@ -65,6 +65,16 @@ fn split_terms(text: &str) -> Vec<String> {
 /// Finds the first operator of a term, scanning left to right and preferring `!=`, then `==`,
 /// then `=` at each position (the order apimachinery uses).
 fn split_term(term: &str) -> Option<(&str, FieldOp, &str)> {
+    split_at_operator(term, &[("!=", FieldOp::NotEquals), ("==", FieldOp::Equals), ("=", FieldOp::Equals)])
+}
+
+/// Splits a term at its first unescaped operator: at each position left to right, the first of
+/// `ops` that starts there wins (so longer operators go before their prefixes). Returns the text
+/// before, the operator's value and the text after.
+pub(crate) fn split_at_operator<'t, T: Copy>(
+    term: &'t str,
+    ops: &[(&str, T)],
+) -> Option<(&'t str, T, &'t str)> {
     let mut escaped = false;
     for (i, c) in term.char_indices() {
         if escaped {
@@ -76,10 +86,8 @@ fn split_term(term: &str) -> Option<(&str, FieldOp, &str)> {
             continue;
         }
         let rest = &term[i..];
-        for (op, kind) in [("!=", FieldOp::NotEquals), ("==", FieldOp::Equals), ("=", FieldOp::Equals)] {
-            if rest.starts_with(op) {
-                return Some((&term[..i], kind, &term[i + op.len()..]));
-            }
+        if let Some((text, op)) = ops.iter().find(|(text, _)| rest.starts_with(text)) {
+            return Some((&term[..i], *op, &term[i + text.len()..]));
         }
     }
     None

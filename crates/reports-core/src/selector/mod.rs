@@ -17,6 +17,7 @@
 mod field;
 mod label;
 
+pub(crate) use field::split_at_operator;
 pub use field::{Field, FieldOp, FieldRequirement, FieldSelector};
 pub use label::{LabelSelector, Operator, Requirement};
 

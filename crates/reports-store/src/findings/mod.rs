@@ -5,7 +5,7 @@
 
 pub(crate) mod sql;
 
-use reports_core::findings::{extract, numeric, Finding, Subject, SCORE_PROPERTY};
+use reports_core::findings::{extract, numeric_readings, Finding, Subject, SCORE_PROPERTY};
 use serde_json::{Map, Value};
 
 /// The report kinds whose results are kept as findings rows, by resource plural (storage key).
@@ -172,13 +172,7 @@ impl StoredFinding {
             Ok(Value::Object(map)) => map,
             _ => Map::new(),
         };
-        let numbers = properties
-            .iter()
-            .filter_map(|(k, v)| {
-                let number = v.as_str().and_then(numeric).and_then(serde_json::Number::from_f64)?;
-                Some((k.clone(), Value::Number(number)))
-            })
-            .collect();
+        let numbers = numeric_readings(&properties);
         let [policy, rule, result, severity, category, source] = self.texts;
         let [api_version, kind, namespace, name, uid] = self.subject;
         Finding {

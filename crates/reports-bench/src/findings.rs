@@ -231,9 +231,9 @@ pub async fn run(settings: FindingsRun) -> anyhow::Result<Value> {
     // 4. Size.
     let row = client_pg
         .query_one(
-            "SELECT count(*), pg_total_relation_size('report_findings'), pg_relation_size('report_findings'),
-                    pg_total_relation_size('report_objects')
-             FROM report_findings",
+            "SELECT coalesce(sum(cardinality(result)), 0)::int8, pg_total_relation_size('report_finding_sets'),
+                    pg_relation_size('report_finding_sets'), pg_total_relation_size('report_objects')
+             FROM report_finding_sets",
             &[],
         )
         .await?;

@@ -151,13 +151,13 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
     if let Some(url) = sized {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        client.batch_execute("VACUUM ANALYZE report_findings").await?;
+        client.batch_execute("VACUUM ANALYZE report_finding_sets").await?;
         client.batch_execute("VACUUM ANALYZE report_objects").await?;
         let row = client
             .query_one(
-                "SELECT (SELECT count(*) FROM report_findings),
-                        pg_total_relation_size('report_findings'), pg_relation_size('report_findings'),
-                        pg_indexes_size('report_findings'), pg_total_relation_size('report_objects')",
+                "SELECT (SELECT coalesce(sum(cardinality(result)), 0)::int8 FROM report_finding_sets),
+                        pg_total_relation_size('report_finding_sets'), pg_relation_size('report_finding_sets'),
+                        pg_indexes_size('report_finding_sets'), pg_total_relation_size('report_objects')",
                 &[],
             )
             .await?;
@@ -177,7 +177,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         for row in client
             .query(
                 "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM pg_index
-                 WHERE indrelid = 'report_findings'::regclass ORDER BY 1",
+                 WHERE indrelid = 'report_finding_sets'::regclass ORDER BY 1",
                 &[],
             )
             .await?
@@ -195,7 +195,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
     {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        client.batch_execute("VACUUM ANALYZE report_findings").await?;
+        client.batch_execute("VACUUM ANALYZE report_finding_sets").await?;
     }
     let (mut page, mut count) = (Vec::new(), Vec::new());
     let (mut matched, mut groups) = (0, 0);

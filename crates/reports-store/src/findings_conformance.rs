@@ -234,7 +234,8 @@ async fn load_edge_cases(store: &DynStore) {
                 }
                 let result = ["fail", "pass", "warn"][i % 3];
                 let severity = ["critical", "high", "", "low"][i % 4];
-                let message = ["Web server 50% exposed", "a_b", "back\\slash", "plain"][i % 4];
+                let message =
+                    ["Web server 50% exposed", "a_b", "back\\slash", "plain \"quoted\" {a,b} NULL"][i % 4];
                 let category = if i % 2 == 0 { "c" } else { "" };
                 let mut item = json!({
                     "policy": format!("CVE-{}", i % 4), "rule": format!("r{}", i % 3),

@@ -129,7 +129,7 @@ async fn the_documented_findings_queries_answer_as_documented() {
         assert_eq!(got.len(), count, "{name}: {got:?}");
         assert_eq!(got[0][column], value, "{name}: {got:?}");
     }
-    let denied = rows(&client, "SELECT count(*) FROM report_findings").await.unwrap_err();
+    let denied = rows(&client, "SELECT count(*) FROM report_finding_sets").await.unwrap_err();
     assert_eq!(denied.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
     let denied = rows(&client, "UPDATE report_objects SET rv = rv").await.unwrap_err();
     assert_eq!(denied.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));

@@ -51,7 +51,7 @@ fn delete_set_sql(on: bool) -> &'static str {
     }
     SQL.get_or_init(|| {
         let delete =
-            "fd AS (DELETE FROM report_findings f USING unnest($4::text[], $5::text[]) AS k(namespace, name)
+            "fd AS (DELETE FROM report_finding_sets f USING unnest($4::text[], $5::text[]) AS k(namespace, name)
     WHERE f.cluster_id = $1 AND f.resource = $2 AND f.namespace = k.namespace AND f.name = k.name)";
         with_findings(DELETE_SET_SQL, &[delete.to_string()])
     })

@@ -93,8 +93,9 @@ SELECT c.rv FROM c, n"
 }
 
 /// [`statement`], with findings indexing on, also replacing the object's findings: an update
-/// overwrites ordinals both versions have and deletes those beyond the new count (`$32`), so the
-/// two CTEs touch different rows; a delete deletes them all. The update's arrays are `$13..$31`.
+/// overwrites the report's set, or deletes it when the new version has no findings (count
+/// `$32`), so the two CTEs never touch the same row; a delete deletes it. The update's arrays are
+/// `$13..$31`.
 fn statement_with_findings(change: &RowChange, on: bool) -> &'static str {
     static UPDATE: OnceLock<String> = OnceLock::new();
     static DELETE: OnceLock<String> = OnceLock::new();
@@ -104,11 +105,14 @@ fn statement_with_findings(change: &RowChange, on: bool) -> &'static str {
         (RowChange::Update { .. }, true) => UPDATE.get_or_init(|| {
             let count = 13 + ARRAYS;
             let delete =
-                format!("fd AS (DELETE FROM report_findings WHERE {KEY} AND ordinal >= ${count}::int4)");
+                format!("fd AS (DELETE FROM report_finding_sets WHERE {KEY} AND ${count}::int4 = 0)");
             with_findings(statement(change), &[delete, insert(13, ONE_KEY, true)])
         }),
         (RowChange::Delete, true) => DELETE.get_or_init(|| {
-            with_findings(statement(change), &[format!("fd AS (DELETE FROM report_findings WHERE {KEY})")])
+            with_findings(
+                statement(change),
+                &[format!("fd AS (DELETE FROM report_finding_sets WHERE {KEY})")],
+            )
         }),
     }
 }

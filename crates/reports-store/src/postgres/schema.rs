@@ -83,6 +83,7 @@ EXCEPTION WHEN OTHERS THEN NULL;
 END $$;
 CREATE INDEX report_changes_by_key ON report_changes (cluster_id, resource, namespace, name, rv);
 "#,
+    findings::schema::SETS,
 ];
 
 /// Advisory lock key that serializes schema work between replicas starting together.

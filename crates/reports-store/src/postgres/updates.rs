@@ -78,9 +78,9 @@ fn update_set_sql(on: bool) -> &'static str {
     }
     SQL.get_or_init(|| {
         let delete = format!(
-            "fd AS (DELETE FROM report_findings d USING u
+            "fd AS (DELETE FROM report_finding_sets d USING u
     WHERE d.cluster_id = $1 AND d.namespace = u.namespace AND d.name = u.name AND d.resource = u.resource
-      AND d.ordinal >= (${}::int4[])[u.i::int4])",
+      AND (${}::int4[])[u.i::int4] = 0)",
             14 + ARRAYS
         );
         with_findings(UPDATE_SET_SQL, &[delete, insert(14, "u AS k", true)])

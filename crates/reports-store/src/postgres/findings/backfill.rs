@@ -61,7 +61,7 @@ pub(in crate::postgres) async fn backfill(
 async fn drop_rows(client: &Object, cluster: Uuid, resource: &str) -> StoreResult<()> {
     client
         .execute(
-            "DELETE FROM report_findings WHERE cluster_id = $1 AND resource = $2",
+            "DELETE FROM report_finding_sets WHERE cluster_id = $1 AND resource = $2",
             &[&cluster, &resource],
         )
         .await

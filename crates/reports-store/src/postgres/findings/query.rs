@@ -1,18 +1,23 @@
 //! Reading findings: the list (keyset statements in one REPEATABLE READ snapshot, as object
 //! lists read), grouped counts, and the namespaces holding a resource.
 
-use futures::TryStreamExt as _;
-use reports_core::findings::query::{CountQuery, FindingCount, FindingKey, FindingQuery, FindingRecord};
+use std::collections::HashMap;
+
+use reports_core::findings::{
+    filter::{Condition, FilterOp, FindingField},
+    query::{CountQuery, FindingCount, FindingKey, FindingQuery, FindingRecord},
+    SCORE_PROPERTY,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::{
-    error::StoreResult,
+    error::{StoreError, StoreResult},
     findings::{
         fold_counts,
         sql::{Arg, Dialect, Sql},
-        StoredFinding, FINDING_COLUMNS,
+        StoredFinding,
     },
     model::FindingChunk,
     postgres::{errors::db_error, reads::newest_rv},
@@ -22,6 +27,8 @@ use crate::{
 const READ_ROWS: u64 = 1000;
 /// Findings per chunk.
 const CHUNK_ROWS: usize = 256;
+/// Most finding sets (reports) read in one statement when turning keys into findings.
+const SETS_PER_READ: usize = 64;
 
 /// A bound value as a driver parameter.
 fn param(arg: Arg) -> Box<dyn ToSql + Send + Sync> {
@@ -53,25 +60,205 @@ async fn snapshot(
     Ok((tx, rv))
 }
 
-/// A finding from a row of key columns, [`FINDING_COLUMNS`] and the properties' text.
-fn record_from_row(row: &tokio_postgres::Row) -> FindingRecord {
-    let ordinal = row.get::<_, i32>(3).max(0) as u32;
-    let stored = StoredFinding {
-        ordinal,
-        texts: [row.get(4), row.get(5), row.get(6), row.get(7), row.get(8), row.get(9)],
-        scored: row.get(10),
-        timestamp: row.get(11),
-        message: row.get(12),
-        subject: [row.get(13), row.get(14), row.get(15), row.get(16), row.get(17)],
-        properties: row.get(18),
+/// The per-finding columns of `report_finding_sets` (arrays there, one element per finding).
+const FINDING_FIELDS: [&str; 17] = [
+    "policy",
+    "rule",
+    "result",
+    "severity",
+    "category",
+    "source",
+    "scored",
+    "timestamp",
+    "message",
+    "subject_api_version",
+    "subject_kind",
+    "subject_namespace",
+    "subject_name",
+    "subject_uid",
+    "properties",
+    "numbers",
+    "score",
+];
+
+/// The findings as rows aliased `f`: the report key and `max_score` from the set, `ordinal`
+/// from the position, and of the per-finding columns only those `sql` mentions (plus `result`,
+/// which counts always read). Unnesting a column reads its whole array, and the message and
+/// properties are most of a set's bytes, so a question about scores and severities never
+/// decompresses them. PostgreSQL flattens this into a scan of the sets (conditions on the key
+/// and `max_score` reach it) with the unnest beside it.
+fn findings_source(sql: &str) -> String {
+    let mentioned = |field: &&str| {
+        let needle = format!("f.{field}");
+        sql.match_indices(&needle).any(|(at, _)| {
+            let next = sql[at + needle.len()..].chars().next();
+            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
     };
-    FindingRecord {
-        key: FindingKey { namespace: row.get(0), name: row.get(1), resource: row.get(2), ordinal },
-        finding: stored.into_finding(),
+    let fields: Vec<&str> =
+        FINDING_FIELDS.iter().filter(|field| **field == "result" || mentioned(field)).copied().collect();
+    format!(
+        "(SELECT s.cluster_id, s.namespace, s.name, s.resource, s.max_score, (u.ord - 1)::int4 AS ordinal, {}
+          FROM report_finding_sets s
+          CROSS JOIN LATERAL unnest({}) WITH ORDINALITY AS u({}, ord)) f",
+        fields.iter().map(|c| format!("u.{c}")).collect::<Vec<_>>().join(", "),
+        fields.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", "),
+        fields.join(", "),
+    )
+}
+
+/// Appends what lets a score condition skip whole reports: a finding with a score of at least
+/// `x` is in a report whose largest score is at least `x` (the partial index on `max_score`
+/// finds those reports when they are few).
+fn push_report_pruning(sql: &mut Sql, conditions: &[Condition]) {
+    for c in conditions {
+        let at_least = matches!(c.op, FilterOp::Greater | FilterOp::GreaterOrEqual);
+        match (&c.field, c.numbers.first().copied().flatten()) {
+            (FindingField::Property(key), Some(bound)) if at_least && key == SCORE_PROPERTY => {
+                let bound = sql.bind(Arg::Float(bound));
+                sql.text.push_str(&format!(" AND f.max_score >= {bound}"));
+            }
+            _ => {}
+        }
     }
 }
 
+/// A report's findings as read back for a page: each column's array.
+struct FindingSet {
+    texts: [Vec<String>; 6],
+    scored: Vec<bool>,
+    timestamp: Vec<Option<i64>>,
+    message: Vec<String>,
+    subject: [Vec<String>; 5],
+    properties: Vec<String>,
+}
+
+impl FindingSet {
+    /// The columns [`FindingSet::from_row`] reads, after the key.
+    const COLUMNS: &'static str = "policy, rule, result, severity, category, source, scored, timestamp, \
+        message, subject_api_version, subject_kind, subject_namespace, subject_name, subject_uid, \
+        properties::text[]";
+
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        Self {
+            texts: [row.get(3), row.get(4), row.get(5), row.get(6), row.get(7), row.get(8)],
+            scored: row.get(9),
+            timestamp: row.get(10),
+            message: row.get(11),
+            subject: [row.get(12), row.get(13), row.get(14), row.get(15), row.get(16)],
+            properties: row.get(17),
+        }
+    }
+
+    /// Finding `ordinal`, if the set has it.
+    fn finding(&self, ordinal: u32) -> Option<StoredFinding> {
+        let i = ordinal as usize;
+        let text = |column: &Vec<String>| column.get(i).cloned();
+        Some(StoredFinding {
+            ordinal,
+            texts: [
+                text(&self.texts[0])?,
+                text(&self.texts[1])?,
+                text(&self.texts[2])?,
+                text(&self.texts[3])?,
+                text(&self.texts[4])?,
+                text(&self.texts[5])?,
+            ],
+            scored: *self.scored.get(i)?,
+            timestamp: *self.timestamp.get(i)?,
+            message: text(&self.message)?,
+            subject: [
+                text(&self.subject[0])?,
+                text(&self.subject[1])?,
+                text(&self.subject[2])?,
+                text(&self.subject[3])?,
+                text(&self.subject[4])?,
+            ],
+            properties: text(&self.properties)?,
+        })
+    }
+}
+
+/// The report key of a finding set: namespace, name, resource.
+type SetKey = (String, String, String);
+
+/// Reads the sets of `keys` (distinct) in the transaction's snapshot.
+async fn read_sets(
+    tx: &deadpool_postgres::Transaction<'_>,
+    cluster: Uuid,
+    keys: &[SetKey],
+) -> StoreResult<HashMap<SetKey, FindingSet>> {
+    let statement = tx
+        .prepare_cached(&format!(
+            "SELECT s.namespace, s.name, s.resource, {}
+             FROM report_finding_sets s
+             JOIN unnest($2::text[], $3::text[], $4::text[]) AS k(namespace, name, resource)
+               ON s.namespace = k.namespace AND s.name = k.name AND s.resource = k.resource
+             WHERE s.cluster_id = $1",
+            FindingSet::COLUMNS
+        ))
+        .await
+        .map_err(db_error)?;
+    let column = |i: usize| -> Vec<&str> {
+        keys.iter()
+            .map(|k| match i {
+                0 => k.0.as_str(),
+                1 => k.1.as_str(),
+                _ => k.2.as_str(),
+            })
+            .collect()
+    };
+    let (namespaces, names, resources) = (column(0), column(1), column(2));
+    let rows = tx.query(&statement, &[&cluster, &namespaces, &names, &resources]).await.map_err(db_error)?;
+    Ok(rows.iter().map(|row| ((row.get(0), row.get(1), row.get(2)), FindingSet::from_row(row))).collect())
+}
+
+/// Turns the keys of matching findings (in key order) into findings: the sets of at most
+/// [`SETS_PER_READ`] reports are read at a time, so memory holds that many sets.
+async fn findings_of(
+    tx: &deadpool_postgres::Transaction<'_>,
+    cluster: Uuid,
+    matches: Vec<FindingKey>,
+) -> StoreResult<Vec<FindingRecord>> {
+    let mut records = Vec::with_capacity(matches.len());
+    let mut start = 0;
+    while start < matches.len() {
+        // The next run of matches covering SETS_PER_READ reports (keys come grouped by report).
+        let mut keys: Vec<SetKey> = Vec::new();
+        let mut end = start;
+        while end < matches.len() {
+            let m = &matches[end];
+            let same = keys.last().is_some_and(|k| k.0 == m.namespace && k.1 == m.name && k.2 == m.resource);
+            if !same {
+                if keys.len() == SETS_PER_READ {
+                    break;
+                }
+                keys.push((m.namespace.clone(), m.name.clone(), m.resource.clone()));
+            }
+            end += 1;
+        }
+        let sets = read_sets(tx, cluster, &keys).await?;
+        for key in matches[start..end].iter() {
+            let set = sets.get(&(key.namespace.clone(), key.name.clone(), key.resource.clone()));
+            // Both statements read one snapshot, so the set is there; a miss would be a bug,
+            // and an error says so rather than a page quietly short of a finding.
+            let Some(stored) = set.and_then(|set| set.finding(key.ordinal)) else {
+                return Err(StoreError::backend(format!(
+                    "finding {}/{}/{}#{} vanished between two reads of one snapshot",
+                    key.resource, key.namespace, key.name, key.ordinal
+                )));
+            };
+            records.push(FindingRecord { key: key.clone(), finding: stored.into_finding() });
+        }
+        start = end;
+    }
+    Ok(records)
+}
+
 /// Streams a findings list: the snapshot RV first, then chunks in key order, then the end.
+///
+/// Each round finds the keys of the next matching findings (a statement that unnests only the
+/// columns the conditions read), then reads those findings whole from their reports' sets.
 pub(in crate::postgres) async fn stream_findings(
     mut client: deadpool_postgres::Object,
     cluster: Uuid,
@@ -90,16 +277,21 @@ pub(in crate::postgres) async fn stream_findings(
         return;
     }
     // $1 cluster, $2..$5 the key to read after, $6 how many rows; each statement reads the next
-    // rows in key order, so the planner walks the primary key and stops early.
+    // rows in key order: the planner walks the sets' primary key from the report of the last
+    // key served and stops early.
     let mut sql = Sql::new(Dialect::Postgres, 6);
-    sql.text = format!(
-        "SELECT f.namespace, f.name, f.resource, f.ordinal, {FINDING_COLUMNS}, f.properties::text
-         FROM report_findings f
-         WHERE f.cluster_id = $1 AND (f.namespace, f.name, f.resource, f.ordinal) > ($2::text, $3::text, $4::text, $5::int4)"
-    );
     sql.push_scope(query.namespace.as_deref(), &query.visibility);
     sql.push_conditions(&query.conditions);
-    sql.text.push_str(" ORDER BY f.namespace, f.name, f.resource, f.ordinal LIMIT $6::int8");
+    push_report_pruning(&mut sql, &query.conditions);
+    let filter = std::mem::take(&mut sql.text);
+    sql.text = format!(
+        "SELECT f.namespace, f.name, f.resource, f.ordinal
+         FROM {}
+         WHERE f.cluster_id = $1 AND (f.namespace, f.name, f.resource) >= ($2::text, $3::text, $4::text)
+           AND (f.namespace, f.name, f.resource, f.ordinal) > ($2::text, $3::text, $4::text, $5::int4){filter}
+         ORDER BY f.namespace, f.name, f.resource, f.ordinal LIMIT $6::int8",
+        findings_source(&filter)
+    );
     // Before the first finding: every key has a name, and ordinals start at 0.
     let mut after = query.after.clone().map_or((String::new(), String::new(), String::new(), -1), |k| {
         (k.namespace, k.name, k.resource, i32::try_from(k.ordinal).unwrap_or(i32::MAX))
@@ -117,40 +309,42 @@ pub(in crate::postgres) async fn stream_findings(
         let statement = tx.prepare(&sql.text).await.map_err(db_error)?;
         let limit = query.limit.unwrap_or(u64::MAX);
         let (mut sent, mut more) = (0u64, false);
-        let mut batch = Vec::new();
-        'statements: loop {
+        loop {
             let want = limit.saturating_sub(sent).saturating_add(1).min(READ_ROWS);
             params[1] = Box::new(std::mem::take(&mut after.0));
             params[2] = Box::new(std::mem::take(&mut after.1));
             params[3] = Box::new(std::mem::take(&mut after.2));
             params[4] = Box::new(after.3);
             params[5] = Box::new(want as i64);
-            let rows = tx.query_raw(&statement, as_params(&params)).await.map_err(db_error)?;
-            futures::pin_mut!(rows);
-            let mut read: u64 = 0;
-            while let Some(row) = rows.try_next().await.map_err(db_error)? {
-                read += 1;
-                if sent == limit {
-                    more = true;
-                    break 'statements;
-                }
-                let record = record_from_row(&row);
-                let key = &record.key;
-                after = (key.namespace.clone(), key.name.clone(), key.resource.clone(), row.get(3));
-                batch.push(record);
-                sent += 1;
-                if batch.len() >= CHUNK_ROWS
-                    && chunks.send(Ok(FindingChunk::Items(std::mem::take(&mut batch)))).await.is_err()
-                {
+            let rows = tx.query(&statement, &as_params(&params)).await.map_err(db_error)?;
+            let read = rows.len() as u64;
+            let mut keys: Vec<FindingKey> = rows
+                .iter()
+                .map(|row| FindingKey {
+                    namespace: row.get(0),
+                    name: row.get(1),
+                    resource: row.get(2),
+                    ordinal: row.get::<_, i32>(3).max(0) as u32,
+                })
+                .collect();
+            if let Some(last) = rows.last() {
+                after = (last.get(0), last.get(1), last.get(2), last.get(3));
+            }
+            let room = limit.saturating_sub(sent);
+            if keys.len() as u64 > room {
+                keys.truncate(room as usize);
+                more = true;
+            }
+            for chunk in keys.chunks(CHUNK_ROWS) {
+                let records = findings_of(&tx, cluster, chunk.to_vec()).await?;
+                sent += records.len() as u64;
+                if chunks.send(Ok(FindingChunk::Items(records))).await.is_err() {
                     return Ok(()); // the client went away
                 }
             }
-            if read < want {
+            if more || read < want {
                 break;
             }
-        }
-        if !batch.is_empty() && chunks.send(Ok(FindingChunk::Items(batch))).await.is_err() {
-            return Ok(());
         }
         let _ = chunks.send(Ok(FindingChunk::End { more })).await;
         Ok(())
@@ -174,12 +368,16 @@ pub(in crate::postgres) async fn count_findings(
     let mut select = groups.clone();
     select.push("f.result".into());
     let positions: Vec<String> = (1..=select.len()).map(|i| i.to_string()).collect();
-    let head =
-        format!("SELECT {}, count(*) FROM report_findings f WHERE f.cluster_id = $1", select.join(", "));
-    sql.text = head;
     sql.push_scope(query.namespace.as_deref(), &query.visibility);
     sql.push_conditions(&query.conditions);
-    sql.text.push_str(&format!(" GROUP BY {}", positions.join(", ")));
+    push_report_pruning(&mut sql, &query.conditions);
+    let filter = std::mem::take(&mut sql.text);
+    let select = select.join(", ");
+    sql.text = format!(
+        "SELECT {select}, count(*) FROM {} WHERE f.cluster_id = $1{filter} GROUP BY {}",
+        findings_source(&format!("{select} {filter}")),
+        positions.join(", ")
+    );
     let mut params: Vec<Box<dyn ToSql + Send + Sync>> = vec![Box::new(cluster)];
     params.extend(std::mem::take(&mut sql.args).into_iter().map(param));
     let rows = tx.query(&sql.text, &as_params(&params)).await.map_err(db_error)?;

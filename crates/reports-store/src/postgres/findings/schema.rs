@@ -1,5 +1,8 @@
 //! The findings migrations: the table and its indexes, then the SQL interface for BI tools (a
-//! schema of views and a read-only role). Both are entries of the store's migration list.
+//! schema of views and a read-only role), then [`SETS`], which replaced the table of one row
+//! per finding by one row per report (see the module docs of `postgres::findings` for why).
+//! All are entries of the store's migration list, which is history: a new database runs them
+//! all, in order.
 
 /// The findings table, its indexes and the record of which kinds were indexed.
 pub(in crate::postgres) const TABLE: &str = r#"
@@ -103,6 +106,71 @@ DO $$ BEGIN
         GRANT USAGE ON SCHEMA reports_server TO reports_reader;
         GRANT SELECT ON reports_server.reports, reports_server.findings TO reports_reader;
         GRANT EXECUTE ON FUNCTION reports_server.kind_of(text) TO reports_reader;
+    END IF;
+END $$;
+"#;
+
+/// One row per report instead of one per finding: the findings table and the view over it
+/// rebuilt, and the record of indexed kinds cleared so the start-up backfill indexes every
+/// report again (see `postgres/findings/backfill.rs`).
+pub(in crate::postgres) const SETS: &str = r#"
+DROP VIEW reports_server.findings;
+DROP TABLE report_findings;
+-- A report's findings as parallel arrays, element i of each being finding i (ordinal i - 1).
+-- `max_score` is the largest score among them, so "score >= 8" skips reports without one.
+CREATE TABLE report_finding_sets (
+    cluster_id          UUID NOT NULL,
+    max_score           FLOAT8,
+    namespace           TEXT COLLATE "C" NOT NULL,
+    name                TEXT COLLATE "C" NOT NULL,
+    resource            TEXT COLLATE "C" NOT NULL,
+    policy              TEXT[] COLLATE "C" NOT NULL,
+    rule                TEXT[] COLLATE "C" NOT NULL,
+    result              TEXT[] COLLATE "C" NOT NULL,
+    severity            TEXT[] COLLATE "C" NOT NULL,
+    category            TEXT[] COLLATE "C" NOT NULL,
+    source              TEXT[] COLLATE "C" NOT NULL,
+    scored              BOOLEAN[] NOT NULL,
+    timestamp           BIGINT[] NOT NULL,
+    message             TEXT[] COLLATE "C" NOT NULL,
+    subject_api_version TEXT[] COLLATE "C" NOT NULL,
+    subject_kind        TEXT[] COLLATE "C" NOT NULL,
+    subject_namespace   TEXT[] COLLATE "C" NOT NULL,
+    subject_name        TEXT[] COLLATE "C" NOT NULL,
+    subject_uid         TEXT[] COLLATE "C" NOT NULL,
+    properties          JSONB[] NOT NULL,
+    numbers             JSONB[] NOT NULL,
+    score               FLOAT8[] NOT NULL,
+    -- In list order: a page of findings walks this key and unnests each report in turn.
+    PRIMARY KEY (cluster_id, namespace, name, resource)
+);
+CREATE INDEX report_finding_sets_by_score ON report_finding_sets (cluster_id, max_score)
+    WHERE max_score IS NOT NULL;
+DELETE FROM report_findings_indexed;
+CREATE VIEW reports_server.findings AS
+SELECT s.cluster_id, c.name AS cluster, reports_server.kind_of(s.resource) AS report_kind,
+       s.resource AS report_resource, s.namespace, s.name AS report_name, (f.ord - 1)::int4 AS ordinal,
+       f.policy, f.rule, f.result, f.severity, f.category, f.source, f.scored,
+       to_timestamp(f.timestamp) AS timestamp, f.timestamp AS timestamp_seconds, f.message,
+       f.subject_api_version AS resource_api_version, f.subject_kind AS resource_kind,
+       f.subject_namespace AS resource_namespace, f.subject_name AS resource_name,
+       f.subject_uid AS resource_uid, f.properties,
+       coalesce(f.numbers, '{}'::jsonb)
+           || CASE WHEN f.score IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('score', f.score) END
+           AS numbers,
+       f.score
+FROM report_finding_sets s
+CROSS JOIN LATERAL unnest(s.policy, s.rule, s.result, s.severity, s.category, s.source, s.scored,
+    s.timestamp, s.message, s.subject_api_version, s.subject_kind, s.subject_namespace,
+    s.subject_name, s.subject_uid, s.properties, s.numbers, s.score)
+    WITH ORDINALITY AS f(policy, rule, result, severity, category, source, scored, timestamp, message,
+        subject_api_version, subject_kind, subject_namespace, subject_name, subject_uid, properties,
+        numbers, score, ord)
+LEFT JOIN clusters c ON c.id = s.cluster_id;
+COMMENT ON VIEW reports_server.findings IS 'One row per result of a report and resource it is about';
+DO $$ BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'reports_reader') THEN
+        GRANT SELECT ON reports_server.findings TO reports_reader;
     END IF;
 END $$;
 "#;

@@ -1,10 +1,16 @@
-//! Findings rows written by the report writes' own statements: each write statement gains a
-//! CTE or two (see [`with_findings`]), so a report and its findings commit together, in one
-//! round trip, with no statement restructured.
+//! Findings written by the report writes' own statements: each write statement gains a CTE or
+//! two (see [`with_findings`]), so a report and its findings commit together, in one round
+//! trip, with no statement restructured.
 //!
-//! The rows travel as parallel arrays ([`FindingArrays`]), one element per finding, with the
-//! 1-based position of its report among the statement's writes; `unnest` turns them back into
-//! rows and a join with the statement's own list of writes gives each its report key.
+//! A report's findings are one row of `report_finding_sets`, a column per field, each an array
+//! with an element per finding. The statement's writes travel as parallel parameter arrays
+//! ([`FindingArrays`]), one element per report with findings: its 1-based position among the
+//! statement's writes, its largest score, and, per field, the text of the whole array in
+//! PostgreSQL's array syntax, which the statement casts to the column's array type. So a batch
+//! of reports with different numbers of findings is one statement without aggregating rows in
+//! SQL, and the database parses each array once.
+
+use std::fmt::Write as _;
 
 use tokio_postgres::types::ToSql;
 
@@ -13,122 +19,148 @@ use crate::findings::FindingRow;
 /// How many array parameters [`FindingArrays::params`] binds.
 pub(in crate::postgres) const ARRAYS: usize = 19;
 
-/// The columns [`insert`] writes, after `cluster_id` and the report key.
-const COLUMNS: &str = "ordinal, policy, rule, result, severity, category, source, scored, timestamp, message, \
-    subject_api_version, subject_kind, subject_namespace, subject_name, subject_uid, properties, numbers, score";
+/// The array columns, in the order [`FindingArrays::params`] binds them (after the report's
+/// position and largest score), with each one's SQL array type.
+const COLUMNS: [(&str, &str); 17] = [
+    ("policy", "text[]"),
+    ("rule", "text[]"),
+    ("result", "text[]"),
+    ("severity", "text[]"),
+    ("category", "text[]"),
+    ("source", "text[]"),
+    ("scored", "bool[]"),
+    ("timestamp", "int8[]"),
+    ("message", "text[]"),
+    ("subject_api_version", "text[]"),
+    ("subject_kind", "text[]"),
+    ("subject_namespace", "text[]"),
+    ("subject_name", "text[]"),
+    ("subject_uid", "text[]"),
+    ("properties", "jsonb[]"),
+    ("numbers", "jsonb[]"),
+    ("score", "float8[]"),
+];
 
-/// The findings of the writes of one statement, as parallel arrays.
+/// The findings of the writes of one statement: per report with findings, its position, its
+/// largest score and its arrays as literals.
 #[derive(Default)]
-pub(in crate::postgres) struct FindingArrays<'a> {
+pub(in crate::postgres) struct FindingArrays {
     report: Vec<i64>,
-    ordinal: Vec<i32>,
-    texts: [Vec<&'a str>; 6],
-    scored: Vec<bool>,
-    timestamp: Vec<Option<i64>>,
-    message: Vec<&'a str>,
-    subject: [Vec<&'a str>; 5],
-    properties: Vec<&'a str>,
-    numbers: Vec<Option<&'a str>>,
-    score: Vec<Option<f64>>,
+    max_score: Vec<Option<f64>>,
+    columns: [Vec<String>; 17],
 }
 
-impl<'a> FindingArrays<'a> {
-    /// Adds the findings of the `report`-th write (from 1) of the statement.
-    pub fn push(&mut self, report: usize, rows: &'a [FindingRow]) {
-        for row in rows {
-            self.report.push(report as i64);
-            self.ordinal.push(row.ordinal);
-            let texts = [&row.policy, &row.rule, &row.result, &row.severity, &row.category, &row.source];
-            for (column, text) in self.texts.iter_mut().zip(texts) {
-                column.push(text);
-            }
-            self.scored.push(row.scored);
-            self.timestamp.push(row.timestamp);
-            self.message.push(&row.message);
-            for (column, text) in self.subject.iter_mut().zip(&row.subject) {
-                column.push(text);
-            }
-            self.properties.push(&row.properties);
-            self.numbers.push(row.numbers.as_deref());
-            self.score.push(row.score);
+/// Appends `text` to an array literal as a quoted element.
+fn push_quoted(literal: &mut String, text: &str) {
+    literal.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            literal.push('\\');
+        }
+        literal.push(c);
+    }
+    literal.push('"');
+}
+
+/// An array literal of `rows`, one element per row as `element` writes it.
+fn literal(rows: &[FindingRow], mut element: impl FnMut(&mut String, &FindingRow)) -> String {
+    let mut literal = String::with_capacity(2 + rows.len() * 8);
+    literal.push('{');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            literal.push(',');
+        }
+        element(&mut literal, row);
+    }
+    literal.push('}');
+    literal
+}
+
+/// A nullable number element: its decimal text, or NULL.
+fn push_number(literal: &mut String, number: Option<impl std::fmt::Display>) {
+    match number {
+        Some(n) => {
+            let _ = write!(literal, "{n}");
+        }
+        None => literal.push_str("NULL"),
+    }
+}
+
+impl FindingArrays {
+    /// Adds the findings of the `report`-th write (from 1) of the statement. A report without
+    /// findings gets no row.
+    pub fn push(&mut self, report: usize, rows: &[FindingRow]) {
+        if rows.is_empty() {
+            return;
+        }
+        self.report.push(report as i64);
+        self.max_score.push(rows.iter().filter_map(|r| r.score).reduce(f64::max));
+        let text = |get: fn(&FindingRow) -> &str| literal(rows, |out, row| push_quoted(out, get(row)));
+        let subject = |i: usize| literal(rows, |out, row| push_quoted(out, &row.subject[i]));
+        let columns = [
+            text(|r| &r.policy),
+            text(|r| &r.rule),
+            text(|r| &r.result),
+            text(|r| &r.severity),
+            text(|r| &r.category),
+            text(|r| &r.source),
+            literal(rows, |out, row| out.push(if row.scored { 't' } else { 'f' })),
+            literal(rows, |out, row| push_number(out, row.timestamp)),
+            text(|r| &r.message),
+            subject(0),
+            subject(1),
+            subject(2),
+            subject(3),
+            subject(4),
+            text(|r| &r.properties),
+            literal(rows, |out, row| match &row.numbers {
+                Some(numbers) => push_quoted(out, numbers),
+                None => out.push_str("NULL"),
+            }),
+            literal(rows, |out, row| push_number(out, row.score)),
+        ];
+        for (column, literal) in self.columns.iter_mut().zip(columns) {
+            column.push(literal);
         }
     }
 
     /// The arrays as statement parameters, in the order [`insert`] reads them.
     pub fn params(&self) -> [&(dyn ToSql + Sync); ARRAYS] {
-        let [policy, rule, result, severity, category, source] = &self.texts;
-        let [api_version, kind, namespace, name, uid] = &self.subject;
-        [
-            &self.report,
-            &self.ordinal,
-            policy,
-            rule,
-            result,
-            severity,
-            category,
-            source,
-            &self.scored,
-            &self.timestamp,
-            &self.message,
-            api_version,
-            kind,
-            namespace,
-            name,
-            uid,
-            &self.properties,
-            &self.numbers,
-            &self.score,
-        ]
+        let mut params: [&(dyn ToSql + Sync); ARRAYS] = [&self.report; ARRAYS];
+        params[1] = &self.max_score;
+        for (param, column) in params[2..].iter_mut().zip(&self.columns) {
+            *param = column;
+        }
+        params
     }
 }
 
-/// A CTE inserting the findings bound from parameter `$first` on ([`FindingArrays::params`]).
-/// `keys` is a FROM item aliased `k` with the statement's writes: `resource`, `namespace`,
-/// `name` and their 1-based position `i`. With `replace`, a finding that exists is overwritten
-/// (an update keeps the ordinals both versions have).
+/// A CTE inserting the finding sets bound from parameter `$first` on
+/// ([`FindingArrays::params`]). `keys` is a FROM item aliased `k` with the statement's writes:
+/// `resource`, `namespace`, `name` and their 1-based position `i`. With `replace`, a report's
+/// existing set is overwritten (an update).
 pub(in crate::postgres) fn insert(first: usize, keys: &str, replace: bool) -> String {
     let p = |n: usize| format!("${}", first + n);
-    let text = |n: usize| format!("{}::text[]", p(n));
-    let arrays = [
-        format!("{}::int8[]", p(0)),
-        format!("{}::int4[]", p(1)),
-        text(2),
-        text(3),
-        text(4),
-        text(5),
-        text(6),
-        text(7),
-        format!("{}::bool[]", p(8)),
-        format!("{}::int8[]", p(9)),
-        text(10),
-        text(11),
-        text(12),
-        text(13),
-        text(14),
-        text(15),
-        text(16),
-        text(17),
-        format!("{}::float8[]", p(18)),
-    ]
-    .join(", ");
+    let mut arrays = vec![format!("{}::int8[]", p(0)), format!("{}::float8[]", p(1))];
+    arrays.extend((0..COLUMNS.len()).map(|n| format!("{}::text[]", p(n + 2))));
+    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    let casts: Vec<String> = COLUMNS.iter().map(|(name, ty)| format!("f.{name}::{ty}")).collect();
     let on_conflict = if replace {
-        let set: Vec<String> = COLUMNS.split(", ").skip(1).map(|c| format!("{c} = excluded.{c}")).collect();
-        format!(
-            " ON CONFLICT (cluster_id, namespace, name, resource, ordinal) DO UPDATE SET {}",
-            set.join(", ")
-        )
+        let set: Vec<String> =
+            ["max_score"].iter().chain(&names).map(|c| format!("{c} = excluded.{c}")).collect();
+        format!(" ON CONFLICT (cluster_id, namespace, name, resource) DO UPDATE SET {}", set.join(", "))
     } else {
         String::new()
     };
     format!(
         "fi AS (
-    INSERT INTO report_findings (cluster_id, resource, namespace, name, {COLUMNS})
-    SELECT $1, k.resource, k.namespace, k.name, f.ordinal, f.policy, f.rule, f.result, f.severity, f.category,
-           f.source, f.scored, f.ts, f.message, f.sav, f.sk, f.sns, f.sn, f.su, f.properties::jsonb,
-           f.numbers::jsonb, f.score
-    FROM unnest({arrays}) AS f(report, ordinal, policy, rule, result, severity, category, source, scored, ts,
-                                message, sav, sk, sns, sn, su, properties, numbers, score)
-    JOIN {keys} ON k.i = f.report{on_conflict})"
+    INSERT INTO report_finding_sets (cluster_id, resource, namespace, name, max_score, {names})
+    SELECT $1, k.resource, k.namespace, k.name, f.max_score, {casts}
+    FROM unnest({arrays}) AS f(report, max_score, {names})
+    JOIN {keys} ON k.i = f.report{on_conflict})",
+        names = names.join(", "),
+        casts = casts.join(", "),
+        arrays = arrays.join(", "),
     )
 }
 
@@ -159,8 +191,44 @@ mod tests {
             "WITH c AS (SELECT 1),\nx AS (SELECT 2)\nSELECT c.rv FROM c"
         );
         let statement = insert(12, "t AS k", true);
-        assert!(statement.contains("$30::float8[]") && !statement.contains("$31"), "{statement}");
-        assert!(statement.contains("DO UPDATE SET policy = excluded.policy"));
+        assert!(statement.contains("$30::text[]") && !statement.contains("$31"), "{statement}");
+        assert!(statement.contains("DO UPDATE SET max_score = excluded.max_score, policy = excluded.policy"));
         assert_eq!(FindingArrays::default().params().len(), ARRAYS);
+    }
+
+    #[test]
+    fn literals_quote_every_text_and_spell_nulls() {
+        let row = FindingRow {
+            ordinal: 0,
+            policy: r#"a "quoted" \ policy"#.into(),
+            rule: "{,}".into(),
+            result: "fail".into(),
+            severity: String::new(),
+            category: "NULL".into(),
+            source: "s".into(),
+            scored: true,
+            timestamp: None,
+            message: "m".into(),
+            subject: Default::default(),
+            properties: r#"{"score":"9.8"}"#.into(),
+            numbers: None,
+            score: Some(9.8),
+        };
+        let second = FindingRow { scored: false, timestamp: Some(-5), score: None, ..row.clone() };
+        let mut arrays = FindingArrays::default();
+        arrays.push(1, &[]);
+        arrays.push(2, &[row, second]);
+        assert_eq!(arrays.report, [2], "a report without findings has no row");
+        assert_eq!(arrays.max_score, [Some(9.8)]);
+        let [policy, rule, _, severity, category, ..] = &arrays.columns;
+        assert_eq!(policy[0], r#"{"a \"quoted\" \\ policy","a \"quoted\" \\ policy"}"#);
+        assert_eq!(rule[0], r#"{"{,}","{,}"}"#);
+        assert_eq!(severity[0], r#"{"",""}"#);
+        assert_eq!(category[0], r#"{"NULL","NULL"}"#, "the text NULL is quoted, so not a null");
+        assert_eq!(arrays.columns[6][0], "{t,f}");
+        assert_eq!(arrays.columns[7][0], "{NULL,-5}");
+        assert_eq!(arrays.columns[14][0], r#"{"{\"score\":\"9.8\"}","{\"score\":\"9.8\"}"}"#);
+        assert_eq!(arrays.columns[15][0], "{NULL,NULL}");
+        assert_eq!(arrays.columns[16][0], "{9.8,NULL}");
     }
 }

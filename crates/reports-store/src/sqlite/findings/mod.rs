@@ -1,9 +1,11 @@
 //! Findings on SQLite: the results inside reports as rows of `findings`, the embedded twin of
-//! PostgreSQL's `report_findings` (see that module for the design; what differs is here).
+//! PostgreSQL's `report_finding_sets` (see that module for the design; what differs is here).
 //!
 //! # The table
 //!
-//! One row per finding, keyed by `(namespace, name, resource, ordinal)`, a report's findings one
+//! One row per finding (PostgreSQL keeps a row per report with the findings as arrays, which
+//! SQLite has no type for; here a row costs a few B-tree inserts in the one writer's
+//! transaction, not the WAL record, row header and index entries per row it costs there), keyed by `(namespace, name, resource, ordinal)`, a report's findings one
 //! key range in list order. A rowid table (rows of a few hundred bytes are too wide for
 //! `WITHOUT ROWID`) whose primary key index serves the key order. `properties` and `numbers` are
 //! JSON object text; the score has its own `REAL` column. Indexes: the score (partial),

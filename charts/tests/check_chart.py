@@ -63,7 +63,7 @@ HONOURED = {
     "--storage", "--postgres-pool-size", "--postgres-statement-timeout-seconds", "--dbsslmode",
     "--dbsslrootcert", "--dbsslcert", "--dbsslkey", "--clustername", "--skipmigration",
     "--dangerously-serve-without-authentication", "--index-findings", "--result-metrics",
-    "--result-metrics-max-series",
+    "--result-metrics-labels", "--result-metrics-max-series",
 }
 
 
@@ -173,6 +173,11 @@ def check_objects(objects: list[dict], values: dict, release: str, namespace: st
     check(any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), f"{label}: no writable /tmp")
     args = container["args"]
     check("--bind-address=0.0.0.0" in args, f"{label}: the server must listen on the pod address: {args}")
+    metrics = values.get("metrics", {})
+    check(f"--result-metrics={metrics.get('results', 'detailed')}" in args, f"{label}: result metrics mode: {args}")
+    result_labels = [a for a in args if a.startswith("--result-metrics-labels")]
+    expected_labels = [f"--result-metrics-labels={','.join(metrics['resultsLabels'])}"] if metrics.get("resultsLabels") else []
+    check(result_labels == expected_labels, f"{label}: result metrics labels {result_labels}, not {expected_labels}")
 
     # Secrets the pod reads exist in the render, or are the user's or an operator's.
     rendered_secrets = {o["metadata"]["name"] for o in by_kind(objects, "Secret")}
@@ -422,7 +427,9 @@ def main() -> int:
     # Values the chart must refuse.
     for label, values in [("etcd", {"config": {"etcd": {"enabled": True}}}),
                           ("unknown storage", {"storage": {"type": "mysql"}}),
-                          ("secret without name", {"tls": {"mode": "secret"}})]:
+                          ("secret without name", {"tls": {"mode": "secret"}}),
+                          ("custom result metrics without labels", {"metrics": {"results": "custom"}}),
+                          ("result labels without custom", {"metrics": {"resultsLabels": ["policy"]}})]:
         try:
             render(values, "reports-server", "reports-server")
             failures.append(f"refused values: {label} rendered")

@@ -88,6 +88,8 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds the listener and starts serving in the background.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        // First: settings that cannot work are refused before anything is opened.
+        let result_metrics = result_metrics::ResultMetrics::new(&config.result_metrics)?;
         let catalogue = Catalogue::embedded().context("embedded CRDs")?;
         let mut postgres = config.postgres.clone();
         if let (Some(cluster), None) = (&config.cluster, &postgres.cluster_id) {
@@ -123,7 +125,7 @@ impl Server {
         metrics.add_source(changes.clone());
         let storage_objects = Arc::new(metrics::StorageObjects::default());
         metrics.add_source(storage_objects.clone());
-        result_metrics::start(config.result_metrics, store.clone(), &metrics, shutting_down.clone());
+        result_metrics::start(result_metrics, store.clone(), &metrics, shutting_down.clone());
         tokio::spawn(metrics::refresh_storage_objects(
             store.clone(),
             catalogue.clone(),

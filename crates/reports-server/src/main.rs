@@ -65,6 +65,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
              SQLite file by default (--storage sqlite://PATH), or in PostgreSQL"
         );
     }
+    let result_metrics = args.result_metrics_settings()?;
     let certificate = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(cert), Some(key)) => CertificatePem::from_files(cert, key)?,
         _ => {
@@ -107,7 +108,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         watch_window_bytes: args.watch_window_bytes,
         commit_trace: args.commit_trace.clone(),
         cluster,
-        result_metrics: args.result_metrics_settings(),
+        result_metrics,
     };
     let config_storage = config.storage.clone();
     let server = Server::start(config).await.context("starting the server")?;

@@ -136,9 +136,16 @@ pub struct Args {
 
     /// Policy Reporter's result gauges on /metrics (policy_report_result,
     /// cluster_policy_report_result): detailed (one series per result, Policy Reporter's default),
-    /// simple (counts by namespace, policy, status, severity, category, source) or off.
+    /// simple (counts by namespace, policy, status, severity, category, source), custom (counts by
+    /// the labels of --result-metrics-labels) or off.
     #[arg(long, value_enum, default_value_t = crate::result_metrics::Mode::Detailed, help_heading = "Metrics")]
     pub result_metrics: crate::result_metrics::Mode,
+
+    /// The labels of --result-metrics custom, comma-separated, as Policy Reporter's
+    /// metrics.customLabels: namespace, report, policy, rule, kind, name, status, severity,
+    /// category, source, message, label:KEY (a report label) and property:KEY (a result property).
+    #[arg(long, value_delimiter = ',', value_name = "LABELS", help_heading = "Metrics")]
+    pub result_metrics_labels: Vec<String>,
 
     /// Most series the result gauges hold; results that would need more are not counted, and
     /// reports_server_result_metrics_dropped_results says how many.
@@ -307,12 +314,19 @@ impl Args {
         }
     }
 
-    /// The result-metrics settings from the flags.
-    pub fn result_metrics_settings(&self) -> crate::result_metrics::Settings {
-        crate::result_metrics::Settings {
+    /// The result-metrics settings from the flags, checked ([`Settings::check`]).
+    ///
+    /// [`Settings::check`]: crate::result_metrics::Settings::check
+    pub fn result_metrics_settings(
+        &self,
+    ) -> Result<crate::result_metrics::Settings, crate::result_metrics::SettingsError> {
+        let settings = crate::result_metrics::Settings {
             mode: self.result_metrics,
+            labels: self.result_metrics_labels.clone(),
             max_series: self.result_metrics_max_series,
-        }
+        };
+        settings.check()?;
+        Ok(settings)
     }
 
     /// PostgreSQL settings from the flags.

@@ -245,3 +245,27 @@ fn the_ca_next_to_the_serving_certificate_is_the_apiservices_ca_bundle() {
     let registration = args.cluster_config(|_| None, &pem).unwrap().apiservices.unwrap();
     assert_eq!(registration.ca_bundle.as_deref(), Some(ca));
 }
+
+#[test]
+fn custom_result_metrics_labels_are_a_comma_separated_list_checked_with_the_mode() {
+    use crate::result_metrics::{Mode, SettingsError};
+    let parse = |line: &[&str]| {
+        Args::try_from_args(std::iter::once("reports-server").chain(line.iter().copied())).unwrap()
+    };
+    let args = parse(&[
+        "--result-metrics",
+        "custom",
+        "--result-metrics-labels",
+        "namespace,policy,label:app.kubernetes.io/name",
+        "--result-metrics-labels=property:score",
+    ]);
+    let settings = args.result_metrics_settings().unwrap();
+    assert_eq!(settings.mode, Mode::Custom);
+    assert_eq!(settings.labels, ["namespace", "policy", "label:app.kubernetes.io/name", "property:score"]);
+    // An empty value means unset, as for every flag: custom then has no labels.
+    let args = parse(&["--result-metrics=custom", "--result-metrics-labels="]);
+    assert_eq!(args.result_metrics_settings(), Err(SettingsError::CustomWithoutLabels));
+    let args = parse(&["--result-metrics-labels", "policy"]);
+    assert_eq!(args.result_metrics_settings(), Err(SettingsError::LabelsWithoutCustom(Mode::Detailed)));
+    assert_eq!(parse(&[]).result_metrics_settings().unwrap(), Default::default());
+}

@@ -14,7 +14,10 @@
 //! In the `detailed` mode (Policy Reporter's default) the labels are `namespace, rule, policy,
 //! report, kind, name, status, severity, category, source` and a series is worth 1; in the
 //! `simple` mode they are `namespace, policy, status, severity, category, source` and a series
-//! counts its results. How each value is read from a report is in [`labels`].
+//! counts its results; in the `custom` mode the operator lists the labels, in Policy Reporter's
+//! syntax (report labels and result properties included), and a series counts its results. The
+//! three are one path: a mode is a label set, and everything below works on any set. How each
+//! value is read from a report, and how custom labels are named and checked, is in `labels`.
 //!
 //! # The model: contributions
 //!
@@ -30,9 +33,9 @@
 //!
 //! A cluster has many results but few distinct label values (a few hundred policies, a few
 //! severities, the namespaces), so every value is held once and series and reports refer to it
-//! by a 4-byte id. A series is ten ids and a count; a report's contribution is a few pairs of
-//! ids. Values are counted by their users and freed with the last one, so report and resource
-//! names that come and go do not accumulate.
+//! by a 4-byte id. A series is one id per label (ten in the detailed mode) and a count; a
+//! report's contribution is a few pairs of ids. Values are counted by their users and freed
+//! with the last one, so report and resource names that come and go do not accumulate.
 //!
 //! # Following the change log
 //!
@@ -63,6 +66,8 @@ mod labels;
 mod tail;
 mod tally;
 
+pub use labels::SettingsError;
+
 use std::{
     fmt::Write as _,
     sync::{
@@ -74,6 +79,7 @@ use std::{
 use reports_store::DynStore;
 
 use crate::metrics::{Metrics, MetricsSource};
+use labels::LabelSet;
 use tally::Tally;
 
 /// The default of `--result-metrics-max-series`: enough for a cluster's results in the simple
@@ -89,28 +95,58 @@ pub enum Mode {
     Detailed,
     /// Counts by namespace, policy, status, severity, category and source.
     Simple,
+    /// Counts by the labels listed in `--result-metrics-labels`, in Policy Reporter's syntax
+    /// (its `metrics.customLabels`): the fixed names, `label:<key>` and `property:<key>`.
+    Custom,
     /// No result metrics, and no work for them.
     Off,
 }
 
+impl std::fmt::Display for Mode {
+    /// The mode as `--result-metrics` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Detailed => "detailed",
+            Mode::Simple => "simple",
+            Mode::Custom => "custom",
+            Mode::Off => "off",
+        })
+    }
+}
+
 /// The result-metrics settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Which labels, or none.
     pub mode: Mode,
+    /// The labels of the custom mode, as Policy Reporter's `metrics.customLabels` lists them;
+    /// empty with any other mode.
+    pub labels: Vec<String>,
     /// Most series held at once.
     pub max_series: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { mode: Mode::Detailed, max_series: DEFAULT_MAX_SERIES }
+        Self { mode: Mode::Detailed, labels: Vec::new(), max_series: DEFAULT_MAX_SERIES }
+    }
+}
+
+impl Settings {
+    /// Checks the settings as the server does at start: custom labels that Policy Reporter
+    /// would not export (an unknown name, a name Prometheus refuses, a name given twice) are
+    /// refused, as are labels without the custom mode and the custom mode without labels.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        LabelSet::of(self).map(drop)
     }
 }
 
 /// The result gauges of one process: the tally the tailing task keeps, rendered at each scrape.
 pub(crate) struct ResultMetrics {
-    settings: Settings,
+    /// The labels of every series, and what a series is worth.
+    labels: LabelSet,
+    /// Most series held (`--result-metrics-max-series`).
+    max_series: usize,
     /// The series and contributions. A std mutex: the task holds it for one report at a time,
     /// a scrape for one rendering.
     tally: Mutex<Tally>,
@@ -125,22 +161,28 @@ pub(crate) struct ResultMetrics {
 }
 
 impl ResultMetrics {
-    fn new(settings: Settings) -> Self {
-        Self {
-            settings,
-            tally: Mutex::new(Tally::new(settings.mode == Mode::Simple, settings.max_series)),
+    /// The gauges `settings` asks for, empty; None when they are off. Refuses settings that
+    /// [`Settings::check`] refuses, so a server with bad labels does not start.
+    pub(crate) fn new(settings: &Settings) -> Result<Option<Arc<Self>>, SettingsError> {
+        let Some(labels) = LabelSet::of(settings)? else { return Ok(None) };
+        Ok(Some(Arc::new(Self {
+            tally: Mutex::new(Tally::new(&labels, settings.max_series)),
+            labels,
+            max_series: settings.max_series,
             ready: AtomicBool::new(false),
             resource_version: AtomicU64::new(0),
             rebuilds: AtomicU64::new(0),
-        }
+        })))
     }
 
-    fn simple(&self) -> bool {
-        self.settings.mode == Mode::Simple
+    /// The labels of every series.
+    fn labels(&self) -> &LabelSet {
+        &self.labels
     }
 
-    fn max_series(&self) -> usize {
-        self.settings.max_series
+    /// An empty tally for these gauges.
+    fn fresh_tally(&self) -> Tally {
+        Tally::new(&self.labels, self.max_series)
     }
 
     fn tally(&self) -> MutexGuard<'_, Tally> {
@@ -166,13 +208,13 @@ impl ResultMetrics {
 impl MetricsSource for ResultMetrics {
     fn render(&self, out: &mut String) {
         let tally = self.tally();
-        tally.render(out);
+        tally.render(&self.labels, out);
         let (series, reports, bytes) = (tally.series(), tally.reports(), tally.bytes());
         let (dropped, refused) = (tally.refused_results, tally.refused_series_total);
         drop(tally);
         let gauges = [
             ("series", "gauge", "Series in the result gauges.", series as u64),
-            ("max_series", "gauge", "The series limit (--result-metrics-max-series).", self.max_series() as u64),
+            ("max_series", "gauge", "The series limit (--result-metrics-max-series).", self.max_series as u64),
             ("reports", "gauge", "Reports whose results are counted.", reports as u64),
             ("bytes", "gauge", "Memory held for the result gauges, estimated.", bytes as u64),
             ("dropped_results", "gauge", "Results not counted because their series would pass the limit.", dropped),
@@ -188,18 +230,15 @@ impl MetricsSource for ResultMetrics {
     }
 }
 
-/// Starts the result metrics (nothing at all when off): adds them to `metrics` and spawns the
-/// task that keeps them, which stops when `shutting_down` flips.
+/// Starts the result metrics made by [`ResultMetrics::new`] (nothing at all when off): adds them
+/// to `metrics` and spawns the task that keeps them, which stops when `shutting_down` flips.
 pub(crate) fn start(
-    settings: Settings,
+    result_metrics: Option<Arc<ResultMetrics>>,
     store: DynStore,
     metrics: &Metrics,
     shutting_down: tokio::sync::watch::Receiver<bool>,
 ) {
-    if settings.mode == Mode::Off {
-        return;
-    }
-    let result_metrics = Arc::new(ResultMetrics::new(settings));
+    let Some(result_metrics) = result_metrics else { return };
     metrics.add_source(result_metrics.clone());
     tokio::spawn(tail::run(store, result_metrics, shutting_down));
 }

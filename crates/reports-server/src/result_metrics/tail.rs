@@ -7,7 +7,6 @@ use tokio::sync::watch;
 
 use super::{
     labels::{rows, RESOURCES},
-    tally::Tally,
     ResultMetrics,
 };
 
@@ -139,7 +138,7 @@ fn apply(metrics: &ResultMetrics, resource: u8, top_level_source: bool, changes:
             ChangeType::Deleted => serde_json::Value::Null,
             ChangeType::Added | ChangeType::Modified => parse(&object.body),
         };
-        let rows = rows(&report, top_level_source, metrics.simple());
+        let rows = rows(&report, top_level_source, metrics.labels());
         metrics.tally().set(resource, &object.namespace, &object.name, &rows);
     }
 }
@@ -156,7 +155,7 @@ fn parse(body: &str) -> serde_json::Value {
 /// Reads every report of the counted kinds into a fresh tally, in bounded chunks, and swaps it
 /// in; returns each resource's snapshot RV, where its tail starts.
 async fn rebuild(store: &DynStore, metrics: &ResultMetrics) -> StoreResult<[u64; RESOURCES.len()]> {
-    let mut tally = Tally::new(metrics.simple(), metrics.max_series());
+    let mut tally = metrics.fresh_tally();
     let mut cursors = [0; RESOURCES.len()];
     for (index, (resource, top_level_source)) in RESOURCES.iter().enumerate() {
         let mut after = None;
@@ -180,7 +179,7 @@ async fn rebuild(store: &DynStore, metrics: &ResultMetrics) -> StoreResult<[u64;
                     ListChunk::Items(objects) => {
                         for object in &objects {
                             let report = parse(&object.body);
-                            let rows = rows(&report, *top_level_source, metrics.simple());
+                            let rows = rows(&report, *top_level_source, metrics.labels());
                             tally.set(index as u8, &object.namespace, &object.name, &rows);
                         }
                         if let Some(last) = objects.last() {
@@ -201,8 +200,6 @@ async fn rebuild(store: &DynStore, metrics: &ResultMetrics) -> StoreResult<[u64;
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use super::*;
@@ -222,7 +219,8 @@ mod tests {
     async fn a_tail_compacted_past_reads_everything_again() {
         let store = reports_store::open("sqlite::memory:", &Default::default()).await.unwrap();
         store.create("policyreports", polr("one", "p")).await.unwrap();
-        let metrics = Arc::new(ResultMetrics::new(Settings { mode: Mode::Simple, max_series: 10 }));
+        let settings = Settings { mode: Mode::Simple, max_series: 10, ..Default::default() };
+        let metrics = ResultMetrics::new(&settings).unwrap().unwrap();
         let mut cursors = rebuild(&store, &metrics).await.unwrap();
         assert_eq!(series(&metrics), 1);
         store.create("policyreports", polr("two", "q")).await.unwrap();
@@ -241,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_kind_does_not_make_compaction_look_like_a_gap() {
         let store = reports_store::open("sqlite::memory:", &Default::default()).await.unwrap();
-        let metrics = Arc::new(ResultMetrics::new(Settings::default()));
+        let metrics = ResultMetrics::new(&Settings::default()).unwrap().unwrap();
         let mut cursors = rebuild(&store, &metrics).await.unwrap();
         // Writes to one kind only; the other kinds' cursors follow the commits all the same.
         for name in ["one", "two"] {
@@ -257,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn the_task_stops_on_shutdown() {
         let store = reports_store::open("sqlite::memory:", &Default::default()).await.unwrap();
-        let metrics = Arc::new(ResultMetrics::new(Settings::default()));
+        let metrics = ResultMetrics::new(&Settings::default()).unwrap().unwrap();
         let (stop, stopping) = watch::channel(false);
         let task = tokio::spawn(run(store.clone(), metrics.clone(), stopping));
         store.create("policyreports", polr("one", "p")).await.unwrap();

@@ -2,15 +2,15 @@
 //! each report contributed (see the module notes of [`super`]).
 
 use std::{
-    collections::{hash_map::Entry, HashMap, HashSet},
+    collections::{hash_map::RandomState, HashMap, HashSet},
     fmt::Write as _,
+    hash::BuildHasher as _,
     sync::Arc,
 };
 
-use super::labels::{Row, LABELS, NAMES, NAMESPACE, SIMPLE};
+use hashbrown::HashTable;
 
-/// A series' label values, as interned ids (0 is the empty string).
-type Key = [u32; LABELS];
+use super::labels::{Field, LabelSet, Rows};
 
 /// Identifies a report: its resource's index in [`super::labels::RESOURCES`], and its
 /// namespace and name as interned ids.
@@ -94,11 +94,11 @@ impl Interner {
     }
 }
 
-/// One series: its label values and how many results it counts (0: a free slot).
-struct Series {
-    key: Key,
-    count: u32,
-}
+/// Ids per key before the label values: which gauge the series is in.
+const GAUGE: usize = 1;
+
+/// The gauge id of a cluster report's series (a namespaced one's is 0).
+const CLUSTER: u32 = 1;
 
 /// What one report contributed: results per series, and results refused at the limit.
 struct Contribution {
@@ -106,18 +106,35 @@ struct Contribution {
     refused: u32,
 }
 
+/// The key of `slot` among `keys`, `width` ids per slot.
+fn key_of(keys: &[u32], width: usize, slot: u32) -> &[u32] {
+    let start = slot as usize * width;
+    &keys[start..start + width]
+}
+
 /// Every series and every report's contribution to them.
+///
+/// A series is a slot: its key (which gauge, then one interned value per label, in the label
+/// set's order) and how many results it counts. Keys have the width of the label set, so they sit
+/// one after the other in one vector rather than each in an allocation of its own, and the index
+/// finds a slot by hashing its key there.
 pub(crate) struct Tally {
-    /// Keep only the `simple` labels.
-    simple: bool,
+    /// Ids per key: [`GAUGE`] and one per label.
+    width: usize,
     /// Most series at once (`--result-metrics-max-series`).
     max_series: usize,
     values: Interner,
-    /// Series by slot; a slot with count 0 is free (in `free_series`).
-    series: Vec<Series>,
+    /// The key of every slot, `width` ids each, slot after slot (a free slot's is stale).
+    keys: Vec<u32>,
+    /// Results counted per slot. 0 is a free slot (in `free_series`), or one the write in
+    /// progress emptied and has not freed yet.
+    counts: Vec<u32>,
     free_series: Vec<u32>,
-    /// Slot of each live series.
-    index: HashMap<Key, u32>,
+    /// The slot of each series not freed, found by its key hashed with `hasher`.
+    index: HashTable<u32>,
+    hasher: RandomState,
+    /// The key being looked up, kept so a lookup does not allocate.
+    scratch: Vec<u32>,
     /// Series with a count above 0.
     live: usize,
     /// What each report contributed, so a change or a delete can take exactly that away.
@@ -132,15 +149,18 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    /// An empty tally.
-    pub(crate) fn new(simple: bool, max_series: usize) -> Self {
+    /// An empty tally for series labelled by `set`.
+    pub(crate) fn new(set: &LabelSet, max_series: usize) -> Self {
         Self {
-            simple,
+            width: GAUGE + set.width(),
             max_series,
             values: Interner::new(),
-            series: Vec::new(),
+            keys: Vec::new(),
+            counts: Vec::new(),
             free_series: Vec::new(),
-            index: HashMap::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
+            scratch: Vec::new(),
             live: 0,
             reports: HashMap::new(),
             pairs: 0,
@@ -163,16 +183,16 @@ impl Tally {
     pub(crate) fn bytes(&self) -> usize {
         let contributions =
             self.pairs * 8 + self.reports.capacity() * (std::mem::size_of::<ReportKey>() + 32);
-        self.values.bytes()
-            + self.series.capacity() * std::mem::size_of::<Series>()
-            + self.index.capacity() * (std::mem::size_of::<Key>() + 8)
-            + contributions
+        let series = (self.keys.capacity() + self.counts.capacity() + self.free_series.capacity()) * 4
+            + self.index.capacity() * 5;
+        self.values.bytes() + series + contributions
     }
 
     /// Replaces the contribution of the report `(resource, namespace, name)` by `rows` (none:
     /// the report is gone). The old contribution is taken away first, so a rewrite of a report
-    /// at the limit keeps its own series.
-    pub(crate) fn set(&mut self, resource: u8, namespace: &str, name: &str, rows: &[Row<'_>]) {
+    /// at the limit keeps its own series. A report without a namespace counts in the cluster
+    /// gauge.
+    pub(crate) fn set(&mut self, resource: u8, namespace: &str, name: &str, rows: &Rows<'_>) {
         let found = match (self.values.get(namespace), self.values.get(name)) {
             (Some(ns), Some(n)) => Some((resource, ns, n)),
             _ => None,
@@ -182,9 +202,9 @@ impl Tally {
         let mut emptied = Vec::new();
         if let Some(old) = found.and_then(|key| self.reports.remove(&key)) {
             for &(slot, n) in old.series.iter() {
-                let series = &mut self.series[slot as usize];
-                series.count -= n;
-                if series.count == 0 {
+                let count = &mut self.counts[slot as usize];
+                *count -= n;
+                if *count == 0 {
                     self.live -= 1;
                     emptied.push(slot);
                 }
@@ -196,20 +216,21 @@ impl Tally {
                 self.values.release(n);
             }
         }
+        let cluster = namespace.is_empty();
         let mut slots = Vec::with_capacity(rows.len());
         let mut refused = 0u32;
         let mut refused_keys = HashSet::new();
-        for row in rows {
-            match self.add(row) {
+        for row in rows.iter() {
+            match self.add(cluster, row) {
                 Some(slot) => slots.push(slot),
                 None => {
                     refused += 1;
-                    refused_keys.insert(*row);
+                    refused_keys.insert(row);
                 }
             }
         }
         for slot in emptied {
-            if self.series[slot as usize].count == 0 {
+            if self.counts[slot as usize] == 0 {
                 self.free(slot);
             }
         }
@@ -231,89 +252,111 @@ impl Tally {
         self.reports.insert(key, Contribution { series: series.into_boxed_slice(), refused });
     }
 
-    /// Counts one result in its series, creating it unless that would pass the limit; the slot,
-    /// or None when refused.
-    fn add(&mut self, row: &Row<'_>) -> Option<u32> {
-        let mut key: Key = [0; LABELS];
+    /// Counts one result, labelled `row`, in its series of the cluster gauge or the namespaced
+    /// one, creating the series unless that would pass the limit; the slot, or None when refused.
+    fn add(&mut self, cluster: bool, row: &[&str]) -> Option<u32> {
+        let width = self.width;
+        debug_assert_eq!(GAUGE + row.len(), width, "a row has one value per label");
+        self.scratch.clear();
+        self.scratch.push(if cluster { CLUSTER } else { 0 });
         let mut known = true;
-        for (i, text) in row.iter().enumerate() {
+        for text in row {
             match self.values.get(text) {
-                Some(id) => key[i] = id,
-                None => known = false,
+                Some(id) => self.scratch.push(id),
+                None => {
+                    known = false;
+                    break;
+                }
             }
         }
         if known {
-            if let Some(&slot) = self.index.get(&key) {
-                let series = &mut self.series[slot as usize];
-                if series.count == 0 {
+            let hash = self.hasher.hash_one(self.scratch.as_slice());
+            let (keys, key) = (&self.keys, self.scratch.as_slice());
+            if let Some(&slot) = self.index.find(hash, |&s| key_of(keys, width, s) == key) {
+                let count = &mut self.counts[slot as usize];
+                if *count == 0 {
                     // Emptied by this same write and not freed yet: reviving it is a new series.
                     if self.live >= self.max_series {
                         return None;
                     }
                     self.live += 1;
                 }
-                series.count += 1;
+                *count += 1;
                 return Some(slot);
             }
         }
         if self.live >= self.max_series {
             return None;
         }
-        for (i, text) in row.iter().enumerate() {
-            key[i] = self.values.acquire(text);
+        self.scratch.truncate(GAUGE);
+        for text in row {
+            let id = self.values.acquire(text);
+            self.scratch.push(id);
         }
         let slot = match self.free_series.pop() {
             Some(slot) => {
-                self.series[slot as usize] = Series { key, count: 1 };
+                let start = slot as usize * width;
+                self.keys[start..start + width].copy_from_slice(&self.scratch);
+                self.counts[slot as usize] = 1;
                 slot
             }
             None => {
-                self.series.push(Series { key, count: 1 });
-                (self.series.len() - 1) as u32
+                self.keys.extend_from_slice(&self.scratch);
+                self.counts.push(1);
+                (self.counts.len() - 1) as u32
             }
         };
-        self.index.insert(key, slot);
+        let hash = self.hasher.hash_one(self.scratch.as_slice());
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.index.insert_unique(hash, slot, |&s| hasher.hash_one(key_of(keys, width, s)));
         self.live += 1;
         Some(slot)
     }
 
     /// Frees an empty series and its label values.
     fn free(&mut self, slot: u32) {
-        let key = self.series[slot as usize].key;
-        if let Entry::Occupied(entry) = self.index.entry(key) {
+        let width = self.width;
+        let key = key_of(&self.keys, width, slot);
+        let hash = self.hasher.hash_one(key);
+        if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
             entry.remove();
         }
-        for id in key {
+        for &id in &key[GAUGE..] {
             self.values.release(id);
         }
         self.free_series.push(slot);
     }
 
-    /// Appends both gauges in Prometheus text format: `policy_report_result` for namespaced
-    /// reports, `cluster_policy_report_result` for cluster ones; a series is worth 1 in the
-    /// detailed mode (one per result, as Policy Reporter sets it) and its count in the simple one.
-    pub(crate) fn render(&self, out: &mut String) {
+    /// Appends both gauges in Prometheus text format, labelled by `set` (the set this tally was
+    /// made for): `policy_report_result` for namespaced reports, `cluster_policy_report_result`
+    /// for cluster ones, without the `namespace` label. A series is worth its count, or 1 in the
+    /// detailed mode (one per result, as Policy Reporter sets it).
+    pub(crate) fn render(&self, set: &LabelSet, out: &mut String) {
         for (cluster, family, help) in [
             (false, "policy_report_result", "Results of namespaced policy reports, by their labels."),
             (true, "cluster_policy_report_result", "Results of cluster policy reports, by their labels."),
         ] {
             let _ = write!(out, "# HELP {family} {help}\n# TYPE {family} gauge\n");
-            for series in self.series.iter().filter(|s| s.count > 0 && (s.key[NAMESPACE] == 0) == cluster) {
+            for (slot, &count) in self.counts.iter().enumerate() {
+                let key = key_of(&self.keys, self.width, slot as u32);
+                if count == 0 || (key[0] == CLUSTER) != cluster {
+                    continue;
+                }
                 out.push_str(family);
                 let mut first = true;
-                for (i, name) in NAMES.iter().enumerate() {
-                    if (cluster && i == NAMESPACE) || (self.simple && !SIMPLE.contains(&i)) {
+                for (label, &id) in set.labels().iter().zip(&key[GAUGE..]) {
+                    if cluster && label.field == Field::Namespace {
                         continue;
                     }
                     out.push(if first { '{' } else { ',' });
                     first = false;
-                    out.push_str(name);
+                    out.push_str(&label.name);
                     out.push_str("=\"");
-                    escape_into(self.values.text(series.key[i]), out);
+                    escape_into(self.values.text(id), out);
                     out.push('"');
                 }
                 out.push_str(if first { " " } else { "} " });
-                let value = if self.simple { series.count } else { 1 };
+                let value = if set.counts() { count } else { 1 };
                 let _ = writeln!(out, "{value}");
             }
         }
@@ -340,47 +383,57 @@ fn escape_into(value: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::result_metrics::{Mode, Settings};
 
-    fn row<'a>(ns: &'a str, policy: &'a str, status: &'a str) -> Row<'a> {
-        let mut row = [""; LABELS];
-        row[NAMESPACE] = ns;
-        row[super::super::labels::POLICY] = policy;
-        row[super::super::labels::STATUS] = status;
-        row
+    fn set(mode: Mode) -> LabelSet {
+        LabelSet::of(&Settings { mode, ..Default::default() }).unwrap().unwrap()
     }
 
-    fn rendered(tally: &Tally) -> Vec<String> {
+    /// Simple rows (category, namespace, policy, severity, source, status) from (namespace,
+    /// policy, status) triples.
+    fn rows<'a>(triples: &[(&'a str, &'a str, &'a str)]) -> Rows<'a> {
+        Rows::from_values(
+            6,
+            triples.iter().flat_map(|&(ns, policy, status)| ["", ns, policy, "", "", status]).collect(),
+        )
+    }
+
+    fn rendered(tally: &Tally, set: &LabelSet) -> Vec<String> {
         let mut out = String::new();
-        tally.render(&mut out);
+        tally.render(set, &mut out);
         out.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect()
     }
 
     #[test]
     fn contributions_are_replaced_and_taken_away_exactly() {
-        let mut t = Tally::new(true, 100);
-        t.set(0, "a", "r1", &[row("a", "p", "fail"), row("a", "p", "fail"), row("a", "q", "pass")]);
-        t.set(0, "a", "r2", &[row("a", "p", "fail")]);
+        let simple = set(Mode::Simple);
+        let mut t = Tally::new(&simple, 100);
+        t.set(0, "a", "r1", &rows(&[("a", "p", "fail"), ("a", "p", "fail"), ("a", "q", "pass")]));
+        t.set(0, "a", "r2", &rows(&[("a", "p", "fail")]));
         assert_eq!(t.series(), 2);
         let p = r#"policy_report_result{category="",namespace="a",policy="p",severity="",source="",status="fail"}"#;
-        assert!(rendered(&t).contains(&format!("{p} 3")), "{:?}", rendered(&t));
-        t.set(0, "a", "r1", &[row("a", "p", "fail")]);
-        assert!(rendered(&t).contains(&format!("{p} 2")));
+        assert!(rendered(&t, &simple).contains(&format!("{p} 3")), "{:?}", rendered(&t, &simple));
+        t.set(0, "a", "r1", &rows(&[("a", "p", "fail")]));
+        assert!(rendered(&t, &simple).contains(&format!("{p} 2")));
         assert_eq!(t.series(), 1, "q's only result is gone");
-        t.set(0, "a", "r1", &[]);
-        t.set(0, "a", "r2", &[]);
+        t.set(0, "a", "r1", &Rows::none());
+        t.set(0, "a", "r2", &Rows::none());
         assert_eq!((t.series(), t.reports()), (0, 0));
-        assert!(rendered(&t).is_empty());
-        // Every label value was released: only the empty string is left.
+        assert!(rendered(&t, &simple).is_empty());
+        // Every label value was released: only the empty string is left, and so is every slot.
         assert_eq!(t.values.ids.len(), 0);
         assert_eq!(t.values.free.len(), t.values.values.len() - 1);
+        assert_eq!((t.index.len(), t.free_series.len()), (0, t.counts.len()));
     }
 
     #[test]
     fn detailed_series_are_worth_one_and_cluster_reports_have_no_namespace_label() {
-        let mut t = Tally::new(false, 100);
-        t.set(1, "", "c", &[row("", "p", "fail"), row("", "p", "fail")]);
+        let detailed = set(Mode::Detailed);
+        let mut t = Tally::new(&detailed, 100);
+        let row = ["", "", "", "", "p", "", "", "", "", "fail"];
+        t.set(1, "", "c", &Rows::from_values(10, [row, row].concat()));
         assert_eq!(
-            rendered(&t),
+            rendered(&t, &detailed),
             [
                 r#"cluster_policy_report_result{category="",kind="",name="",policy="p",report="",rule="",severity="",source="",status="fail"} 1"#
             ]
@@ -388,27 +441,52 @@ mod tests {
     }
 
     #[test]
+    fn without_a_namespace_label_the_gauge_still_separates_cluster_and_namespaced_reports() {
+        let custom = LabelSet::of(&Settings {
+            mode: Mode::Custom,
+            labels: vec!["policy".into()],
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        let mut t = Tally::new(&custom, 100);
+        t.set(0, "a", "r", &Rows::from_values(1, vec!["p", "p"]));
+        t.set(0, "b", "r", &Rows::from_values(1, vec!["p"]));
+        t.set(1, "", "c", &Rows::from_values(1, vec!["p"]));
+        assert_eq!(
+            rendered(&t, &custom),
+            [r#"policy_report_result{policy="p"} 3"#, r#"cluster_policy_report_result{policy="p"} 1"#]
+        );
+        assert_eq!(t.series(), 2);
+    }
+
+    #[test]
     fn the_limit_refuses_new_series_counts_them_and_lets_rewrites_keep_theirs() {
-        let mut t = Tally::new(true, 2);
-        t.set(0, "a", "r1", &[row("a", "p", "fail"), row("a", "q", "fail")]);
+        let mut t = Tally::new(&set(Mode::Simple), 2);
+        t.set(0, "a", "r1", &rows(&[("a", "p", "fail"), ("a", "q", "fail")]));
         t.set(
             0,
             "a",
             "r2",
-            &[row("a", "x", "fail"), row("a", "y", "fail"), row("a", "y", "fail"), row("a", "p", "fail")],
+            &rows(&[("a", "x", "fail"), ("a", "y", "fail"), ("a", "y", "fail"), ("a", "p", "fail")]),
         );
         assert_eq!((t.series(), t.refused_results, t.refused_series_total), (2, 3, 2));
         // A rewrite of r1 with one new series: its old series are taken away first.
-        t.set(0, "a", "r1", &[row("a", "z", "fail")]);
+        t.set(0, "a", "r1", &rows(&[("a", "z", "fail")]));
         assert_eq!((t.series(), t.refused_results), (2, 3));
-        t.set(0, "a", "r2", &[]);
+        t.set(0, "a", "r2", &Rows::none());
         assert_eq!((t.series(), t.refused_results, t.refused_series_total), (1, 0, 2));
     }
 
     #[test]
     fn label_values_are_escaped() {
-        let mut t = Tally::new(true, 10);
-        t.set(0, "a", "r", &[row("a", "say \"hi\"\\\nbye", "fail")]);
-        assert!(rendered(&t)[0].contains(r#"policy="say \"hi\"\\\nbye""#), "{:?}", rendered(&t));
+        let simple = set(Mode::Simple);
+        let mut t = Tally::new(&simple, 10);
+        t.set(0, "a", "r", &rows(&[("a", "say \"hi\"\\\nbye", "fail")]));
+        assert!(
+            rendered(&t, &simple)[0].contains(r#"policy="say \"hi\"\\\nbye""#),
+            "{:?}",
+            rendered(&t, &simple)
+        );
     }
 }

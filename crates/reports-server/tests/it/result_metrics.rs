@@ -1,5 +1,6 @@
 //! Result metrics: Policy Reporter's gauges on `/metrics` follow every write, on every replica,
-//! with Policy Reporter's exact label sets, and within the series limit.
+//! with Policy Reporter's exact label sets (its fixed modes, and the operator's custom labels),
+//! and within the series limit.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -133,15 +134,20 @@ async fn create(t: &TestServer, index: usize, ns: Option<&str>, object: &Value) 
     assert_eq!(status, 201, "{body}");
 }
 
-/// Replaces the results of a report (read, change, put).
-async fn set_results(t: &TestServer, index: usize, ns: Option<&str>, name: &str, results: Value) {
+/// Replaces a report by itself after `change` (read, change, put).
+async fn modify(t: &TestServer, index: usize, ns: Option<&str>, name: &str, change: impl FnOnce(&mut Value)) {
     let url = t.url(&format!("{}/{name}", collection(index, ns)));
     let mut object: Value = t.http().get(&url).send().await.unwrap().json().await.unwrap();
-    object["results"] = results;
+    change(&mut object);
     let response = t.http().put(&url).json(&object).send().await.unwrap();
     let status = response.status();
     let body = response.text().await.unwrap();
     assert_eq!(status, 200, "{body}");
+}
+
+/// Replaces the results of a report (read, change, put).
+async fn set_results(t: &TestServer, index: usize, ns: Option<&str>, name: &str, results: Value) {
+    modify(t, index, ns, name, |object| object["results"] = results).await;
 }
 
 /// Deletes one report or a collection; reads the whole answer, as a deletecollection streams
@@ -320,7 +326,7 @@ on_both_stores_named! {
     /// Beyond the limit no series is created, and what is missing is counted; freeing room and
     /// rewriting the report counts it again.
     async fn the_series_limit_refuses_and_counts(store) {
-        let t = start(store, Settings { mode: Mode::Detailed, max_series: 3 }).await;
+        let t = start(store, Settings { mode: Mode::Detailed, max_series: 3, ..Default::default() }).await;
         let results: Vec<Value> = (0..5).map(|i| result(&format!("p{i}"), "r", "fail", "low", None)).collect();
         create(&t, POLR, Some("a"), &report(POLR, Some("a"), "big", json!(results))).await;
         let text = settled(&t).await;
@@ -343,6 +349,195 @@ on_both_stores_named! {
         assert_eq!(gauge(&text, "reports_server_result_metrics_dropped_results"), Some(0.0));
         assert_eq!(gauge(&text, "reports_server_result_metrics_dropped_series_total"), Some(3.0), "a counter");
     }
+}
+
+/// The custom labels of [`custom_labels_follow_every_write`], as an operator lists them (in no
+/// particular order): two plain labels whose values Policy Reporter computes (the namespace,
+/// dropped from the cluster gauge, and the category, `Other` when empty), a result property and
+/// a report label, both under sanitised names.
+const CUSTOM_LABELS: [&str; 6] = [
+    "policy",
+    "status",
+    "namespace",
+    "property:artifact.repository",
+    "label:app.kubernetes.io/managed-by",
+    "category",
+];
+
+/// A result for the custom labels: the `artifact.repository` property when `repository` is given
+/// (another property beside it, which no label reads).
+fn finding(policy: &str, status: &str, repository: Option<&str>) -> Value {
+    let mut result =
+        json!({"policy": policy, "rule": "r", "result": status, "severity": "high", "source": "Trivy"});
+    if let Some(repository) = repository {
+        result["properties"] = json!({"artifact.repository": repository, "artifact.tag": "1.25"});
+    }
+    result
+}
+
+/// A report with metadata labels: `app.kubernetes.io/managed-by` when `managed_by` is given, and
+/// another label that no series reads.
+fn labelled(index: usize, ns: Option<&str>, name: &str, managed_by: Option<&str>, results: Value) -> Value {
+    let mut object = report(index, ns, name, results);
+    object["metadata"]["labels"] = json!({"team": "platform"});
+    if let Some(managed_by) = managed_by {
+        object["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!(managed_by);
+    }
+    object
+}
+
+/// A custom series' labels: `ns` (None for the cluster gauge), then the report label, the
+/// repository property, category, policy and status.
+fn custom(ns: Option<&str>, values: [&str; 5]) -> Labels {
+    let names = ["app_kubernetes_io_managed_by", "artifact_repository", "category", "policy", "status"];
+    let mut labels: Labels = names.iter().zip(values).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    if let Some(ns) = ns {
+        labels.insert("namespace".into(), ns.into());
+    }
+    labels
+}
+
+on_both_stores_named! {
+    /// The custom mode: the operator's labels, with a report label and a result property, count
+    /// results exactly through creates, an update (of the report's labels and of its results)
+    /// and deletes.
+    async fn custom_labels_follow_every_write(store) {
+        let labels = CUSTOM_LABELS.iter().map(|l| l.to_string()).collect();
+        let t = start(store, Settings { mode: Mode::Custom, labels, ..Default::default() }).await;
+        let nginx = Some("library/nginx");
+        let mut security = finding("q", "pass", nginx);
+        security["category"] = json!("Security");
+        create(&t, POLR, Some("a"), &labelled(POLR, Some("a"), "polr", Some("kyverno"), json!([
+            finding("p", "fail", nginx),
+            finding("p", "fail", nginx),
+            finding("p", "fail", None),
+            security,
+        ]))).await;
+        create(&t, POLR, Some("a"), &labelled(POLR, Some("a"), "other", Some("kyverno"), json!([finding("p", "fail", nginx)]))).await;
+        create(&t, REPORT, Some("b"), &report(REPORT, Some("b"), "open", json!([finding("p", "fail", Some("library/redis"))]))).await;
+        create(&t, CPOLR, None, &labelled(CPOLR, None, "cluster", Some("trivy-operator"), json!([finding("c", "warn", nginx)]))).await;
+
+        let text = settled(&t).await;
+        let redis = custom(Some("b"), ["", "library/redis", "Other", "p", "fail"]);
+        assert_eq!(family(&text, NS), BTreeMap::from([
+            (custom(Some("a"), ["kyverno", "library/nginx", "Other", "p", "fail"]), 3.0),
+            (custom(Some("a"), ["kyverno", "", "Other", "p", "fail"]), 1.0),
+            (custom(Some("a"), ["kyverno", "library/nginx", "Security", "q", "pass"]), 1.0),
+            (redis.clone(), 1.0),
+        ]), "{text}");
+        let cluster = custom(None, ["trivy-operator", "library/nginx", "Other", "c", "warn"]);
+        assert_eq!(family(&text, CLUSTER), BTreeMap::from([(cluster.clone(), 1.0)]), "{text}");
+        assert_eq!(gauge(&text, "reports_server_result_metrics_series"), Some(5.0));
+        assert_eq!(gauge(&text, "reports_server_result_metrics_reports"), Some(4.0));
+        // Written as Prometheus' Go client writes it: labels by name, whatever the order given.
+        assert!(text.contains("\npolicy_report_result{app_kubernetes_io_managed_by=\"kyverno\",artifact_repository=\"library/nginx\",category=\"Other\",namespace=\"a\",policy=\"p\",status=\"fail\"} 3\n"), "{text}");
+        assert!(text.contains("\ncluster_policy_report_result{app_kubernetes_io_managed_by=\"trivy-operator\",artifact_repository=\"library/nginx\",category=\"Other\",policy=\"c\",status=\"warn\"} 1\n"), "{text}");
+
+        // An update: the report's label changes and so do its results; its old contribution goes
+        // whole, the other report's stays.
+        modify(&t, POLR, Some("a"), "polr", |object| {
+            object["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("argocd");
+            object["results"] = json!([finding("p", "fail", nginx), finding("p", "warn", nginx)]);
+        }).await;
+        let text = settled(&t).await;
+        assert_eq!(family(&text, NS), BTreeMap::from([
+            (custom(Some("a"), ["kyverno", "library/nginx", "Other", "p", "fail"]), 1.0),
+            (custom(Some("a"), ["argocd", "library/nginx", "Other", "p", "fail"]), 1.0),
+            (custom(Some("a"), ["argocd", "library/nginx", "Other", "p", "warn"]), 1.0),
+            (redis.clone(), 1.0),
+        ]), "{text}");
+        assert_eq!(family(&text, CLUSTER), BTreeMap::from([(cluster, 1.0)]));
+
+        delete(&t, &format!("{}/other", collection(POLR, Some("a")))).await;
+        delete(&t, &format!("{}/cluster", collection(CPOLR, None))).await;
+        let text = settled(&t).await;
+        assert_eq!(family(&text, NS), BTreeMap::from([
+            (custom(Some("a"), ["argocd", "library/nginx", "Other", "p", "fail"]), 1.0),
+            (custom(Some("a"), ["argocd", "library/nginx", "Other", "p", "warn"]), 1.0),
+            (redis, 1.0),
+        ]), "{text}");
+        assert_eq!(family(&text, CLUSTER).len(), 0, "{text}");
+        assert_eq!(gauge(&text, "reports_server_result_metrics_series"), Some(3.0));
+        assert_eq!(gauge(&text, "reports_server_result_metrics_reports"), Some(2.0));
+    }
+}
+
+/// Starts the binary with `args` (on a free port, with an in-memory store) expecting it to refuse
+/// to start: returns what it logged. A server that starts instead is stopped and the test fails.
+fn refused_at_start(args: &[&str]) -> String {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reports-server"))
+        .args(["--secure-port", "0", "--storage", "sqlite::memory:"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("the server started with {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+/// Custom labels Policy Reporter would not export, and labels without the custom mode, stop the
+/// server at start-up with a message naming what is wrong: the binary exits, and so does an
+/// embedding program's `Server::start`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_custom_labels_are_refused_at_start_up() {
+    let custom = ["--result-metrics", "custom", "--result-metrics-labels"];
+    let cases: [(&[&str], &str); 5] = [
+        (&[&custom[..], &["policy,bogus,status"]].concat(), "\"bogus\" is not a label"),
+        (
+            &[&custom[..], &["policy,label:app/name,property:app.name"]].concat(),
+            "\"property:app.name\" is named \"app_name\", as an earlier label is",
+        ),
+        (
+            &[&custom[..], &["property:cvss score"]].concat(),
+            "\"property:cvss score\" would be named \"cvss score\", which is not a Prometheus label name",
+        ),
+        (&["--result-metrics", "custom"], "--result-metrics custom needs its labels"),
+        (
+            &["--result-metrics", "simple", "--result-metrics-labels", "policy"],
+            "--result-metrics-labels is only read with --result-metrics custom, not simple",
+        ),
+    ];
+    for (args, message) in cases {
+        let stderr = refused_at_start(args);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        assert!(errors.len() == 1 && errors[0].contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("is ready on"), "{stderr}");
+    }
+
+    crate::harness::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let config = reports_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        certificate: crate::harness::TestPki::new().serving.clone(),
+        storage: format!("sqlite://{}", dir.path().join("reports.db").display()),
+        limits: Default::default(),
+        change_log_retention_seconds: 900,
+        watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
+        commit_trace: None,
+        cluster: None,
+        postgres: Default::default(),
+        result_metrics: Settings {
+            mode: Mode::Custom,
+            labels: vec!["policy".into(), "Severity".into()],
+            ..Default::default()
+        },
+    };
+    let error = reports_server::Server::start(config).await.err().expect("refused");
+    assert!(format!("{error:#}").contains("\"Severity\" is not a label"), "{error:#}");
+    assert!(!dir.path().join("reports.db").exists(), "refused before the store is opened");
 }
 
 /// Off exposes nothing and does nothing.

@@ -16,14 +16,13 @@ use super::{
     body::SplitBody,
     combine::{fail_all, Combine, Pending},
     errors::{db_error, pool_error},
-    findings::write::{insert, with_findings, FindingArrays, ONE_KEY},
+    findings::write::{insert, with_findings, FindingArrays, SetRow, ONE_KEY},
     retry::Retry,
     target::Target,
 };
 use crate::{
     counter::CombinedWrites,
     error::{StoreError, StoreResult},
-    findings::FindingRow,
 };
 
 /// Most creates written by one statement.
@@ -100,7 +99,7 @@ pub(super) struct NewObject {
     /// The body split around its RV.
     pub body: Arc<SplitBody>,
     /// Its findings (none when its kind is not indexed).
-    pub findings: Vec<FindingRow>,
+    pub findings: SetRow,
 }
 
 /// The combining task's writer of creates.

@@ -180,7 +180,7 @@ impl Store for PgStore {
         let namespace = meta_text(&object, "namespace").to_string();
         let name = meta_text(&object, "name").to_string();
         let uid = meta_text(&object, "uid").to_string();
-        let findings = self.target.findings.rows(resource, &object);
+        let findings = findings::write::SetRow::new(&self.target.findings.rows(resource, &object));
         let body = Arc::new(SplitBody::new(&mut object)?);
         let create = NewObject {
             resource: resource.to_string(),
@@ -206,7 +206,7 @@ impl Store for PgStore {
                 uid: meta_text(&object, "uid").to_string(),
                 labels: labels_json(&object),
                 hashes: labels::label_hashes(&object),
-                findings: self.target.findings.rows(resource, &object),
+                findings: findings::write::SetRow::new(&self.target.findings.rows(resource, &object)),
                 body: SplitBody::new(&mut object)?,
             },
         };

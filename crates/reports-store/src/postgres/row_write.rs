@@ -10,14 +10,13 @@ use tokio_postgres::types::ToSql;
 
 use super::{
     body::SplitBody,
-    findings::write::{insert, with_findings, FindingArrays, ARRAYS, ONE_KEY},
+    findings::write::{insert, with_findings, FindingArrays, SetRow, ARRAYS, ONE_KEY},
     labels,
     target::Target,
     writes::TxWork,
 };
 use crate::{
     error::{StoreError, StoreResult},
-    findings::FindingRow,
     model::StoredObject,
     snapshot::with_rv,
 };
@@ -53,7 +52,7 @@ pub(super) enum RowChange {
         /// Label hashes after the write.
         hashes: Vec<i32>,
         /// The findings after the write (none when the kind is not indexed).
-        findings: Vec<FindingRow>,
+        findings: SetRow,
     },
     /// Delete the object.
     Delete,
@@ -167,7 +166,7 @@ impl TxWork for RowWrite {
         let mut count = 0i32;
         if let RowChange::Update { findings: rows, .. } = &self.change {
             findings.push(1, rows);
-            count = i32::try_from(rows.len()).unwrap_or(i32::MAX);
+            count = i32::try_from(rows.count()).unwrap_or(i32::MAX);
         }
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &target.cluster,

@@ -23,13 +23,13 @@ use super::{
     blocks::{block_rv, take_block},
     body::SplitBody,
     combine::{fail_all, Combine, Pending},
-    findings::write::{insert, with_findings, FindingArrays, ARRAYS},
+    findings::write::{insert, with_findings, FindingArrays, SetRow, ARRAYS},
     labels,
     row_write::{RowChange, RowWrite},
     target::Target,
     writes::{write_transaction, TxWork},
 };
-use crate::{counter::CombinedWrites, error::StoreResult, findings::FindingRow, model::StoredObject};
+use crate::{counter::CombinedWrites, error::StoreResult, model::StoredObject};
 
 /// Most updates written by one transaction.
 const MAX_BATCH: usize = 128;
@@ -148,7 +148,7 @@ struct Found<'a> {
     labels: &'a str,
     hashes: &'a [i32],
     /// Findings after the write.
-    findings: &'a [FindingRow],
+    findings: &'a SetRow,
     /// Labels before the write, from the locked row's body.
     prev_labels: String,
 }
@@ -198,7 +198,7 @@ impl TxWork for UpdateSet {
             findings.push(i + 1, f.findings);
         }
         let finding_counts: Vec<i32> =
-            found.iter().map(|f| i32::try_from(f.findings.len()).unwrap_or(i32::MAX)).collect();
+            found.iter().map(|f| i32::try_from(f.findings.count()).unwrap_or(i32::MAX)).collect();
         let channel: &str = &target.channel;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &target.cluster,

@@ -11,13 +11,8 @@
 use deadpool_postgres::Object;
 use uuid::Uuid;
 
-use super::write::{insert, FindingArrays};
-use crate::{
-    error::StoreResult,
-    findings::{FindingRow, FindingsIndex},
-    model::parse_body,
-    postgres::errors::db_error,
-};
+use super::write::{insert, FindingArrays, SetRow};
+use crate::{error::StoreResult, findings::FindingsIndex, model::parse_body, postgres::errors::db_error};
 
 /// Reports per backfill transaction.
 const BATCH: i64 = 100;
@@ -97,12 +92,12 @@ SELECT 1",
         let Some(last) = rows.last() else { break };
         (namespace, name) = (last.get(0), last.get(1));
         let mut keys: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-        let mut findings: Vec<Vec<FindingRow>> = Vec::with_capacity(rows.len());
+        let mut findings: Vec<SetRow> = Vec::with_capacity(rows.len());
         for row in &rows {
             keys.0.push(resource);
             keys.1.push(row.get(0));
             keys.2.push(row.get(1));
-            findings.push(index.rows(resource, &parse_body(row.get(2))?));
+            findings.push(SetRow::new(&index.rows(resource, &parse_body(row.get(2))?)));
         }
         let mut arrays = FindingArrays::default();
         for (i, rows) in findings.iter().enumerate() {

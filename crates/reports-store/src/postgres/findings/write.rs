@@ -41,13 +41,23 @@ const COLUMNS: [(&str, &str); 17] = [
     ("score", "float8[]"),
 ];
 
+/// A report's findings as the values of its `report_finding_sets` row: its largest score and,
+/// per column, the array literal. Built by the writing request's own task, so the combining
+/// task, which every create of the store waits behind, only gathers them.
+#[derive(Debug, Clone, Default)]
+pub(in crate::postgres) struct SetRow {
+    count: usize,
+    max_score: Option<f64>,
+    columns: [String; 17],
+}
+
 /// The findings of the writes of one statement: per report with findings, its position, its
 /// largest score and its arrays as literals.
 #[derive(Default)]
-pub(in crate::postgres) struct FindingArrays {
+pub(in crate::postgres) struct FindingArrays<'a> {
     report: Vec<i64>,
     max_score: Vec<Option<f64>>,
-    columns: [Vec<String>; 17],
+    columns: [Vec<&'a str>; 17],
 }
 
 /// Appends `text` to an array literal as a quoted element.
@@ -86,15 +96,12 @@ fn push_number(literal: &mut String, number: Option<impl std::fmt::Display>) {
     }
 }
 
-impl FindingArrays {
-    /// Adds the findings of the `report`-th write (from 1) of the statement. A report without
-    /// findings gets no row.
-    pub fn push(&mut self, report: usize, rows: &[FindingRow]) {
+impl SetRow {
+    /// The row of a report with `rows` as its findings (none: the report gets no row).
+    pub fn new(rows: &[FindingRow]) -> Self {
         if rows.is_empty() {
-            return;
+            return Self::default();
         }
-        self.report.push(report as i64);
-        self.max_score.push(rows.iter().filter_map(|r| r.score).reduce(f64::max));
         let text = |get: fn(&FindingRow) -> &str| literal(rows, |out, row| push_quoted(out, get(row)));
         let subject = |i: usize| literal(rows, |out, row| push_quoted(out, &row.subject[i]));
         let columns = [
@@ -119,7 +126,25 @@ impl FindingArrays {
             }),
             literal(rows, |out, row| push_number(out, row.score)),
         ];
-        for (column, literal) in self.columns.iter_mut().zip(columns) {
+        Self { count: rows.len(), max_score: rows.iter().filter_map(|r| r.score).reduce(f64::max), columns }
+    }
+
+    /// How many findings the report has.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+impl<'a> FindingArrays<'a> {
+    /// Adds the findings of the `report`-th write (from 1) of the statement. A report without
+    /// findings gets no row.
+    pub fn push(&mut self, report: usize, set: &'a SetRow) {
+        if set.count == 0 {
+            return;
+        }
+        self.report.push(report as i64);
+        self.max_score.push(set.max_score);
+        for (column, literal) in self.columns.iter_mut().zip(&set.columns) {
             column.push(literal);
         }
     }
@@ -215,11 +240,13 @@ mod tests {
             score: Some(9.8),
         };
         let second = FindingRow { scored: false, timestamp: Some(-5), score: None, ..row.clone() };
+        let (none, set) = (SetRow::new(&[]), SetRow::new(&[row, second]));
         let mut arrays = FindingArrays::default();
-        arrays.push(1, &[]);
-        arrays.push(2, &[row, second]);
+        arrays.push(1, &none);
+        arrays.push(2, &set);
         assert_eq!(arrays.report, [2], "a report without findings has no row");
         assert_eq!(arrays.max_score, [Some(9.8)]);
+        assert_eq!(set.count(), 2);
         let [policy, rule, _, severity, category, ..] = &arrays.columns;
         assert_eq!(policy[0], r#"{"a \"quoted\" \\ policy","a \"quoted\" \\ policy"}"#);
         assert_eq!(rule[0], r#"{"{,}","{,}"}"#);

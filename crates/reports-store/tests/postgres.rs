@@ -731,9 +731,9 @@ async fn schema_version_1_is_migrated_keeping_labels_selectable() {
         "the labels before the update, read from the migrated body"
     );
     assert_eq!(change.labels.len(), 1);
-    // Up to the newest schema (version 5: findings, the BI views and the kept bodies of snapshot reads), the start-up's set of
-    // indexed kinds recorded.
-    assert_eq!(pg.psql(&db, "SELECT max(version) FROM reports_server_migrations").unwrap().trim(), "5");
+    // Up to the newest schema (version 6: findings, the BI views, the kept bodies of snapshot
+    // reads, findings as one row per report), the start-up's set of indexed kinds recorded.
+    assert_eq!(pg.psql(&db, "SELECT max(version) FROM reports_server_migrations").unwrap().trim(), "6");
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM report_findings_indexed").unwrap().trim(), "1");
 }
 

@@ -11,7 +11,7 @@
 use deadpool_postgres::Object;
 use uuid::Uuid;
 
-use super::write::{insert, FindingArrays, SetRow};
+use super::write::{sets_statement, FindingArrays, SetRow};
 use crate::{error::StoreResult, findings::FindingsIndex, model::parse_body, postgres::errors::db_error};
 
 /// Reports per backfill transaction.
@@ -71,12 +71,7 @@ async fn rebuild(
     resource: &str,
     index: &FindingsIndex,
 ) -> StoreResult<()> {
-    let write = format!(
-        "WITH k AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS k(resource, namespace, name, i)),
-{}
-SELECT 1",
-        insert(5, "k", true)
-    );
+    let write = sets_statement(true);
     let (mut namespace, mut name) = (String::new(), String::new());
     loop {
         let tx = client.transaction().await.map_err(db_error)?;

@@ -48,7 +48,8 @@ const COLUMNS: [(&str, &str); 17] = [
 pub(in crate::postgres) struct SetRow {
     count: usize,
     max_score: Option<f64>,
-    columns: [String; 17],
+    /// One literal per column of [`COLUMNS`] (none when the report has no findings).
+    columns: Vec<String>,
 }
 
 /// The findings of the writes of one statement: per report with findings, its position, its
@@ -126,7 +127,11 @@ impl SetRow {
             }),
             literal(rows, |out, row| push_number(out, row.score)),
         ];
-        Self { count: rows.len(), max_score: rows.iter().filter_map(|r| r.score).reduce(f64::max), columns }
+        Self {
+            count: rows.len(),
+            max_score: rows.iter().filter_map(|r| r.score).reduce(f64::max),
+            columns: columns.into(),
+        }
     }
 
     /// How many findings the report has.
@@ -186,6 +191,19 @@ pub(in crate::postgres) fn insert(first: usize, keys: &str, replace: bool) -> St
         names = names.join(", "),
         casts = casts.join(", "),
         arrays = arrays.join(", "),
+    )
+}
+
+/// A statement of its own writing the finding sets of several reports: `$1` cluster, `$2..$4`
+/// the reports' resources, namespaces and names, then [`FindingArrays::params`] from `$5`, the
+/// `report` positions counting from 1 in those arrays. With `replace`, existing sets are
+/// overwritten (the backfill).
+pub(in crate::postgres) fn sets_statement(replace: bool) -> String {
+    format!(
+        "WITH k AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS k(resource, namespace, name, i)),
+{}
+SELECT 1",
+        insert(5, "k", replace)
     )
 }
 

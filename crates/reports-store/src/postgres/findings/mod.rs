@@ -13,8 +13,8 @@
 //! policy, source) compress against each other.
 //!
 //! Text elements are "" rather than NULL where absent, and compare bytewise (`COLLATE "C"`), as
-//! the key of `report_objects` does. `properties` holds each finding's string properties as
-//! `jsonb`; the ones that read as numbers are kept once more as numbers, the score in `score`
+//! the key of `report_objects` does. `properties` holds each finding's string properties as JSON
+//! object text (cast to `jsonb` by the questions that read them); the ones that read as numbers are kept once more as numbers, the score in `score`
 //! (it is what is asked most), the rest in `numbers` (NULL elements for findings without
 //! any). Numbers are read by the same Rust function the in-memory filter uses, so the database
 //! never has to decide what is a number. `max_score`, the largest score of the report, lets a

@@ -97,11 +97,17 @@ fn findings_source(sql: &str) -> String {
     };
     let fields: Vec<&str> =
         FINDING_FIELDS.iter().filter(|field| **field == "result" || mentioned(field)).copied().collect();
+    // Properties are stored as JSON text and read as jsonb, the type the query language's SQL
+    // expects, only by the questions that mention them.
+    let column = |c: &&str| match *c {
+        "properties" => "u.properties::jsonb AS properties".to_string(),
+        c => format!("u.{c}"),
+    };
     format!(
         "(SELECT s.cluster_id, s.namespace, s.name, s.resource, s.max_score, (u.ord - 1)::int4 AS ordinal, {}
           FROM report_finding_sets s
           CROSS JOIN LATERAL unnest({}) WITH ORDINALITY AS u({}, ord)) f",
-        fields.iter().map(|c| format!("u.{c}")).collect::<Vec<_>>().join(", "),
+        fields.iter().map(column).collect::<Vec<_>>().join(", "),
         fields.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", "),
         fields.join(", "),
     )
@@ -137,7 +143,7 @@ impl FindingSet {
     /// The columns [`FindingSet::from_row`] reads, after the key.
     const COLUMNS: &'static str = "policy, rule, result, severity, category, source, scored, timestamp, \
         message, subject_api_version, subject_kind, subject_namespace, subject_name, subject_uid, \
-        properties::text[]";
+        properties";
 
     fn from_row(row: &tokio_postgres::Row) -> Self {
         Self {

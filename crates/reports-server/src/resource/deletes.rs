@@ -129,6 +129,11 @@ enum DeleteFailure {
     Api(ApiError),
 }
 
+/// Chunks of one deletecollection being deleted at once: while one chunk's deletes wait for
+/// their commit, the next is planned and submitted, and the store commits them together (a
+/// label deletecollection of a million reports spent half its time waiting with one in flight).
+const CHUNKS_IN_FLIGHT: usize = 3;
+
 async fn delete_collection_task(
     store: reports_store::DynStore,
     resource: String,
@@ -136,92 +141,95 @@ async fn delete_collection_task(
     options: DeleteOptions,
     tx: tokio::sync::mpsc::Sender<reports_store::StoreResult<reports_store::ListChunk>>,
 ) {
+    use futures::StreamExt as _;
     use reports_store::ListChunk;
-    while let Some(chunk) = stream.chunks.recv().await {
-        let items = match chunk {
-            Ok(ListChunk::Items(items)) => items,
-            Ok(ListChunk::End { .. }) => break,
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut listed_all = false;
+    loop {
+        // Keep the pipeline full while the list has chunks; then drain it in order.
+        if !listed_all && in_flight.len() < CHUNKS_IN_FLIGHT {
+            match stream.chunks.recv().await {
+                Some(Ok(ListChunk::Items(items))) => {
+                    in_flight.push_back(delete_chunk(&store, &resource, &options, items));
+                    continue;
+                }
+                Some(Ok(ListChunk::End { .. })) | None => listed_all = true,
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        let Some(done) = in_flight.next().await else { break };
+        match done {
+            // A client that hangs up does not stop the deletion: kube finishes a
+            // deletecollection it has accepted, and a half-deleted namespace would otherwise
+            // wait for the next sweep.
+            Ok(out) => {
+                if !tx.is_closed() {
+                    let _ = tx.send(Ok(ListChunk::Items(out))).await;
+                }
+            }
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
                 return;
             }
-        };
-        let mut immediate = Vec::new();
-        let mut out = Vec::new();
-        // Objects another writer changed since the list: kube deletes them all the same (its
-        // deletecollection deletes each listed name without an RV precondition), so they are
-        // loaded again and deleted one by one.
-        let mut raced = Vec::new();
-        for item in items {
-            // A plan reads only metadata; the whole object is parsed only to mark it.
-            let plan = match metadata_only(&item.body) {
-                Ok(metadata) => match deletion_plan(&metadata, options.propagation, &now()) {
-                    DeletionPlan::MarkDeleting(_) => {
-                        item.parse().map(|o| deletion_plan(&o, options.propagation, &now()))
-                    }
-                    plan => Ok(plan),
-                },
-                Err(e) => Err(e),
-            };
-            let plan = match plan {
-                Ok(plan) => plan,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            match plan {
-                DeletionPlan::Immediately if options.dry_run => out.push(item),
-                DeletionPlan::Immediately => immediate.push(item),
-                DeletionPlan::AlreadyDeleting => out.push(item),
-                DeletionPlan::MarkDeleting(marked) if options.dry_run => {
-                    out.push(StoredObject { body: marked.to_string(), ..item })
-                }
-                DeletionPlan::MarkDeleting(marked) => match store.update(&resource, marked, item.rv).await {
-                    Ok(updated) => out.push(updated),
-                    Err(StoreError::Conflict) => raced.push((item.namespace, item.name)),
-                    Err(StoreError::NotFound) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                },
-            }
-        }
-        if !immediate.is_empty() {
-            let keys = immediate.iter().map(|o| (o.namespace.clone(), o.name.clone(), o.rv)).collect();
-            match store.delete_batch(&resource, keys).await {
-                Ok(deleted) => {
-                    for (listed, deleted) in immediate.into_iter().zip(deleted) {
-                        match deleted {
-                            Some(object) => out.push(object),
-                            None => raced.push((listed.namespace, listed.name)),
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-        for (namespace, name) in raced {
-            match delete_changed(&store, &resource, &namespace, &name, &options).await {
-                Ok(Some(object)) => out.push(object),
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-        // A client that hangs up does not stop the deletion: kube finishes a deletecollection it
-        // has accepted, and a half-deleted namespace would otherwise wait for the next sweep.
-        if !tx.is_closed() {
-            let _ = tx.send(Ok(ListChunk::Items(out))).await;
         }
     }
     let _ = tx.send(Ok(reports_store::ListChunk::End { more: false, remaining: None })).await;
+}
+
+/// Deletes (or marks) the objects of one listed chunk; the objects as deleted, in list order
+/// where nothing raced.
+async fn delete_chunk(
+    store: &reports_store::DynStore,
+    resource: &str,
+    options: &DeleteOptions,
+    items: Vec<StoredObject>,
+) -> reports_store::StoreResult<Vec<StoredObject>> {
+    let mut immediate = Vec::new();
+    let mut out = Vec::new();
+    // Objects another writer changed since the list: kube deletes them all the same (its
+    // deletecollection deletes each listed name without an RV precondition), so they are
+    // loaded again and deleted one by one.
+    let mut raced = Vec::new();
+    for item in items {
+        // A plan reads only metadata; the whole object is parsed only to mark it.
+        let plan = match deletion_plan(&metadata_only(&item.body)?, options.propagation, &now()) {
+            DeletionPlan::MarkDeleting(_) => deletion_plan(&item.parse()?, options.propagation, &now()),
+            plan => plan,
+        };
+        match plan {
+            DeletionPlan::Immediately if options.dry_run => out.push(item),
+            DeletionPlan::Immediately => immediate.push(item),
+            DeletionPlan::AlreadyDeleting => out.push(item),
+            DeletionPlan::MarkDeleting(marked) if options.dry_run => {
+                out.push(StoredObject { body: marked.to_string(), ..item })
+            }
+            DeletionPlan::MarkDeleting(marked) => match store.update(resource, marked, item.rv).await {
+                Ok(updated) => out.push(updated),
+                Err(StoreError::Conflict) => raced.push((item.namespace, item.name)),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    if !immediate.is_empty() {
+        let keys = immediate.iter().map(|o| (o.namespace.clone(), o.name.clone(), o.rv)).collect();
+        let deleted = store.delete_batch(resource, keys).await?;
+        for (listed, deleted) in immediate.into_iter().zip(deleted) {
+            match deleted {
+                Some(object) => out.push(object),
+                None => raced.push((listed.namespace, listed.name)),
+            }
+        }
+    }
+    for (namespace, name) in raced {
+        if let Some(object) = delete_changed(store, resource, &namespace, &name, options).await? {
+            out.push(object);
+        }
+    }
+    Ok(out)
 }
 
 /// The object's `metadata` alone, which is all a deletion plan reads: parsing each 6 KB report

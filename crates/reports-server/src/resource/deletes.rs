@@ -101,14 +101,17 @@ impl Request<'_> {
             namespace: self.target.namespace.clone(),
             labels: list_options.label_selector,
             fields: list_options.field_selector,
+            limit: Some(LIST_PAGE),
             ..Default::default()
         };
-        let stream = self.state.store.list(query).await.map_err(store_error)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        // The first page here, so a refused query is this request's error.
+        let first = self.state.store.list(query.clone()).await.map_err(store_error)?;
         let store = self.state.store.clone();
+        let stream = listed_in_pages(store.clone(), query, first);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let resource = kind.storage_key().to_string();
         // Deleting runs beside the response: a chunk read, then deleted in one transaction, then
-        // its items streamed out as the returned list, so memory stays bounded by one chunk.
+        // its items streamed out as the returned list, so memory stays bounded by a few chunks.
         tokio::spawn(delete_collection_task(store, resource, stream, delete_options, tx));
         let deleted = reports_store::ListStream { snapshot_rv: 0, chunks: rx };
         let renderer = Renderer::new(kind, self.renderer.negotiated, None)?;
@@ -127,6 +130,55 @@ enum DeleteFailure {
     Raced,
     /// A real error for the client.
     Api(ApiError),
+}
+
+/// Objects a deletecollection lists per read. Each page is its own short read of the current
+/// objects after the last key: one read held open for a million deletes kept SQLite from
+/// checkpointing its WAL, which grew to gigabytes. (kube's deletecollection does not promise a
+/// snapshot either: objects created meanwhile may or may not be deleted.)
+const LIST_PAGE: u64 = 1000;
+
+/// The objects `query` selects, read a page at a time from `first` on, as one stream of chunks.
+fn listed_in_pages(
+    store: reports_store::DynStore,
+    mut query: ListQuery,
+    first: reports_store::ListStream,
+) -> reports_store::ListStream {
+    use reports_store::ListChunk;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut page = first;
+        loop {
+            let mut last = None;
+            let mut more = false;
+            while let Some(chunk) = page.chunks.recv().await {
+                match chunk {
+                    Ok(ListChunk::Items(items)) => {
+                        last = items.last().map(|o| (o.namespace.clone(), o.name.clone()));
+                        if tx.send(Ok(ListChunk::Items(items))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(ListChunk::End { more: m, .. }) => more = m,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            let (true, Some(after)) = (more, last) else { break };
+            query.after = Some(after);
+            page = match store.list(query.clone()).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+        }
+        let _ = tx.send(Ok(ListChunk::End { more: false, remaining: None })).await;
+    });
+    reports_store::ListStream { snapshot_rv: 0, chunks: rx }
 }
 
 /// Chunks of one deletecollection being deleted at once: while one chunk's deletes wait for

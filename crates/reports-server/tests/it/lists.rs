@@ -222,7 +222,7 @@ on_both_stores! {
     /// out in turn, while other clients update them and create more in the namespace.
     async fn delete_collection_spans_chunks_and_deletes_objects_changed_meanwhile(t) {
         use futures::StreamExt as _;
-        const N: usize = 600;
+        const N: usize = 1100; // beyond one page of the deletecollection's listing (1,000)
         let http = t.http();
         let collection = t.url("/apis/wgpolicyk8s.io/v1alpha2/namespaces/bulk/policyreports");
         let created: Vec<u16> = futures::stream::iter(0..N)

@@ -76,18 +76,7 @@ impl TestServer {
         install_crypto();
         let pki = TestPki::new();
         let dir = tempfile::tempdir().unwrap();
-        let mut config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            certificate: pki.serving.clone(),
-            storage: format!("sqlite://{}", dir.path().join("reports.db").display()),
-            limits: Default::default(),
-            change_log_retention_seconds: 900,
-            watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
-            commit_trace: None,
-            cluster: None,
-            postgres: Default::default(),
-            result_metrics: Default::default(),
-        };
+        let mut config = standalone_config(&pki, dir.path());
         adjust(&mut config);
         let server = Server::start(config).await.expect("server starts");
         let base = format!("https://127.0.0.1:{}", server.local_addr.port());
@@ -281,4 +270,21 @@ where
     S::Error: std::fmt::Debug,
 {
     within("the next watch event", stream.try_next()).await.expect("the watch stream fails")
+}
+
+/// A standalone server's configuration: a SQLite file in `dir`, serving with `pki`'s
+/// certificate on a free port, everything else as the binary's defaults.
+pub fn standalone_config(pki: &TestPki, dir: &std::path::Path) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        certificate: pki.serving.clone(),
+        storage: format!("sqlite://{}", dir.join("reports.db").display()),
+        limits: Default::default(),
+        change_log_retention_seconds: 900,
+        watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
+        commit_trace: None,
+        cluster: None,
+        postgres: Default::default(),
+        result_metrics: Default::default(),
+    }
 }

@@ -520,20 +520,12 @@ async fn bad_custom_labels_are_refused_at_start_up() {
     crate::harness::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let config = reports_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        certificate: crate::harness::TestPki::new().serving.clone(),
-        storage: format!("sqlite://{}", dir.path().join("reports.db").display()),
-        limits: Default::default(),
-        change_log_retention_seconds: 900,
-        watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
-        commit_trace: None,
-        cluster: None,
-        postgres: Default::default(),
         result_metrics: Settings {
             mode: Mode::Custom,
             labels: vec!["policy".into(), "Severity".into()],
             ..Default::default()
         },
+        ..crate::harness::standalone_config(&crate::harness::TestPki::new(), dir.path())
     };
     let error = reports_server::Server::start(config).await.err().expect("refused");
     assert!(format!("{error:#}").contains("\"Severity\" is not a label"), "{error:#}");

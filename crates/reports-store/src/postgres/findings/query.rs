@@ -60,27 +60,6 @@ async fn snapshot(
     Ok((tx, rv))
 }
 
-/// The per-finding columns of `report_finding_sets` (arrays there, one element per finding).
-const FINDING_FIELDS: [&str; 17] = [
-    "policy",
-    "rule",
-    "result",
-    "severity",
-    "category",
-    "source",
-    "scored",
-    "timestamp",
-    "message",
-    "subject_api_version",
-    "subject_kind",
-    "subject_namespace",
-    "subject_name",
-    "subject_uid",
-    "properties",
-    "numbers",
-    "score",
-];
-
 /// The findings as rows aliased `f`: the report key and `max_score` from the set, `ordinal`
 /// from the position, and of the per-finding columns only those `sql` mentions (plus `result`,
 /// which counts always read). Unnesting a column reads its whole array, and the message and
@@ -95,8 +74,11 @@ fn findings_source(sql: &str) -> String {
             !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         })
     };
-    let fields: Vec<&str> =
-        FINDING_FIELDS.iter().filter(|field| **field == "result" || mentioned(field)).copied().collect();
+    let fields: Vec<&str> = super::write::COLUMNS
+        .iter()
+        .map(|(field, _)| *field)
+        .filter(|field| *field == "result" || mentioned(field))
+        .collect();
     // Properties are stored as JSON text and read as jsonb, the type the query language's SQL
     // expects, only by the questions that mention them.
     let column = |c: &&str| match *c {

@@ -19,9 +19,9 @@ use crate::findings::FindingRow;
 /// How many array parameters [`FindingArrays::params`] binds.
 pub(in crate::postgres) const ARRAYS: usize = 19;
 
-/// The array columns, in the order [`FindingArrays::params`] binds them (after the report's
-/// position and largest score), with each one's SQL array type.
-const COLUMNS: [(&str, &str); 17] = [
+/// The array columns, one element per finding, in the order [`FindingArrays::params`] binds
+/// them (after the report's position and largest score), with each one's SQL array type.
+pub(in crate::postgres) const COLUMNS: [(&str, &str); 17] = [
     ("policy", "text[]"),
     ("rule", "text[]"),
     ("result", "text[]"),

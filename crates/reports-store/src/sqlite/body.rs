@@ -7,6 +7,8 @@
 //! Only the stored bytes change: the server still serves the JSON text exactly as it was
 //! written, and decompression is the one cost a read adds.
 
+use std::cell::RefCell;
+
 use rusqlite::types::ValueRef;
 
 use crate::error::{StoreError, StoreResult};
@@ -15,10 +17,47 @@ use crate::error::{StoreError, StoreResult};
 /// a fraction of their cost, and compression runs under the writer lock.
 const LEVEL: i32 = 3;
 
+thread_local! {
+    /// A compression context per thread, kept: creating one per body was a visible part of a
+    /// flood's profile (contexts hold their tables and buffers).
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    /// The same for decompression (a deletecollection of a million reads a million bodies).
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
 /// The stored form of a body.
 pub(super) fn pack(text: &str) -> StoreResult<Vec<u8>> {
-    zstd::bulk::compress(text.as_bytes(), LEVEL)
+    COMPRESSOR
+        .with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let compressor = match cell.as_mut() {
+                Some(compressor) => compressor,
+                None => cell.insert(zstd::bulk::Compressor::new(LEVEL)?),
+            };
+            compressor.compress(text.as_bytes())
+        })
         .map_err(|e| StoreError::backend_caused("compressing a body", e))
+}
+
+/// The largest body size read from a frame header that is allocated at once (bodies are limited
+/// to a few MiB; a larger claim is decoded as a stream, growing as it goes).
+const MAX_TRUSTED_SIZE: u64 = 64 << 20;
+
+/// Decompresses `packed` with this thread's context, when its frame says how large the body is.
+fn decompress(packed: &[u8]) -> std::io::Result<Vec<u8>> {
+    // A size past any body this server accepts is not trusted for an allocation up front.
+    let size = match zstd::zstd_safe::get_frame_content_size(packed) {
+        Ok(Some(size)) if size <= MAX_TRUSTED_SIZE => size,
+        _ => return zstd::stream::decode_all(packed),
+    };
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let decompressor = match cell.as_mut() {
+            Some(decompressor) => decompressor,
+            None => cell.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(packed, usize::try_from(size).unwrap_or(usize::MAX))
+    })
 }
 
 /// A body read from a column: a BLOB is compressed JSON, TEXT is JSON from an older file.
@@ -29,7 +68,7 @@ pub(super) fn unpack(value: ValueRef<'_>) -> rusqlite::Result<String> {
     match value {
         ValueRef::Text(text) => String::from_utf8(text.to_vec()).map_err(|e| corrupt(e.into())),
         ValueRef::Blob(packed) => {
-            let bytes = zstd::stream::decode_all(packed).map_err(|e| corrupt(e.into()))?;
+            let bytes = decompress(packed).map_err(|e| corrupt(e.into()))?;
             String::from_utf8(bytes).map_err(|e| corrupt(e.into()))
         }
         _ => Err(corrupt("a body is neither text nor a blob".into())),

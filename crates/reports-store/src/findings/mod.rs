@@ -70,6 +70,24 @@ impl FindingsIndex {
         Self { resources: text.split(',').filter(|r| !r.is_empty()).map(str::to_string).collect() }
     }
 
+    /// What opening a store with this set has to do to the findings it holds, given the set it
+    /// recorded (`None` when it never recorded one): nothing when the sets are the same, else
+    /// the kinds whose findings go (they left the set) and those rebuilt from their reports
+    /// (they joined it; their leftover rows, from an open that stopped halfway, go first).
+    pub fn backfill_from(&self, recorded: Option<&str>) -> Option<Backfill> {
+        let wanted = self.recorded();
+        if recorded == Some(wanted.as_str()) {
+            return None;
+        }
+        let before = Self::from_recorded(recorded.unwrap_or_default());
+        let after = Self::from_recorded(&wanted);
+        Some(Backfill {
+            dropped: before.resources.iter().filter(|r| !after.indexes(r)).cloned().collect(),
+            rebuilt: after.resources.iter().filter(|r| !before.indexes(r)).cloned().collect(),
+            recorded: wanted,
+        })
+    }
+
     /// The rows a report of `resource` gets: its findings when the kind is indexed, else none.
     pub fn rows(&self, resource: &str, report: &Value) -> Vec<FindingRow> {
         if !self.indexes(resource) {
@@ -77,6 +95,17 @@ impl FindingsIndex {
         }
         extract(report).into_iter().map(FindingRow::from).collect()
     }
+}
+
+/// The work of [`FindingsIndex::backfill_from`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Backfill {
+    /// Kinds whose findings are deleted.
+    pub dropped: Vec<String>,
+    /// Kinds whose findings are deleted and written again from their reports.
+    pub rebuilt: Vec<String>,
+    /// The set to record once done.
+    pub recorded: String,
 }
 
 /// A finding as its row stores it: the text columns (empty, never NULL, when absent), the
@@ -252,6 +281,14 @@ mod tests {
         assert_eq!(index.recorded(), "a,b");
         assert_eq!(FindingsIndex::from_recorded("a,b").resources, ["a", "b"]);
         assert!(FindingsIndex::from_recorded("").resources.is_empty());
+        let index = FindingsIndex { resources: vec!["b".into(), "c".into()] };
+        assert_eq!(index.backfill_from(Some("b,c")), None);
+        let plan = index.backfill_from(Some("a,b")).unwrap();
+        assert_eq!(
+            (plan.dropped, plan.rebuilt, plan.recorded),
+            (vec!["a".into()], vec!["c".into()], "b,c".into())
+        );
+        assert_eq!(index.backfill_from(None).unwrap().rebuilt, ["b", "c"]);
         assert!(!FindingsIndex::off().is_on());
     }
 }

@@ -15,7 +15,6 @@ use std::{path::Path, sync::Arc};
 
 use rusqlite::{params, OptionalExtension};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
 
 use self::{
     errors::sqlite_error, group_commit::GroupCommit, list::stored_from_row, readers::Readers,
@@ -203,24 +202,11 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, query: ListQuery) -> StoreResult<ListStream> {
-        let readers = self.readers.clone();
-        let (snapshot_tx, snapshot_rx) = oneshot::channel();
-        let (chunk_tx, chunk_rx) = mpsc::channel(2);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = match readers.take() {
-                Ok(conn) => conn,
-                Err(e) => {
-                    let _ = snapshot_tx.send(Err(e));
-                    return;
-                }
-            };
-            if let Err(e) = list::stream_list(&mut conn, &query, snapshot_tx, &chunk_tx) {
-                let _ = chunk_tx.blocking_send(Err(e));
-            }
-            readers.give_back(conn);
-        });
-        let snapshot_rv = snapshot_rx.await.map_err(|_| StoreError::backend("list reader ended early"))??;
-        Ok(ListStream { snapshot_rv, chunks: chunk_rx })
+        let (snapshot_rv, chunks) = self
+            .readers
+            .stream(move |conn, snapshot, chunks| list::stream_list(conn, &query, snapshot, chunks))
+            .await?;
+        Ok(ListStream { snapshot_rv, chunks })
     }
 
     async fn current_rv(&self) -> StoreResult<u64> {
@@ -288,37 +274,17 @@ impl Store for SqliteStore {
     }
 
     async fn findings(&self, query: FindingQuery) -> StoreResult<FindingStream> {
-        let readers = self.readers.clone();
-        let (snapshot_tx, snapshot_rx) = oneshot::channel();
-        let (chunk_tx, chunk_rx) = mpsc::channel(2);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = match readers.take() {
-                Ok(conn) => conn,
-                Err(e) => {
-                    let _ = snapshot_tx.send(Err(e));
-                    return;
-                }
-            };
-            if let Err(e) = findings::query::stream_findings(&mut conn, &query, snapshot_tx, &chunk_tx) {
-                let _ = chunk_tx.blocking_send(Err(e));
-            }
-            readers.give_back(conn);
-        });
-        let snapshot_rv =
-            snapshot_rx.await.map_err(|_| StoreError::backend("findings reader ended early"))??;
-        Ok(FindingStream { snapshot_rv, chunks: chunk_rx })
+        let (snapshot_rv, chunks) = self
+            .readers
+            .stream(move |conn, snapshot, chunks| {
+                findings::query::stream_findings(conn, &query, snapshot, chunks)
+            })
+            .await?;
+        Ok(FindingStream { snapshot_rv, chunks })
     }
 
     async fn count_findings(&self, query: CountQuery) -> StoreResult<(u64, Vec<FindingCount>)> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = readers.take()?;
-            let out = findings::query::count_findings(&mut conn, &query);
-            readers.give_back(conn);
-            out
-        })
-        .await
-        .map_err(|e| StoreError::backend_caused("a read task failed", e))?
+        self.readers.read(move |conn| findings::query::count_findings(conn, &query)).await
     }
 
     async fn namespaces_of(&self, resource: &str) -> StoreResult<Vec<String>> {

@@ -28,25 +28,20 @@ pub(in crate::postgres) async fn backfill(
         .await
         .map_err(db_error)?
         .map(|row| row.get(0));
-    let wanted = index.recorded();
-    if recorded.as_deref() == Some(wanted.as_str()) {
-        return Ok(());
-    }
-    let before = FindingsIndex::from_recorded(recorded.as_deref().unwrap_or_default());
-    let after = FindingsIndex::from_recorded(&wanted);
-    for resource in before.resources.iter().filter(|r| !after.indexes(r)) {
+    let Some(plan) = index.backfill_from(recorded.as_deref()) else { return Ok(()) };
+    for resource in &plan.dropped {
         drop_rows(client, cluster, resource).await?;
     }
-    for resource in after.resources.iter().filter(|r| !before.indexes(r)) {
+    for resource in &plan.rebuilt {
         tracing::info!(resource, "indexing the findings of existing reports");
         drop_rows(client, cluster, resource).await?;
-        rebuild(client, cluster, resource, &after).await?;
+        rebuild(client, cluster, resource, index).await?;
     }
     client
         .execute(
             "INSERT INTO report_findings_indexed (cluster_id, resources) VALUES ($1, $2)
              ON CONFLICT (cluster_id) DO UPDATE SET resources = excluded.resources",
-            &[&cluster, &wanted],
+            &[&cluster, &plan.recorded],
         )
         .await
         .map_err(db_error)?;

@@ -81,16 +81,11 @@ pub(in crate::sqlite) fn backfill(conn: &mut Connection, index: &FindingsIndex) 
         .query_row("SELECT value FROM meta WHERE key = 'findings_index'", [], |r| r.get(0))
         .optional()
         .map_err(sqlite_error)?;
-    let wanted = index.recorded();
-    if recorded.as_deref() == Some(wanted.as_str()) {
-        return Ok(());
-    }
-    let before = FindingsIndex::from_recorded(recorded.as_deref().unwrap_or_default());
-    let after = FindingsIndex::from_recorded(&wanted);
-    for resource in before.resources.iter().filter(|r| !after.indexes(r)) {
+    let Some(plan) = index.backfill_from(recorded.as_deref()) else { return Ok(()) };
+    for resource in &plan.dropped {
         conn.execute("DELETE FROM findings WHERE resource = ?1", [resource]).map_err(sqlite_error)?;
     }
-    for resource in after.resources.iter().filter(|r| !before.indexes(r)) {
+    for resource in &plan.rebuilt {
         tracing::info!(resource, "indexing the findings of existing reports");
         conn.execute("DELETE FROM findings WHERE resource = ?1", [resource]).map_err(sqlite_error)?;
         let (mut namespace, mut name) = (String::new(), String::new());
@@ -111,7 +106,7 @@ pub(in crate::sqlite) fn backfill(conn: &mut Connection, index: &FindingsIndex) 
                 rows.collect::<Result<_, _>>().map_err(sqlite_error)?
             };
             for (ns, report, body) in &reports {
-                insert(&tx, (resource, ns, report), &after.rows(resource, &parse_body(body)?))?;
+                insert(&tx, (resource, ns, report), &index.rows(resource, &parse_body(body)?))?;
             }
             tx.commit().map_err(sqlite_error)?;
             match reports.last() {
@@ -125,7 +120,7 @@ pub(in crate::sqlite) fn backfill(conn: &mut Connection, index: &FindingsIndex) 
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('findings_index', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [&wanted],
+        [&plan.recorded],
     )
     .map_err(sqlite_error)?;
     Ok(())

@@ -493,7 +493,7 @@ async fn serve(storage: String, commit_trace: Option<PathBuf>) -> anyhow::Result
         certificate: reports_server::tls::CertificatePem::self_signed()?,
         storage,
         limits: Default::default(),
-        change_log_retention_seconds: 900,
+        change_log: reports_store::Retention { max_age_seconds: 900, max_entries: 100_000 },
         watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
         commit_trace,
         cluster: None,

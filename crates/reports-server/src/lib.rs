@@ -57,8 +57,8 @@ pub struct ServerConfig {
     pub postgres: reports_store::postgres::PgSettings,
     /// Body size, requests in flight, timeouts and connections (see [`limits`]).
     pub limits: limits::ServingLimits,
-    /// Change-log retention in seconds.
-    pub change_log_retention_seconds: u64,
+    /// What the change log keeps: its age and its length (see [`compaction_loop`]).
+    pub change_log: reports_store::Retention,
     /// Bytes of recent changes kept in memory for watchers (see [`watch`]).
     pub watch_window_bytes: usize,
     /// Appends the instant of every commit to this file (benchmarks measure watch lag from it).
@@ -144,11 +144,7 @@ impl Server {
             in_cluster,
         );
         let router = app::router(state.clone());
-        tokio::spawn(compaction_loop(
-            store.clone(),
-            config.change_log_retention_seconds,
-            shutting_down.clone(),
-        ));
+        tokio::spawn(compaction_loop(store.clone(), config.change_log, shutting_down.clone()));
         state.set_ready();
         let task = tokio::spawn(serve::serve(
             listener,
@@ -176,32 +172,65 @@ impl Server {
     }
 }
 
-/// How often the change log is trimmed: every minute, or four times per retention period when
+/// How often old changes are trimmed: every minute, or four times per retention period when
 /// that is shorter, so a short retention is kept to closely (and can be tested in seconds).
 fn compaction_interval(retention_seconds: u64) -> std::time::Duration {
     std::time::Duration::from_secs((retention_seconds / 4).clamp(1, 60))
 }
 
-/// Trims the change log on a timer ([`compaction_interval`]); one pass at a time, never
-/// blocking requests.
+/// How often the log's length is looked at: a flood adds thousands of changes a second, each
+/// delete's with the body it removed.
+const LENGTH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Trims the change log: of old changes every [`compaction_interval`], and as soon as it is
+/// longer than `keep.max_entries` by a tenth (so a flood is trimmed in steps of that tenth, not
+/// a change at a time). One pass at a time, never blocking requests.
 async fn compaction_loop(
     store: reports_store::DynStore,
-    retention_seconds: u64,
+    keep: reports_store::Retention,
     mut shutting_down: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(compaction_interval(retention_seconds));
+    let by_age = compaction_interval(keep.max_age_seconds);
+    let mut tick = tokio::time::interval(LENGTH_CHECK_INTERVAL.min(by_age));
+    let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match store.compact(retention_seconds).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(dropped = n, "compacted the change log"),
-                    Err(e) => tracing::warn!(error = %e, "change-log compaction failed"),
+                let due = last_pass.is_none_or(|t| t.elapsed() >= by_age) || log_too_long(&store, keep).await;
+                if !due {
+                    continue;
+                }
+                last_pass = Some(tokio::time::Instant::now());
+                let mut dropped = 0;
+                loop {
+                    match store.compact_log(keep).await {
+                        Ok(n) => {
+                            dropped += n;
+                            if n < reports_store::COMPACTION_BATCH || *shutting_down.borrow() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "change-log compaction failed");
+                            break;
+                        }
+                    }
+                }
+                if dropped > 0 {
+                    tracing::debug!(dropped, "compacted the change log");
                 }
             }
             _ = shutting_down.changed() => return,
         }
     }
+}
+
+/// True when the log spans more RVs than `keep` allows, by more than a tenth.
+async fn log_too_long(store: &reports_store::DynStore, keep: reports_store::Retention) -> bool {
+    let (Ok(newest), Ok(compacted)) = (store.current_rv().await, store.compacted_rv().await) else {
+        return false;
+    };
+    newest.saturating_sub(compacted) > keep.max_entries.saturating_add(keep.max_entries / 10)
 }
 
 /// A storage URL fit for logs: any password is replaced, in a URL's user info, a URL query

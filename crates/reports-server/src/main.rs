@@ -104,7 +104,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         storage: args.storage_url(),
         postgres: args.postgres_settings()?,
         limits: args.serving_limits(),
-        change_log_retention_seconds: args.change_log_retention_seconds,
+        change_log: reports_store::Retention {
+            max_age_seconds: args.change_log_retention_seconds,
+            max_entries: args.change_log_max_entries,
+        },
         watch_window_bytes: args.watch_window_bytes,
         commit_trace: args.commit_trace.clone(),
         cluster,

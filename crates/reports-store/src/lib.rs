@@ -40,9 +40,9 @@ pub use error::{Failure, SettingError, StoreError, StoreResult};
 pub use findings::FindingsIndex;
 pub use model::{
     labels_json, parse_labels, Change, ChangeType, FindingChunk, FindingStream, ListChunk, ListQuery,
-    ListStream, StoredObject,
+    ListStream, Retention, StoredObject,
 };
-pub use store::{DynStore, Store};
+pub use store::{DynStore, Store, COMPACTION_BATCH};
 
 /// True if `url` names a PostgreSQL database: a `postgres://` or `postgresql://` URL, or a libpq
 /// key=value string (`host=... dbname=...`).

@@ -253,3 +253,23 @@ pub(crate) fn field_condition(req: &FieldRequirement) -> (&'static str, &'static
     };
     (column, op)
 }
+
+/// What compaction keeps of the change log: the changes younger than `max_age_seconds`, and of
+/// those never more than the newest `max_entries` RVs' worth. The age is the promise to watchers
+/// and continue tokens; the length bounds the disk under a flood of writes, when minutes of
+/// history would be millions of bodies (kube-apiserver's watch cache is bounded the same way, and
+/// a client beyond it gets 410 and relists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Changes at least this old are dropped (0 drops everything committed so far).
+    pub max_age_seconds: u64,
+    /// Changes more than this many RVs older than the newest are dropped, whatever their age.
+    pub max_entries: u64,
+}
+
+impl Retention {
+    /// Keeps changes younger than `max_age_seconds`, however many.
+    pub fn by_age(max_age_seconds: u64) -> Self {
+        Self { max_age_seconds, max_entries: u64::MAX }
+    }
+}

@@ -7,8 +7,12 @@ use serde_json::Value;
 use crate::{
     commits::CommitSignal,
     error::StoreResult,
-    model::{Change, FindingStream, ListQuery, ListStream, StoredObject},
+    model::{Change, FindingStream, ListQuery, ListStream, Retention, StoredObject},
 };
+
+/// Most changes one compaction pass drops, so a pass never holds the log (SQLite's writer, or
+/// PostgreSQL's locks) for long.
+pub const COMPACTION_BATCH: u64 = 10_000;
 use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
 
 /// Durable storage of report objects.
@@ -65,9 +69,23 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<Change>>;
 
-    /// Drops changes at least `max_age_seconds` old (0 drops everything committed so far); returns
-    /// how many were dropped.
-    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64>;
+    /// Drops the changes `keep` does not keep and moves the compacted RV past them; returns how
+    /// many were dropped. A pass drops a bounded batch, so one that returns
+    /// [`COMPACTION_BATCH`] may have left more for the next.
+    async fn compact_log(&self, keep: Retention) -> StoreResult<u64>;
+
+    /// Drops changes at least `max_age_seconds` old (0 drops everything committed so far), all
+    /// of them; returns how many were dropped.
+    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64> {
+        let mut dropped = 0;
+        loop {
+            let n = self.compact_log(Retention::by_age(max_age_seconds)).await?;
+            dropped += n;
+            if n < COMPACTION_BATCH {
+                return Ok(dropped);
+            }
+        }
+    }
 
     /// Where this store announces its commits: the newest committed RV, and an observer can be
     /// attached to hear of each commit this process makes (the commit trace).

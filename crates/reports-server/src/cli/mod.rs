@@ -122,6 +122,12 @@ pub struct Args {
     #[arg(long, default_value_t = 900, help_heading = "Storage")]
     pub change_log_retention_seconds: u64,
 
+    /// Most changes the change log keeps, whatever their age. It bounds the disk under a flood
+    /// (a mass delete logs every deleted body): watches and continue tokens that fall further
+    /// behind get 410 Gone and relist, as beyond kube-apiserver's watch cache.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Storage")]
+    pub change_log_max_entries: u64,
+
     /// Bytes of recent changes kept in memory for watches. A watcher that falls further behind
     /// (a slow client) reads the change log from the database instead, so this trades memory for
     /// database reads, never correctness.

@@ -280,7 +280,7 @@ pub fn standalone_config(pki: &TestPki, dir: &std::path::Path) -> ServerConfig {
         certificate: pki.serving.clone(),
         storage: format!("sqlite://{}", dir.join("reports.db").display()),
         limits: Default::default(),
-        change_log_retention_seconds: 900,
+        change_log: reports_store::Retention { max_age_seconds: 900, max_entries: 100_000 },
         watch_window_bytes: reports_server::watch::DEFAULT_WINDOW_BYTES,
         commit_trace: None,
         cluster: None,

@@ -528,7 +528,7 @@ async fn compaction_on_the_timer_makes_informers_relist(t: TestServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_on_the_timer_makes_informers_relist_sqlite() {
     compaction_on_the_timer_makes_informers_relist(
-        TestServer::start_with(|c| c.change_log_retention_seconds = 1).await,
+        TestServer::start_with(|c| c.change_log.max_age_seconds = 1).await,
     )
     .await
 }
@@ -538,7 +538,7 @@ async fn compaction_on_the_timer_makes_informers_relist_postgres() {
     let url = crate::harness::postgres_database().await;
     let t = TestServer::start_with(|c| {
         c.storage = url;
-        c.change_log_retention_seconds = 1;
+        c.change_log.max_age_seconds = 1;
     })
     .await;
     compaction_on_the_timer_makes_informers_relist(t).await
@@ -632,4 +632,33 @@ async fn slow_watchers_catch_up_and_stalled_ones_are_disconnected() {
     }
     assert!(received.len() < WRITES as usize, "closed before it was sent everything");
     assert_eq!(received[..], expected[..received.len()], "what it got is a gap-free prefix");
+}
+
+/// A flood is trimmed to the change log's length long before its age: with room for ten
+/// changes, forty writes leave at most the newest eleven or so (a pass starts once the log is a
+/// tenth too long), and a watch from before them gets 410 and relists, however young they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_log_is_kept_to_its_length() {
+    let t = TestServer::start_with(|c| c.change_log.max_entries = 10).await;
+    let api = polr_api(&t.kube(), "flood");
+    let first = create(&api, 0, "f0", Some("flood")).await;
+    for i in 1..40 {
+        create(&api, 0, &format!("f{i}"), Some("flood")).await;
+    }
+    let newest: u64 = list_rv(&api).await.parse().unwrap();
+    within("compaction by length", async {
+        while t.store().compacted_rv().await.unwrap() < newest - 11 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let kept = t.store().changes_since(None, 0, 100).await.unwrap();
+    assert!(kept.len() <= 11 && !kept.is_empty(), "{} changes kept", kept.len());
+    assert_eq!(kept.last().map(|c| c.rv), Some(newest), "the newest change stays");
+    let mut events = api.watch(&WatchParams::default(), &rv_of(&first).to_string()).await.unwrap().boxed();
+    match next_event(&mut events).await.unwrap() {
+        WatchEvent::Error(status) => assert_eq!(status.code, 410),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 40, "every object stays");
 }

@@ -15,7 +15,7 @@ pub use snapshots::{lists_at_a_past_rv_show_that_state, versions_outlive_the_com
 use crate::{
     commits::CommitTrace,
     error::StoreError,
-    model::{ChangeType, ListChunk, ListQuery, StoredObject},
+    model::{ChangeType, ListChunk, ListQuery, Retention, StoredObject},
     store::DynStore,
 };
 
@@ -325,6 +325,28 @@ pub async fn compaction_moves_the_watermark(store: DynStore) {
     store.ping().await.unwrap();
 }
 
+/// Compaction keeps at most `max_entries` of the newest RVs' changes however young they are,
+/// and keeps every change when the log is shorter than that.
+pub async fn compaction_bounds_the_log_length(store: DynStore) {
+    let mut rvs = Vec::new();
+    for i in 0..12 {
+        rvs.push(store.create(POLR, report("ns", &format!("r{i}"), json!({}))).await.unwrap().rv);
+    }
+    let (newest, young) = (*rvs.last().unwrap(), 3600);
+    let long_enough = Retention { max_age_seconds: young, max_entries: 12 };
+    assert_eq!(store.compact_log(long_enough).await.unwrap(), 0, "twelve changes fit in twelve");
+    assert_eq!(store.compacted_rv().await.unwrap(), 0);
+    let keep_five = Retention { max_age_seconds: young, max_entries: 5 };
+    assert_eq!(store.compact_log(keep_five).await.unwrap(), 7, "all but the newest five are dropped");
+    assert_eq!(store.compacted_rv().await.unwrap(), newest - 5);
+    let kept: Vec<u64> =
+        store.changes_since(None, newest - 5, 100).await.unwrap().iter().map(|c| c.rv).collect();
+    assert_eq!(kept, rvs[7..], "the newest five remain, in order");
+    assert_eq!(store.compact_log(keep_five).await.unwrap(), 0, "a second pass finds nothing more");
+    // The objects themselves are untouched.
+    assert!(store.get(POLR, "ns", "r0").await.unwrap().is_some());
+}
+
 /// The change log replays every version as it was at its RV, also after the object changed again
 /// or went away (a store may share storage between the log and the current row, but never
 /// serve a newer body for an older change).
@@ -438,6 +460,7 @@ where
     selector_pages_are_full_and_complete(factory().await).await;
     concurrent_writers_get_ordered_unique_rvs(factory().await).await;
     compaction_moves_the_watermark(factory().await).await;
+    compaction_bounds_the_log_length(factory().await).await;
     change_log_replays_every_version(factory().await).await;
     an_empty_store_is_past_rv_zero(factory().await).await;
     lists_at_a_past_rv_show_that_state(factory().await).await;

@@ -6,11 +6,9 @@ use uuid::Uuid;
 use super::errors::db_error;
 use crate::{
     error::StoreResult,
-    model::{now_seconds, Change, ChangeRow},
+    model::{now_seconds, Change, ChangeRow, Retention},
+    store::COMPACTION_BATCH,
 };
-
-/// Rows dropped per compaction statement, so one pass never holds locks for long.
-const COMPACTION_BATCH: i64 = 10_000;
 
 /// True if `resource` has a change above `rv`.
 pub(super) async fn changed_since<C: GenericClient>(
@@ -79,57 +77,53 @@ pub(super) async fn changes_since<C: GenericClient>(
         .collect()
 }
 
-/// Drops changes at least `max_age_seconds` old, in batches of [`COMPACTION_BATCH`] rows, one
-/// replica at a time; returns how many were dropped.
+/// Drops up to [`COMPACTION_BATCH`] of the oldest changes `keep` does not keep, one replica at
+/// a time (the others skip the pass); returns how many were dropped.
 pub(super) async fn compact(
     client: &mut deadpool_postgres::Object,
     cluster: Uuid,
-    max_age_seconds: u64,
+    keep: Retention,
 ) -> StoreResult<u64> {
-    let cutoff = now_seconds() - max_age_seconds as f64;
-    let mut dropped = 0u64;
-    loop {
-        let tx = client.transaction().await.map_err(db_error)?;
-        // One replica at a time; the others skip this round.
-        let lock_key = format!("reports-server compaction {cluster}");
-        let locked: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&lock_key])
-            .await
-            .map_err(db_error)?
-            .get(0);
-        if !locked {
-            tx.rollback().await.map_err(db_error)?;
-            return Ok(dropped);
-        }
-        let upto: Option<i64> = tx
-            .query_one(
-                "SELECT max(rv) FROM (SELECT rv FROM report_changes
-                   WHERE cluster_id = $1 AND created_at <= to_timestamp($2)
-                   ORDER BY rv LIMIT $3) oldest",
-                &[&cluster, &cutoff, &COMPACTION_BATCH],
-            )
-            .await
-            .map_err(db_error)?
-            .get(0);
-        let Some(upto) = upto else {
-            tx.rollback().await.map_err(db_error)?;
-            return Ok(dropped);
-        };
-        let n = tx
-            .execute("DELETE FROM report_changes WHERE cluster_id = $1 AND rv <= $2", &[&cluster, &upto])
-            .await
-            .map_err(db_error)?;
-        // Last, so the counter row (which every writer needs) is locked only briefly.
-        tx.execute(
-            "UPDATE report_counters SET compacted_rv = GREATEST(compacted_rv, $2) WHERE cluster_id = $1",
-            &[&cluster, &upto],
+    let cutoff = now_seconds() - keep.max_age_seconds as f64;
+    let max_entries = i64::try_from(keep.max_entries).unwrap_or(i64::MAX);
+    let tx = client.transaction().await.map_err(db_error)?;
+    let lock_key = format!("reports-server compaction {cluster}");
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&lock_key])
+        .await
+        .map_err(db_error)?
+        .get(0);
+    if !locked {
+        tx.rollback().await.map_err(db_error)?;
+        return Ok(0);
+    }
+    // The oldest batch of changes that are too old or too far behind the newest RV.
+    let upto: Option<i64> = tx
+        .query_one(
+            "SELECT max(rv) FROM (SELECT rv FROM report_changes
+               WHERE cluster_id = $1 AND (created_at <= to_timestamp($2)
+                  OR rv <= (SELECT rv - $4 FROM report_counters WHERE cluster_id = $1))
+               ORDER BY rv LIMIT $3) oldest",
+            &[&cluster, &cutoff, &(COMPACTION_BATCH as i64), &max_entries],
         )
         .await
+        .map_err(db_error)?
+        .get(0);
+    let Some(upto) = upto else {
+        tx.rollback().await.map_err(db_error)?;
+        return Ok(0);
+    };
+    let dropped = tx
+        .execute("DELETE FROM report_changes WHERE cluster_id = $1 AND rv <= $2", &[&cluster, &upto])
+        .await
         .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        dropped += n;
-        if (n as i64) < COMPACTION_BATCH {
-            return Ok(dropped);
-        }
-    }
+    // Last, so the counter row (which every writer needs) is locked only briefly.
+    tx.execute(
+        "UPDATE report_counters SET compacted_rv = GREATEST(compacted_rv, $2) WHERE cluster_id = $1",
+        &[&cluster, &upto],
+    )
+    .await
+    .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(dropped)
 }

@@ -72,7 +72,7 @@ use self::{
 use crate::{
     commits::CommitSignal,
     error::{StoreError, StoreResult},
-    model::{labels_json, meta_text, Change, FindingStream, ListQuery, ListStream, StoredObject},
+    model::{labels_json, meta_text, Change, FindingStream, ListQuery, ListStream, Retention, StoredObject},
     store::Store,
 };
 use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
@@ -290,10 +290,10 @@ impl Store for PgStore {
             .await
     }
 
-    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64> {
+    async fn compact_log(&self, keep: Retention) -> StoreResult<u64> {
         let cluster = self.target.cluster;
         self.target
-            .run(move |mut client| async move { changes::compact(&mut client, cluster, max_age_seconds).await })
+            .run(move |mut client| async move { changes::compact(&mut client, cluster, keep).await })
             .await
     }
 

@@ -6,7 +6,8 @@ use rusqlite::{params, Connection};
 use super::{errors::sqlite_error, group_commit::WriteTx, recent::RecentChanges};
 use crate::{
     error::StoreResult,
-    model::{now_seconds, Change, ChangeRow},
+    model::{now_seconds, Change, ChangeRow, Retention},
+    store::COMPACTION_BATCH,
 };
 
 /// True if `resource` has a change above `rv`.
@@ -58,14 +59,28 @@ pub(super) fn changes_since(
     rows.map(|row| row.map_err(sqlite_error)?.into_change()).collect()
 }
 
-/// Drops changes at least `max_age_seconds` old and moves the compacted RV; runs as a write, so
-/// nothing enters the in-memory window meanwhile.
-pub(super) fn compact(tx: &WriteTx<'_>, max_age_seconds: u64, recent: &RecentChanges) -> StoreResult<u64> {
-    let cutoff = now_seconds() as i64 - max_age_seconds as i64;
-    let newest_old: Option<i64> = tx
-        .query_row("SELECT max(rv) FROM changes WHERE created_at <= ?1", params![cutoff], |r| r.get(0))
+/// Drops up to [`COMPACTION_BATCH`] of the oldest changes `keep` does not keep and moves the
+/// compacted RV; runs as a write, so nothing enters the in-memory window meanwhile.
+pub(super) fn compact(tx: &WriteTx<'_>, keep: Retention, recent: &RecentChanges) -> StoreResult<u64> {
+    let cutoff = now_seconds() as i64 - keep.max_age_seconds as i64;
+    // The log is in RV order and a change's age grows with its RV, so the changes too old are
+    // the ones before the first young one: found by reading only them, not the whole log.
+    let (too_old, oldest, newest): (Option<i64>, Option<i64>, i64) = tx
+        .query_row(
+            "SELECT (SELECT max(rv) FROM changes WHERE rv < coalesce(
+                        (SELECT rv FROM changes WHERE created_at > ?1 ORDER BY rv LIMIT 1), ?2)),
+                    (SELECT min(rv) FROM changes),
+                    (SELECT rv FROM counter)",
+            params![cutoff, i64::MAX],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .map_err(sqlite_error)?;
-    let Some(upto) = newest_old else { return Ok(0) };
+    let Some(oldest) = oldest else { return Ok(0) };
+    let beyond_length = newest.saturating_sub(i64::try_from(keep.max_entries).unwrap_or(i64::MAX));
+    let upto = too_old.unwrap_or(0).max(beyond_length).min(oldest + COMPACTION_BATCH as i64 - 1);
+    if upto < oldest {
+        return Ok(0);
+    }
     let dropped = tx.execute("DELETE FROM changes WHERE rv <= ?1", params![upto]).map_err(sqlite_error)?;
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'compacted_rv' AND CAST(value AS INTEGER) < ?2",

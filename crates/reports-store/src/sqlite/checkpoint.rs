@@ -9,10 +9,14 @@
 //! A passive checkpoint alone does not bound the WAL under a flood: SQLite only starts the WAL
 //! over from its beginning when no reader still uses it, and with reads and writes arriving
 //! without pause that moment never comes (5 GB of WAL after 150,000 reports). So when the WAL
-//! passes [`SqliteLimits::wal_bytes`], the thread takes the writer between two group commits
-//! (queued writes wait, then run together) and runs a truncating checkpoint there, waiting at
-//! most [`TRUNCATE_WAIT`] for readers; a reader that holds an old snapshot longer (a list being
-//! streamed to a slow client) only postpones the reset to a later round.
+//! holds more than [`SqliteLimits::wal_bytes`] of frames, the thread takes the writer between two
+//! group commits (queued writes wait, then run together) and checkpoints the rest with RESTART
+//! there, waiting at most [`RESET_WAIT`] for readers; a reader that holds an old snapshot longer
+//! (a list being streamed to a slow client) only postpones the reset to a later round. The file
+//! is reused from its start, not truncated: truncating a file just written waits for its pages to
+//! reach the disk (under a flood of creates a truncating reset held the writer about 150 ms, a
+//! restarting one 60 ms). `journal_size_limit` cuts a file that grew past the limit back at the
+//! first commit after a reset, and a pause in writes lets the thread truncate it.
 //!
 //! The database is in incremental auto-vacuum mode: when deletes leave more than
 //! [`SqliteLimits::free_pages`] free pages, the thread gives them back in steps between group
@@ -32,10 +36,12 @@ use crate::error::{StoreError, StoreResult};
 
 /// How often the checkpoint thread copies the WAL back into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
-/// Longest wait of a truncating checkpoint for readers, during which writes queue.
-const TRUNCATE_WAIT: Duration = Duration::from_millis(200);
+/// Longest wait of a resetting checkpoint for readers, during which writes queue.
+const RESET_WAIT: Duration = Duration::from_millis(200);
 /// The writer's usual wait for a lock (see `open_connection`).
 const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of a WAL frame besides its page.
+const WAL_FRAME_HEADER: u64 = 24;
 /// Pages given back per step, so a step holds up writes for milliseconds, not seconds.
 const VACUUM_STEP_PAGES: u32 = 4096;
 
@@ -81,13 +87,34 @@ pub(super) fn start_checkpointer(
     let thread = std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
         .spawn(move || {
+            // A restarted WAL is reused from its start rather than truncated (truncating a file
+            // just written waits for its pages to reach the disk); one that grew past the limit,
+            // while a reader held it, is cut back to the limit at the first commit after.
+            writes.between_writes(|writer| {
+                if let Err(error) =
+                    writer.execute_batch(&format!("PRAGMA journal_size_limit = {}", limits.wal_bytes))
+                {
+                    tracing::warn!(%error, "setting SQLite's WAL size limit failed");
+                }
+            });
+            let frame_bytes = page_size(&conn) + WAL_FRAME_HEADER;
             // Disconnected (the store was dropped) ends the loop.
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
-                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(%error, "SQLite WAL checkpoint failed; retrying");
-                }
-                if std::fs::metadata(&wal).map_or(0, |m| m.len()) > limits.wal_bytes {
-                    writes.between_writes(truncate_wal);
+                let (frames, copied) = match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                }) {
+                    Ok((frames, copied)) => (frames.max(0) as u64, copied.max(0) as u64),
+                    Err(error) => {
+                        tracing::warn!(%error, "SQLite WAL checkpoint failed; retrying");
+                        (0, 0)
+                    }
+                };
+                if frames == copied && file_len(&wal) > limits.wal_bytes {
+                    // All copied (writes have paused) but the file is past the limit (it grew
+                    // while a reader held it, or waits for a commit to restart it): cut it back.
+                    writes.between_writes(|writer| checkpoint_all(writer, Reset::Truncate));
+                } else if frames * frame_bytes > limits.wal_bytes {
+                    writes.between_writes(|writer| checkpoint_all(writer, Reset::Restart));
                 }
                 if free_pages(&conn) > limits.free_pages {
                     writes.between_writes(|writer| vacuum(writer, Some(VACUUM_STEP_PAGES)));
@@ -95,23 +122,42 @@ pub(super) fn start_checkpointer(
             }
             writes.between_writes(|writer| {
                 vacuum(writer, None);
-                truncate_wal(writer);
+                checkpoint_all(writer, Reset::Truncate);
             });
         })
         .map_err(|e| StoreError::backend_caused("starting the checkpoint thread", e))?;
     Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
 }
 
-/// Checkpoints the whole WAL and truncates it, waiting at most [`TRUNCATE_WAIT`] for readers.
-fn truncate_wal(writer: &mut Connection) {
-    let _ = writer.busy_timeout(TRUNCATE_WAIT);
-    let outcome = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+/// How a full checkpoint leaves the WAL.
+#[derive(Clone, Copy)]
+enum Reset {
+    /// Written again from its start by the next commit (while the store runs).
+    Restart,
+    /// Emptied (on close, so a stopped store is one file).
+    Truncate,
+}
+
+/// Checkpoints the whole WAL and resets it, waiting at most [`RESET_WAIT`] for readers.
+fn checkpoint_all(writer: &mut Connection, reset: Reset) {
+    // Polled every millisecond: SQLite's own busy timeout sleeps in growing steps, and each of
+    // its oversleeps here is a pause for every queued write.
+    let deadline = std::time::Instant::now() + RESET_WAIT;
+    let _ = writer.busy_handler(Some(move |_| {
+        std::thread::sleep(Duration::from_millis(1));
+        std::time::Instant::now() < deadline
+    }));
+    let statement = match reset {
+        Reset::Restart => "PRAGMA wal_checkpoint(RESTART)",
+        Reset::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    let outcome = writer.query_row(statement, [], |row| row.get::<_, i64>(0));
     let _ = writer.busy_timeout(WRITER_BUSY_TIMEOUT);
     match outcome {
         Ok(0) => {}
         // Busy: a reader still uses the WAL; the next round tries again.
         Ok(_) => tracing::debug!("SQLite WAL reset postponed: a reader still uses it"),
-        Err(error) => tracing::warn!(%error, "SQLite WAL truncation failed; retrying"),
+        Err(error) => tracing::warn!(%error, "SQLite WAL reset failed; retrying"),
     }
 }
 
@@ -130,6 +176,16 @@ fn vacuum(writer: &mut Connection, pages: Option<u32>) {
     if let Err(error) = run.map_err(sqlite_error) {
         tracing::warn!(%error, "SQLite incremental vacuum failed; retrying");
     }
+}
+
+/// Bytes in the file at `path` (0 if it is missing).
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The database's page size.
+fn page_size(conn: &Connection) -> u64 {
+    conn.query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0)).map_or(4096, |n| n.max(512) as u64)
 }
 
 /// Free pages in the database file.

@@ -24,7 +24,7 @@ use crate::{
     commits::CommitSignal,
     error::{StoreError, StoreResult},
     findings::FindingsIndex,
-    model::{Change, FindingStream, ListQuery, ListStream, StoredObject},
+    model::{Change, FindingStream, ListQuery, ListStream, Retention, StoredObject},
     store::Store,
 };
 use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
@@ -264,9 +264,9 @@ impl Store for SqliteStore {
         self.readers.read(move |conn| changes::changes_since(conn, resource.as_deref(), after, limit)).await
     }
 
-    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64> {
+    async fn compact_log(&self, keep: Retention) -> StoreResult<u64> {
         let recent = self.recent.clone();
-        self.writes.write(move |tx| changes::compact(tx, max_age_seconds, &recent)).await
+        self.writes.write(move |tx| changes::compact(tx, keep, &recent)).await
     }
 
     fn commits(&self) -> &CommitSignal {

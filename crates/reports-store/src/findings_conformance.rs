@@ -18,7 +18,9 @@ use reports_core::{
 };
 use serde_json::{json, Value};
 
-use crate::{conformance::collect, model::FindingChunk, store::DynStore, FindingsIndex, ListQuery};
+use crate::{
+    conformance::collect, model::FindingChunk, store::DynStore, FindingsIndex, ListQuery, StoredObject,
+};
 
 const POLR: &str = "policyreports";
 const CPOLR: &str = "clusterpolicyreports";
@@ -165,11 +167,10 @@ pub async fn findings_follow_every_write(store: DynStore) {
     let doomed = &created[13];
     store.delete(POLR, "ns", &doomed.name, doomed.rv).await.unwrap();
     assert_in_step(&store, &index, "a delete").await;
-    let mut keys: Vec<(String, String, u64)> =
-        updated.iter().take(6).map(|o| (o.namespace.clone(), o.name.clone(), o.rv)).collect();
-    keys[0].2 += 1000;
-    keys.push(("ns".into(), created[20].name.clone(), created[20].rv));
-    let out = store.delete_batch(POLR, keys).await.unwrap();
+    let mut read: Vec<StoredObject> = updated.iter().take(6).cloned().collect();
+    read[0].rv += 1000;
+    read.push(created[20].clone());
+    let out = store.delete_batch(POLR, read).await.unwrap();
     assert_eq!(out.iter().flatten().count(), 6);
     assert_in_step(&store, &index, "a batch delete").await;
     // Only indexed kinds: the ephemeral kinds are not indexed by default.

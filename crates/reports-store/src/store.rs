@@ -40,12 +40,14 @@ pub trait Store: Send + Sync + 'static {
         expected_rv: u64,
     ) -> StoreResult<StoredObject>;
 
-    /// Deletes several objects in one transaction; an entry whose RV moved or that vanished is
-    /// skipped (`None` in the result, same order as `keys`).
+    /// Deletes several objects, as read (by a list), in one transaction: each whose stored RV is
+    /// still the one it was read at. An entry whose RV moved or that vanished is skipped (`None`
+    /// in the result, same order as `read`). The bodies given are the stored ones at those RVs
+    /// (an RV names one version), so the store does not read them again.
     async fn delete_batch(
         &self,
         resource: &str,
-        keys: Vec<(String, String, u64)>,
+        read: Vec<StoredObject>,
     ) -> StoreResult<Vec<Option<StoredObject>>>;
 
     /// Streams the objects matching `query` with the snapshot RV.

@@ -201,8 +201,7 @@ async fn deleted_space_is_given_back_and_a_clean_close_leaves_a_compact_file() {
     let store = SqliteStore::open_with_limits(&path, limits).unwrap();
     let mut keys = Vec::new();
     for i in 0..1024 {
-        let created = store.create("policyreports", padded_report(i)).await.unwrap();
-        keys.push((created.namespace, created.name, created.rv));
+        keys.push(store.create("policyreports", padded_report(i)).await.unwrap());
     }
     eventually("the reports reached the database file", || file_len(&path) > 4 << 20).await;
     let full = file_len(&path);
@@ -220,8 +219,7 @@ async fn deleted_space_is_given_back_and_a_clean_close_leaves_a_compact_file() {
     let store = SqliteStore::open_with_limits(&path, patient).unwrap();
     let mut keys = Vec::new();
     for i in 0..64 {
-        let created = store.create("policyreports", padded_report(i)).await.unwrap();
-        keys.push((created.namespace, created.name, created.rv));
+        keys.push(store.create("policyreports", padded_report(i)).await.unwrap());
     }
     store.delete_batch("policyreports", keys).await.unwrap();
     store.compact(0).await.unwrap();

@@ -267,12 +267,13 @@ async fn delete_chunk(
         }
     }
     if !immediate.is_empty() {
-        let keys = immediate.iter().map(|o| (o.namespace.clone(), o.name.clone(), o.rv)).collect();
-        let deleted = store.delete_batch(resource, keys).await?;
-        for (listed, deleted) in immediate.into_iter().zip(deleted) {
+        let keys: Vec<(String, String)> =
+            immediate.iter().map(|o| (o.namespace.clone(), o.name.clone())).collect();
+        let deleted = store.delete_batch(resource, immediate).await?;
+        for (key, deleted) in keys.into_iter().zip(deleted) {
             match deleted {
                 Some(object) => out.push(object),
-                None => raced.push((listed.namespace, listed.name)),
+                None => raced.push(key),
             }
         }
     }

@@ -113,31 +113,21 @@ pub async fn delete_records_final_state(store: DynStore) {
 pub async fn delete_batch_skips_conflicts(store: DynStore) {
     let a = store.create(POLR, report("ns", "a", json!({}))).await.unwrap();
     let b = store.create(POLR, report("ns", "b", json!({}))).await.unwrap();
-    let out = store
-        .delete_batch(
-            POLR,
-            vec![
-                ("ns".into(), "a".into(), a.rv),
-                ("ns".into(), "b".into(), b.rv + 7),
-                ("ns".into(), "c".into(), 1),
-            ],
-        )
-        .await
-        .unwrap();
+    let never_created = StoredObject { name: "c".into(), rv: 1, ..a.clone() };
+    let moved_on = StoredObject { rv: b.rv + 7, ..b.clone() };
+    let out = store.delete_batch(POLR, vec![a.clone(), moved_on, never_created]).await.unwrap();
     assert!(out[0].is_some() && out[1].is_none() && out[2].is_none());
     assert!(store.get(POLR, "ns", "b").await.unwrap().is_some());
     // A larger batch, given out of order and with a key twice, after one of its objects was
     // updated: each object is deleted once, each with its own RV in its final body.
-    let mut expected = Vec::new();
+    let mut read = Vec::new();
     for name in ["d", "e", "f", "g"] {
-        let created = store.create(POLR, report("ns", name, json!({}))).await.unwrap();
-        expected.push((name.to_string(), created.rv));
+        read.push(store.create(POLR, report("ns", name, json!({}))).await.unwrap());
     }
-    let updated = store.update(POLR, report("ns", "e", json!({"x": "y"})), expected[1].1).await.unwrap();
-    expected[1].1 = updated.rv;
+    read[1] = store.update(POLR, report("ns", "e", json!({"x": "y"})), read[1].rv).await.unwrap();
     let before = store.current_rv().await.unwrap();
-    let keys = |i: usize| ("ns".to_string(), expected[i].0.clone(), expected[i].1);
-    let out = store.delete_batch(POLR, vec![keys(2), keys(0), keys(3), keys(1), keys(0)]).await.unwrap();
+    let at = |i: usize| read[i].clone();
+    let out = store.delete_batch(POLR, vec![at(2), at(0), at(3), at(1), at(0)]).await.unwrap();
     assert_eq!(out.len(), 5);
     let mut rvs: Vec<u64> = out.iter().take(4).map(|o| o.as_ref().expect("deleted").rv).collect();
     for object in out.iter().flatten() {
@@ -161,7 +151,7 @@ pub async fn delete_batch_skips_conflicts(store: DynStore) {
     let e = changes.iter().find(|c| c.object.name == "e").unwrap();
     assert_eq!(e.labels, vec![("x".to_string(), "y".to_string())], "the final state's labels");
     // The version the update replaced is still replayed as it was.
-    let replaced = store.changes_since(Some(POLR), expected[1].1 - 1, 1).await.unwrap();
+    let replaced = store.changes_since(Some(POLR), read[1].rv - 1, 1).await.unwrap();
     assert_eq!(replaced[0].change_type, ChangeType::Modified);
     for name in ["d", "e", "f", "g"] {
         assert!(store.get(POLR, "ns", name).await.unwrap().is_none());

@@ -1,7 +1,10 @@
 //! Deleting a set of objects (deletecollection) in one transaction of three round trips whatever
 //! the number of keys: lock the rows whose RV still matches (in key order, so sets cannot
 //! deadlock each other), then one statement that takes a block of RVs, deletes the rows, logs
-//! each with the body it had (moved inside the database, never sent back) and notifies.
+//! each with the body it had (moved inside the database, never sent back) and notifies. The
+//! bodies of the final states are the ones the objects were listed with (an RV names one
+//! version), so none is read back: reading them in the lock cost PostgreSQL a decompression and
+//! the server a parse of each.
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -18,7 +21,7 @@ use crate::{error::StoreResult, model::StoredObject, snapshot::with_rv};
 
 /// Locks the rows of a set whose RV still matches. `$1` cluster, `$2` resource, `$3..$5`
 /// namespace, name and expected RV per key.
-const LOCK_SET_SQL: &str = "SELECT o.namespace, o.name, o.rv, o.body, o.uid FROM report_objects o
+const LOCK_SET_SQL: &str = "SELECT o.namespace, o.name, o.rv FROM report_objects o
     JOIN unnest($3::text[], $4::text[], $5::bigint[]) AS k(namespace, name, rv)
       ON o.namespace = k.namespace AND o.name = k.name AND o.rv = k.rv
     WHERE o.cluster_id = $1 AND o.resource = $2
@@ -57,22 +60,26 @@ fn delete_set_sql(on: bool) -> &'static str {
     })
 }
 
-/// Several deletes of one resource, checked against their expected RVs as a set. Keys that
-/// moved or vanished are `None` in the answer, in the order given.
+/// Several deletes of one resource, checked against the RVs they were read at as a set.
+/// Objects that moved or vanished are `None` in the answer, in the order given.
 pub(super) struct DeleteSet {
     /// Resource plural.
     pub resource: String,
-    /// Namespace, name and expected RV of each object.
-    pub keys: Vec<(String, String, u64)>,
+    /// Each object as read.
+    pub read: Vec<StoredObject>,
 }
 
-/// A row locked for deletion with what its DELETED change needs.
-struct DoomedRow {
-    namespace: String,
-    name: String,
-    old_rv: i64,
-    uid: String,
-    body: String,
+/// Namespace, name and RV: one version of one object.
+type Version<'a> = (&'a str, &'a str, u64);
+
+/// The version `object` is.
+fn version(object: &StoredObject) -> Version<'_> {
+    (&object.namespace, &object.name, object.rv)
+}
+
+/// An object whose row is locked for deletion, with its labels for its DELETED change.
+struct DoomedRow<'a> {
+    object: &'a StoredObject,
     labels: String,
 }
 
@@ -85,36 +92,28 @@ impl TxWork for DeleteSet {
         tx: &Transaction<'_>,
         target: &Target,
     ) -> Result<StoreResult<Self::Output>, tokio_postgres::Error> {
-        let namespaces: Vec<&str> = self.keys.iter().map(|(ns, _, _)| ns.as_str()).collect();
-        let names: Vec<&str> = self.keys.iter().map(|(_, name, _)| name.as_str()).collect();
-        let rvs: Vec<i64> = self.keys.iter().map(|(_, _, rv)| *rv as i64).collect();
+        let namespaces: Vec<&str> = self.read.iter().map(|o| o.namespace.as_str()).collect();
+        let names: Vec<&str> = self.read.iter().map(|o| o.name.as_str()).collect();
+        let rvs: Vec<i64> = self.read.iter().map(|o| o.rv as i64).collect();
         let lock = tx.prepare_cached(LOCK_SET_SQL).await?;
         let rows = tx.query(&lock, &[&target.cluster, &self.resource, &namespaces, &names, &rvs]).await?;
+        // The objects read, by version (an object given twice is deleted once).
+        let by_version: HashMap<Version, &StoredObject> = self.read.iter().map(|o| (version(o), o)).collect();
         let mut found: Vec<DoomedRow> = Vec::with_capacity(rows.len());
         for row in &rows {
-            // A key given twice joins twice; it is deleted once.
-            if found
-                .last()
-                .is_some_and(|f| f.namespace == row.get::<_, &str>(0) && f.name == row.get::<_, &str>(1))
-            {
+            let locked = (row.get::<_, &str>(0), row.get::<_, &str>(1), row.get::<_, i64>(2) as u64);
+            if found.last().is_some_and(|f| version(f.object) == locked) {
                 continue;
             }
-            let body: String = row.get(3);
-            let labels = labels::body_labels_json(&body);
-            found.push(DoomedRow {
-                namespace: row.get(0),
-                name: row.get(1),
-                old_rv: row.get(2),
-                uid: row.get(4),
-                body,
-                labels,
-            });
+            let Some(object) = by_version.get(&locked) else { continue };
+            found.push(DoomedRow { object, labels: labels::body_labels_json(&object.body) });
         }
-        let mut objects: HashMap<(String, String), StoredObject> = HashMap::new();
+        let mut objects: HashMap<Version, StoredObject> = HashMap::new();
         if !found.is_empty() {
-            let column = |f: fn(&DoomedRow) -> &str| -> Vec<&str> { found.iter().map(f).collect() };
-            let (ns, name, labels) = (column(|f| &f.namespace), column(|f| &f.name), column(|f| &f.labels));
-            let old_rv: Vec<i64> = found.iter().map(|f| f.old_rv).collect();
+            let ns: Vec<&str> = found.iter().map(|f| f.object.namespace.as_str()).collect();
+            let name: Vec<&str> = found.iter().map(|f| f.object.name.as_str()).collect();
+            let labels: Vec<&str> = found.iter().map(|f| f.labels.as_str()).collect();
+            let old_rv: Vec<i64> = found.iter().map(|f| f.object.rv as i64).collect();
             let count = found.len() as i64;
             let base = take_block(
                 tx,
@@ -133,20 +132,22 @@ impl TxWork for DeleteSet {
             .await?;
             for (i, row) in found.into_iter().enumerate() {
                 // The final state is the stored object at the deletion's RV.
-                let body = match with_rv(&row.body, block_rv(base, i)) {
+                let rv = block_rv(base, i);
+                let body = match with_rv(&row.object.body, rv) {
                     Ok(body) => body,
                     Err(e) => return Ok(Err(e)),
                 };
+                let read = row.object;
                 let object = StoredObject {
-                    namespace: row.namespace.clone(),
-                    name: row.name.clone(),
-                    uid: row.uid,
-                    rv: block_rv(base, i),
+                    namespace: read.namespace.clone(),
+                    name: read.name.clone(),
+                    uid: read.uid.clone(),
+                    rv,
                     body,
                 };
-                objects.insert((row.namespace, row.name), object);
+                objects.insert(version(read), object);
             }
         }
-        Ok(Ok(self.keys.iter().map(|(ns, name, _)| objects.remove(&(ns.clone(), name.clone()))).collect()))
+        Ok(Ok(self.read.iter().map(|o| objects.remove(&version(o))).collect()))
     }
 }

@@ -233,9 +233,9 @@ impl Store for PgStore {
     async fn delete_batch(
         &self,
         resource: &str,
-        keys: Vec<(String, String, u64)>,
+        read: Vec<StoredObject>,
     ) -> StoreResult<Vec<Option<StoredObject>>> {
-        write_transaction(&self.target, Arc::new(DeleteSet { resource: resource.to_string(), keys })).await
+        write_transaction(&self.target, Arc::new(DeleteSet { resource: resource.to_string(), read })).await
     }
 
     async fn list(&self, query: ListQuery) -> StoreResult<ListStream> {

@@ -185,13 +185,13 @@ impl Store for SqliteStore {
     async fn delete_batch(
         &self,
         resource: &str,
-        keys: Vec<(String, String, u64)>,
+        read: Vec<StoredObject>,
     ) -> StoreResult<Vec<Option<StoredObject>>> {
         let (resource, index) = (resource.to_string(), self.findings.clone());
         self.writes
             .write(move |tx| {
-                keys.iter()
-                    .map(|(ns, name, rv)| match writes::delete(tx, &index, &resource, ns, name, *rv) {
+                read.into_iter()
+                    .map(|object| match writes::delete_read(tx, &index, &resource, object) {
                         Ok(object) => Ok(Some(object)),
                         Err(StoreError::NotFound | StoreError::Conflict) => Ok(None),
                         Err(e) => Err(e),

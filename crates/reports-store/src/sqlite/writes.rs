@@ -98,17 +98,42 @@ pub(super) fn delete(
     if rv != expected_rv {
         return Err(StoreError::Conflict);
     }
-    let (rv, uid) = (next_rv(tx)?, uid);
+    let current = StoredObject { namespace: namespace.into(), name: name.into(), uid, rv, body };
+    delete_current(tx, index, resource, current, &labels)
+}
+
+/// Deletes an object as it was read (by a list) if its RV is still the one read; the body read
+/// is the stored one at that RV, so it is neither read nor decompressed again here, in the one
+/// writer's time.
+pub(super) fn delete_read(
+    tx: &WriteTx<'_>,
+    index: &FindingsIndex,
+    resource: &str,
+    read: StoredObject,
+) -> StoreResult<StoredObject> {
+    let (rv, labels) =
+        current_version(tx, resource, &read.namespace, &read.name)?.ok_or(StoreError::NotFound)?;
+    if rv != read.rv {
+        return Err(StoreError::Conflict);
+    }
+    delete_current(tx, index, resource, read, &labels)
+}
+
+/// Deletes `current`, the stored object with its `labels`; returns its final state at the
+/// deletion's RV.
+fn delete_current(
+    tx: &WriteTx<'_>,
+    index: &FindingsIndex,
+    resource: &str,
+    current: StoredObject,
+    labels: &str,
+) -> StoreResult<StoredObject> {
+    let rv = next_rv(tx)?;
     // The final state is the stored object at the deletion's RV.
-    let final_state = StoredObject {
-        body: with_rv(&body, rv)?,
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        uid,
-        rv,
-    };
+    let final_state = StoredObject { body: with_rv(&current.body, rv)?, rv, ..current };
+    let (namespace, name) = (final_state.namespace.as_str(), final_state.name.as_str());
     // First, while the row still has it, the body this delete removes goes to its change.
-    append_change(tx, resource, &final_state, ChangeType::Deleted, &labels, Some(&labels), true)?;
+    append_change(tx, resource, &final_state, ChangeType::Deleted, labels, Some(labels), true)?;
     tx.prepare_cached("DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
         .map_err(sqlite_error)?
         .execute(params![resource, namespace, name])

@@ -63,7 +63,8 @@ HONOURED = {
     "--storage", "--postgres-pool-size", "--postgres-statement-timeout-seconds", "--dbsslmode",
     "--dbsslrootcert", "--dbsslcert", "--dbsslkey", "--clustername", "--skipmigration",
     "--dangerously-serve-without-authentication", "--index-findings", "--result-metrics",
-    "--result-metrics-labels", "--result-metrics-max-series",
+    "--result-metrics-labels", "--result-metrics-max-series", "--change-log-retention-seconds",
+    "--change-log-max-entries",
 }
 
 
@@ -175,6 +176,10 @@ def check_objects(objects: list[dict], values: dict, release: str, namespace: st
     check("--bind-address=0.0.0.0" in args, f"{label}: the server must listen on the pod address: {args}")
     metrics = values.get("metrics", {})
     check(f"--result-metrics={metrics.get('results', 'detailed')}" in args, f"{label}: result metrics mode: {args}")
+    change_log = values.get("storage", {}).get("changeLog", {})
+    for flag, key, default in (("--change-log-retention-seconds", "retentionSeconds", 900),
+                               ("--change-log-max-entries", "maxEntries", 100000)):
+        check(f"{flag}={int(change_log.get(key, default))}" in args, f"{label}: {flag}: {args}")
     result_labels = [a for a in args if a.startswith("--result-metrics-labels")]
     expected_labels = [f"--result-metrics-labels={','.join(metrics['resultsLabels'])}"] if metrics.get("resultsLabels") else []
     check(result_labels == expected_labels, f"{label}: result metrics labels {result_labels}, not {expected_labels}")

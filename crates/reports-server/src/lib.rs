@@ -201,23 +201,10 @@ async fn compaction_loop(
                     continue;
                 }
                 last_pass = Some(tokio::time::Instant::now());
-                let mut dropped = 0;
-                loop {
-                    match store.compact_log(keep).await {
-                        Ok(n) => {
-                            dropped += n;
-                            if n < reports_store::COMPACTION_BATCH || *shutting_down.borrow() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "change-log compaction failed");
-                            break;
-                        }
-                    }
-                }
-                if dropped > 0 {
-                    tracing::debug!(dropped, "compacted the change log");
+                match store.compact_all(keep).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(dropped = n, "compacted the change log"),
+                    Err(e) => tracing::warn!(error = %e, "change-log compaction failed"),
                 }
             }
             _ = shutting_down.changed() => return,

@@ -9,11 +9,11 @@ use crate::{
     error::StoreResult,
     model::{Change, FindingStream, ListQuery, ListStream, Retention, StoredObject},
 };
+use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
 
 /// Most changes one compaction pass drops, so a pass never holds the log (SQLite's writer, or
 /// PostgreSQL's locks) for long.
 pub const COMPACTION_BATCH: u64 = 10_000;
-use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
 
 /// Durable storage of report objects.
 #[async_trait::async_trait]
@@ -76,17 +76,22 @@ pub trait Store: Send + Sync + 'static {
     /// [`COMPACTION_BATCH`] may have left more for the next.
     async fn compact_log(&self, keep: Retention) -> StoreResult<u64>;
 
-    /// Drops changes at least `max_age_seconds` old (0 drops everything committed so far), all
-    /// of them; returns how many were dropped.
-    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64> {
+    /// Drops every change `keep` does not keep, a batch per pass; returns how many were dropped.
+    async fn compact_all(&self, keep: Retention) -> StoreResult<u64> {
         let mut dropped = 0;
         loop {
-            let n = self.compact_log(Retention::by_age(max_age_seconds)).await?;
+            let n = self.compact_log(keep).await?;
             dropped += n;
             if n < COMPACTION_BATCH {
                 return Ok(dropped);
             }
         }
+    }
+
+    /// Drops changes at least `max_age_seconds` old (0 drops everything committed so far);
+    /// returns how many were dropped.
+    async fn compact(&self, max_age_seconds: u64) -> StoreResult<u64> {
+        self.compact_all(Retention::by_age(max_age_seconds)).await
     }
 
     /// Where this store announces its commits: the newest committed RV, and an observer can be

@@ -44,6 +44,9 @@ mod schema;
 mod selectors;
 mod writes;
 
+/// KiB of page cache for the one writer connection (SQLite's default is 2,000).
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
+
 /// The SQLite-backed [`Store`].
 pub struct SqliteStore {
     /// The writer connection and the writes waiting for it.
@@ -115,8 +118,15 @@ impl SqliteStore {
         let mut writer = schema::open_connection(path)?;
         schema::migrate(&mut writer)?;
         findings::write::backfill(&mut writer, &findings)?;
-        // Checkpoints are the checkpoint thread's job, never a committing writer's.
-        writer.execute_batch("PRAGMA wal_autocheckpoint = 0").map_err(sqlite_error)?;
+        // Checkpoints are the checkpoint thread's job, never a committing writer's. The writer's
+        // page cache holds a group commit's pages: at SQLite's default 2 MB a batch of deletes
+        // spilled dirty pages to the WAL mid-transaction and read back pages it had just had
+        // (a 200k flood: 5,728 deletes/s at 2 MB, 7,250/s at 16 MiB, 7,447/s at 32 MiB).
+        writer
+            .execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
+            ))
+            .map_err(sqlite_error)?;
         let rv: i64 = writer.query_row("SELECT rv FROM counter", [], |r| r.get(0)).map_err(sqlite_error)?;
         let committed = Arc::new(CommitSignal::new(rv as u64));
         let recent = Arc::new(RecentChanges::default());

@@ -191,7 +191,7 @@ async fn compaction_loop(
     mut shutting_down: tokio::sync::watch::Receiver<bool>,
 ) {
     let by_age = compaction_interval(keep.max_age_seconds);
-    let mut tick = tokio::time::interval(LENGTH_CHECK_INTERVAL.min(by_age));
+    let mut tick = tokio::time::interval(LENGTH_CHECK_INTERVAL);
     let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {

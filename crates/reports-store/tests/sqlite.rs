@@ -199,13 +199,13 @@ async fn deleted_space_is_given_back_and_a_clean_close_leaves_a_compact_file() {
     let path = dir.path().join("reports.db");
     let limits = reports_store::sqlite::SqliteLimits { wal_bytes: 1 << 20, free_pages: 64 };
     let store = SqliteStore::open_with_limits(&path, limits).unwrap();
-    let mut keys = Vec::new();
+    let mut created = Vec::new();
     for i in 0..1024 {
-        keys.push(store.create("policyreports", padded_report(i)).await.unwrap());
+        created.push(store.create("policyreports", padded_report(i)).await.unwrap());
     }
     eventually("the reports reached the database file", || file_len(&path) > 4 << 20).await;
     let full = file_len(&path);
-    for chunk in keys.chunks(256) {
+    for chunk in created.chunks(256) {
         store.delete_batch("policyreports", chunk.to_vec()).await.unwrap();
     }
     // The change log's copies go with compaction; then the pages are free.
@@ -217,11 +217,11 @@ async fn deleted_space_is_given_back_and_a_clean_close_leaves_a_compact_file() {
     // Free pages under the threshold stay until the store closes, and go then.
     let patient = reports_store::sqlite::SqliteLimits { free_pages: u64::MAX, ..limits };
     let store = SqliteStore::open_with_limits(&path, patient).unwrap();
-    let mut keys = Vec::new();
+    let mut created = Vec::new();
     for i in 0..64 {
-        keys.push(store.create("policyreports", padded_report(i)).await.unwrap());
+        created.push(store.create("policyreports", padded_report(i)).await.unwrap());
     }
-    store.delete_batch("policyreports", keys).await.unwrap();
+    store.delete_batch("policyreports", created).await.unwrap();
     store.compact(0).await.unwrap();
     drop(store);
     assert_eq!(file_len(&dir.path().join("reports.db-wal")), 0, "no WAL left after a clean close");

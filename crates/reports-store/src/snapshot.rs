@@ -43,7 +43,10 @@ use std::ops::Range;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::error::{StoreError, StoreResult};
+use crate::{
+    error::{StoreError, StoreResult},
+    model::StoredObject,
+};
 
 /// The top level of a stored object, borrowing `metadata` only.
 #[derive(Deserialize)]
@@ -82,12 +85,47 @@ pub(crate) fn body_rv(body: &str) -> StoreResult<u64> {
 /// A stored body with `rv` written in place of its resourceVersion (a delete's final state).
 pub(crate) fn with_rv(body: &str, rv: u64) -> StoreResult<String> {
     let span = rv_span(body).ok_or_else(|| StoreError::backend("stored JSON has no resourceVersion"))?;
+    Ok(splice_rv(body, span, rv))
+}
+
+/// `body` with `rv` in place of the digits at `span`.
+fn splice_rv(body: &str, span: Range<usize>, rv: u64) -> String {
     let rv = rv.to_string();
     let mut out = String::with_capacity(body.len() + rv.len());
     out.push_str(&body[..span.start]);
     out.push_str(&rv);
     out.push_str(&body[span.end..]);
-    Ok(out)
+    out
+}
+
+/// A stored object whose body's resourceVersion has been found, so that its final state at a
+/// deletion's RV costs a copy and no scan: the scan of a 6 KB body is done before the object
+/// reaches a store's one writer, where a deletecollection of a million spent a tenth of its
+/// time in it.
+pub(crate) struct Restampable {
+    object: StoredObject,
+    /// Where the RV's digits are in `object.body`; found in that body, so always in range.
+    span: Range<usize>,
+}
+
+impl Restampable {
+    /// Finds the RV in `object`'s body; an error if the body has none.
+    pub(crate) fn new(object: StoredObject) -> StoreResult<Self> {
+        let span =
+            rv_span(&object.body).ok_or_else(|| StoreError::backend("stored JSON has no resourceVersion"))?;
+        Ok(Self { object, span })
+    }
+
+    /// The object as read.
+    pub(crate) fn read(&self) -> &StoredObject {
+        &self.object
+    }
+
+    /// The object with `rv` as its RV, in its body too.
+    pub(crate) fn at(self, rv: u64) -> StoredObject {
+        let body = splice_rv(&self.object.body, self.span, rv);
+        StoredObject { body, rv, ..self.object }
+    }
 }
 
 #[cfg(test)]

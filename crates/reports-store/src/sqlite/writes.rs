@@ -15,7 +15,7 @@ use crate::{
     error::{StoreError, StoreResult},
     findings::FindingsIndex,
     model::{labels_json, meta_text, now_seconds, parse_labels, Change, ChangeType, StoredObject},
-    snapshot::with_rv,
+    snapshot::{with_rv, Restampable},
 };
 
 /// Inserts a new object (and its findings); AlreadyExists if the key is taken.
@@ -37,7 +37,7 @@ pub(super) fn create(
     .map_err(sqlite_error)?
     .execute(params![resource, stored.namespace, stored.name, stored.uid, stored.rv as i64, labels, pack(&stored.body)?])
     .map_err(sqlite_error)?;
-    append_change(tx, resource, &stored, ChangeType::Added, &labels, None, false)?;
+    append_change(tx, resource, &stored, ChangeType::Added, &labels, None, Replaced::Nothing)?;
     if index.is_on() {
         findings::insert(tx, (resource, &stored.namespace, &stored.name), &index.rows(resource, &object))?;
     }
@@ -60,7 +60,15 @@ pub(super) fn update(
     }
     let (stored, labels) = stamp(tx, &mut object, namespace, name)?;
     // First, while the row still has it, the body this update replaces goes to its change.
-    append_change(tx, resource, &stored, ChangeType::Modified, &labels, Some(&prev_labels), true)?;
+    append_change(
+        tx,
+        resource,
+        &stored,
+        ChangeType::Modified,
+        &labels,
+        Some(&prev_labels),
+        Replaced::StoredRow,
+    )?;
     tx.prepare_cached(
         "UPDATE objects SET uid = ?4, rv = ?5, labels = ?6, body = ?7
          WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
@@ -94,54 +102,92 @@ pub(super) fn delete(
     name: &str,
     expected_rv: u64,
 ) -> StoreResult<StoredObject> {
-    let (rv, labels, body, uid) = current_body(tx, resource, namespace, name)?.ok_or(StoreError::NotFound)?;
-    if rv != expected_rv {
-        return Err(StoreError::Conflict);
-    }
-    let current = StoredObject { namespace: namespace.into(), name: name.into(), uid, rv, body };
-    delete_current(tx, index, resource, current, &labels)
+    let Some(removed) = remove_row(tx, resource, namespace, name, expected_rv)? else {
+        let exists = current_version(tx, resource, namespace, name)?.is_some();
+        return Err(if exists { StoreError::Conflict } else { StoreError::NotFound });
+    };
+    let body = unpack((&removed.packed).into()).map_err(sqlite_error)?;
+    let rv = next_rv(tx)?;
+    // The final state is the stored object at the deletion's RV.
+    let body = with_rv(&body, rv)?;
+    let final_state =
+        StoredObject { namespace: namespace.into(), name: name.into(), uid: removed.uid, rv, body };
+    log_removal(tx, index, resource, &final_state, &removed.labels, removed.packed)?;
+    Ok(final_state)
 }
 
-/// Deletes an object as it was read (by a list) if its RV is still the one read; the body read
-/// is the stored one at that RV, so it is neither read nor decompressed again here, in the one
-/// writer's time.
+/// Deletes objects as they were read (by a list), each only if its RV is still the one read:
+/// the others (moved on, gone, or given twice) are `None`. The bodies read are the stored ones
+/// at those RVs, so none is read back or decompressed in the one writer's time, and the RVs are
+/// taken from the counter once for the set.
 pub(super) fn delete_read(
     tx: &WriteTx<'_>,
     index: &FindingsIndex,
     resource: &str,
-    read: StoredObject,
-) -> StoreResult<StoredObject> {
-    let (rv, labels) =
-        current_version(tx, resource, &read.namespace, &read.name)?.ok_or(StoreError::NotFound)?;
-    if rv != read.rv {
-        return Err(StoreError::Conflict);
+    read: Vec<Restampable>,
+) -> StoreResult<Vec<Option<StoredObject>>> {
+    let mut rv = counter_rv(tx)?;
+    let mut deleted = Vec::with_capacity(read.len());
+    for object in read {
+        let listed = object.read();
+        let Some(removed) = remove_row(tx, resource, &listed.namespace, &listed.name, listed.rv)? else {
+            deleted.push(None);
+            continue;
+        };
+        rv += 1;
+        let final_state = object.at(rv);
+        log_removal(tx, index, resource, &final_state, &removed.labels, removed.packed)?;
+        deleted.push(Some(final_state));
     }
-    delete_current(tx, index, resource, read, &labels)
+    set_counter_rv(tx, rv)?;
+    Ok(deleted)
 }
 
-/// Deletes `current`, the stored object with its `labels`; returns its final state at the
-/// deletion's RV.
-fn delete_current(
+/// What a deleted object row held that its DELETED change keeps.
+struct RemovedRow {
+    labels: String,
+    uid: String,
+    /// The body as stored (compressed), moved to the change as it is.
+    packed: rusqlite::types::Value,
+}
+
+/// Deletes the object row if its RV is `rv`, in one statement that also hands back what its
+/// change keeps; `None` if there is no such row (moved on or gone).
+fn remove_row(
+    tx: &WriteTx<'_>,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+    rv: u64,
+) -> StoreResult<Option<RemovedRow>> {
+    tx.prepare_cached(
+        "DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3 AND rv = ?4
+         RETURNING labels, uid, body",
+    )
+    .map_err(sqlite_error)?
+    .query_row(params![resource, namespace, name, rv as i64], |r| {
+        Ok(RemovedRow { labels: r.get(0)?, uid: r.get(1)?, packed: r.get(2)? })
+    })
+    .optional()
+    .map_err(sqlite_error)
+}
+
+/// Logs the deletion of an object row that had `labels` and the `packed` body, whose final state
+/// is `final_state`, and deletes its findings.
+fn log_removal(
     tx: &WriteTx<'_>,
     index: &FindingsIndex,
     resource: &str,
-    current: StoredObject,
+    final_state: &StoredObject,
     labels: &str,
-) -> StoreResult<StoredObject> {
-    let rv = next_rv(tx)?;
-    // The final state is the stored object at the deletion's RV.
-    let final_state = StoredObject { body: with_rv(&current.body, rv)?, rv, ..current };
-    let (namespace, name) = (final_state.namespace.as_str(), final_state.name.as_str());
-    // First, while the row still has it, the body this delete removes goes to its change.
-    append_change(tx, resource, &final_state, ChangeType::Deleted, labels, Some(labels), true)?;
-    tx.prepare_cached("DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
-        .map_err(sqlite_error)?
-        .execute(params![resource, namespace, name])
-        .map_err(sqlite_error)?;
+    packed: rusqlite::types::Value,
+) -> StoreResult<()> {
+    let replaced = Replaced::Body(packed);
+    append_change(tx, resource, final_state, ChangeType::Deleted, labels, Some(labels), replaced)?;
     if index.is_on() {
-        findings::delete(tx, (resource, namespace, name))?;
+        findings::delete(tx, (resource, &final_state.namespace, &final_state.name))?;
     }
-    Ok(final_state)
+    Ok(())
 }
 
 /// Takes the next RV and writes it into `object`; returns the object as it will be stored, with
@@ -178,10 +224,37 @@ fn next_rv(tx: &Transaction<'_>) -> StoreResult<u64> {
         .map_err(sqlite_error)? as u64)
 }
 
+/// The newest RV taken.
+fn counter_rv(tx: &Transaction<'_>) -> StoreResult<u64> {
+    Ok(tx
+        .prepare_cached("SELECT rv FROM counter WHERE id = 1")
+        .map_err(sqlite_error)?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map_err(sqlite_error)? as u64)
+}
+
+/// Records `rv` as the newest RV taken (after a set of writes took RVs up to it).
+fn set_counter_rv(tx: &Transaction<'_>, rv: u64) -> StoreResult<()> {
+    tx.prepare_cached("UPDATE counter SET rv = ?1 WHERE id = 1")
+        .map_err(sqlite_error)?
+        .execute(params![rv as i64])
+        .map_err(sqlite_error)?;
+    Ok(())
+}
+
+/// The version a change replaces, which it keeps (see `crate::snapshot`).
+enum Replaced {
+    /// None: a create's change.
+    Nothing,
+    /// The object row's current body, copied inside SQLite before the row is rewritten.
+    StoredRow,
+    /// A body (as stored) already taken from the row.
+    Body(rusqlite::types::Value),
+}
+
 /// Appends a change to the log and to the transaction's record of what it appended. The row
-/// holds no copy of `object`'s body (the object row, or the key's next change, has it); with
-/// `replaces`, it keeps the body the write replaces, copied (compressed as it is) from the object
-/// row, so this runs before the row is rewritten or deleted.
+/// holds no copy of `object`'s body (the object row, or the key's next change, has it), only the
+/// version the write `replaced`.
 fn append_change(
     tx: &WriteTx<'_>,
     resource: &str,
@@ -189,12 +262,18 @@ fn append_change(
     change_type: ChangeType,
     labels: &str,
     prev_labels: Option<&str>,
-    replaces: bool,
+    replaced: Replaced,
 ) -> StoreResult<()> {
+    let (copy_row, given) = match replaced {
+        Replaced::Nothing => (false, rusqlite::types::Value::Null),
+        Replaced::StoredRow => (true, rusqlite::types::Value::Null),
+        Replaced::Body(body) => (false, body),
+    };
     tx.prepare_cached(
         "INSERT INTO changes (rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
-                 CASE WHEN ?10 THEN (SELECT body FROM objects WHERE resource = ?2 AND namespace = ?3 AND name = ?4) END,
+                 CASE WHEN ?10 THEN (SELECT body FROM objects WHERE resource = ?2 AND namespace = ?3 AND name = ?4)
+                      ELSE ?11 END,
                  ?9)",
     )
     .map_err(sqlite_error)?
@@ -208,7 +287,8 @@ fn append_change(
         labels,
         prev_labels,
         now_seconds() as i64,
-        replaces,
+        copy_row,
+        given,
     ])
     .map_err(sqlite_error)?;
     tx.appended(Change {
@@ -223,7 +303,7 @@ fn append_change(
 }
 
 /// The RV and labels of a stored object. The body is left alone: a 6 KB body lives in overflow
-/// pages, and only a delete needs it ([`current_body`]).
+/// pages, and only a delete needs it (handed back by the statement that deletes the row).
 fn current_version(
     tx: &Transaction<'_>,
     resource: &str,
@@ -235,22 +315,4 @@ fn current_version(
         .query_row(params![resource, namespace, name], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
         .optional()
         .map_err(sqlite_error)
-}
-
-/// The RV, labels, body and uid of a stored object.
-fn current_body(
-    tx: &Transaction<'_>,
-    resource: &str,
-    namespace: &str,
-    name: &str,
-) -> StoreResult<Option<(u64, String, String, String)>> {
-    tx.prepare_cached(
-        "SELECT rv, labels, body, uid FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-    )
-    .map_err(sqlite_error)?
-    .query_row(params![resource, namespace, name], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, unpack(r.get_ref(2)?)?, r.get(3)?))
-    })
-    .optional()
-    .map_err(sqlite_error)
 }

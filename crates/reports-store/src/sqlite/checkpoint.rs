@@ -122,7 +122,7 @@ pub(super) fn start_checkpointer(
                     // 100-450 ms while the file's pages reached the disk.
                     writes.between_writes(|writer| checkpoint_all(writer, Reset::Truncate));
                 } else if frames * frame_bytes > limits.wal_bytes {
-                    catch_up(&conn, copied, frame_bytes);
+                    catch_up(&conn, copied, frame_bytes, 2 * limits.wal_bytes);
                     writes.between_writes(|writer| checkpoint_all(writer, Reset::Restart));
                 }
                 let free = free_pages(&conn);
@@ -163,14 +163,15 @@ fn passive_checkpoint(conn: &Connection) -> (u64, u64) {
 /// Before a reset: copies, still without the writer, what the writer appended while the last
 /// passive checkpoint ran, until a round had little to copy, so that the reset, which copies
 /// the rest while every write waits, has little left (under a deletecollection a reset holds
-/// the writer 150-500 ms, mostly waiting for the copied pages to reach the disk).
-fn catch_up(conn: &Connection, mut copied: u64, frame_bytes: u64) {
+/// the writer 150-500 ms, mostly waiting for the copied pages to reach the disk). The WAL
+/// grows meanwhile, so this stops once it holds `most_bytes`.
+fn catch_up(conn: &Connection, mut copied: u64, frame_bytes: u64, most_bytes: u64) {
     for _ in 0..CATCH_UP_ROUNDS {
         let (frames, now_copied) = passive_checkpoint(conn);
         // Fewer frames than copied before: the WAL was restarted meanwhile.
         let appended = frames.saturating_sub(copied);
         copied = now_copied;
-        if appended * frame_bytes <= CATCH_UP_BYTES {
+        if appended * frame_bytes <= CATCH_UP_BYTES || frames * frame_bytes >= most_bytes {
             break;
         }
     }

@@ -100,8 +100,8 @@ fn splice_rv(body: &str, span: Range<usize>, rv: u64) -> String {
 
 /// A stored object whose body's resourceVersion has been found, so that its final state at a
 /// deletion's RV costs a copy and no scan: the scan of a 6 KB body is done before the object
-/// reaches a store's one writer, where a deletecollection of a million spent a tenth of its
-/// time in it.
+/// reaches a store's one writer (in SQLite's writer it took 6 % of a profile of a 200k
+/// deletecollection).
 pub(crate) struct Restampable {
     object: StoredObject,
     /// Where the RV's digits are in `object.body`; found in that body, so always in range.

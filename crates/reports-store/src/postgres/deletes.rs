@@ -4,7 +4,7 @@
 //! each with the body it had (moved inside the database, never sent back) and notifies. The
 //! bodies of the final states are the ones the objects were listed with (an RV names one
 //! version), so none is read back: reading them in the lock cost PostgreSQL a decompression and
-//! the server a parse of each.
+//! the server a parse of each. Their RVs are found before the transaction (`Restampable`).
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -17,7 +17,7 @@ use super::{
     target::Target,
     writes::TxWork,
 };
-use crate::{error::StoreResult, model::StoredObject, snapshot::with_rv};
+use crate::{error::StoreResult, model::StoredObject, snapshot::Restampable};
 
 /// Locks the rows of a set whose RV still matches. `$1` cluster, `$2` resource, `$3..$5`
 /// namespace, name and expected RV per key.
@@ -66,20 +66,21 @@ pub(super) struct DeleteSet {
     /// Resource plural.
     pub resource: String,
     /// Each object as read.
-    pub read: Vec<StoredObject>,
+    pub read: Vec<Restampable>,
 }
 
 /// Namespace, name and RV: one version of one object.
 type Version<'a> = (&'a str, &'a str, u64);
 
-/// The version `object` is.
-fn version(object: &StoredObject) -> Version<'_> {
-    (&object.namespace, &object.name, object.rv)
+/// The version `object` was read at.
+fn version(object: &Restampable) -> Version<'_> {
+    let read = object.read();
+    (&read.namespace, &read.name, read.rv)
 }
 
 /// An object whose row is locked for deletion, with its labels for its DELETED change.
 struct DoomedRow<'a> {
-    object: &'a StoredObject,
+    object: &'a Restampable,
     labels: String,
 }
 
@@ -92,13 +93,14 @@ impl TxWork for DeleteSet {
         tx: &Transaction<'_>,
         target: &Target,
     ) -> Result<StoreResult<Self::Output>, tokio_postgres::Error> {
-        let namespaces: Vec<&str> = self.read.iter().map(|o| o.namespace.as_str()).collect();
-        let names: Vec<&str> = self.read.iter().map(|o| o.name.as_str()).collect();
-        let rvs: Vec<i64> = self.read.iter().map(|o| o.rv as i64).collect();
+        let read = || self.read.iter().map(Restampable::read);
+        let namespaces: Vec<&str> = read().map(|o| o.namespace.as_str()).collect();
+        let names: Vec<&str> = read().map(|o| o.name.as_str()).collect();
+        let rvs: Vec<i64> = read().map(|o| o.rv as i64).collect();
         let lock = tx.prepare_cached(LOCK_SET_SQL).await?;
         let rows = tx.query(&lock, &[&target.cluster, &self.resource, &namespaces, &names, &rvs]).await?;
         // The objects read, by version (an object given twice is deleted once).
-        let by_version: HashMap<Version, &StoredObject> = self.read.iter().map(|o| (version(o), o)).collect();
+        let by_version: HashMap<Version, &Restampable> = self.read.iter().map(|o| (version(o), o)).collect();
         let mut found: Vec<DoomedRow> = Vec::with_capacity(rows.len());
         for row in &rows {
             let locked = (row.get::<_, &str>(0), row.get::<_, &str>(1), row.get::<_, i64>(2) as u64);
@@ -106,14 +108,14 @@ impl TxWork for DeleteSet {
                 continue;
             }
             let Some(object) = by_version.get(&locked) else { continue };
-            found.push(DoomedRow { object, labels: labels::body_labels_json(&object.body) });
+            found.push(DoomedRow { object, labels: labels::body_labels_json(&object.read().body) });
         }
         let mut objects: HashMap<Version, StoredObject> = HashMap::new();
         if !found.is_empty() {
-            let ns: Vec<&str> = found.iter().map(|f| f.object.namespace.as_str()).collect();
-            let name: Vec<&str> = found.iter().map(|f| f.object.name.as_str()).collect();
+            let ns: Vec<&str> = found.iter().map(|f| f.object.read().namespace.as_str()).collect();
+            let name: Vec<&str> = found.iter().map(|f| f.object.read().name.as_str()).collect();
             let labels: Vec<&str> = found.iter().map(|f| f.labels.as_str()).collect();
-            let old_rv: Vec<i64> = found.iter().map(|f| f.object.rv as i64).collect();
+            let old_rv: Vec<i64> = found.iter().map(|f| f.object.read().rv as i64).collect();
             let count = found.len() as i64;
             let base = take_block(
                 tx,
@@ -132,20 +134,7 @@ impl TxWork for DeleteSet {
             .await?;
             for (i, row) in found.into_iter().enumerate() {
                 // The final state is the stored object at the deletion's RV.
-                let rv = block_rv(base, i);
-                let body = match with_rv(&row.object.body, rv) {
-                    Ok(body) => body,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let read = row.object;
-                let object = StoredObject {
-                    namespace: read.namespace.clone(),
-                    name: read.name.clone(),
-                    uid: read.uid.clone(),
-                    rv,
-                    body,
-                };
-                objects.insert(version(read), object);
+                objects.insert(version(row.object), row.object.at(block_rv(base, i)));
             }
         }
         Ok(Ok(self.read.iter().map(|o| objects.remove(&version(o))).collect()))

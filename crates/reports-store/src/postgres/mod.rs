@@ -73,6 +73,7 @@ use crate::{
     commits::CommitSignal,
     error::{StoreError, StoreResult},
     model::{labels_json, meta_text, Change, FindingStream, ListQuery, ListStream, Retention, StoredObject},
+    snapshot::Restampable,
     store::Store,
 };
 use reports_core::findings::query::{CountQuery, FindingCount, FindingQuery};
@@ -235,6 +236,8 @@ impl Store for PgStore {
         resource: &str,
         read: Vec<StoredObject>,
     ) -> StoreResult<Vec<Option<StoredObject>>> {
+        // Each body's RV is found here, before the transaction (see `Restampable`).
+        let read = read.into_iter().map(Restampable::new).collect::<StoreResult<Vec<_>>>()?;
         write_transaction(&self.target, Arc::new(DeleteSet { resource: resource.to_string(), read })).await
     }
 

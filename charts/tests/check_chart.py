@@ -64,7 +64,7 @@ HONOURED = {
     "--dbsslrootcert", "--dbsslcert", "--dbsslkey", "--clustername", "--skipmigration",
     "--dangerously-serve-without-authentication", "--index-findings", "--result-metrics",
     "--result-metrics-labels", "--result-metrics-max-series", "--change-log-retention-seconds",
-    "--change-log-max-entries",
+    "--change-log-max-entries", "--sqlite-wal-bytes",
 }
 
 
@@ -180,6 +180,11 @@ def check_objects(objects: list[dict], values: dict, release: str, namespace: st
     for flag, key, default in (("--change-log-retention-seconds", "retentionSeconds", 900),
                                ("--change-log-max-entries", "maxEntries", 100000)):
         check(f"{flag}={int(change_log.get(key, default))}" in args, f"{label}: {flag}: {args}")
+    storage = values.get("storage", {})
+    wal = [a for a in args if a.startswith("--sqlite-wal-bytes")]
+    expected_wal = ([f"--sqlite-wal-bytes={int(storage.get('sqlite', {}).get('walBytes', 67108864))}"]
+                    if storage.get("type") == "sqlite" else [])
+    check(wal == expected_wal, f"{label}: SQLite WAL limit {wal}, not {expected_wal}")
     result_labels = [a for a in args if a.startswith("--result-metrics-labels")]
     expected_labels = [f"--result-metrics-labels={','.join(metrics['resultsLabels'])}"] if metrics.get("resultsLabels") else []
     check(result_labels == expected_labels, f"{label}: result metrics labels {result_labels}, not {expected_labels}")

@@ -58,6 +58,8 @@ pub struct FloodRun {
     pub interval: f64,
     /// The server's change-log retention (deleted bodies stay in the log this long).
     pub retention_seconds: u64,
+    /// Further flags for the server.
+    pub server_args: Vec<String>,
 }
 
 /// Where the store keeps its bytes.
@@ -142,12 +144,14 @@ pub async fn flood(run: FloodRun) -> anyhow::Result<Value> {
     };
     // One report as sent, for measuring the codec on its own (`zstd -b3 FILE`).
     std::fs::write(std::env::temp_dir().join("flood-sample.json"), api::to_bytes(&report("flood-0", 0)))?;
-    let server = crate::procs::ReleaseServer::start(&[
+    let mut args = vec![
         "--storage".to_string(),
         storage.clone(),
         "--change-log-retention-seconds".to_string(),
         run.retention_seconds.to_string(),
-    ])?;
+    ];
+    args.extend(run.server_args.iter().cloned());
+    let server = crate::procs::ReleaseServer::start(&args)?;
     let base = server.base.clone();
     let pid = server.pid();
     let api = api::Api::connect(&base, run.clients.min(8)).await?;
@@ -308,6 +312,7 @@ pub async fn flood(run: FloodRun) -> anyhow::Result<Value> {
         "benchmark": "flood",
         "store": format!("{:?}", run.store).to_lowercase(),
         "reports": run.reports,
+        "server_args": run.server_args,
         "report_json_bytes": api::to_bytes(&report("flood-0", 0)).len(),
         "clients": run.clients,
         "namespaces": run.namespaces,

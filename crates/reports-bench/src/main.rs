@@ -314,6 +314,9 @@ enum Command {
         /// The server's change-log retention in seconds (deleted bodies stay in the log as long).
         #[arg(long, default_value_t = 60)]
         retention_seconds: u64,
+        /// A further flag for the server (repeatable), e.g. `--server-arg=--sqlite-wal-bytes=268435456`.
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
     },
     /// Regenerate a Markdown section from a result file.
     Render {
@@ -385,8 +388,16 @@ fn main() -> anyhow::Result<()> {
             println!("{}", runtime.block_on(result_metrics::run(sizes))?);
             Ok(())
         }
-        Command::Flood { store, reports, clients, namespaces, interval, retention_seconds } => {
-            let run = flood::FloodRun { store, reports, clients, namespaces, interval, retention_seconds };
+        Command::Flood { store, reports, clients, namespaces, interval, retention_seconds, server_args } => {
+            let run = flood::FloodRun {
+                store,
+                reports,
+                clients,
+                namespaces,
+                interval,
+                retention_seconds,
+                server_args,
+            };
             println!("{}", serde_json::to_string_pretty(&runtime.block_on(flood::flood(run))?)?);
             Ok(())
         }
@@ -498,6 +509,7 @@ async fn serve(storage: String, commit_trace: Option<PathBuf>) -> anyhow::Result
         commit_trace,
         cluster: None,
         postgres: Default::default(),
+        sqlite: Default::default(),
         result_metrics: Default::default(),
     };
     let server = reports_server::Server::start(config).await?;

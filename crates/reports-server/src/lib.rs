@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub storage: String,
     /// PostgreSQL settings beyond the URL (TLS files, pool, cluster identity).
     pub postgres: reports_store::postgres::PgSettings,
+    /// The bounds the SQLite file is kept to (an SQLite store only).
+    pub sqlite: reports_store::sqlite::SqliteLimits,
     /// Body size, requests in flight, timeouts and connections (see [`limits`]).
     pub limits: limits::ServingLimits,
     /// What the change log keeps: its age and its length (see [`compaction_loop`]).
@@ -97,7 +99,8 @@ impl Server {
                 postgres.cluster_id = Some(cluster::cluster_uid(cluster).await?);
             }
         }
-        let store = reports_store::open(&config.storage, &postgres)
+        let settings = reports_store::StoreSettings { postgres, sqlite: config.sqlite };
+        let store = reports_store::open(&config.storage, &settings)
             .await
             .with_context(|| format!("opening storage {}", redact_url(&config.storage)))?;
         if let Some(path) = &config.commit_trace {

@@ -103,6 +103,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         certificate,
         storage: args.storage_url(),
         postgres: args.postgres_settings()?,
+        sqlite: args.sqlite_limits(),
         limits: args.serving_limits(),
         change_log: reports_store::Retention {
             max_age_seconds: args.change_log_retention_seconds,
@@ -141,10 +142,11 @@ async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         .context("no cluster: give --kubeconfig, or run in a pod with a service account")?;
     let store = if args.copy_back {
         let url = reports_server::cli::storage_url(args.storage.as_deref(), |name| std::env::var(name).ok());
-        let settings = reports_store::postgres::PgSettings {
+        let postgres = reports_store::postgres::PgSettings {
             ssl_mode: args.dbsslmode.as_deref().map(str::parse).transpose()?,
             ..Default::default()
         };
+        let settings = reports_store::StoreSettings { postgres, ..Default::default() };
         Some(
             reports_store::open(&url, &settings)
                 .await

@@ -52,26 +52,38 @@ pub fn is_postgres_url(url: &str) -> bool {
         || (!url.contains("://") && (url.contains("host=") || url.contains("dbname=")))
 }
 
+/// What [`open`] needs beyond the URL: the settings of whichever store the URL names.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSettings {
+    /// PostgreSQL's settings, with `findings` (the report kinds whose results are indexed), the
+    /// one setting both stores honour.
+    pub postgres: postgres::PgSettings,
+    /// The bounds the SQLite file is kept to.
+    pub sqlite: sqlite::SqliteLimits,
+}
+
 /// Opens the store named by a `--storage` URL: `sqlite://PATH`, `sqlite::memory:`, or a
-/// PostgreSQL URL or key=value string (see [`is_postgres_url`]) with `postgres` settings, whose
-/// `findings` (the report kinds whose results are indexed) both stores honour. To record commit instants, attach a [`commits::CommitTrace`] to [`Store::commits`].
-pub async fn open(url: &str, postgres: &postgres::PgSettings) -> StoreResult<DynStore> {
+/// PostgreSQL URL or key=value string (see [`is_postgres_url`]). To record commit instants,
+/// attach a [`commits::CommitTrace`] to [`Store::commits`].
+pub async fn open(url: &str, settings: &StoreSettings) -> StoreResult<DynStore> {
     if is_postgres_url(url) {
-        return Ok(Arc::new(postgres::PgStore::connect(url, postgres).await?));
+        return Ok(Arc::new(postgres::PgStore::connect(url, &settings.postgres).await?));
     }
     let url = url.to_string();
-    // The indexed report kinds are the one setting both stores honour.
-    let findings = postgres.findings.clone();
-    tokio::task::spawn_blocking(move || open_sqlite(&url, findings))
+    let (findings, limits) = (settings.postgres.findings.clone(), settings.sqlite);
+    tokio::task::spawn_blocking(move || open_sqlite(&url, findings, limits))
         .await
         .map_err(|e| StoreError::backend_caused("opening the SQLite store", e))?
 }
 
-fn open_sqlite(url: &str, findings: findings::FindingsIndex) -> StoreResult<DynStore> {
+fn open_sqlite(
+    url: &str,
+    findings: findings::FindingsIndex,
+    limits: sqlite::SqliteLimits,
+) -> StoreResult<DynStore> {
     if url == "sqlite::memory:" {
         Ok(Arc::new(sqlite::SqliteStore::open_temporary_with(findings)?))
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        let limits = sqlite::SqliteLimits::default();
         Ok(Arc::new(sqlite::SqliteStore::open_with_options(std::path::Path::new(path), limits, findings)?))
     } else {
         Err(SettingError::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_string()).into())

@@ -161,8 +161,12 @@ fn file_len(path: &std::path::Path) -> u64 {
 async fn the_wal_is_reset_past_its_limit_while_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reports.db");
-    let limits = reports_store::sqlite::SqliteLimits { wal_bytes: 1 << 20, ..Default::default() };
-    let store = Arc::new(SqliteStore::open_with_limits(&path, limits).unwrap());
+    // Opened as the server opens its store, so the limit is the one its settings carry.
+    let settings = reports_store::StoreSettings {
+        sqlite: reports_store::sqlite::SqliteLimits { wal_bytes: 1 << 20, ..Default::default() },
+        ..Default::default()
+    };
+    let store = reports_store::open(&format!("sqlite://{}", path.display()), &settings).await.unwrap();
     let wal = dir.path().join("reports.db-wal");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = tokio::spawn({

@@ -128,6 +128,13 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Storage")]
     pub change_log_max_entries: u64,
 
+    /// Bytes of write-ahead log the SQLite file may hold before it is copied into the database
+    /// and started over, which pauses writes for a moment: a larger log pauses a flood less
+    /// often and takes that much more disk.
+    #[arg(long, default_value_t = reports_store::sqlite::SqliteLimits::default().wal_bytes,
+          value_parser = clap::value_parser!(u64).range(1 << 20..), help_heading = "Storage")]
+    pub sqlite_wal_bytes: u64,
+
     /// Bytes of recent changes kept in memory for watches. A watcher that falls further behind
     /// (a slow client) reads the change log from the database instead, so this trades memory for
     /// database reads, never correctness.
@@ -333,6 +340,11 @@ impl Args {
         };
         settings.check()?;
         Ok(settings)
+    }
+
+    /// The SQLite file's bounds from the flags.
+    pub fn sqlite_limits(&self) -> reports_store::sqlite::SqliteLimits {
+        reports_store::sqlite::SqliteLimits { wal_bytes: self.sqlite_wal_bytes, ..Default::default() }
     }
 
     /// PostgreSQL settings from the flags.

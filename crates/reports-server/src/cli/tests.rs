@@ -269,3 +269,14 @@ fn custom_result_metrics_labels_are_a_comma_separated_list_checked_with_the_mode
     assert_eq!(args.result_metrics_settings(), Err(SettingsError::LabelsWithoutCustom(Mode::Detailed)));
     assert_eq!(parse(&[]).result_metrics_settings().unwrap(), Default::default());
 }
+
+/// The SQLite WAL's limit reaches the store's settings; a limit under a MiB is refused by name.
+#[test]
+fn sqlite_wal_bytes_sets_the_wal_limit_and_refuses_tiny_ones() {
+    let args = Args::try_from_args(["r", "--sqlite-wal-bytes=268435456"]).unwrap();
+    assert_eq!(args.sqlite_limits().wal_bytes, 256 << 20);
+    let default = Args::try_from_args(["r"]).unwrap().sqlite_limits();
+    assert_eq!(default.wal_bytes, reports_store::sqlite::SqliteLimits::default().wal_bytes);
+    let error = Args::try_from_args(["r", "--sqlite-wal-bytes=4096"]).expect_err("refused").to_string();
+    assert!(error.contains("--sqlite-wal-bytes"), "{error}");
+}

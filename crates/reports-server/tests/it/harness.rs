@@ -285,6 +285,7 @@ pub fn standalone_config(pki: &TestPki, dir: &std::path::Path) -> ServerConfig {
         commit_trace: None,
         cluster: None,
         postgres: Default::default(),
+        sqlite: Default::default(),
         result_metrics: Default::default(),
     }
 }

@@ -39,8 +39,8 @@ mod store;
 pub use error::{Failure, SettingError, StoreError, StoreResult};
 pub use findings::FindingsIndex;
 pub use model::{
-    labels_json, parse_labels, Change, ChangeType, FindingChunk, FindingStream, ListChunk, ListQuery,
-    ListStream, Retention, StoredObject,
+    labels_json, parse_labels, raw_metadata, Change, ChangeType, FindingChunk, FindingStream, ListChunk,
+    ListQuery, ListStream, Retention, StoredObject,
 };
 pub use store::{DynStore, Store, COMPACTION_BATCH};
 

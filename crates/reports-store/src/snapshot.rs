@@ -45,15 +45,8 @@ use serde_json::value::RawValue;
 
 use crate::{
     error::{StoreError, StoreResult},
-    model::StoredObject,
+    model::{raw_metadata, StoredObject},
 };
-
-/// The top level of a stored object, borrowing `metadata` only.
-#[derive(Deserialize)]
-struct Top<'a> {
-    #[serde(borrow)]
-    metadata: &'a RawValue,
-}
 
 /// `metadata`, borrowing `resourceVersion` only.
 #[derive(Deserialize)]
@@ -66,8 +59,7 @@ struct Meta<'a> {
 /// building the document, so that it cannot be fooled by the same text elsewhere (a result's
 /// object reference has a `resourceVersion` too).
 fn rv_span(body: &str) -> Option<Range<usize>> {
-    let top: Top<'_> = serde_json::from_str(body).ok()?;
-    let meta: Meta<'_> = serde_json::from_str(top.metadata.get()).ok()?;
+    let meta: Meta<'_> = serde_json::from_str(raw_metadata(body)?.get()).ok()?;
     let raw = meta.resource_version.get();
     // The raw value borrows from `body`: its offset is the distance between the pointers.
     let start = raw.as_ptr() as usize - body.as_ptr() as usize;

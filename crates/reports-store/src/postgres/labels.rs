@@ -72,18 +72,13 @@ pub(super) fn body_labels(body: &str) -> Vec<(String, String)> {
 /// log, taken verbatim without parsing the labels or the rest of the document.
 pub(super) fn body_labels_json(body: &str) -> String {
     #[derive(Deserialize)]
-    struct Object<'a> {
-        #[serde(default, borrow)]
-        metadata: Option<Metadata<'a>>,
-    }
-    #[derive(Deserialize)]
     struct Metadata<'a> {
         #[serde(default, borrow)]
         labels: Option<&'a serde_json::value::RawValue>,
     }
-    serde_json::from_str::<Object<'_>>(body)
-        .ok()
-        .and_then(|o| o.metadata?.labels)
+    crate::model::raw_metadata(body)
+        .and_then(|raw| serde_json::from_str::<Metadata<'_>>(raw.get()).ok())
+        .and_then(|m| m.labels)
         .map(|raw| raw.get())
         .filter(|text| text.starts_with('{'))
         .unwrap_or("{}")

@@ -27,11 +27,6 @@ impl StoredObject {
     pub fn parse(&self) -> StoreResult<Value> {
         parse_body(&self.body)
     }
-
-    /// The body's top-level `metadata`, as stored (see [`raw_metadata`]).
-    pub fn raw_metadata(&self) -> Option<&serde_json::value::RawValue> {
-        raw_metadata(&self.body)
-    }
 }
 
 /// The top-level `metadata` object of a stored body, read without scanning past it.

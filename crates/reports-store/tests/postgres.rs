@@ -157,6 +157,70 @@ async fn one_replica_compacts_at_a_time() {
     assert_eq!(a.compacted_rv().await.unwrap(), newest);
 }
 
+/// Rows of `relation` a plan (`EXPLAIN (ANALYZE, FORMAT JSON)` output) read: what its scans of
+/// it returned plus what their filters removed.
+fn rows_read(plan: &Value, relation: &str) -> u64 {
+    let own = match plan.get("Relation Name").and_then(Value::as_str) {
+        Some(name) if name == relation => ["Actual Rows", "Rows Removed by Filter"]
+            .iter()
+            .filter_map(|field| plan.get(*field).and_then(Value::as_u64))
+            .sum(),
+        _ => 0,
+    };
+    let children = plan
+        .get("Plans")
+        .and_then(Value::as_array)
+        .map_or(0, |plans| plans.iter().map(|child| rows_read(child, relation)).sum::<u64>());
+    own + children
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_pass_reads_at_most_a_batch_of_the_log() {
+    let url = fresh_database().await;
+    let store = store_on(&url, &PgSettings::default()).await;
+    store.create("policyreports", report("ns", "r")).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // A log three batches long, every change young and within any length limit: a pass finds
+    // nothing to drop, which it can only know by reading the oldest batch.
+    let batch = reports_store::COMPACTION_BATCH as i64;
+    client
+        .execute(
+            "INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels)
+             SELECT $1, 1000 + g, 'policyreports', 'ns', 'r' || g, 'u', 'ADDED', '{}'
+             FROM generate_series(1, $2::bigint) g",
+            &[&store.cluster_id(), &(3 * batch)],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE report_counters SET rv = rv + 1000000; ANALYZE report_changes")
+        .await
+        .unwrap();
+    let explain = format!(
+        "PREPARE upto (uuid, float8, int8, int8) AS {};
+         EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE upto ('{}', 0, {batch}, {})",
+        reports_store::postgres::COMPACTION_UPTO_SQL,
+        store.cluster_id(),
+        i64::MAX
+    );
+    let output = client.simple_query(&explain).await.unwrap();
+    let text = output
+        .iter()
+        .find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        })
+        .unwrap();
+    let plan: Value = serde_json::from_str(text).unwrap();
+    let read = rows_read(&plan[0]["Plan"], "report_changes");
+    assert!(read <= batch as u64, "read {read} rows of the log for one pass: {plan}");
+    assert_eq!(store.compact_log(reports_store::Retention::by_age(3600)).await.unwrap(), 0, "nothing is old");
+    // Old changes lead the log and go a batch per pass.
+    client.execute("UPDATE report_changes SET created_at = now() - interval '2 hours'", &[]).await.unwrap();
+    assert_eq!(store.compact_log(reports_store::Retention::by_age(3600)).await.unwrap(), batch as u64);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_never_carry_the_password() {
     let pg = cluster();
@@ -731,9 +795,13 @@ async fn schema_version_1_is_migrated_keeping_labels_selectable() {
         "the labels before the update, read from the migrated body"
     );
     assert_eq!(change.labels.len(), 1);
-    // Up to the newest schema (version 6: findings, the BI views, the kept bodies of snapshot
-    // reads, findings as one row per report), the start-up's set of indexed kinds recorded.
-    assert_eq!(pg.psql(&db, "SELECT max(version) FROM reports_server_migrations").unwrap().trim(), "6");
+    // Up to the newest schema (version 7: findings, the BI views, the kept bodies of snapshot
+    // reads, findings as one row per report, lz4 for the change log's labels), the start-up's
+    // set of indexed kinds recorded.
+    assert_eq!(pg.psql(&db, "SELECT max(version) FROM reports_server_migrations").unwrap().trim(), "7");
+    let compression = "SELECT string_agg(attname || '=' || attcompression::text, ',' ORDER BY attname)
+        FROM pg_attribute WHERE attrelid = 'report_changes'::regclass AND attname LIKE '%labels'";
+    assert_eq!(pg.psql(&db, compression).unwrap().trim(), "labels=l,prev_labels=l");
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM report_findings_indexed").unwrap().trim(), "1");
 }
 

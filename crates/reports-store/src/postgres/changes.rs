@@ -77,6 +77,19 @@ pub(super) async fn changes_since<C: GenericClient>(
         .collect()
 }
 
+/// The last RV a compaction pass drops: of the oldest `$3` changes (in RV order, read through
+/// the key, so a pass reads at most a batch of the log), the newest that is older than `$2`
+/// (Unix seconds) or `$4` or more RVs behind the counter. `$1` cluster. A change is stamped with
+/// its write's start, so ages follow RVs (to within one write's duration) and the changes too
+/// old lead the log: "the first batch, then the filter" finds what "the filter, then the first
+/// batch" did, and everything up to the answer is dropped either way. The filter first was
+/// planned as a scan of the whole log on every pass, and a flood trimmed by length runs a pass
+/// every second.
+/// Public so a test can read its plan.
+pub const COMPACTION_UPTO_SQL: &str = "SELECT max(rv) FROM (
+    SELECT rv, created_at FROM report_changes WHERE cluster_id = $1 ORDER BY rv LIMIT $3) oldest
+WHERE created_at <= to_timestamp($2) OR rv <= (SELECT rv - $4 FROM report_counters WHERE cluster_id = $1)";
+
 /// Drops up to [`COMPACTION_BATCH`] of the oldest changes `keep` does not keep, one replica at
 /// a time (the others skip the pass); returns how many were dropped.
 pub(super) async fn compact(
@@ -97,15 +110,8 @@ pub(super) async fn compact(
         tx.rollback().await.map_err(db_error)?;
         return Ok(0);
     }
-    // The oldest batch of changes that are too old or too far behind the newest RV.
     let upto: Option<i64> = tx
-        .query_one(
-            "SELECT max(rv) FROM (SELECT rv FROM report_changes
-               WHERE cluster_id = $1 AND (created_at <= to_timestamp($2)
-                  OR rv <= (SELECT rv - $4 FROM report_counters WHERE cluster_id = $1))
-               ORDER BY rv LIMIT $3) oldest",
-            &[&cluster, &cutoff, &(COMPACTION_BATCH as i64), &max_entries],
-        )
+        .query_one(COMPACTION_UPTO_SQL, &[&cluster, &cutoff, &(COMPACTION_BATCH as i64), &max_entries])
         .await
         .map_err(db_error)?
         .get(0);

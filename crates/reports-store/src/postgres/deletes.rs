@@ -28,11 +28,12 @@ const LOCK_SET_SQL: &str = "SELECT o.namespace, o.name, o.rv FROM report_objects
     ORDER BY o.namespace, o.name FOR UPDATE OF o";
 
 /// Deletes the locked rows. `$1` cluster, `$2` resource, `$3` count, `$4..$7` arrays (namespace,
-/// name, old RV, labels), `$8` notification channel. Each DELETED change keeps the body it
+/// name, old RV, labels), `$8` notification channel. `d` parses each object's labels once, for
+/// both label columns of its change. Each DELETED change keeps the body it
 /// replaced (`prev_body`, see `crate::snapshot`), moved inside the database from the deleted
 /// row; its final state is that body with the deletion's RV. Returns the RV before the block.
 const DELETE_SET_SQL: &str = "WITH c AS (UPDATE report_counters SET rv = rv + $3 WHERE cluster_id = $1 RETURNING rv - $3 AS base),
-d AS (SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[])
+d AS (SELECT namespace, name, old_rv, labels::jsonb AS labels, i FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[])
       WITH ORDINALITY AS d(namespace, name, old_rv, labels, i)),
 del AS (
     DELETE FROM report_objects o USING d
@@ -41,7 +42,7 @@ del AS (
     RETURNING o.namespace, o.name, o.uid, o.body),
 ch AS (
     INSERT INTO report_changes (cluster_id, rv, resource, namespace, name, uid, type, labels, prev_labels, prev_body)
-    SELECT $1, c.base + d.i, $2, d.namespace, d.name, del.uid, 'DELETED', d.labels::jsonb, d.labels::jsonb, del.body
+    SELECT $1, c.base + d.i, $2, d.namespace, d.name, del.uid, 'DELETED', d.labels, d.labels, del.body
     FROM c, d JOIN del USING (namespace, name)),
 n AS (SELECT pg_notify($8, (c.base + $3)::text) AS sent FROM c)
 SELECT c.base FROM c, n";
@@ -119,7 +120,7 @@ impl TxWork for DeleteSet {
             let count = found.len() as i64;
             let base = take_block(
                 tx,
-                delete_set_sql(target.findings.is_on()),
+                delete_set_sql(target.writes_findings(std::iter::once(self.resource.as_str()))),
                 &[
                     &target.cluster,
                     &self.resource,

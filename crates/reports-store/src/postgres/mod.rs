@@ -56,7 +56,6 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-pub use self::creates::CREATE_SQL;
 pub use self::settings::{PgSettings, SslMode};
 use self::{
     body::SplitBody,
@@ -69,6 +68,7 @@ use self::{
     updates::Updates,
     writes::write_transaction,
 };
+pub use self::{changes::COMPACTION_UPTO_SQL, creates::CREATE_SQL};
 use crate::{
     commits::CommitSignal,
     error::{StoreError, StoreResult},
@@ -123,9 +123,17 @@ impl PgStore {
             schema::setup(&mut client, settings).await?
         };
         let rv = reads::newest_rv(&pool.get().await.map_err(pool_error)?, cluster).await?;
+        // Both forms when findings are on (creates of kinds not indexed use the plain one); when
+        // off, the second pair is the first again, found in each connection's cache.
         let on = settings.findings.is_on();
-        connect::fill_pool(&pool, &[creates::batch_sql(on), creates::create_sql(on), row_write::LOCK_SQL])
-            .await;
+        let statements = [
+            creates::batch_sql(on),
+            creates::create_sql(on),
+            creates::batch_sql(false),
+            creates::create_sql(false),
+            row_write::LOCK_SQL,
+        ];
+        connect::fill_pool(&pool, &statements).await;
         let target = Target {
             pool,
             cluster,

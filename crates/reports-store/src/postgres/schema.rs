@@ -84,6 +84,16 @@ END $$;
 CREATE INDEX report_changes_by_key ON report_changes (cluster_id, resource, namespace, name, rv);
 "#,
     findings::schema::SETS,
+    r#"
+-- A change row that keeps the body it replaced (an update's, a delete's) passes PostgreSQL's
+-- 2 KB threshold, and each label column is then tried for compression: with pglz those tries
+-- took 3.8 % of all CPU under a mass delete. lz4 tries in a fraction of that.
+DO $$ BEGIN
+    ALTER TABLE report_changes ALTER COLUMN labels SET COMPRESSION lz4,
+                               ALTER COLUMN prev_labels SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
+"#,
 ];
 
 /// Advisory lock key that serializes schema work between replicas starting together.

@@ -46,4 +46,11 @@ impl Target {
         .await
         .map_err(|e| StoreError::backend_caused("a store task failed", e))?
     }
+
+    /// Whether a statement writing `resources` must write or delete findings: only indexed kinds
+    /// have any (a kind that leaves the set loses its rows at start-up), so the statements of the
+    /// others, admission reports above all, leave the findings table alone.
+    pub fn writes_findings<'a>(&self, mut resources: impl Iterator<Item = &'a str>) -> bool {
+        resources.any(|resource| self.findings.indexes(resource))
+    }
 }

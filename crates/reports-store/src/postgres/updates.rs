@@ -215,7 +215,7 @@ impl TxWork for UpdateSet {
             &hashes,
             &channel,
         ];
-        let on = target.findings.is_on();
+        let on = target.writes_findings(found.iter().map(|f| f.write.resource.as_str()));
         if on {
             params.extend(findings.params());
             params.push(&finding_counts);

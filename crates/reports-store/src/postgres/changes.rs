@@ -77,18 +77,28 @@ pub(super) async fn changes_since<C: GenericClient>(
         .collect()
 }
 
-/// The last RV a compaction pass drops: of the oldest `$3` changes (in RV order, read through
-/// the key, so a pass reads at most a batch of the log), the newest that is older than `$2`
-/// (Unix seconds) or `$4` or more RVs behind the counter. `$1` cluster. A change is stamped with
-/// its write's start, so ages follow RVs (to within one write's duration) and the changes too
-/// old lead the log: "the first batch, then the filter" finds what "the filter, then the first
-/// batch" did, and everything up to the answer is dropped either way. The filter first was
-/// planned as a scan of the whole log on every pass, and a flood trimmed by length runs a pass
-/// every second.
-/// Public so a test can read its plan.
-pub const COMPACTION_UPTO_SQL: &str = "SELECT max(rv) FROM (
-    SELECT rv, created_at FROM report_changes WHERE cluster_id = $1 ORDER BY rv LIMIT $3) oldest
-WHERE created_at <= to_timestamp($2) OR rv <= (SELECT rv - $4 FROM report_counters WHERE cluster_id = $1)";
+/// One compaction pass's work: of the oldest `$3` changes (in RV order, read through the key),
+/// those up to the newest that is older than `$2` (Unix seconds) or `$4` or more RVs behind the
+/// counter are deleted; answers how many and that RV (none when nothing is due). `$1` cluster.
+///
+/// A pass reads at most a batch of the log, whatever its length and however stale its
+/// statistics. A change is stamped with its write's start, so ages follow RVs (to within one
+/// write's duration) and the changes too old lead the log: "the first batch, then the filter"
+/// finds what "the filter, then the first batch" did, and everything up to the answer is dropped
+/// either way. The rows go by their `ctid`s, found in that one read: deleting `rv <= upto`
+/// was planned from statistics that a flood leaves behind at once (RVs past the histogram, most
+/// of the table dead), as a scan of the whole log, and so was the filter first; a flood trimmed by
+/// length runs a pass every second. Public so a test can read its plan.
+pub const COMPACTION_SQL: &str = "WITH oldest AS (
+    SELECT ctid, rv, created_at FROM report_changes WHERE cluster_id = $1 ORDER BY rv LIMIT $3),
+upto AS (
+    SELECT max(rv) AS rv FROM oldest
+    WHERE created_at <= to_timestamp($2) OR rv <= (SELECT rv - $4 FROM report_counters WHERE cluster_id = $1)),
+gone AS (
+    DELETE FROM report_changes
+    WHERE ctid = ANY (ARRAY(SELECT oldest.ctid FROM oldest, upto WHERE oldest.rv <= upto.rv))
+    RETURNING rv)
+SELECT count(*), max(rv) FROM gone";
 
 /// Drops up to [`COMPACTION_BATCH`] of the oldest changes `keep` does not keep, one replica at
 /// a time (the others skip the pass); returns how many were dropped.
@@ -110,19 +120,15 @@ pub(super) async fn compact(
         tx.rollback().await.map_err(db_error)?;
         return Ok(0);
     }
-    let upto: Option<i64> = tx
-        .query_one(COMPACTION_UPTO_SQL, &[&cluster, &cutoff, &(COMPACTION_BATCH as i64), &max_entries])
+    let row = tx
+        .query_one(COMPACTION_SQL, &[&cluster, &cutoff, &(COMPACTION_BATCH as i64), &max_entries])
         .await
-        .map_err(db_error)?
-        .get(0);
+        .map_err(db_error)?;
+    let (dropped, upto): (i64, Option<i64>) = (row.get(0), row.get(1));
     let Some(upto) = upto else {
         tx.rollback().await.map_err(db_error)?;
         return Ok(0);
     };
-    let dropped = tx
-        .execute("DELETE FROM report_changes WHERE cluster_id = $1 AND rv <= $2", &[&cluster, &upto])
-        .await
-        .map_err(db_error)?;
     // Last, so the counter row (which every writer needs) is locked only briefly.
     tx.execute(
         "UPDATE report_counters SET compacted_rv = GREATEST(compacted_rv, $2) WHERE cluster_id = $1",
@@ -131,5 +137,5 @@ pub(super) async fn compact(
     .await
     .map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
-    Ok(dropped)
+    Ok(dropped as u64)
 }

@@ -68,7 +68,7 @@ use self::{
     updates::Updates,
     writes::write_transaction,
 };
-pub use self::{changes::COMPACTION_UPTO_SQL, creates::CREATE_SQL};
+pub use self::{changes::COMPACTION_SQL, creates::CREATE_SQL};
 use crate::{
     commits::CommitSignal,
     error::{StoreError, StoreResult},

@@ -60,6 +60,8 @@ pub struct FloodRun {
     pub retention_seconds: u64,
     /// Further flags for the server.
     pub server_args: Vec<String>,
+    /// Further `postgresql.conf` lines (PostgreSQL only).
+    pub pg_settings: Vec<String>,
 }
 
 /// Where the store keeps its bytes.
@@ -129,7 +131,9 @@ const MIB: f64 = (1u64 << 20) as f64;
 pub async fn flood(run: FloodRun) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
     let postgres = match run.store {
-        FloodStore::Postgres => Some(procs::Postgres::start(procs::Durability::Durable)?),
+        FloodStore::Postgres => {
+            Some(procs::Postgres::start_with(procs::Durability::Durable, &run.pg_settings)?)
+        }
         FloodStore::Sqlite => None,
     };
     let (storage, disk) = match &postgres {
@@ -313,6 +317,7 @@ pub async fn flood(run: FloodRun) -> anyhow::Result<Value> {
         "store": format!("{:?}", run.store).to_lowercase(),
         "reports": run.reports,
         "server_args": run.server_args,
+        "postgres_settings": postgres.as_ref().map(|pg| &pg.settings),
         "report_json_bytes": api::to_bytes(&report("flood-0", 0)).len(),
         "clients": run.clients,
         "namespaces": run.namespaces,

@@ -317,6 +317,10 @@ enum Command {
         /// A further flag for the server (repeatable), e.g. `--server-arg=--sqlite-wal-bytes=268435456`.
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
+        /// A further `postgresql.conf` line for `--store postgres` (repeatable), e.g.
+        /// `--pg-setting 'wal_compression = lz4'`; later lines win over the harness's own.
+        #[arg(long = "pg-setting")]
+        pg_settings: Vec<String>,
     },
     /// Regenerate a Markdown section from a result file.
     Render {
@@ -388,7 +392,16 @@ fn main() -> anyhow::Result<()> {
             println!("{}", runtime.block_on(result_metrics::run(sizes))?);
             Ok(())
         }
-        Command::Flood { store, reports, clients, namespaces, interval, retention_seconds, server_args } => {
+        Command::Flood {
+            store,
+            reports,
+            clients,
+            namespaces,
+            interval,
+            retention_seconds,
+            server_args,
+            pg_settings,
+        } => {
             let run = flood::FloodRun {
                 store,
                 reports,
@@ -397,6 +410,7 @@ fn main() -> anyhow::Result<()> {
                 interval,
                 retention_seconds,
                 server_args,
+                pg_settings,
             };
             println!("{}", serde_json::to_string_pretty(&runtime.block_on(flood::flood(run))?)?);
             Ok(())

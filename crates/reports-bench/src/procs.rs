@@ -183,6 +183,12 @@ pub struct Postgres {
 impl Postgres {
     /// Starts a cluster with the benchmark's memory settings and the given durability.
     pub fn start(durability: Durability) -> anyhow::Result<Self> {
+        Self::start_with(durability, &[])
+    }
+
+    /// [`start`](Self::start) with `extra` lines appended to `postgresql.conf` after the
+    /// benchmark's own (the last setting of a name wins).
+    pub fn start_with(durability: Durability, extra: &[String]) -> anyhow::Result<Self> {
         let mut settings = vec![
             "shared_buffers = 1GB".to_string(),
             "max_wal_size = 4GB".into(),
@@ -197,6 +203,7 @@ impl Postgres {
             ),
             Durability::Fast => settings.extend(["fsync = off", "full_page_writes = off"].map(String::from)),
         }
+        settings.extend(extra.iter().cloned());
         let lines: Vec<&str> = settings.iter().map(String::as_str).collect();
         let cluster = reports_test_support::PgCluster::start_with(&lines, &[])?;
         if durability == Durability::Durable {

@@ -44,23 +44,33 @@ pub enum FloodStore {
     Postgres,
 }
 
-/// One flood run.
+/// One flood run (the `flood` subcommand's arguments).
+#[derive(clap::Args)]
 pub struct FloodRun {
-    /// The store.
+    /// The store to run on.
+    #[arg(long, value_enum, default_value = "sqlite")]
     pub store: FloodStore,
     /// Reports to create, then delete.
+    #[arg(long, default_value_t = 1_000_000)]
     pub reports: usize,
-    /// Concurrent clients creating.
+    /// Concurrent creating clients.
+    #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Namespaces the reports are spread over (one deletecollection each).
+    #[arg(long, default_value_t = 20)]
     pub namespaces: usize,
     /// Seconds between progress lines.
+    #[arg(long, default_value_t = 5.0)]
     pub interval: f64,
-    /// The server's change-log retention (deleted bodies stay in the log this long).
+    /// The server's change-log retention in seconds (deleted bodies stay in the log as long).
+    #[arg(long, default_value_t = 60)]
     pub retention_seconds: u64,
-    /// Further flags for the server.
+    /// A further flag for the server (repeatable), e.g. `--server-arg=--sqlite-wal-bytes=268435456`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
-    /// Further `postgresql.conf` lines (PostgreSQL only).
+    /// A further `postgresql.conf` line for `--store postgres` (repeatable), e.g.
+    /// `--pg-setting 'wal_compression = lz4'`; later lines win over the harness's own.
+    #[arg(long = "pg-setting")]
     pub pg_settings: Vec<String>,
 }
 

@@ -295,33 +295,7 @@ enum Command {
     },
     /// Kyverno's admission reports all at once: create `reports` ~6 KB EphemeralReports, then
     /// label-delete them, printing disk use and server RSS every few seconds.
-    Flood {
-        /// The store to run on.
-        #[arg(long, value_enum, default_value = "sqlite")]
-        store: flood::FloodStore,
-        /// Reports to create, then delete.
-        #[arg(long, default_value_t = 1_000_000)]
-        reports: usize,
-        /// Concurrent creating clients.
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        /// Namespaces (one deletecollection each).
-        #[arg(long, default_value_t = 20)]
-        namespaces: usize,
-        /// Seconds between progress lines.
-        #[arg(long, default_value_t = 5.0)]
-        interval: f64,
-        /// The server's change-log retention in seconds (deleted bodies stay in the log as long).
-        #[arg(long, default_value_t = 60)]
-        retention_seconds: u64,
-        /// A further flag for the server (repeatable), e.g. `--server-arg=--sqlite-wal-bytes=268435456`.
-        #[arg(long = "server-arg", allow_hyphen_values = true)]
-        server_args: Vec<String>,
-        /// A further `postgresql.conf` line for `--store postgres` (repeatable), e.g.
-        /// `--pg-setting 'wal_compression = lz4'`; later lines win over the harness's own.
-        #[arg(long = "pg-setting")]
-        pg_settings: Vec<String>,
-    },
+    Flood(flood::FloodRun),
     /// Regenerate a Markdown section from a result file.
     Render {
         /// The JSON result document.
@@ -392,26 +366,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", runtime.block_on(result_metrics::run(sizes))?);
             Ok(())
         }
-        Command::Flood {
-            store,
-            reports,
-            clients,
-            namespaces,
-            interval,
-            retention_seconds,
-            server_args,
-            pg_settings,
-        } => {
-            let run = flood::FloodRun {
-                store,
-                reports,
-                clients,
-                namespaces,
-                interval,
-                retention_seconds,
-                server_args,
-                pg_settings,
-            };
+        Command::Flood(run) => {
             println!("{}", serde_json::to_string_pretty(&runtime.block_on(flood::flood(run))?)?);
             Ok(())
         }

@@ -196,7 +196,7 @@ async fn pass_rows_read(client: &tokio_postgres::Client, cluster: uuid::Uuid, cu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compaction_pass_reads_at_most_a_batch_of_the_log() {
+async fn a_compaction_pass_reads_only_the_oldest_batch_of_the_log() {
     let url = fresh_database().await;
     let store = store_on(&url, &PgSettings::default()).await;
     store.create("policyreports", report("ns", "r")).await.unwrap();

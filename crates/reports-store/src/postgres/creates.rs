@@ -172,7 +172,7 @@ async fn write_together(
         &channel,
         &label_hashes,
     ];
-    let on = target.writes_findings(batch.iter().map(|p| p.write.resource.as_str()));
+    let on = batch.iter().any(|p| target.findings.indexes(&p.write.resource));
     if on {
         params.extend(findings.params());
     }
@@ -205,7 +205,7 @@ async fn write_one(
         &channel,
         &create.label_hashes,
     ];
-    let on = target.writes_findings(std::iter::once(create.resource.as_str()));
+    let on = target.findings.indexes(&create.resource);
     if on {
         params.extend(findings.params());
     }

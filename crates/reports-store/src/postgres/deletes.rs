@@ -120,7 +120,7 @@ impl TxWork for DeleteSet {
             let count = found.len() as i64;
             let base = take_block(
                 tx,
-                delete_set_sql(target.writes_findings(std::iter::once(self.resource.as_str()))),
+                delete_set_sql(target.findings.indexes(&self.resource)),
                 &[
                     &target.cluster,
                     &self.resource,

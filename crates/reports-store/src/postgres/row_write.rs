@@ -135,7 +135,7 @@ impl TxWork for RowWrite {
         }
         let old_body: &str = row.get(1);
         let prev_labels = labels::body_labels_json(old_body);
-        let on = target.writes_findings(std::iter::once(self.resource.as_str()));
+        let on = target.findings.indexes(&self.resource);
         let stmt = tx.prepare_cached(statement_with_findings(&self.change, on)).await?;
         let channel: &str = &target.channel;
         let (body, uid, labels, hashes) = match &self.change {

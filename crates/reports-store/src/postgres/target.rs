@@ -25,7 +25,10 @@ pub(super) struct Target {
     pub channel: Arc<str>,
     /// Newest committed RV known here (own commits and notifications); wakes the watch feed.
     pub committed: Arc<CommitSignal>,
-    /// Which report kinds get findings rows.
+    /// Which report kinds get findings rows. Only those kinds have any (a kind that leaves the
+    /// set loses its rows at start-up), so a statement writes or deletes findings only when it
+    /// writes one of them, and those of the others (admission reports above all) leave the
+    /// findings table alone.
     pub findings: Arc<FindingsIndex>,
 }
 
@@ -45,12 +48,5 @@ impl Target {
         })
         .await
         .map_err(|e| StoreError::backend_caused("a store task failed", e))?
-    }
-
-    /// Whether a statement writing `resources` must write or delete findings: only indexed kinds
-    /// have any (a kind that leaves the set loses its rows at start-up), so the statements of the
-    /// others, admission reports above all, leave the findings table alone.
-    pub fn writes_findings<'a>(&self, mut resources: impl Iterator<Item = &'a str>) -> bool {
-        resources.any(|resource| self.findings.indexes(resource))
     }
 }

@@ -215,7 +215,7 @@ impl TxWork for UpdateSet {
             &hashes,
             &channel,
         ];
-        let on = target.writes_findings(found.iter().map(|f| f.write.resource.as_str()));
+        let on = found.iter().any(|f| target.findings.indexes(&f.write.resource));
         if on {
             params.extend(findings.params());
             params.push(&finding_counts);
